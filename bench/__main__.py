@@ -1,0 +1,58 @@
+"""Run fastprune's benchmarks: ``python -m bench [module ...] [--markdown FILE]``.
+
+Every module in this folder whose name does not start with an underscore is a benchmark with
+``run(table)``. The table printed at the end compares fastprune with the strongest baseline a
+user would reach for, measured in the same run, together with the machine's own limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import pkgutil
+import platform
+import sys
+from pathlib import Path
+
+import fastprune
+
+from . import _harness
+
+
+def available() -> list[str]:
+    here = Path(__file__).parent
+    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("modules", nargs="*", help=f"benchmarks to run (default all: {available()})")
+    parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    args = parser.parse_args(argv)
+    names = args.modules or available()
+    unknown = sorted(set(names) - set(available()))
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+
+    info = fastprune.info()
+    limits = _harness.machine_limits()
+    header = [
+        f"date: {datetime.date.today().isoformat()}",
+        f"machine: {info['cpu']}, {info['threads']} threads, {platform.machine()}",
+        f"fastprune {info['version']} ({info['isa']}), numpy {__import__('numpy').__version__}",
+        f"machine limits: numpy SGEMM {limits['sgemm_gflops']:.0f} GFLOP/s, "
+        f"copy bandwidth {limits['copy_gbps']:.1f} GB/s",
+    ]
+    print("\n".join(header), flush=True)
+    table = _harness.Table()
+    for name in names:
+        importlib.import_module(f"bench.{name}").run(table)
+    if args.markdown:
+        text = "\n".join(f"- {line}" for line in header) + "\n\n" + table.markdown() + "\n"
+        args.markdown.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

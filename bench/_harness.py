@@ -1,0 +1,114 @@
+"""Timing and reporting shared by the benchmarks.
+
+Each benchmark module exposes ``run(table: Table) -> None`` and adds rows: an operation, a
+shape, fastprune's median time, the strongest baseline's median time measured in the same run,
+and a throughput. Every row is checked for equality with its baseline before it is timed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def median_time(fn: Callable[[], object], *, repeat: int = 7, min_time: float = 0.2) -> float:
+    """Median seconds of one call of `fn`, after a warm-up call."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start < min_time and len(times) < 100):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > 20 * min_time and len(times) >= 3:
+            break
+    return statistics.median(times)
+
+
+@dataclass
+class Row:
+    operation: str
+    shape: str
+    threads: int
+    ours: float
+    baseline_name: str
+    baseline: float | None
+    rate: str = ""
+
+    @property
+    def ratio(self) -> str:
+        return "" if self.baseline is None else f"{self.baseline / self.ours:.2f}x"
+
+
+@dataclass
+class Table:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(_format_row(row), flush=True)
+
+    def markdown(self) -> str:
+        head = "| operation | shape | threads | fastprune | baseline | baseline time | speed-up | rate |"
+        sep = "|---|---|---:|---:|---|---:|---:|---|"
+        lines = [head, sep]
+        for r in self.rows:
+            base = "" if r.baseline is None else fmt_time(r.baseline)
+            lines.append(
+                f"| {r.operation} | {r.shape} | {r.threads} | {fmt_time(r.ours)} | "
+                f"{r.baseline_name} | {base} | {r.ratio} | {r.rate} |"
+            )
+        return "\n".join(lines)
+
+
+def _format_row(r: Row) -> str:
+    base = "" if r.baseline is None else fmt_time(r.baseline)
+    return (
+        f"{r.operation:<34} {r.shape:<22} {r.threads:>2}  {fmt_time(r.ours):>9}  "
+        f"{r.baseline_name:<24} {base:>9}  {r.ratio:>8}  {r.rate}"
+    )
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def gflops(flops: float, seconds: float) -> str:
+    return f"{flops / seconds / 1e9:.0f} GFLOP/s"
+
+
+def gbps(nbytes: float, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e9:.1f} GB/s"
+
+
+def machine_limits() -> dict[str, float]:
+    """The machine's own limits, measured now: NumPy SGEMM rate and copy bandwidth."""
+    rng = np.random.default_rng(0)
+    n = 2048
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    t_gemm = median_time(lambda: a @ b, repeat=5)
+    big = rng.standard_normal(64 * 2**20 // 4, dtype=np.float32)
+    out = np.empty_like(big)
+    t_copy = median_time(lambda: np.copyto(out, big), repeat=7)
+    return {
+        "sgemm_gflops": 2 * n**3 / t_gemm / 1e9,
+        "copy_gbps": 2 * big.nbytes / t_copy / 1e9,
+    }
+
+
+def torch_or_none() -> object | None:
+    """The torch module when it is installed, else None (baselines that need it are skipped)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch

@@ -1,0 +1,87 @@
+// Conversion of NumPy arrays to core views. No silent copies: an array of the wrong dtype or
+// layout is a TypeError/ValueError here; the Python layer decides what to convert and says so.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "fastprune/common.hpp"
+
+namespace fastprune::bindings {
+
+namespace py = pybind11;
+
+inline std::string shape_text(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    s += std::to_string(a.shape(i));
+    if (i + 1 < a.ndim() || a.ndim() == 1) s += a.ndim() == 1 ? "," : ", ";
+  }
+  return s + ")";
+}
+
+template <class T>
+void require_dtype(const py::array& a, const char* name) {
+  if (!a.dtype().is(py::dtype::of<T>())) {
+    throw py::type_error(std::string(name) + ": expected dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + ", got " +
+                         std::string(py::str(a.dtype())));
+  }
+}
+
+// A 2-D array whose rows are contiguous (any row stride >= 0).
+template <class T>
+ConstMatrixView<T> matrix(const py::array& a, const char* name) {
+  require_dtype<T>(a, name);
+  if (a.ndim() != 2) {
+    throw std::invalid_argument(std::string(name) + ": expected a 2-D array, got shape " +
+                                shape_text(a));
+  }
+  const auto item = static_cast<py::ssize_t>(sizeof(T));
+  const py::ssize_t rows = a.shape(0), cols = a.shape(1);
+  if ((cols > 1 && a.strides(1) != item) || a.strides(0) < 0 || a.strides(0) % item != 0) {
+    throw std::invalid_argument(std::string(name) +
+                                ": rows must be contiguous (pass np.ascontiguousarray)");
+  }
+  const Index stride = rows > 1 ? static_cast<Index>(a.strides(0) / item) : cols;
+  return {static_cast<const T*>(a.data()), rows, cols, stride};
+}
+
+template <class T>
+MatrixView<T> mutable_matrix(py::array& a, const char* name) {
+  if (!a.writeable()) throw std::invalid_argument(std::string(name) + ": array is read-only");
+  const auto v = matrix<T>(a, name);
+  return {static_cast<T*>(a.mutable_data()), v.rows, v.cols, v.stride};
+}
+
+// A contiguous 1-D array.
+template <class T>
+const T* vector(const py::array& a, const char* name, py::ssize_t expected_size = -1) {
+  require_dtype<T>(a, name);
+  if (a.ndim() != 1 || (a.shape(0) > 1 && a.strides(0) != static_cast<py::ssize_t>(sizeof(T)))) {
+    throw std::invalid_argument(std::string(name) + ": expected a contiguous 1-D array, got shape " +
+                                shape_text(a));
+  }
+  if (expected_size >= 0 && a.shape(0) != expected_size) {
+    throw std::invalid_argument(std::string(name) + ": expected length " +
+                                std::to_string(expected_size) + ", got " +
+                                std::to_string(a.shape(0)));
+  }
+  return static_cast<const T*>(a.data());
+}
+
+// A new C-contiguous array and a view of it.
+template <class T>
+py::array_t<T> empty(std::vector<py::ssize_t> shape) {
+  return py::array_t<T>(shape);
+}
+
+template <class T>
+MatrixView<T> view_of(py::array_t<T>& a) {
+  return {a.mutable_data(), a.shape(0), a.shape(1), a.shape(1)};
+}
+
+}  // namespace fastprune::bindings

@@ -1,0 +1,7 @@
+#include "submodules.hpp"
+
+namespace fastprune::bindings {
+
+void register_importance(pybind11::module_ /*m*/) {}
+
+}  // namespace fastprune::bindings

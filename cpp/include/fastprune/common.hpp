@@ -1,0 +1,60 @@
+// Shared vocabulary of the core: strided matrix views and the thread-count policy.
+//
+// The core never sees a Python object. A kernel takes views of row-major matrices whose
+// elements are contiguous within a row (`stride` is the distance between rows, in elements),
+// and reports bad arguments by throwing std::invalid_argument with a message a user can act on.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace fastprune {
+
+using Index = std::ptrdiff_t;
+
+template <class T>
+struct MatrixView {
+  T* data = nullptr;
+  Index rows = 0;
+  Index cols = 0;
+  Index stride = 0;  // elements between the starts of consecutive rows
+
+  T* row(Index i) const { return data + i * stride; }
+  T& operator()(Index i, Index j) const { return data[i * stride + j]; }
+  Index size() const { return rows * cols; }
+};
+
+template <class T>
+using ConstMatrixView = MatrixView<const T>;
+
+template <class T>
+using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// An Eigen view of a MatrixView (no copy).
+template <class T>
+auto eigen_map(const MatrixView<T>& v) {
+  using Plain = RowMajor<std::remove_const_t<T>>;
+  using Mapped = std::conditional_t<std::is_const_v<T>, const Plain, Plain>;
+  return Eigen::Map<Mapped, Eigen::Unaligned, Eigen::OuterStride<>>(
+      v.data, v.rows, v.cols, Eigen::OuterStride<>(v.stride));
+}
+
+[[noreturn]] inline void invalid(const std::string& message) {
+  throw std::invalid_argument(message);
+}
+
+// --- threads -------------------------------------------------------------------------
+// Every kernel partitions its work so that each output element is computed by exactly one
+// thread in a fixed order: results never depend on the number of threads.
+
+void set_num_threads(int n);
+int get_num_threads();
+
+// Threads worth using for `work` units of roughly `grain` units each: small problems stay
+// on one thread, where starting a team would cost more than it saves.
+int threads_for(double work, double grain = 1 << 16);
+
+}  // namespace fastprune

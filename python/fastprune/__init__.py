@@ -1,0 +1,72 @@
+"""fastprune: post-training pruning of neural-network weights on plain arrays.
+
+Importance scores, sparsity masks, the SparseGPT solver, streaming calibration statistics and
+sparse formats, computed by a C++/Eigen core compiled for several instruction sets.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+try:
+    from . import _core
+except ImportError as err:  # pragma: no cover - only reached by a broken installation
+    if "FASTPRUNE_ISA" in str(err):
+        raise
+    msg = (
+        "fastprune's compiled core could not be imported. Install the package with "
+        "`pip install .` (a C++17 compiler is needed to build from source); "
+        f"the import failed with: {err}"
+    )
+    raise ImportError(msg) from err
+
+from . import _cpu
+
+
+def info() -> dict[str, object]:
+    """How fastprune was built and what it runs on.
+
+    Keys: ``version``, ``isa`` (the instruction-set level in use), ``isa_reason`` (why it was
+    chosen), ``compiled_isas`` and ``supported_isas``, ``cpu``, ``compiler``, ``build_type``,
+    ``flags`` (compiler flags of the level in use), ``eigen``, ``eigen_simd``, ``openmp``,
+    ``threads``, ``sanitized`` and ``cuda`` (whether a CUDA backend was built).
+    """
+    build = _core.build_info()
+    return {
+        "version": __version__,
+        "isa": _core.ISA,
+        "isa_reason": _core.REASON,
+        "compiled_isas": list(_core.compiled_levels()),
+        "supported_isas": list(_core.supported_levels()),
+        "cpu": _cpu.brand(),
+        "compiler": build["compiler"],
+        "build_type": build["build_type"],
+        "flags": build["flags"],
+        "eigen": build["eigen"],
+        "eigen_simd": build["eigen_simd"],
+        "openmp": build["openmp"],
+        "threads": _core.get_num_threads(),
+        "sanitized": build["sanitized"],
+        "cuda": build["cuda"],
+    }
+
+
+def set_num_threads(n: int) -> None:
+    """Set how many threads fastprune's kernels may use (results never depend on it)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        msg = f"n: expected a positive int, got {n!r}"
+        raise ValueError(msg)
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """How many threads fastprune's kernels may use."""
+    return _core.get_num_threads()
+
+
+__all__ = [
+    "__version__",
+    "get_num_threads",
+    "info",
+    "set_num_threads",
+]

@@ -1,0 +1,129 @@
+"""Argument checking and array conversion shared by the public modules.
+
+Every public function funnels its array arguments through here, so that a bad argument gets
+the same clear exception everywhere: TypeError for a wrong kind of object or dtype, ValueError
+for a wrong shape or value, each naming the argument. Nothing here modifies its input; a copy
+is made only where a dtype or layout conversion is unavoidable, and the docstrings of the
+public functions say when that happens.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.floating[Any]]
+BoolArray = npt.NDArray[np.bool_]
+
+_ACCEPTED = "float16, bfloat16, float32 or float64"
+
+
+def to_numpy(x: object, name: str) -> np.ndarray[Any, Any]:
+    """A NumPy view of `x` (an ndarray, a buffer, or a DLPack-exporting tensor) without copying."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__"):
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError) as err:
+            msg = f"{name}: cannot view this tensor as a NumPy array ({err})"
+            raise TypeError(msg) from err
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as err:
+        msg = f"{name}: expected an array, got {type(x).__name__}"
+        raise TypeError(msg) from err
+
+
+def is_bfloat16(dtype: np.dtype[Any]) -> bool:
+    return dtype.name == "bfloat16"
+
+
+def float_dtype(a: np.ndarray[Any, Any], name: str) -> np.dtype[Any]:
+    """The array's dtype if it is one fastprune accepts as floating point, else TypeError."""
+    dt = a.dtype
+    if dt in (np.float16, np.float32, np.float64) or is_bfloat16(dt):
+        return dt
+    msg = f"{name}: expected dtype {_ACCEPTED}, got {dt}"
+    raise TypeError(msg)
+
+
+def working_dtype(dtype: np.dtype[Any]) -> type[np.floating[Any]]:
+    """float64 stays float64; every narrower float is computed in float32."""
+    return np.float64 if dtype == np.float64 else np.float32
+
+
+def check_finite(a: np.ndarray[Any, Any], name: str) -> None:
+    if not np.isfinite(a).all():
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        msg = f"{name}: contains {bad} NaN or Inf value{'s' if bad != 1 else ''}"
+        raise ValueError(msg)
+
+
+def float_matrix(
+    x: object, name: str, *, dtype: type[np.floating[Any]] | None = None
+) -> tuple[FloatArray, np.dtype[Any]]:
+    """A finite 2-D float array with contiguous rows, in the working dtype, and the input dtype.
+
+    float32/float64 arrays whose rows are contiguous are returned as they are (no copy);
+    float16/bfloat16 are converted to float32, and other layouts are copied to C order.
+    `dtype` forces the working dtype (float32 or float64).
+    """
+    a = to_numpy(x, name)
+    original = float_dtype(a, name)
+    if a.ndim != 2:
+        msg = f"{name}: expected a 2-D array (out_features, in_features), got shape {a.shape}"
+        raise ValueError(msg)
+    work = dtype if dtype is not None else working_dtype(original)
+    if a.dtype != work:
+        a = a.astype(work)
+    elif not rows_contiguous(a):
+        a = np.ascontiguousarray(a)
+    check_finite(a, name)
+    return a, original
+
+
+def rows_contiguous(a: np.ndarray[Any, Any]) -> bool:
+    """Whether elements are contiguous within each row and rows are evenly spaced forward."""
+    item = a.itemsize
+    return (a.shape[1] <= 1 or a.strides[1] == item) and a.strides[0] >= 0 and (
+        a.strides[0] % item == 0
+    )
+
+
+def same_shape(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any], name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        msg = f"{name_b}: shape {b.shape} does not match {name_a} shape {a.shape}"
+        raise ValueError(msg)
+
+
+def check_sparsity(sparsity: object, name: str = "sparsity") -> float:
+    """A sparsity (fraction of weights set to zero) in [0, 1)."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)):
+        msg = f"{name}: expected a number in [0, 1), got {sparsity!r}"
+        raise TypeError(msg)
+    s = float(sparsity)
+    if not (0.0 <= s < 1.0) or math.isnan(s):
+        msg = f"{name}: must be in [0, 1), got {s}"
+        raise ValueError(msg)
+    return s
+
+
+def count_pruned(total: int, sparsity: float) -> int:
+    """How many of `total` items a sparsity prunes: int(total * sparsity), as documented."""
+    return int(total * sparsity)
+
+
+def positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        msg = f"{name}: expected a positive integer, got {value!r}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def restore_dtype(a: FloatArray, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """`a` converted back to the caller's dtype (no copy when it already is)."""
+    return a if a.dtype == dtype else a.astype(dtype)

@@ -1,0 +1,98 @@
+"""The compiled core, loaded for the best instruction-set level this machine supports.
+
+The core is compiled once per level (``_core_baseline``, ``_core_avx2``, ``_core_avx512``), each
+its own shared object so that Eigen code built with different vector widths never meets. At
+import the best level that the CPU and OS support (cpuid + xgetbv) is chosen;
+``FASTPRUNE_ISA=baseline|avx2|avx512`` forces one, and an unknown or unsupported value is an
+ImportError, never a silent fallback. The chosen module's submodules (``importance``, ``masks``,
+``calibration``, ``sparsegpt``, ``formats``) are attributes of this package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+
+from .. import _cpu
+
+LEVELS = ("avx512", "avx2", "baseline")
+SUBMODULES = ("importance", "masks", "calibration", "sparsegpt", "formats")
+
+
+def compiled_levels() -> tuple[str, ...]:
+    """The levels this build contains, best first."""
+    built = set(_cpu.compiled.split(","))
+    return tuple(level for level in LEVELS if level in built)
+
+
+def supported_levels() -> tuple[str, ...]:
+    """The levels both compiled into this build and runnable on this machine, best first."""
+    ok = {name for name, supported, _ in _cpu.levels() if supported}
+    return tuple(level for level in compiled_levels() if level in ok)
+
+
+def _choose() -> tuple[str, str]:
+    detected = {name: (supported, reason) for name, supported, reason in _cpu.levels()}
+    compiled = compiled_levels()
+    forced = os.environ.get("FASTPRUNE_ISA", "").strip()
+    if forced:
+        if forced not in LEVELS:
+            msg = f"FASTPRUNE_ISA={forced!r} is not one of {', '.join(LEVELS)}"
+            raise ImportError(msg)
+        supported, reason = detected[forced]
+        if not supported:
+            msg = f"FASTPRUNE_ISA={forced}: this CPU/OS cannot run it ({reason})"
+            raise ImportError(msg)
+        if forced not in compiled:
+            msg = f"FASTPRUNE_ISA={forced}: not compiled into this build (has {', '.join(compiled)})"
+            raise ImportError(msg)
+        return forced, f"forced by FASTPRUNE_ISA={forced}"
+    passed_over = []
+    for level in LEVELS:
+        supported, reason = detected[level]
+        if supported and level in compiled:
+            why = f"best level supported here: {reason}"
+            if passed_over:
+                why += "; passed over " + "; ".join(passed_over)
+            return level, why
+        passed_over.append(f"{level} ({reason if not supported else 'not compiled'})")
+    msg = "no compiled instruction-set level can run here: " + "; ".join(passed_over)
+    raise ImportError(msg)
+
+
+def load(level: str) -> ModuleType:
+    """The compiled core for one level (raises ImportError if it cannot run here)."""
+    if level not in supported_levels():
+        msg = f"instruction-set level {level!r} is not available here (have {supported_levels()})"
+        raise ImportError(msg)
+    return importlib.import_module(f"fastprune._core_{level}")
+
+
+def _install(module: ModuleType) -> None:
+    g = globals()
+    g["impl"] = module
+    for name in ("build_info", "set_num_threads", "get_num_threads"):
+        g[name] = getattr(module, name)
+    for name in SUBMODULES:
+        sub = getattr(module, name)
+        g[name] = sub
+        sys.modules[f"{__name__}.{name}"] = sub
+
+
+@contextlib.contextmanager
+def use(level: str) -> Iterator[ModuleType]:
+    """Run the enclosed code on another level's core (for comparing levels in tests)."""
+    previous = globals()["impl"]
+    _install(load(level))
+    try:
+        yield globals()["impl"]
+    finally:
+        _install(previous)
+
+
+ISA, REASON = _choose()
+_install(importlib.import_module(f"fastprune._core_{ISA}"))

@@ -1,0 +1,23 @@
+from contextlib import AbstractContextManager
+from types import ModuleType
+
+from . import calibration as calibration
+from . import formats as formats
+from . import importance as importance
+from . import masks as masks
+from . import sparsegpt as sparsegpt
+
+LEVELS: tuple[str, ...]
+SUBMODULES: tuple[str, ...]
+ISA: str
+REASON: str
+impl: ModuleType
+
+def compiled_levels() -> tuple[str, ...]: ...
+def supported_levels() -> tuple[str, ...]: ...
+def load(level: str) -> ModuleType: ...
+def use(level: str) -> AbstractContextManager[ModuleType]: ...
+
+def build_info() -> dict[str, object]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...

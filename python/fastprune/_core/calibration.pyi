@@ -1,0 +1,1 @@
+# Stubs for fastprune._core.calibration (the compiled kernels).

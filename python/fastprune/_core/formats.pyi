@@ -1,0 +1,1 @@
+# Stubs for fastprune._core.formats (the compiled kernels).

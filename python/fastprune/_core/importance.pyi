@@ -1,0 +1,1 @@
+# Stubs for fastprune._core.importance (the compiled kernels).
