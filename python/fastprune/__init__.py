@@ -20,7 +20,7 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     )
     raise ImportError(msg) from err
 
-from . import _cpu
+from . import _cpu, importance
 
 
 def info() -> dict[str, object]:
@@ -67,6 +67,7 @@ def get_num_threads() -> int:
 __all__ = [
     "__version__",
     "get_num_threads",
+    "importance",
     "info",
     "set_num_threads",
 ]
