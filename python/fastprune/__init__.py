@@ -21,6 +21,7 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     raise ImportError(msg) from err
 
 from . import _cpu, importance
+from .calibration import Calibration
 
 
 def info() -> dict[str, object]:
@@ -65,6 +66,7 @@ def get_num_threads() -> int:
 
 
 __all__ = [
+    "Calibration",
     "__version__",
     "get_num_threads",
     "importance",
