@@ -85,6 +85,8 @@ def layouts(x: np.ndarray) -> list[np.ndarray]:
         np.asfortranarray(x[1]),  # 2-D, tokens contiguous: read in place
         np.asfortranarray(x[1])[:, 3:17],
         x[0, 0],  # a single token
+        np.broadcast_to(x[0, 0], (4, x.shape[-1])),  # the same token four times (stride 0)
+        np.broadcast_to(x[0], (2, *x.shape[1:])),
     ]
 
 
