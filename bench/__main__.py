@@ -27,7 +27,9 @@ def available() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("modules", nargs="*", help=f"benchmarks to run (default all: {available()})")
+    parser.add_argument(
+        "modules", nargs="*", help=f"benchmarks to run (default all: {available()})"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args(argv)
     names = args.modules or available()

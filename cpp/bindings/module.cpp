@@ -45,8 +45,7 @@ PYBIND11_MODULE(FASTPRUNE_MODULE_NAME, m) {
   m.def("build_info", &build_info, "How this copy of the core was built.");
   m.def("set_num_threads", &fastprune::set_num_threads, py::arg("n"),
         "Set the number of threads kernels may use.");
-  m.def("get_num_threads", &fastprune::get_num_threads,
-        "The number of threads kernels may use.");
+  m.def("get_num_threads", &fastprune::get_num_threads, "The number of threads kernels may use.");
 
   using namespace fastprune::bindings;
   register_importance(m.def_submodule("importance", "Importance-score kernels."));

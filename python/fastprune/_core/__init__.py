@@ -4,8 +4,10 @@ The core is compiled once per level (``_core_baseline``, ``_core_avx2``, ``_core
 its own shared object so that Eigen code built with different vector widths never meets. At
 import the best level that the CPU and OS support (cpuid + xgetbv) is chosen;
 ``FASTPRUNE_ISA=baseline|avx2|avx512`` forces one, and an unknown or unsupported value is an
-ImportError, never a silent fallback. The chosen module's submodules (``importance``, ``masks``,
-``calibration``, ``sparsegpt``, ``formats``) are attributes of this package.
+ImportError, never a silent fallback. ``FASTPRUNE_DISABLE_ISA=avx512[,avx2]`` takes levels
+out of consideration (for example to avoid AVX-512 clock throttling, or to try a lesser level).
+The chosen module's submodules (``importance``, ``masks``, ``calibration``, ``sparsegpt``,
+``formats``) are attributes of this package.
 """
 
 from __future__ import annotations
@@ -29,14 +31,32 @@ def compiled_levels() -> tuple[str, ...]:
     return tuple(level for level in LEVELS if level in built)
 
 
+def _detect() -> dict[str, tuple[bool, str]]:
+    """Level -> (usable, reason): what the CPU and OS allow, less FASTPRUNE_DISABLE_ISA."""
+    disabled = {part.strip() for part in os.environ.get("FASTPRUNE_DISABLE_ISA", "").split(",")}
+    disabled.discard("")
+    unknown = disabled - set(LEVELS)
+    if unknown:
+        known = ", ".join(LEVELS)
+        msg = f"FASTPRUNE_DISABLE_ISA: unknown level(s) {sorted(unknown)}; known: {known}"
+        raise ImportError(msg)
+    if "baseline" in disabled:
+        msg = "FASTPRUNE_DISABLE_ISA: the baseline level cannot be disabled"
+        raise ImportError(msg)
+    detected = {name: (supported, reason) for name, supported, reason in _cpu.levels()}
+    for level in disabled:
+        detected[level] = (False, "disabled by FASTPRUNE_DISABLE_ISA")
+    return detected
+
+
 def supported_levels() -> tuple[str, ...]:
-    """The levels both compiled into this build and runnable on this machine, best first."""
-    ok = {name for name, supported, _ in _cpu.levels() if supported}
-    return tuple(level for level in compiled_levels() if level in ok)
+    """The levels both compiled into this build and usable on this machine, best first."""
+    detected = _detect()
+    return tuple(level for level in compiled_levels() if detected[level][0])
 
 
 def _choose() -> tuple[str, str]:
-    detected = {name: (supported, reason) for name, supported, reason in _cpu.levels()}
+    detected = _detect()
     compiled = compiled_levels()
     forced = os.environ.get("FASTPRUNE_ISA", "").strip()
     if forced:
@@ -48,7 +68,8 @@ def _choose() -> tuple[str, str]:
             msg = f"FASTPRUNE_ISA={forced}: this CPU/OS cannot run it ({reason})"
             raise ImportError(msg)
         if forced not in compiled:
-            msg = f"FASTPRUNE_ISA={forced}: not compiled into this build (has {', '.join(compiled)})"
+            have = ", ".join(compiled)
+            msg = f"FASTPRUNE_ISA={forced}: not compiled into this build (has {have})"
             raise ImportError(msg)
         return forced, f"forced by FASTPRUNE_ISA={forced}"
     passed_over = []
