@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,21 @@ def random_tokens(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarra
     return (rng.standard_normal(shape) @ mix) * scales
 
 
+@pytest.fixture(params=["default", "eigen"])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test with the package's default dense linear algebra and with Eigen only."""
+    if request.param == "eigen":
+        with _core.eigen_only():
+            yield "eigen"
+    else:
+        yield "default"
+
+
 # --- one update, every dtype and layout ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.usefixtures("backend")
 def test_one_update_matches_reference(dtype: Any) -> None:
     rng = np.random.default_rng(0)
     for tokens, features in [(1, 1), (1, 5), (7, 1), (13, 7), (200, 65), (300, 257), (40, 700)]:
@@ -91,6 +103,7 @@ def layouts(x: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.usefixtures("backend")
 def test_any_memory_layout(dtype: Any) -> None:
     rng = np.random.default_rng(2)
     base = random_tokens(rng, (3, 8, 20)).astype(dtype)
@@ -316,6 +329,7 @@ def test_instruction_set_levels_agree() -> None:
                 )
 
 
+@pytest.mark.usefixtures("backend")
 def test_results_do_not_depend_on_the_thread_count() -> None:
     rng = np.random.default_rng(10)
     x = random_tokens(rng, (700, 300)).astype(np.float32)

@@ -6,6 +6,8 @@
 #include <utility>
 #include <vector>
 
+#include "fastprune/blas.hpp"
+
 namespace fastprune::calibration {
 
 namespace {
@@ -96,6 +98,12 @@ void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x) {
   if (x.tokens == 0 || x.features == 0) return;
   using Stride = Eigen::OuterStride<>;
   if (x.feature_stride == 1) {
+    // A C-ordered batch is the A of C += AᵀA: the loaded BLAS's SYRK takes it as it is.
+    if (blas::backend() != "eigen" && x.token_stride >= x.features) {
+      const ConstMatrixView<T> a{x.data, x.tokens, x.features, x.token_stride};
+      blas::syrk_lower_at_a<T>(T(1), a, T(1), gram);
+      return;
+    }
     using Map = Eigen::Map<const RowMajor<T>, Eigen::Unaligned, Stride>;
     add_gram_lower_blocked(gram, Map(x.data, x.tokens, x.features, Stride(x.token_stride)));
   } else if (x.token_stride == 1) {
