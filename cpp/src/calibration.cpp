@@ -16,8 +16,8 @@ namespace {
 // near the GEMM kernel's peak, small enough that there are tasks to share between threads.
 // It depends only on the feature count, never on the thread count.
 Index gram_block_size(Index features) {
-  constexpr Index kMin = 64, kMax = 512, kAlign = 32;
-  const Index target = (features + 7) / 8;  // about 8 blocks per side, 36 tasks
+  constexpr Index kMin = 64, kMax = 256, kAlign = 32;
+  const Index target = (features + 15) / 16;  // up to 16 blocks per side, 136 tasks
   return std::clamp((target + kAlign - 1) / kAlign * kAlign, kMin, kMax);
 }
 
