@@ -20,7 +20,8 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     )
     raise ImportError(msg) from err
 
-from . import _cpu
+from . import _cpu, masks
+from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
 
 
 def info() -> dict[str, object]:
@@ -65,8 +66,18 @@ def get_num_threads() -> int:
 
 
 __all__ = [
+    "NM",
+    "Block",
+    "Column",
+    "Pattern",
+    "Row",
+    "Unstructured",
     "__version__",
+    "apply_mask",
     "get_num_threads",
     "info",
+    "mask",
+    "masks",
+    "pattern",
     "set_num_threads",
 ]
