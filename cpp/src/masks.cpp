@@ -113,21 +113,24 @@ KeyOf<T> kth_smallest_key(const T* values, Index n, Index k, T* scratch) {
   return lo;
 }
 
-// keep[i] = key >= threshold, then the first `k - #(key < threshold)` entries whose key
-// equals the threshold are pruned (lower index first).
+// Prunes every score whose key is below the threshold and the first `k - #(key < threshold)`
+// of those equal to it (lower index first). One vectorizable pass writes key > threshold and
+// counts; only when some entries equal to the threshold stay kept (ties straddling the cut)
+// does a second, short pass from the end restore the last of them.
 template <class T>
 void prune_below_and_first_ties(const T* scores, Index n, Index k, KeyOf<T> threshold, bool* keep) {
-  Index below = 0;
+  Index below = 0, equal = 0;
   for (Index i = 0; i < n; ++i) {
     const KeyOf<T> key = key_of(scores[i]);
-    keep[i] = key >= threshold;
+    keep[i] = key > threshold;
     below += key < threshold;
+    equal += key == threshold;
   }
-  Index ties = k - below;
-  for (Index i = 0; ties > 0; ++i) {
+  Index tied_kept = equal - (k - below);
+  for (Index i = n - 1; tied_kept > 0; --i) {
     if (key_of(scores[i]) == threshold) {
-      keep[i] = false;
-      --ties;
+      keep[i] = true;
+      --tied_kept;
     }
   }
 }
