@@ -67,10 +67,23 @@ inline int digit_bits(Index count) {
 
 // --- radix selection over one contiguous array -------------------------------------------
 
-// The key of the k-th smallest (1-based, 1 <= k <= n) of values[0, n). Each pass histograms
-// the candidates' keys between their current minimum and maximum, keeps the bucket holding
-// the k-th, and moves those candidates to `scratch`; the key range shrinks by 2^digit_bits
-// per pass, so there are at most a few passes and the total work is O(n).
+// Keys are kept in `scratch` (room for n values of T, a key's size) as raw bit patterns.
+template <class T>
+inline void store_key(T* slot, KeyOf<T> key) {
+  std::memcpy(slot, &key, sizeof key);
+}
+
+template <class T>
+inline KeyOf<T> load_key(const T* slot) {
+  KeyOf<T> key;
+  std::memcpy(&key, slot, sizeof key);
+  return key;
+}
+
+// The key of the k-th smallest (1-based, 1 <= k <= n) of values[0, n). The keys are computed
+// once into `scratch`; each pass histograms the candidate keys between their current minimum
+// and maximum, keeps the bucket holding the k-th and compacts those keys in place. The key
+// range shrinks by 2^digit_bits per pass, so there are a few passes and O(n) work in all.
 template <class T>
 KeyOf<T> kth_smallest_key(const T* values, Index n, Index k, T* scratch) {
   using U = KeyOf<T>;
@@ -78,17 +91,17 @@ KeyOf<T> kth_smallest_key(const T* values, Index n, Index k, T* scratch) {
   U lo = std::numeric_limits<U>::max(), hi = 0;
   for (Index i = 0; i < n; ++i) {
     const U key = key_of(values[i]);
+    store_key(scratch + i, key);
     lo = std::min(lo, key);
     hi = std::max(hi, key);
   }
-  const T* candidates = values;
   Index count = n;
   while (lo != hi) {
     const int width = bit_width(static_cast<U>(hi - lo));
     const int shift = std::max(0, width - digit_bits(count));
     const Index bins = static_cast<Index>((hi - lo) >> shift) + 1;
     std::fill(hist, hist + bins, Index(0));
-    for (Index i = 0; i < count; ++i) ++hist[(key_of(candidates[i]) - lo) >> shift];
+    for (Index i = 0; i < count; ++i) ++hist[(load_key(scratch + i) - lo) >> shift];
     Index bucket = 0;
     for (; hist[bucket] < k; ++bucket) k -= hist[bucket];
     const U bucket_lo = lo + (static_cast<U>(bucket) << shift);
@@ -97,15 +110,13 @@ KeyOf<T> kth_smallest_key(const T* values, Index n, Index k, T* scratch) {
     U next_lo = std::numeric_limits<U>::max(), next_hi = 0;
     Index kept = 0;
     for (Index i = 0; i < count; ++i) {
-      const T v = candidates[i];
-      const U key = key_of(v);
+      const U key = load_key(scratch + i);
       if (static_cast<U>(key - bucket_lo) <= bucket_span) {
-        scratch[kept++] = v;  // kept <= i: compaction in place is safe
+        store_key(scratch + kept++, key);  // kept <= i: compaction in place is safe
         next_lo = std::min(next_lo, key);
         next_hi = std::max(next_hi, key);
       }
     }
-    candidates = scratch;
     count = kept;
     lo = next_lo;
     hi = next_hi;
