@@ -151,17 +151,20 @@ def test_nm_matches_reference() -> None:
         np.testing.assert_array_equal(mask(wide, pattern=NM(n, m)), ref_nm(wide, n, m))
 
 
+@pytest.mark.parametrize("level", _core.supported_levels())
 @pytest.mark.parametrize("spec", ["2:4", "4:8", "1:4", "3:4", "1:8", "7:8"])
-def test_simd_nm_widths_match_reference(spec: str) -> None:
-    """m = 4 and 8 have SIMD paths: widths around the vector length exercise both parts."""
+def test_simd_nm_widths_match_reference(spec: str, level: str) -> None:
+    """m = 4 and 8 have SIMD paths per level: widths around the vector length exercise the
+    vector part and the scalar remainder."""
     pat = pattern(spec)
     assert isinstance(pat, NM)
     rng = np.random.default_rng(5)
-    for cols in range(pat.m, 64 + pat.m, pat.m):
-        s = random_scores(rng, 7, cols)
-        np.testing.assert_array_equal(mask(s, pattern=pat), ref_nm(s, pat.n, pat.m))
-        d = s.astype(np.float64) + rng.standard_normal(s.shape) * 1e-12
-        np.testing.assert_array_equal(mask(d, pattern=pat), ref_nm(d, pat.n, pat.m))
+    with _core.use(level):
+        for cols in range(pat.m, 64 + pat.m, pat.m):
+            s = random_scores(rng, 7, cols)
+            np.testing.assert_array_equal(mask(s, pattern=pat), ref_nm(s, pat.n, pat.m))
+            d = s.astype(np.float64) + rng.standard_normal(s.shape) * 1e-12
+            np.testing.assert_array_equal(mask(d, pattern=pat), ref_nm(d, pat.n, pat.m))
 
 
 def test_block_matches_reference() -> None:
@@ -412,6 +415,7 @@ def test_pattern_parsing_and_nm_convention() -> None:
     assert NM(1, 4).pruned == 3
     assert NM(3, 4).sparsity == 0.25
     assert repr(NM(2, 4)) == "NM(n=2, m=4)  # 2 kept of every 4"
+    assert str(NM(2, 4)) == "2:4 (2 kept of every 4)"
     assert "KEPT" in (NM.__doc__ or "").upper()
     with pytest.raises(TypeError, match="pattern"):
         pattern(4)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX2__) || defined(__AVX512F__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -246,6 +246,43 @@ Index keep_n_of_m_simd(const float* scores, Index cols, int n, bool* keep) {
 
 #endif
 
+#if defined(__SSE2__) && !defined(__AVX2__)
+
+// Plain x86-64 (SSE2): one group of 4 per vector, m = 4 only; the masks are blended with
+// and/andnot/or (no blendv before SSE4.1).
+template <int M>
+Index keep_n_of_m_simd(const float* scores, Index cols, int n, bool* keep) {
+  static_assert(M == 4);
+  const __m128i not_enough = _mm_set1_epi32(M - n - 1);  // rank > m - n - 1: kept
+  const __m128 wrapped1 = _mm_castsi128_ps(_mm_setr_epi32(0, 0, 0, -1));
+  const __m128 wrapped2 = _mm_castsi128_ps(_mm_setr_epi32(0, 0, -1, -1));
+  const __m128 wrapped3 = _mm_castsi128_ps(_mm_setr_epi32(0, -1, -1, -1));
+  const auto before = [](__m128 other, __m128 s, __m128 wrapped) {
+    return _mm_or_ps(_mm_andnot_ps(wrapped, _mm_cmplt_ps(other, s)),
+                     _mm_and_ps(wrapped, _mm_cmple_ps(other, s)));
+  };
+  Index c = 0;
+  for (; c + 4 <= cols; c += 4) {
+    const __m128 s = _mm_loadu_ps(scores + c);
+    // rotations by 1, 2, 3: lane i meets lane (i + r) mod 4
+    const __m128 b1 = before(_mm_shuffle_ps(s, s, _MM_SHUFFLE(0, 3, 2, 1)), s, wrapped1);
+    const __m128 b2 = before(_mm_shuffle_ps(s, s, _MM_SHUFFLE(1, 0, 3, 2)), s, wrapped2);
+    const __m128 b3 = before(_mm_shuffle_ps(s, s, _MM_SHUFFLE(2, 1, 0, 3)), s, wrapped3);
+    __m128i rank = _mm_sub_epi32(_mm_setzero_si128(), _mm_castps_si128(b1));
+    rank = _mm_sub_epi32(rank, _mm_castps_si128(b2));
+    rank = _mm_sub_epi32(rank, _mm_castps_si128(b3));
+    const auto bits = static_cast<std::uint32_t>(
+        _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(rank, not_enough))));
+    // bit j of `bits` -> byte j (0 or 1)
+    const std::uint32_t bytes = (bits * 0x00204081u) & 0x01010101u;
+    std::memcpy(keep + c, &bytes, 4);
+  }
+  return c;
+}
+
+#endif
+
+// The leading columns a SIMD path handled (float, m = 4 or 8 where this level has one).
 template <class T>
 Index keep_n_of_m_vectorized(const T* scores, Index cols, int n, int m, bool* keep) {
 #if (defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)) || \
@@ -253,6 +290,10 @@ Index keep_n_of_m_vectorized(const T* scores, Index cols, int n, int m, bool* ke
   if constexpr (std::is_same_v<T, float>) {
     if (m == 4) return keep_n_of_m_simd<4>(scores, cols, n, keep);
     if (m == 8) return keep_n_of_m_simd<8>(scores, cols, n, keep);
+  }
+#elif defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (m == 4) return keep_n_of_m_simd<4>(scores, cols, n, keep);
   }
 #endif
   (void)scores, (void)cols, (void)n, (void)m, (void)keep;

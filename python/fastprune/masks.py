@@ -90,6 +90,9 @@ class NM:
     def __repr__(self) -> str:
         return f"NM(n={self.n}, m={self.m})  # {self.n} kept of every {self.m}"
 
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m} ({self.n} kept of every {self.m})"
+
 
 @dataclass(frozen=True)
 class Block:
@@ -215,7 +218,7 @@ def mask(
         msg = f"scope: expected one of {', '.join(map(repr, _SCOPES))}, got {scope!r}"
         raise ValueError(msg)
     if not isinstance(pat, Unstructured) and scope != "row":
-        msg = f"scope: {pat!r} selects within each matrix and needs scope='row', got {scope!r}"
+        msg = f"scope: {pat} selects within each matrix and needs scope='row', got {scope!r}"
         raise ValueError(msg)
     amount = _sparsity_for(pat, sparsity)
 
@@ -228,7 +231,7 @@ def mask(
     s = _score_matrix(scores, "scores")
     rows, cols = s.shape
     if isinstance(pat, NM) and cols % pat.m != 0:
-        msg = f"scores: {pat!r} needs in_features divisible by m={pat.m}, got shape {s.shape}"
+        msg = f"scores: {pat} needs in_features divisible by m={pat.m}, got shape {s.shape}"
         raise ValueError(msg)
     if isinstance(pat, (Block, Row, Column)):
         h, w = _block_shape(pat, s.shape)
@@ -367,13 +370,13 @@ def _sparsity_for(pat: Pattern, sparsity: float | None) -> float:
             given = check_sparsity(sparsity)
             if not math.isclose(given, pat.sparsity, rel_tol=1e-9, abs_tol=1e-12):
                 msg = (
-                    f"sparsity: {pat!r} implies sparsity {pat.sparsity:g} (1 - n/m), got "
+                    f"sparsity: {pat} implies sparsity {pat.sparsity:g} (1 - n/m), got "
                     f"{given:g}; omit it or pass {pat.sparsity:g}"
                 )
                 raise ValueError(msg)
         return pat.sparsity
     if sparsity is None:
-        msg = f"sparsity: required for pattern {pat!r} (the fraction pruned, in [0, 1))"
+        msg = f"sparsity: required for pattern {pat} (the fraction pruned, in [0, 1))"
         raise ValueError(msg)
     return check_sparsity(sparsity)
 
