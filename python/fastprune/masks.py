@@ -206,7 +206,12 @@ def mask(
     Ties: ranks are ``(score, index)`` ascending and the lowest are pruned, so among equal
     scores the lower index goes first (row-major block index for blocks, concatenated index
     for ``"global"``). Block, Row and Column rank by summed score, summed in float64; N:M
-    keeps the n largest of each group of m. The scores are never modified.
+    keeps the n largest of each group of m. The scores are never modified; float16 and
+    bfloat16 scores are converted to float32 (exactly), and a ``"global"`` list holding any
+    float64 array is ranked in float64.
+
+    Returns:
+        A new bool array of the scores' shape, True = kept (for ``"global"``, a list of them).
 
     Raises:
         ValueError: bad sparsity or scope, a pattern that does not fit the shape (m must
