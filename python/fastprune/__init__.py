@@ -21,6 +21,7 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     raise ImportError(msg) from err
 
 from . import _cpu
+from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
 
 
 def info() -> dict[str, object]:
@@ -65,8 +66,11 @@ def get_num_threads() -> int:
 
 
 __all__ = [
+    "HessianFactor",
     "__version__",
     "get_num_threads",
     "info",
     "set_num_threads",
+    "sparsegpt",
+    "sparsegpt_factor",
 ]
