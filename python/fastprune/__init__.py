@@ -23,6 +23,7 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
 from . import _cpu, importance, masks
 from .calibration import Calibration
 from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
+from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
 
 
 def info() -> dict[str, object]:
@@ -73,6 +74,7 @@ __all__ = [
     "Block",
     "Calibration",
     "Column",
+    "HessianFactor",
     "Pattern",
     "Row",
     "Unstructured",
@@ -85,4 +87,6 @@ __all__ = [
     "masks",
     "pattern",
     "set_num_threads",
+    "sparsegpt",
+    "sparsegpt_factor",
 ]
