@@ -20,8 +20,10 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     )
     raise ImportError(msg) from err
 
-from . import _cpu, importance
+from . import _cpu, importance, masks
 from .calibration import Calibration
+from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
+from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
 
 
 def info() -> dict[str, object]:
@@ -68,10 +70,23 @@ def get_num_threads() -> int:
 
 
 __all__ = [
+    "NM",
+    "Block",
     "Calibration",
+    "Column",
+    "HessianFactor",
+    "Pattern",
+    "Row",
+    "Unstructured",
     "__version__",
+    "apply_mask",
     "get_num_threads",
     "importance",
     "info",
+    "mask",
+    "masks",
+    "pattern",
     "set_num_threads",
+    "sparsegpt",
+    "sparsegpt_factor",
 ]
