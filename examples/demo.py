@@ -22,13 +22,13 @@ def main() -> None:
     print(f"{'scores':<26} {'':>10} {(time.perf_counter() - t0) * 1e3:8.2f} ms")
 
     cases = [
-        ("unstructured 50% per row", dict(sparsity=0.5)),
-        ("unstructured 70% layer", dict(sparsity=0.7, scope="layer")),
-        ("2:4", dict(pattern="2:4")),
-        ("4:8", dict(pattern="4:8")),
-        ("block 16x16 50%", dict(sparsity=0.5, pattern="block:16x16")),
-        ("row 25%", dict(sparsity=0.25, pattern="row")),
-        ("column 25%", dict(sparsity=0.25, pattern="column")),
+        ("unstructured 50% per row", {"sparsity": 0.5}),
+        ("unstructured 70% layer", {"sparsity": 0.7, "scope": "layer"}),
+        ("2:4", {"pattern": "2:4"}),
+        ("4:8", {"pattern": "4:8"}),
+        ("block 16x16 50%", {"sparsity": 0.5, "pattern": "block:16x16"}),
+        ("row 25%", {"sparsity": 0.25, "pattern": "row"}),
+        ("column 25%", {"sparsity": 0.25, "pattern": "column"}),
     ]
     for name, kwargs in cases:
         t0 = time.perf_counter()

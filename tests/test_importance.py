@@ -578,3 +578,29 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
         fastprune.set_num_threads(before)
     for got, want in zip(parallel, serial, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+# --- SparseGPT saliency -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sparsegpt_saliency_matches_textbook_reference(dtype: Any) -> None:
+    rng = np.random.default_rng(11)
+    cols, rows, damp = 24, 7, 0.05
+    x = rng.standard_normal((200, cols)) * rng.uniform(0.1, 3.0, cols)
+    x[:, 5] = 0.0  # a dead column: H_jj == 0
+    hessian = 2.0 / len(x) * x.T @ x
+    w = rng.standard_normal((rows, cols)).astype(dtype)
+
+    h = hessian.copy()
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    h += damp * np.mean(np.diag(h)) * np.eye(cols)
+    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper Cholesky factor of H^-1
+    expected = w.astype(np.float64) ** 2 / np.diag(u) ** 2
+    expected[:, dead] = 0.0
+
+    got = imp.sparsegpt(w, hessian.astype(dtype), damp=damp)
+    assert got.dtype == dtype
+    tol = 1e-10 if dtype == np.float64 else 2e-4
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * expected.max())

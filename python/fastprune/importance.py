@@ -3,7 +3,9 @@
 A larger score means a more important weight; masks keep the largest scores. Weights are
 ``(out_features, in_features)`` matrices; conv weights ``(out, in, kh, kw)`` (any N-D array) are
 flattened to ``(out, in*kh*kw)``. Every weight-sized computation runs in fastprune's C++ core on
-all threads without the GIL; only the short per-channel vectors of :func:`reduce_group` and
+all threads without the GIL; :func:`sparsegpt` (SparseGPT's saliency ``w² / U_jj²``) is the
+solver module's own, reusing its factorisation of the inverse Hessian; only the short
+per-channel vectors of :func:`reduce_group` and
 :func:`normalize` are handled in NumPy.
 
 dtypes: float16, bfloat16, float32 and float64 are accepted. Scores are float64 when any array
@@ -23,6 +25,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import FloatArray, check_finite, float_dtype, rows_contiguous, to_numpy
+from .sparsegpt import saliency as sparsegpt
 
 __all__ = [
     "NORMALIZERS",
@@ -32,6 +35,7 @@ __all__ = [
     "magnitude",
     "normalize",
     "reduce_group",
+    "sparsegpt",
     "taylor",
     "wanda",
 ]
