@@ -22,6 +22,7 @@ constexpr Index kTile = 128;
 // Rows per tile of the pruning loop's block step (panels, in-block and in-superblock GEMMs).
 constexpr Index kRowTile = 128;
 
+// A row-major Eigen view with a row stride, as `block` returns it.
 template <class T>
 using Block = Eigen::Map<RowMajor<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
