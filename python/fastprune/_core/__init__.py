@@ -8,6 +8,11 @@ ImportError, never a silent fallback. ``FASTPRUNE_DISABLE_ISA=avx512[,avx2]`` ta
 out of consideration (for example to avoid AVX-512 clock throttling, or to try a lesser level).
 The chosen module's submodules (``importance``, ``masks``, ``calibration``, ``sparsegpt``,
 ``formats``) are attributes of this package.
+
+Large dense linear algebra (the GEMMs, the Cholesky factorisation and triangular inverse of the
+SparseGPT solver, the Hessian's rank-k updates) goes to the OpenBLAS that the
+``scipy-openblas32`` wheel ships when it is installed; ``FASTPRUNE_BLAS=eigen`` keeps it on
+Eigen, ``FASTPRUNE_BLAS=openblas`` makes a missing OpenBLAS an ImportError.
 """
 
 from __future__ import annotations
@@ -93,7 +98,36 @@ def load(level: str) -> ModuleType:
     return importlib.import_module(f"fastprune._core_{level}")
 
 
+def _openblas() -> tuple[str, str] | None:
+    """(path, symbol prefix) of the scipy-openblas32 library, or None when it is not wanted."""
+    choice = os.environ.get("FASTPRUNE_BLAS", "").strip() or "auto"
+    if choice not in ("auto", "openblas", "eigen"):
+        msg = f"FASTPRUNE_BLAS={choice!r} is not one of openblas, eigen"
+        raise ImportError(msg)
+    if choice == "eigen":
+        return None
+    try:
+        import scipy_openblas32
+    except ImportError as err:
+        if choice == "openblas":
+            msg = "FASTPRUNE_BLAS=openblas but the scipy-openblas32 package is not installed"
+            raise ImportError(msg) from err
+        return None
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    name = f"lib{scipy_openblas32.get_library()}{suffix}"
+    return os.path.join(scipy_openblas32.get_lib_dir(), name), "scipy_"
+
+
 def _install(module: ModuleType) -> None:
+    if _BLAS is None:
+        module.unload_blas()
+    else:
+        try:
+            module.load_openblas(*_BLAS)
+        except ValueError as err:
+            if os.environ.get("FASTPRUNE_BLAS", "").strip() == "openblas":
+                raise ImportError(str(err)) from err
+            module.unload_blas()
     g = globals()
     g["impl"] = module
     for name in ("build_info", "set_num_threads", "get_num_threads"):
@@ -115,5 +149,16 @@ def use(level: str) -> Iterator[ModuleType]:
         _install(previous)
 
 
+@contextlib.contextmanager
+def eigen_only() -> Iterator[None]:
+    """Run the enclosed code with all dense linear algebra on Eigen (for comparing backends)."""
+    globals()["impl"].unload_blas()
+    try:
+        yield
+    finally:
+        _install(globals()["impl"])
+
+
 ISA, REASON = _choose()
+_BLAS = _openblas()
 _install(importlib.import_module(f"fastprune._core_{ISA}"))
