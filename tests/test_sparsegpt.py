@@ -329,10 +329,11 @@ BAD_ARGUMENTS = [
     ({"blocksize": 2.5}, ValueError, "blocksize"),
     ({"pattern": "2:4", "blocksize": 6}, ValueError, "blocksize: must be a multiple"),
     ({"pattern": "2:4"}, ValueError, "pattern: in_features"),
-    ({"pattern": "5:4"}, ValueError, "pattern: N:M needs"),
-    ({"pattern": "0:4"}, ValueError, "pattern: N:M needs"),
-    ({"pattern": "dense"}, ValueError, "pattern: expected"),
-    ({"pattern": 4}, ValueError, "pattern: expected"),
+    ({"pattern": "5:4"}, ValueError, "pattern: '5:4' is N:M"),
+    ({"pattern": "0:4"}, ValueError, "pattern: '0:4' is N:M"),
+    ({"pattern": "dense"}, ValueError, "pattern: unknown"),
+    ({"pattern": "block:2x2"}, ValueError, "pattern: SparseGPT prunes"),
+    ({"pattern": 4}, TypeError, "pattern: expected a str"),
     ({"damp": -0.01}, ValueError, "damp"),
     ({"damp": float("inf")}, ValueError, "damp"),
     ({"precision": "float16"}, ValueError, "precision"),
@@ -430,6 +431,21 @@ def test_keep_mask_keeps_pruned_weights_pruned() -> None:
     # More forced than the budget: all forced go, nothing else.
     few = sparsegpt(w, h, 0.1, blocksize=16, keep_mask=keep)
     assert np.array_equal(few.mask, keep)
+
+
+def test_pattern_objects_and_calibration() -> None:
+    rng = np.random.default_rng(19)
+    x = llm_like_activations(rng, 300, 32)
+    cal = fastprune.Calibration(32, dtype=np.float64)
+    cal.update(x[:100])
+    cal.update(x[100:])
+    w = rng.standard_normal((6, 32))
+    expected = sparsegpt(w, 2 / 300 * (x.T @ x), pattern="2:4", precision="float64")
+    res = sparsegpt(w, cal, pattern=fastprune.masks.NM(2, 4), precision="float64")
+    assert np.array_equal(res.mask, expected.mask)
+    assert_weights_close(res.weight, expected.weight, 1e-9)
+    unstructured = sparsegpt(w, cal, 0.5, fastprune.masks.Unstructured(), precision="float64")
+    assert np.array_equal(unstructured.mask, sparsegpt(w, cal, 0.5, precision="float64").mask)
 
 
 def test_factor_and_calibration_objects_give_the_same_result() -> None:

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <iomanip>
 #include <iterator>
 #include <limits>
@@ -10,8 +12,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "fastprune/masks.hpp"
-
 namespace fastprune::sparsegpt {
 namespace {
 
@@ -19,6 +19,10 @@ namespace {
 // is one sequential Eigen call, so the arithmetic never depends on the number of threads.
 constexpr Index kTile = 128;
 
+// Rows per tile of the pruning loop's block step (panels, in-block and in-superblock GEMMs).
+constexpr Index kRowTile = 128;
+
+// A row-major Eigen view with a row stride, as `block` returns it.
 template <class T>
 using Block = Eigen::Map<RowMajor<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
@@ -192,64 +196,287 @@ bool reverse_into_upper(MatrixView<T> a) {
 }
 
 // --- the pruning loop ---------------------------------------------------------------------
+//
+// Four levels of laziness, all exact: inside a panel of a few columns each pruned weight's
+// update reaches the rest of the panel as an axpy along the rows; a panel's errors reach the
+// rest of its block as one small GEMM; a block's errors reach the rest of its superblock as one
+// GEMM; and a superblock's errors reach every column after it as one large GEMM. A block (the
+// unit of mask selection) is fully updated before its mask is chosen, as in the reference.
 
-// One row's part of one block: choose (N:M) or read (unstructured) the mask column by column,
-// zero the pruned weights, record err = (w − q) / U_jj and apply W[r, j+1:i2] −= err · U[j,
-// j+1:i2].
-template <class T>
-double prune_row_in_block(T* w, bool* keep, const bool* allowed, T* err, ConstMatrixView<T> u,
-                          Index i1, Index bc, const Options& options, T* group_scores) {
-  double loss = 0.0;
-  for (Index j = 0; j < bc; ++j) {
-    const Index col = i1 + j;
-    const T d = u(col, col);
-    if (options.m > 0 && j % options.m == 0) {
-      for (int g = 0; g < options.m; ++g) {
-        const T s = w[j + g] * w[j + g] / (u(col + g, col + g) * u(col + g, col + g));
-        group_scores[g] =
-            allowed == nullptr || allowed[j + g] ? s : -std::numeric_limits<T>::infinity();
-      }
-      masks::keep_n_of_m(group_scores, options.m, options.n, options.m, keep + j);
-      if (allowed != nullptr) {
-        for (int g = 0; g < options.m; ++g) keep[j + g] = keep[j + g] && allowed[j + g];
-      }
-    }
-    const T q = keep[j] ? w[j] : T(0);
-    const T e = (w[j] - q) / d;
-    err[j] = e;
-    w[j] = q;
-    if (e != T(0)) {
-      const double scaled = static_cast<double>(e);
-      loss += scaled * scaled;
-      segment(w + j + 1, bc - j - 1) -= e * segment(u.row(col) + col + 1, bc - j - 1);
-    }
-  }
-  return loss;
+// Columns per panel: a multiple of m, so that an N:M group never straddles two panels.
+Index panel_width(const Options& options) {
+  return options.m > 0 ? options.m * std::max(1, 32 / options.m) : 32;
 }
 
-// Unstructured: the block's mask, one exact-count selection over all rows × block columns by
-// saliency w² / U_jj²; weights that may not be kept are ranked below every other.
+// Columns per superblock: whole blocks, about 512 columns.
+Index superblock_width(const Options& options) {
+  return options.blocksize * std::max<Index>(1, 512 / options.blocksize);
+}
+
 template <class T>
-void select_block(MatrixView<T> weight, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                  Index i1, Index bc, double sparsity, MatrixView<bool> mask, T* scores, T* scratch,
-                  bool* keep) {
-  const Index rows = weight.rows;
+using ColumnMajor = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>,
+                               Eigen::Unaligned, Eigen::OuterStride<>>;
+
+// Columns [s1, s2) of the weights being pruned, their errors and their mask (1 kept, 0 pruned),
+// held column-major (a column's rows are contiguous) so that the per-column work runs along rows.
+template <class T>
+struct Superblock {
+  Index rows = 0, s1 = 0, s2 = 0;
+  T* weights = nullptr;
+  T* errors = nullptr;
+  T* keep = nullptr;
+
+  T* column(T* base, Index j) const { return base + (j - s1) * rows; }
+  ColumnMajor<T> view(T* base, Index r0, Index j0, Index rb, Index cols) const {
+    return {column(base, j0) + r0, rb, cols, Eigen::OuterStride<>(rows)};
+  }
+};
+
+// Copies rows [r0, r0 + rb) of the superblock's columns between the row-major weight and mask
+// and the column-major superblock, in small squares so that both sides stay cached.
+template <class T>
+void load_rows(MatrixView<T> weight, const Superblock<T>& sb, Index r0, Index rb) {
+  constexpr Index kSquare = 16;
+  for (Index j0 = sb.s1; j0 < sb.s2; j0 += kSquare) {
+    for (Index r = r0; r < r0 + rb; ++r) {
+      for (Index j = j0; j < std::min(j0 + kSquare, sb.s2); ++j) {
+        sb.column(sb.weights, j)[r] = weight(r, j);
+      }
+    }
+  }
+}
+
+template <class T>
+void store_rows(MatrixView<T> weight, MatrixView<bool> mask, const Superblock<T>& sb, Index r0,
+                Index rb) {
+  constexpr Index kSquare = 16;
+  for (Index j0 = sb.s1; j0 < sb.s2; j0 += kSquare) {
+    for (Index r = r0; r < r0 + rb; ++r) {
+      for (Index j = j0; j < std::min(j0 + kSquare, sb.s2); ++j) {
+        weight(r, j) = sb.column(sb.weights, j)[r];
+        mask(r, j) = sb.column(sb.keep, j)[r] != T(0);
+      }
+    }
+  }
+}
+
+// --- exact-count selection, in parallel --------------------------------------------------
+
+// An unsigned key of the same order as the float: flip every bit of a negative number, only the
+// sign bit of a positive one (−inf < finite < +inf; −0 and +0 are told apart, but saliencies are
+// never −0).
+template <class T>
+auto order_key(T x) {
+  using Key = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  Key bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  constexpr Key sign = Key(1) << (8 * sizeof(Key) - 1);
+  return (bits & sign) ? Key(~bits) : Key(bits | sign);
+}
+
+// keep[i] = false for the k smallest of the n scores by (score, index), true for the rest: the
+// rule of masks::prune_smallest, computed by a radix select on the keys (16 bits a pass, the
+// histograms per thread summed in integers) and a marking pass whose ties are counted per fixed
+// chunk, so the result never depends on the thread count.
+template <class T>
+void prune_smallest_parallel(const T* scores, Index n, Index k, bool* keep) {
+  if (k <= 0 || k >= n) {
+    std::fill(keep, keep + n, k <= 0);
+    return;
+  }
+  using Key = decltype(order_key(T(0)));
+  constexpr int kBits = 16, kKeyBits = 8 * sizeof(Key);
+  constexpr Index kBins = Index(1) << kBits, kChunk = Index(1) << 16;
+  const int threads = threads_for(double(n), double(kChunk));
+  Key prefix = 0;      // the threshold key's bits found so far
+  Index rank = k - 1;  // the threshold's rank among the keys that share the prefix
+  std::vector<Index> histogram(static_cast<size_t>(kBins));
+  for (int shift = kKeyBits - kBits; shift >= 0; shift -= kBits) {
+    const Key high_mask = shift + kBits >= kKeyBits ? Key(0) : Key(~Key(0) << (shift + kBits));
+    std::fill(histogram.begin(), histogram.end(), 0);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<Index> local(static_cast<size_t>(kBins), 0);
+#pragma omp for schedule(static) nowait
+      for (Index i = 0; i < n; ++i) {
+        const Key key = order_key(scores[i]);
+        if ((key & high_mask) == prefix) ++local[(key >> shift) & (kBins - 1)];
+      }
+#pragma omp critical
+      for (Index b = 0; b < kBins; ++b) histogram[b] += local[b];
+    }
+    Index digit = 0;
+    while (rank >= histogram[digit]) rank -= histogram[digit++];
+    prefix |= Key(digit) << shift;
+  }
+  const Key threshold = prefix;
+  const Index chunks = (n + kChunk - 1) / kChunk;
+  std::vector<Index> ties(static_cast<size_t>(chunks + 1), 0),
+      below(static_cast<size_t>(chunks), 0);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (Index c = 0; c < chunks; ++c) {
+    for (Index i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+      const Key key = order_key(scores[i]);
+      below[c] += key < threshold;
+      ties[c + 1] += key == threshold;
+    }
+  }
+  Index ties_left = k;
+  for (Index c = 0; c < chunks; ++c) ties_left -= below[c];
+  for (Index c = 0; c < chunks; ++c) ties[c + 1] += ties[c];  // ties before each chunk
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (Index c = 0; c < chunks; ++c) {
+    Index tie = ties[c];
+    for (Index i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
+      const Key key = order_key(scores[i]);
+      const bool is_tie = key == threshold;
+      keep[i] = !(key < threshold || (is_tie && tie < ties_left));
+      tie += is_tie;
+    }
+  }
+}
+
+// Unstructured: the mask of block [i1, i1 + bc), one exact-count selection over all rows × block
+// columns by saliency w² / U_jj², in row-major order within the block (ties go to the lower
+// row-major index); weights that may not be kept are ranked below every other.
+template <class T>
+void select_block(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
+                  Index i1, Index bc, double sparsity, T* scores, bool* keep) {
+  constexpr Index kStrip = 16;  // rows per strip: the strip's scores stay cached across columns
+  const Index rows = sb.rows, strips = (rows + kStrip - 1) / kStrip;
+  const int threads = threads_for(double(rows) * double(bc));
   Index forced = 0;
-#pragma omp parallel for schedule(static) reduction(+ : forced) \
-    num_threads(threads_for(double(rows) * double(bc)))
-  for (Index r = 0; r < rows; ++r) {
+#pragma omp parallel for schedule(static) reduction(+ : forced) num_threads(threads)
+  for (Index t = 0; t < strips; ++t) {
+    const Index r0 = t * kStrip, r1 = std::min(rows, r0 + kStrip);
     for (Index j = 0; j < bc; ++j) {
       const Index col = i1 + j;
-      const T w = weight(r, col), d = u(col, col);
-      const bool may_keep = allowed.data == nullptr || allowed(r, col);
-      scores[r * bc + j] = may_keep ? w * w / (d * d) : -std::numeric_limits<T>::infinity();
-      forced += !may_keep;
+      const T* w = sb.column(sb.weights, col);
+      const T d2 = u(col, col) * u(col, col);
+      for (Index r = r0; r < r1; ++r) {
+        const bool may_keep = allowed.data == nullptr || allowed(r, col);
+        scores[r * bc + j] = may_keep ? w[r] * w[r] / d2 : -std::numeric_limits<T>::infinity();
+        forced += !may_keep;
+      }
     }
   }
   const Index total = rows * bc;
   const auto budget = static_cast<Index>(static_cast<double>(total) * sparsity);
-  masks::prune_smallest(scores, total, std::max(budget, forced), keep, scratch);
-  for (Index r = 0; r < rows; ++r) std::copy(keep + r * bc, keep + (r + 1) * bc, mask.row(r) + i1);
+  prune_smallest_parallel(scores, total, std::max(budget, forced), keep);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (Index t = 0; t < strips; ++t) {
+    const Index r0 = t * kStrip, r1 = std::min(rows, r0 + kStrip);
+    for (Index j = 0; j < bc; ++j) {
+      T* out = sb.column(sb.keep, i1 + j);
+      for (Index r = r0; r < r1; ++r) out[r] = keep[r * bc + j] ? T(1) : T(0);
+    }
+  }
+}
+
+// N:M: the mask of the group of m columns starting at `col`, for rows [r0, r0 + rb), from the
+// already-updated weights, along the rows: a weight is kept when its rank by (score, column)
+// within its group is at least m − n (the rule of masks::keep_n_of_m); weights that may not be
+// kept score below every other and are never kept. `scores` has room for m · rb values.
+template <class T>
+void choose_groups(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
+                   Index r0, Index rb, Index col, const Options& options, T* scores) {
+  const int m = options.m, pruned = options.m - options.n;
+  for (int g = 0; g < m; ++g) {
+    const T* w = sb.column(sb.weights, col + g) + r0;
+    const T d2 = u(col + g, col + g) * u(col + g, col + g);
+    T* s = scores + g * rb;
+    for (Index r = 0; r < rb; ++r) s[r] = w[r] * w[r] / d2;
+    if (allowed.data != nullptr) {
+      for (Index r = 0; r < rb; ++r) {
+        if (!allowed(r0 + r, col + g)) s[r] = -std::numeric_limits<T>::infinity();
+      }
+    }
+  }
+  for (int g = 0; g < m; ++g) {
+    const T* s = scores + g * rb;
+    T* keep = sb.column(sb.keep, col + g) + r0;
+    for (Index r = 0; r < rb; ++r) keep[r] = T(0);  // rank of (s[r], g) in its group
+    for (int h = 0; h < m; ++h) {
+      const T* other = scores + h * rb;
+      if (h < g) {
+        for (Index r = 0; r < rb; ++r) keep[r] += other[r] <= s[r] ? T(1) : T(0);
+      } else if (h > g) {
+        for (Index r = 0; r < rb; ++r) keep[r] += other[r] < s[r] ? T(1) : T(0);
+      }
+    }
+    for (Index r = 0; r < rb; ++r) {
+      keep[r] = keep[r] >= T(pruned) && s[r] != -std::numeric_limits<T>::infinity() ? T(1) : T(0);
+    }
+  }
+}
+
+// Rows [r0, r0 + rb) of panel [p1, p1 + pc), column by column along the rows: choose (N:M) or
+// read (unstructured) the mask, zero the pruned weights, record err = (w − q) / U_jj and update
+// the rest of the panel, W[:, j+1:p2] −= err · U[j, j+1:p2].
+template <class T>
+void prune_panel(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
+                 Index r0, Index rb, Index p1, Index pc, const Options& options, T* group_scores,
+                 double* row_loss) {
+  for (Index j = 0; j < pc; ++j) {
+    const Index col = p1 + j;
+    if (options.m > 0 && j % options.m == 0) {
+      choose_groups(sb, u, allowed, r0, rb, col, options, group_scores);
+    }
+    const T d = u(col, col);
+    T* w = sb.column(sb.weights, col) + r0;
+    T* e = sb.column(sb.errors, col) + r0;
+    const T* keep = sb.column(sb.keep, col) + r0;
+    for (Index r = 0; r < rb; ++r) {
+      const T q = keep[r] != T(0) ? w[r] : T(0);
+      e[r] = (w[r] - q) / d;
+      w[r] = q;
+    }
+    for (Index r = 0; r < rb; ++r) {
+      row_loss[r0 + r] += static_cast<double>(e[r]) * static_cast<double>(e[r]);
+    }
+    for (Index k = j + 1; k < pc; ++k) {
+      segment(sb.column(sb.weights, p1 + k) + r0, rb) -= u(col, p1 + k) * segment(e, rb);
+    }
+  }
+}
+
+// Everything rows [r0, r0 + rb) need for block [i1, i2): its panels one after the other, each
+// followed by the GEMM that brings its errors to the rest of the block, then the GEMM that
+// brings the block's errors to the rest of the superblock.
+template <class T>
+void prune_tile_of_block(const Superblock<T>& sb, ConstMatrixView<T> u,
+                         ConstMatrixView<bool> allowed, Index r0, Index rb, Index i1, Index i2,
+                         const Options& options, T* group_scores, double* row_loss) {
+  const Index panel = panel_width(options);
+  for (Index p1 = i1; p1 < i2; p1 += panel) {
+    const Index p2 = std::min(p1 + panel, i2);
+    prune_panel(sb, u, allowed, r0, rb, p1, p2 - p1, options, group_scores, row_loss);
+    if (p2 < i2) {
+      sb.view(sb.weights, r0, p2, rb, i2 - p2).noalias() -=
+          sb.view(sb.errors, r0, p1, rb, p2 - p1) * block(u, p1, p2, p2 - p1, i2 - p2);
+    }
+  }
+  if (i2 < sb.s2) {
+    sb.view(sb.weights, r0, i2, rb, sb.s2 - i2).noalias() -=
+        sb.view(sb.errors, r0, i1, rb, i2 - i1) * block(u, i1, i2, i2 - i1, sb.s2 - i2);
+  }
+}
+
+// W[:, s2:] −= Err[:, s1:s2] · U[s1:s2, s2:], in fixed 2-D tiles.
+template <class T>
+void update_after_superblock(MatrixView<T> weight, ConstMatrixView<T> u, const Superblock<T>& sb) {
+  constexpr Index kRows = 256, kCols = 512;
+  const Index rows = weight.rows, c = weight.cols, sc = sb.s2 - sb.s1;
+  const Index row_tiles = (rows + kRows - 1) / kRows, col_tiles = (c - sb.s2 + kCols - 1) / kCols;
+  const Index tiles = row_tiles * col_tiles;
+#pragma omp parallel for schedule(static) \
+    num_threads(tile_threads(tiles, double(kRows) * double(kCols) * double(sc)))
+  for (Index t = 0; t < tiles; ++t) {
+    const Index r0 = (t / col_tiles) * kRows, c0 = sb.s2 + (t % col_tiles) * kCols;
+    const Index rb = std::min(kRows, rows - r0), cb = std::min(kCols, c - c0);
+    block(weight, r0, c0, rb, cb).noalias() -=
+        sb.view(sb.errors, r0, sb.s1, rb, sc) * block(u, sb.s1, c0, sc, cb);
+  }
 }
 
 }  // namespace
@@ -305,12 +532,15 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
     invalid("sparsity: must be in [0, 1)");
   }
   const Index bmax = std::min(options.blocksize, std::max<Index>(c, 1));
-  const auto buffer = static_cast<size_t>(rows * bmax);
-  std::vector<T> errors(buffer);
-  std::vector<T> scores(options.m > 0 ? 0 : buffer), scratch(options.m > 0 ? 0 : buffer);
-  const auto keep = std::make_unique<bool[]>(options.m > 0 ? 0 : buffer);
+  const Index smax = std::min(superblock_width(options), std::max<Index>(c, 1));
+  const auto superblock_size = static_cast<size_t>(rows * smax);
+  std::vector<T> sb_weights(superblock_size), sb_errors(superblock_size), sb_keep(superblock_size);
+  const auto buffer = static_cast<size_t>(options.m > 0 ? 0 : rows * bmax);
+  std::vector<T> scores(buffer);
+  const auto keep = std::make_unique<bool[]>(buffer);
   std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
-  const Index tiles = (rows + kTile - 1) / kTile;
+  const Index tiles = (rows + kRowTile - 1) / kRowTile;
+  const int copy_threads = threads_for(double(rows) * double(smax));
 
 #pragma omp parallel for schedule(static) num_threads(threads_for(double(rows) * double(c)))
   for (Index r = 0; r < rows; ++r) {
@@ -318,31 +548,35 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
       if (dead[j]) weight(r, j) = T(0);
     }
   }
-  for (Index i1 = 0; i1 < c; i1 += options.blocksize) {
-    const Index i2 = std::min(i1 + options.blocksize, c), bc = i2 - i1;
-    if (options.m == 0) {
-      select_block(weight, u, allowed, i1, bc, options.sparsity, mask, scores.data(),
-                   scratch.data(), keep.get());
+  for (Index s1 = 0; s1 < c; s1 += smax) {
+    const Superblock<T> sb{
+        rows, s1, std::min(s1 + smax, c), sb_weights.data(), sb_errors.data(), sb_keep.data()};
+#pragma omp parallel for schedule(static) num_threads(copy_threads)
+    for (Index t = 0; t < tiles; ++t) {
+      load_rows(weight, sb, t * kRowTile, std::min(kRowTile, rows - t * kRowTile));
     }
-    const MatrixView<T> err{errors.data(), rows, bc, bc};
-    const double tile_flops = double(kTile) * double(bc) * (double(bc) + double(c - i2));
+    for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
+      const Index i2 = std::min(i1 + options.blocksize, sb.s2);
+      if (options.m == 0) {
+        select_block(sb, u, allowed, i1, i2 - i1, options.sparsity, scores.data(), keep.get());
+      }
+      const double tile_flops = double(kRowTile) * double(i2 - i1) * double(sb.s2 - i1);
 #pragma omp parallel num_threads(tile_threads(tiles, tile_flops))
-    {
-      std::vector<T> group_scores(static_cast<size_t>(std::max(options.m, 1)));
+      {
+        std::vector<T> group_scores(static_cast<size_t>(std::max(options.m, 1) * kRowTile));
 #pragma omp for schedule(static)
-      for (Index t = 0; t < tiles; ++t) {
-        const Index r0 = t * kTile, rb = std::min(kTile, rows - r0);
-        for (Index r = r0; r < r0 + rb; ++r) {
-          const bool* may_keep = allowed.data == nullptr ? nullptr : allowed.row(r) + i1;
-          row_loss[r] += prune_row_in_block(weight.row(r) + i1, mask.row(r) + i1, may_keep,
-                                            err.row(r), u, i1, bc, options, group_scores.data());
-        }
-        if (i2 < c) {  // the lazy update of the columns after the block: one GEMM per tile
-          block(weight, r0, i2, rb, c - i2).noalias() -=
-              block(err, r0, 0, rb, bc) * block(u, i1, i2, bc, c - i2);
+        for (Index t = 0; t < tiles; ++t) {
+          const Index r0 = t * kRowTile;
+          prune_tile_of_block(sb, u, allowed, r0, std::min(kRowTile, rows - r0), i1, i2, options,
+                              group_scores.data(), row_loss.data());
         }
       }
     }
+#pragma omp parallel for schedule(static) num_threads(copy_threads)
+    for (Index t = 0; t < tiles; ++t) {
+      store_rows(weight, mask, sb, t * kRowTile, std::min(kRowTile, rows - t * kRowTile));
+    }
+    if (sb.s2 < c) update_after_superblock(weight, u, sb);
   }
   double loss = 0.0;
   for (const double l : row_loss) loss += l;

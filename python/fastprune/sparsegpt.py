@@ -25,14 +25,13 @@ Reference semantics (DESIGN.md, "Algorithms"):
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from . import _arrays, _core
+from . import _arrays, _core, masks
 from ._arrays import BoolArray, FloatArray
 from .result import PruneResult
 
@@ -40,8 +39,6 @@ Precision = Literal["float32", "float64"]
 
 #: How many damping values (each 10x the last) are tried before a Hessian is declared hopeless.
 MAX_TRIES = 6
-
-_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -109,8 +106,8 @@ def sparsegpt(
             :func:`sparsegpt_factor` (then ``damp`` is not used: the factor carries its own).
         sparsity: fraction of weights pruned, in ``[0, 1)``; ignored for N:M patterns, whose
             sparsity is ``1 - n/m``.
-        pattern: ``"unstructured"``, ``"N:M"`` (N KEPT of every M along the input dimension) or
-            an object with ``.n`` and ``.m`` (such as ``fastprune.masks.NM``).
+        pattern: ``"unstructured"``, ``"N:M"`` (N KEPT of every M along the input dimension),
+            ``fastprune.masks.Unstructured()`` or ``fastprune.masks.NM(n, m)``.
         blocksize: columns per block, a positive integer (a multiple of ``m`` for N:M).
         damp: relative damping (see :func:`sparsegpt_factor`).
         inplace: write the pruned weights into ``weight`` itself, which must then be a writeable
@@ -128,7 +125,8 @@ def sparsegpt(
         ``mask`` True where kept, ``loss = Σ (w − q)² / U_jj² / 2`` (the paper's estimate).
 
     Raises:
-        TypeError: a weight that is not a float array.
+        TypeError: a weight that is not a float array, a pattern that is neither a str nor a
+            pattern object.
         ValueError: NaN/Inf, shape mismatches, a bad ``sparsity``/``pattern``/``blocksize``/
             ``damp``/``precision``/``keep_mask``, an ``inplace`` weight that cannot be written,
             or a Hessian that no damping makes positive definite.
@@ -214,25 +212,15 @@ def _damping(damp: object) -> float:
     return value
 
 
-def _pattern(pattern: object) -> tuple[int, int]:
+def _pattern(spec: object) -> tuple[int, int]:
     """(n kept, m) of an N:M pattern, or (0, 0) for unstructured."""
-    if isinstance(pattern, str):
-        if pattern.strip().lower() == "unstructured":
-            return 0, 0
-        match = _NM.match(pattern)
-        if match is None:
-            msg = f"pattern: expected 'unstructured' or 'N:M' (N kept of M), got {pattern!r}"
-            raise ValueError(msg)
-        n, m = int(match.group(1)), int(match.group(2))
-    elif hasattr(pattern, "n") and hasattr(pattern, "m"):
-        n, m = getattr(pattern, "n"), getattr(pattern, "m")  # noqa: B009
-    else:
-        msg = f"pattern: expected 'unstructured', 'N:M' or an N:M pattern, got {pattern!r}"
-        raise ValueError(msg)
-    if not (isinstance(n, int) and isinstance(m, int) and 1 <= n <= m):
-        msg = f"pattern: N:M needs 1 <= N <= M, got {n}:{m}"
-        raise ValueError(msg)
-    return n, m
+    parsed = masks.pattern(spec)  # type: ignore[arg-type]  # checked there at run time
+    if isinstance(parsed, masks.Unstructured):
+        return 0, 0
+    if isinstance(parsed, masks.NM):
+        return parsed.n, parsed.m
+    msg = f"pattern: SparseGPT prunes 'unstructured' or 'N:M' patterns, got {parsed!r}"
+    raise ValueError(msg)
 
 
 def _working_weight(
