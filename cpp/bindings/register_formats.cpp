@@ -55,8 +55,10 @@ decltype(auto) with_codec(const std::string& kind, F&& f) {
   throw std::invalid_argument("kind: expected float16, bfloat16, float32 or float64, got " + kind);
 }
 
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
+// Throws std::invalid_argument(message) when !ok; the message is built only on failure.
+template <class Message>
+void require(bool ok, const Message& message) {
+  if (!ok) throw std::invalid_argument(std::string(message));
 }
 
 py::ssize_t length(const py::array& a) { return a.ndim() == 1 ? a.shape(0) : -1; }
@@ -89,7 +91,9 @@ template <class I>
 const I* valid_indptr(const py::array& indptr, Index rows, py::ssize_t nnz) {
   const I* p = vector<I>(indptr, "indptr", rows + 1);
   require(p[0] == 0 && p[rows] == nnz, "indptr: does not match the number of stored entries");
-  for (Index i = 0; i < rows; ++i) require(p[i] <= p[i + 1], "indptr: must be non-decreasing");
+  bool ascending = true;
+  for (Index i = 0; i < rows; ++i) ascending &= p[i] <= p[i + 1];
+  require(ascending, "indptr: must be non-decreasing");
   return p;
 }
 
@@ -111,9 +115,9 @@ void dense_to_csr(const py::array& x, const py::array& indptr, py::array& indice
 
 template <class I>
 void require_columns_in_range(const I* indices, Index nnz, Index cols) {
-  for (Index k = 0; k < nnz; ++k) {
-    require(indices[k] >= 0 && indices[k] < cols, "indices: column index out of range");
-  }
+  bool ok = true;
+  for (Index k = 0; k < nnz; ++k) ok &= indices[k] >= 0 && indices[k] < cols;
+  require(ok, "indices: column index out of range");
 }
 
 void csr_to_dense(const py::array& indptr, const py::array& indices, const py::array& data,
@@ -485,7 +489,11 @@ void nm_matmul(const py::array& values, const py::array& packed, int n, int m,
     require(pv.rows == vv.rows && pv.cols == packed_bytes(cols, n, m), "indices: wrong shape");
     auto [xv, yv] = matmul_operands<C>(x, out, vv.rows, cols);
     py::gil_scoped_release release;
-    require(fmt::check_nm(pv, cols, n, m) < 0, "indices: invalid packed positions");
+    // With m a power of two every packed position is < m; otherwise one could point past its
+    // group (a user may have changed the array after it was validated), so check.
+    if ((1 << fmt::nm_index_bits(m)) != m) {
+      require(fmt::check_nm(pv, cols, n, m) < 0, "indices: invalid packed positions");
+    }
     fmt::nm_matmul<V>(vv, pv, n, m, xv, yv);
   });
 }

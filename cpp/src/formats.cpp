@@ -36,13 +36,14 @@ void dense_to_csr(ConstMatrixView<S> x, const I* indptr, I* indices, S* data) {
 #pragma omp parallel for schedule(static) num_threads(threads(x.size()))
   for (Index i = 0; i < x.rows; ++i) {
     const S* row = x.row(i);
+    // Branch-free on the data: every element is written to the next free slot, which only the
+    // next non-zero moves past, so each slot ends up holding its non-zero.
     Index k = indptr[i];
-    for (Index j = 0; j < x.cols; ++j) {
-      if (is_nonzero(row[j])) {
-        indices[k] = static_cast<I>(j);
-        data[k] = row[j];
-        ++k;
-      }
+    const Index end = indptr[i + 1];
+    for (Index j = 0; j < x.cols && k < end; ++j) {
+      indices[k] = static_cast<I>(j);
+      data[k] = row[j];
+      k += is_nonzero(row[j]);
     }
   }
 }

@@ -2,12 +2,13 @@
 //
 // Every format reduces to the same inner kernel: one output row is a weighted sum of rows of x,
 // y[i, :] = sum_e a_e * x[col_e, :] over the row's stored entries e. The k columns of x are
-// processed in tiles of KB (a power of two, up to 64 floats / 32 doubles) whose accumulators
-// stay in registers, and U independent accumulator sets take consecutive entries in turn so
-// that the multiply-adds of a narrow tile (k = 1: a gather-dot; k = 8: one vector) do not wait
-// on each other. The sets are added in a fixed order at the end, so an output element depends
+// processed in tiles of 1, 2 or 4 SIMD registers whose accumulators stay in registers, and
+// several independent accumulator sets take consecutive entries in turn so that the
+// multiply-adds of a narrow tile (k = 1: a gather-dot; k = 8: one vector) do not wait on each
+// other. The sets are added in a fixed order at the end, so an output element depends
 // only on the row's entries, never on the thread that computed it.
-#include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fastprune/formats.hpp"
@@ -16,9 +17,66 @@ namespace fastprune::formats {
 
 namespace {
 
-// y[0:KB] = sum over entries e < count of value(e) * x[col(e) * x_stride + 0:KB].
+// A SIMD register of C (GCC/Clang vector extension, compiled for each instruction-set level):
+// 32 bytes where AVX is available, 16 bytes otherwise. Wider AVX-512 registers would leave the
+// common k = 8 case without a full tile and gain nothing in this memory-bound gather.
+#if defined(__AVX__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+template <class C>
+struct VectorOf;
+template <>
+struct VectorOf<float> {
+  typedef float type __attribute__((vector_size(kVectorBytes)));
+};
+template <>
+struct VectorOf<double> {
+  typedef double type __attribute__((vector_size(kVectorBytes)));
+};
+template <class C>
+using Vec = typename VectorOf<C>::type;
+template <class C>
+constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(C));
+
+template <class C>
+inline Vec<C> load(const C* p) {
+  Vec<C> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// y[0 : R * lanes] = sum over entries e < count of value(e) * x[col(e) * x_stride + ...]:
+// R vector accumulators per set, U sets taking consecutive entries in turn.
+template <int R, int U, class C, class Value, class Column>
+inline void vector_tile(Index count, Value value, Column col, const C* x, Index x_stride, C* y) {
+  constexpr int L = kLanes<C>;
+  Vec<C> acc[U][R] = {};
+  Index e = 0;
+  for (; e + U <= count; e += U) {
+    for (int u = 0; u < U; ++u) {
+      const Vec<C> a = Vec<C>{} + value(e + u);
+      const C* xr = x + col(e + u) * x_stride;
+      for (int r = 0; r < R; ++r) acc[u][r] += a * load(xr + r * L);
+    }
+  }
+  for (; e < count; ++e) {
+    const Vec<C> a = Vec<C>{} + value(e);
+    const C* xr = x + col(e) * x_stride;
+    for (int r = 0; r < R; ++r) acc[0][r] += a * load(xr + r * L);
+  }
+  for (int r = 0; r < R; ++r) {
+    Vec<C> sum = acc[0][r];
+    for (int u = 1; u < U; ++u) sum += acc[u][r];
+    std::memcpy(y + r * L, &sum, sizeof sum);
+  }
+}
+
+// The same for KB < lanes columns with scalar accumulators (k = 1: a gather-dot with U
+// independent partial sums).
 template <int KB, int U, class C, class Value, class Column>
-inline void row_tile(Index count, Value value, Column col, const C* x, Index x_stride, C* y) {
+inline void scalar_tile(Index count, Value value, Column col, const C* x, Index x_stride, C* y) {
   C acc[U][KB] = {};
   Index e = 0;
   for (; e + U <= count; e += U) {
@@ -40,25 +98,32 @@ inline void row_tile(Index count, Value value, Column col, const C* x, Index x_s
   }
 }
 
-// One output row, all k columns: full tiles of the widest width, then the remainder in
-// narrower power-of-two tiles.
+template <int N>
+using Int = std::integral_constant<int, N>;
+
+// One output row, all k columns: tiles of 4, 2 and 1 vector registers (8 accumulators each),
+// then the columns left over in scalar tiles of 4, 2 and 1.
 template <class C, class Value, class Column>
 void sparse_row(Index count, Value value, Column col, ConstMatrixView<C> x, C* y) {
-  constexpr int widest = sizeof(C) == 4 ? 64 : 32;
+  constexpr int L = kLanes<C>;
   const Index k = x.cols;
   Index t = 0;
-  auto run = [&](auto width, auto sets) {
-    constexpr int KB = decltype(width)::value;
-    constexpr int U = decltype(sets)::value;
-    for (; t + KB <= k; t += KB) row_tile<KB, U>(count, value, col, x.data + t, x.stride, y + t);
+  auto vectors = [&](auto registers) {
+    constexpr int R = decltype(registers)::value;
+    for (; t + R * L <= k; t += R * L) {
+      vector_tile<R, 8 / R>(count, value, col, x.data + t, x.stride, y + t);
+    }
   };
-  run(std::integral_constant<int, widest>{}, std::integral_constant<int, 1>{});
-  if constexpr (widest > 32) run(std::integral_constant<int, 32>{}, std::integral_constant<int, 1>{});
-  run(std::integral_constant<int, 16>{}, std::integral_constant<int, 2>{});
-  run(std::integral_constant<int, 8>{}, std::integral_constant<int, 4>{});
-  run(std::integral_constant<int, 4>{}, std::integral_constant<int, 8>{});
-  run(std::integral_constant<int, 2>{}, std::integral_constant<int, 8>{});
-  run(std::integral_constant<int, 1>{}, std::integral_constant<int, 8>{});
+  auto scalars = [&](auto width) {
+    constexpr int KB = decltype(width)::value;
+    for (; t + KB <= k; t += KB) scalar_tile<KB, 8>(count, value, col, x.data + t, x.stride, y + t);
+  };
+  vectors(Int<4>{});
+  vectors(Int<2>{});
+  vectors(Int<1>{});
+  if constexpr (L > 4) scalars(Int<4>{});
+  scalars(Int<2>{});
+  scalars(Int<1>{});
 }
 
 int matmul_threads(double multiply_adds) { return threads_for(multiply_adds, 1 << 18); }

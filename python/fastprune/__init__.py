@@ -21,6 +21,8 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     raise ImportError(msg) from err
 
 from . import _cpu
+from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
+from .io import load, save
 
 
 def info() -> dict[str, object]:
@@ -65,8 +67,16 @@ def get_num_threads() -> int:
 
 
 __all__ = [
+    "BSR",
+    "COO",
+    "CSR",
+    "Bitmask",
+    "NMCompressed",
+    "SparseMatrix",
     "__version__",
     "get_num_threads",
     "info",
+    "load",
+    "save",
     "set_num_threads",
 ]
