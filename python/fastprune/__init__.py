@@ -31,6 +31,7 @@ def info() -> dict[str, object]:
     Keys: ``version``, ``isa`` (the instruction-set level in use), ``isa_reason`` (why it was
     chosen), ``compiled_isas`` and ``supported_isas``, ``cpu``, ``compiler``, ``build_type``,
     ``flags`` (compiler flags of the level in use), ``eigen``, ``eigen_simd``, ``openmp``,
+    ``blas`` (what runs the large dense linear algebra: "eigen" or the OpenBLAS configuration),
     ``threads``, ``sanitized`` and ``cuda`` (whether a CUDA backend was built).
     """
     build = _core.build_info()
@@ -47,6 +48,7 @@ def info() -> dict[str, object]:
         "eigen": build["eigen"],
         "eigen_simd": build["eigen_simd"],
         "openmp": build["openmp"],
+        "blas": build["blas"],
         "threads": _core.get_num_threads(),
         "sanitized": build["sanitized"],
         "cuda": build["cuda"],
