@@ -63,7 +63,10 @@ torch are imported only inside those methods.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -81,7 +84,7 @@ _CSR_PROBLEMS = {
     2: "indptr must be non-decreasing",
     3: "indptr[-1] must equal the number of stored values",
     4: "column index out of range",
-    5: "column indices must be strictly increasing within a row (sorted, no duplicates)",
+    5: "column indices must be sorted and unique within a row",
 }
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -109,18 +112,32 @@ def _shape(shape: object) -> tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
+def _native(a: Array) -> Array:
+    """`a` with NumPy's own instance of its dtype in native byte order (a view when it already
+    is native; the kernels' bindings recognise dtypes by identity)."""
+    native: np.dtype[Any] = np.dtype(a.dtype.name) if a.dtype.kind in "fiub" else a.dtype
+    if a.dtype is native:
+        return a
+    return a.view(native) if a.dtype.isnative else a.astype(native)
+
+
+def _contiguous_rows(a: Array) -> Array:
+    """`a` if its rows are contiguous, else a C-ordered copy."""
+    return a if rows_contiguous(a) else np.ascontiguousarray(a)
+
+
 def _dense(x: object, name: str = "x") -> Array:
     """A 2-D float array with contiguous rows (copied only if its rows are not contiguous)."""
-    a = to_numpy(x, name)
+    a = _native(to_numpy(x, name))
     float_dtype(a, name)
     if a.ndim != 2:
         msg = f"{name}: expected a 2-D array, got shape {a.shape}"
         raise ValueError(msg)
-    return a if rows_contiguous(a) else np.ascontiguousarray(a)
+    return _contiguous_rows(a)
 
 
 def _values(x: object, name: str, ndim: int = 1) -> Array:
-    a = to_numpy(x, name)
+    a = _native(to_numpy(x, name))
     float_dtype(a, name)
     if a.ndim != ndim:
         msg = f"{name}: expected a {ndim}-D array, got shape {a.shape}"
@@ -142,7 +159,7 @@ def _index_arrays(*named: tuple[str, object]) -> list[Array]:
         arrays.append(a)
     target = np.int32 if all(a.dtype == np.int32 for a in arrays) else np.int64
     out = []
-    for (name, _), a in zip(named, arrays):
+    for (name, _), a in zip(named, arrays, strict=True):
         if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
             msg = f"{name}: index too large"
             raise ValueError(msg)
@@ -174,7 +191,8 @@ def _working(dtype: np.dtype[Any]) -> type[np.floating[Any]]:
 def _bfloat16() -> np.dtype[Any]:
     import ml_dtypes
 
-    return np.dtype(ml_dtypes.bfloat16)
+    bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return bfloat16
 
 
 # --- the common interface --------------------------------------------------------------------
@@ -244,7 +262,7 @@ class SparseMatrix(ABC):
     def to_bitmask(self) -> Bitmask:
         return self.to_csr().to_bitmask()
 
-    def __array__(self, dtype: npt.DTypeLike = None, copy: bool | None = None) -> Array:
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> Array:
         if copy is False:
             msg = f"{type(self).__name__}: a dense array is always a new copy"
             raise ValueError(msg)
@@ -265,14 +283,13 @@ class SparseMatrix(ABC):
             msg = f"x: shape {a.shape} does not match the matrix shape {self._shape} for A @ x"
             raise ValueError(msg)
         if a.ndim == 1:
-            return self._matmul(np.ascontiguousarray(a, dtype=work).reshape(cols, 1))[:, 0]
+            return self._matmul(_contiguous_rows(a.astype(work).reshape(cols, 1)))[:, 0]
         if a.ndim == 2:
-            x2 = a.astype(work, copy=False)
-            return self._matmul(x2 if rows_contiguous(x2) else np.ascontiguousarray(x2))
+            return self._matmul(_contiguous_rows(a.astype(work, copy=False)))
         # Batched: (..., cols, k) -> (cols, batch * k), one product, then back.
         batch, k = a.shape[:-2], a.shape[-1]
         x2 = np.moveaxis(a, -2, 0).astype(work).reshape(cols, -1)
-        y = self._matmul(np.ascontiguousarray(x2)).reshape((rows, *batch, k))
+        y = self._matmul(_contiguous_rows(x2)).reshape((rows, *batch, k))
         return np.ascontiguousarray(np.moveaxis(y, 0, -2))
 
     @abstractmethod
@@ -421,12 +438,14 @@ class CSR(SparseMatrix):
         """A ``torch.sparse_csr_tensor`` sharing the arrays."""
         import torch
 
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(self._indptr),
-            torch.from_numpy(self._indices),
-            _torch_values(torch, self._data),
-            size=self._shape,
-        )
+        with _quiet_beta_warning():
+            return torch.sparse_csr_tensor(
+                torch.from_numpy(self._indptr),
+                torch.from_numpy(self._indices),
+                _torch_values(torch, self._data),
+                size=self._shape,
+                check_invariants=False,  # validated when this matrix was built
+            )
 
     @classmethod
     def from_torch(cls, t: Any) -> CSR:
@@ -544,7 +563,11 @@ class COO(SparseMatrix):
 
         indices = torch.from_numpy(np.stack([self._row, self._col]).astype(np.int64))
         return torch.sparse_coo_tensor(
-            indices, _torch_values(torch, self._data), size=self._shape, is_coalesced=True
+            indices,
+            _torch_values(torch, self._data),
+            size=self._shape,
+            is_coalesced=True,
+            check_invariants=False,  # validated when this matrix was built
         )
 
     @classmethod
@@ -700,12 +723,14 @@ class BSR(SparseMatrix):
         """A ``torch.sparse_bsr_tensor`` sharing the arrays."""
         import torch
 
-        return torch.sparse_bsr_tensor(
-            torch.from_numpy(self._indptr),
-            torch.from_numpy(self._indices),
-            _torch_values(torch, self._data),
-            size=self._shape,
-        )
+        with _quiet_beta_warning():
+            return torch.sparse_bsr_tensor(
+                torch.from_numpy(self._indptr),
+                torch.from_numpy(self._indices),
+                _torch_values(torch, self._data),
+                size=self._shape,
+                check_invariants=False,  # validated when this matrix was built
+            )
 
     @classmethod
     def from_torch(cls, t: Any) -> BSR:
@@ -764,7 +789,7 @@ class NMCompressed(SparseMatrix):
         if values_a.shape != (rows, cols // m_ * n_):
             msg = f"values: expected shape {(rows, cols // m_ * n_)}, got {values_a.shape}"
             raise ValueError(msg)
-        indices_a = to_numpy(indices, "indices")
+        indices_a = _native(to_numpy(indices, "indices"))
         if indices_a.dtype != np.uint8:
             msg = f"indices: expected dtype uint8, got {indices_a.dtype}"
             raise TypeError(msg)
@@ -772,7 +797,7 @@ class NMCompressed(SparseMatrix):
         if indices_a.shape != expected:
             msg = f"indices: expected shape {expected}, got {indices_a.shape}"
             raise ValueError(msg)
-        indices_a = np.ascontiguousarray(indices_a)
+        indices_a = _contiguous_rows(indices_a)
         bad = _core.formats.check_nm(indices_a, cols, n_, m_)
         if bad >= 0:
             msg = (
@@ -834,9 +859,7 @@ class NMCompressed(SparseMatrix):
 
     def to_dense(self) -> Array:
         out = np.empty(self._shape, dtype=self._dtype)
-        _core.formats.nm_to_dense(
-            _bits(self._values), self._indices, self._n, self._m, _bits(out)
-        )
+        _core.formats.nm_to_dense(_bits(self._values), self._indices, self._n, self._m, _bits(out))
         return out
 
     def to_csr(self) -> CSR:
@@ -851,8 +874,14 @@ class NMCompressed(SparseMatrix):
     def _matmul(self, x: Array) -> Array:
         out = self._out(x.shape[1])
         _core.formats.nm_matmul(
-            _bits(self._values), self._indices, self._n, self._m, self._kind(), self._shape[1],
-            x, out,
+            _bits(self._values),
+            self._indices,
+            self._n,
+            self._m,
+            self._kind(),
+            self._shape[1],
+            x,
+            out,
         )
         return out
 
@@ -876,14 +905,14 @@ class Bitmask(SparseMatrix):
     def __init__(self, mask: object, data: object, shape: tuple[int, int]):
         """A bitmask matrix from its parts, validated (padding bits zero, one value per set bit)."""
         rows, cols = _shape(shape)
-        mask_a = to_numpy(mask, "mask")
+        mask_a = _native(to_numpy(mask, "mask"))
         if mask_a.dtype != np.uint8:
             msg = f"mask: expected dtype uint8, got {mask_a.dtype}"
             raise TypeError(msg)
         if mask_a.shape != (rows, (cols + 7) // 8):
             msg = f"mask: expected shape {(rows, (cols + 7) // 8)}, got {mask_a.shape}"
             raise ValueError(msg)
-        mask_a = np.ascontiguousarray(mask_a)
+        mask_a = _contiguous_rows(mask_a)
         data_a = _values(data, "data")
         counts, bad = _core.formats.bitmask_row_counts(mask_a, cols)
         if bad >= 0:
@@ -897,9 +926,7 @@ class Bitmask(SparseMatrix):
         self._set(_mask=mask_a, _data=data_a, _offsets=offsets)
 
     @classmethod
-    def _trusted(
-        cls, mask: Array, data: Array, offsets: Array, shape: tuple[int, int]
-    ) -> Bitmask:
+    def _trusted(cls, mask: Array, data: Array, offsets: Array, shape: tuple[int, int]) -> Bitmask:
         obj = cls.__new__(cls)
         obj._set(_shape=shape, _dtype=data.dtype, _mask=mask, _data=data, _offsets=offsets)
         return obj
@@ -952,6 +979,14 @@ class Bitmask(SparseMatrix):
 
 
 # --- torch helpers ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_beta_warning() -> Iterator[None]:
+    """Silence torch's one-time note that its sparse CSR/BSR support is in beta."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
+        yield
 
 
 def _torch_values(torch: Any, data: Array) -> Any:

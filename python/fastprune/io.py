@@ -22,9 +22,11 @@ and renamed over the target.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,8 +65,12 @@ _FORMATS: dict[str, type[SparseMatrix]] = {
 }
 
 
-def save(path: str | os.PathLike[str], tensors: Mapping[str, object]) -> None:
-    """Write named dense arrays and sparse matrices to a safetensors file, atomically."""
+def save(path: str | os.PathLike[str], tensors: object) -> None:
+    """Write a mapping of names to dense arrays and sparse matrices to a safetensors file.
+
+    The file is replaced atomically: a temporary file beside it is written, flushed to disk and
+    renamed over it, so a crash never leaves a half-written file under `path`.
+    """
     target = Path(path)
     if not isinstance(tensors, Mapping):
         msg = f"tensors: expected a mapping of names to arrays, got {type(tensors).__name__}"
@@ -233,7 +239,7 @@ def _parse_header(
             )
         entries[name] = (dtype, tuple(shape), offsets[0], offsets[1])
     spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items())
-    for (_, end, before), (begin, _, after) in zip(spans, spans[1:]):
+    for (_, end, before), (begin, _, after) in itertools.pairwise(spans):
         if begin < end:
             _corrupt(source, f"tensors {before!r} and {after!r} overlap")
     return entries, metadata
@@ -246,25 +252,34 @@ def _dtype(source: Path, name: str, code: str) -> np.dtype[Any]:
         except ImportError:
             msg = f"{source}: tensor {name!r} is bfloat16, which needs the ml_dtypes package"
             raise ValueError(msg) from None
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(_DTYPES[code]).newbyteorder("<")
+        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
+    little: np.dtype[Any] = np.dtype(_DTYPES[code]).newbyteorder("<")
+    return little
 
 
 def _array(
-    source: Path, name: str, data: bytearray, dtype: np.dtype[Any], shape: tuple[int, ...],
-    begin: int, end: int,
+    source: Path,
+    name: str,
+    data: bytearray,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    begin: int,
+    end: int,
 ) -> Array:
     del source, name
     count = (end - begin) // dtype.itemsize
     a = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
     if a.ctypes.data % dtype.alignment:
         a = a.copy()
-    return a.astype(dtype.newbyteorder("="), copy=False)
+    # NumPy's own dtype instance in native order (compiled code recognises dtypes by identity).
+    native: np.dtype[Any] = np.dtype(dtype.name) if dtype.kind in "fiub" else dtype
+    return a.view(native) if sys.byteorder == "little" else a.astype(native)
 
 
-def _assemble_sparse(source: Path, dense: dict[str, Array], metadata: dict[str, str]) -> dict[
-    str, Tensor
-]:
+def _assemble_sparse(
+    source: Path, dense: dict[str, Array], metadata: dict[str, str]
+) -> dict[str, Tensor]:
     if _SPARSE_KEY not in metadata:
         return dict(dense)
     try:
@@ -316,7 +331,7 @@ def _build(cls: type[SparseMatrix], parts: dict[str, Array], spec: dict[str, Any
     rows, cols = shape
     if cls is NMCompressed:
         n, m = spec.get("n"), spec.get("m")
-        if not (_is_int(n) and _is_int(m)):
+        if not (isinstance(n, int) and isinstance(m, int) and _is_int(n) and _is_int(m)):
             msg = "n and m must be integers"
             raise ValueError(msg)
         return NMCompressed(parts["values"], parts["indices"], (rows, cols), n, m)
