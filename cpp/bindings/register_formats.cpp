@@ -32,8 +32,10 @@ decltype(auto) with_storage(const py::array& a, const char* name, F&& f) {
   if (a.dtype().is(py::dtype::of<float>())) return f(Tag<float>{});
   if (a.dtype().is(py::dtype::of<double>())) return f(Tag<double>{});
   if (a.dtype().is(py::dtype::of<std::uint16_t>())) return f(Tag<std::uint16_t>{});
-  throw py::type_error(std::string(name) + ": expected float32, float64 or uint16 (16-bit float "
-                       "bits), got " + std::string(py::str(a.dtype())));
+  throw py::type_error(std::string(name) +
+                       ": expected float32, float64 or uint16 (16-bit float "
+                       "bits), got " +
+                       std::string(py::str(a.dtype())));
 }
 
 // Calls f(Tag<I>{}) for the dtype of an index array.
@@ -205,8 +207,8 @@ py::array_t<std::int64_t> block_row_nonzeros(const py::array& x, Index h, Index 
   });
 }
 
-void dense_to_bsr(const py::array& x, Index h, Index w, const py::array& indptr,
-                  py::array& indices, py::array& blocks) {
+void dense_to_bsr(const py::array& x, Index h, Index w, const py::array& indptr, py::array& indices,
+                  py::array& blocks) {
   with_storage(x, "x", [&](auto s) {
     using S = typename decltype(s)::type;
     with_index(indptr, "indptr", [&](auto i) {
@@ -260,9 +262,9 @@ py::array_t<std::int64_t> bsr_row_nonzeros(const py::array& indptr, const py::ar
   });
 }
 
-void bsr_to_csr(const py::array& indptr, const py::array& indices, const py::array& blocks,
-                Index h, Index w, Index cols, const py::array& csr_indptr,
-                py::array& csr_indices, py::array& csr_data) {
+void bsr_to_csr(const py::array& indptr, const py::array& indices, const py::array& blocks, Index h,
+                Index w, Index cols, const py::array& csr_indptr, py::array& csr_indices,
+                py::array& csr_data) {
   with_storage(blocks, "blocks", [&](auto s) {
     using S = typename decltype(s)::type;
     with_index(indptr, "indptr", [&](auto i) {
@@ -452,9 +454,8 @@ void csr_matmul(const py::array& indptr, const py::array& indices, const py::arr
   });
 }
 
-void bsr_matmul(const py::array& indptr, const py::array& indices, const py::array& blocks,
-                Index h, Index w, const std::string& kind, Index cols, const py::array& x,
-                py::array& out) {
+void bsr_matmul(const py::array& indptr, const py::array& indices, const py::array& blocks, Index h,
+                Index w, const std::string& kind, Index cols, const py::array& x, py::array& out) {
   with_codec(kind, [&](auto c) {
     using V = typename decltype(c)::type;
     using S = typename V::Storage;
@@ -516,16 +517,16 @@ void register_formats(py::module_ m) {
         "indptr of sorted row indices.");
   m.def("block_row_nonzeros", &block_row_nonzeros, py::arg("x"), py::arg("h"), py::arg("w"),
         "Non-zero blocks per block row of a dense matrix.");
-  m.def("dense_to_bsr", &dense_to_bsr, py::arg("x"), py::arg("h"), py::arg("w"),
-        py::arg("indptr"), py::arg("indices"), py::arg("blocks"),
+  m.def("dense_to_bsr", &dense_to_bsr, py::arg("x"), py::arg("h"), py::arg("w"), py::arg("indptr"),
+        py::arg("indices"), py::arg("blocks"),
         "Fill BSR indices and blocks of x given its indptr.");
   m.def("bsr_to_dense", &bsr_to_dense, py::arg("indptr"), py::arg("indices"), py::arg("blocks"),
         py::arg("h"), py::arg("w"), py::arg("out"), "Write the dense matrix of a BSR matrix.");
   m.def("bsr_row_nonzeros", &bsr_row_nonzeros, py::arg("indptr"), py::arg("blocks"), py::arg("h"),
         py::arg("w"), "Non-zero elements per row of a BSR matrix.");
   m.def("bsr_to_csr", &bsr_to_csr, py::arg("indptr"), py::arg("indices"), py::arg("blocks"),
-        py::arg("h"), py::arg("w"), py::arg("cols"), py::arg("csr_indptr"),
-        py::arg("csr_indices"), py::arg("csr_data"), "Fill the CSR arrays of a BSR matrix.");
+        py::arg("h"), py::arg("w"), py::arg("cols"), py::arg("csr_indptr"), py::arg("csr_indices"),
+        py::arg("csr_data"), "Fill the CSR arrays of a BSR matrix.");
   m.def("nm_index_bits", &fmt::nm_index_bits, py::arg("m"),
         "Bits per packed in-group position for groups of m.");
   m.def("dense_to_nm", &dense_to_nm, py::arg("x"), py::arg("n"), py::arg("m"), py::arg("values"),
@@ -538,8 +539,8 @@ void register_formats(py::module_ m) {
         "(set bits per row, first row with padding bits set or -1).");
   m.def("dense_to_bitmask", &dense_to_bitmask, py::arg("x"), py::arg("offsets"), py::arg("mask"),
         py::arg("data"), "Fill the mask and values of x.");
-  m.def("bitmask_to_dense", &bitmask_to_dense, py::arg("mask"), py::arg("offsets"),
-        py::arg("data"), py::arg("out"), "Write the dense matrix of a bitmask.");
+  m.def("bitmask_to_dense", &bitmask_to_dense, py::arg("mask"), py::arg("offsets"), py::arg("data"),
+        py::arg("out"), "Write the dense matrix of a bitmask.");
   m.def("bitmask_to_csr_indices", &bitmask_to_csr_indices, py::arg("mask"), py::arg("cols"),
         py::arg("indptr"), py::arg("indices"), "CSR column indices of a bitmask.");
   m.def("csr_to_bitmask", &csr_to_bitmask, py::arg("indptr"), py::arg("indices"), py::arg("mask"),
@@ -547,10 +548,10 @@ void register_formats(py::module_ m) {
   m.def("csr_matmul", &csr_matmul, py::arg("indptr"), py::arg("indices"), py::arg("data"),
         py::arg("kind"), py::arg("cols"), py::arg("x"), py::arg("out"), "out = A @ x for CSR A.");
   m.def("bsr_matmul", &bsr_matmul, py::arg("indptr"), py::arg("indices"), py::arg("blocks"),
-        py::arg("h"), py::arg("w"), py::arg("kind"), py::arg("cols"), py::arg("x"),
-        py::arg("out"), "out = A @ x for BSR A.");
-  m.def("nm_matmul", &nm_matmul, py::arg("values"), py::arg("indices"), py::arg("n"),
-        py::arg("m"), py::arg("kind"), py::arg("cols"), py::arg("x"), py::arg("out"),
+        py::arg("h"), py::arg("w"), py::arg("kind"), py::arg("cols"), py::arg("x"), py::arg("out"),
+        "out = A @ x for BSR A.");
+  m.def("nm_matmul", &nm_matmul, py::arg("values"), py::arg("indices"), py::arg("n"), py::arg("m"),
+        py::arg("kind"), py::arg("cols"), py::arg("x"), py::arg("out"),
         "out = A @ x for N:M compressed A.");
 }
 

@@ -36,14 +36,25 @@ void dense_to_csr(ConstMatrixView<S> x, const I* indptr, I* indices, S* data) {
 #pragma omp parallel for schedule(static) num_threads(threads(x.size()))
   for (Index i = 0; i < x.rows; ++i) {
     const S* row = x.row(i);
-    // Branch-free on the data: every element is written to the next free slot, which only the
-    // next non-zero moves past, so each slot ends up holding its non-zero.
+    // 32 elements at a time: a bit per non-zero (comparisons the compiler vectorises), then
+    // one step per set bit, so all-zero runs cost one test and no branch depends on a value.
     Index k = indptr[i];
-    const Index end = indptr[i + 1];
-    for (Index j = 0; j < x.cols && k < end; ++j) {
+    Index j = 0;
+    for (; j + 32 <= x.cols; j += 32) {
+      std::uint32_t bits = 0;
+      for (int b = 0; b < 32; ++b) bits |= static_cast<std::uint32_t>(is_nonzero(row[j + b])) << b;
+      for (; bits != 0; bits &= bits - 1) {
+        const Index c = j + __builtin_ctz(bits);
+        indices[k] = static_cast<I>(c);
+        data[k] = row[c];
+        ++k;
+      }
+    }
+    for (; j < x.cols; ++j) {
+      if (!is_nonzero(row[j])) continue;
       indices[k] = static_cast<I>(j);
       data[k] = row[j];
-      k += is_nonzero(row[j]);
+      ++k;
     }
   }
 }
@@ -101,7 +112,8 @@ CsrCheck check_csr(const I* indptr, const I* indices, Index rows, Index cols, In
 template <class I>
 void expand_indptr(const I* indptr, Index rows, I* row) {
 #pragma omp parallel for schedule(static) num_threads(threads(indptr[rows] + rows))
-  for (Index i = 0; i < rows; ++i) std::fill(row + indptr[i], row + indptr[i + 1], static_cast<I>(i));
+  for (Index i = 0; i < rows; ++i)
+    std::fill(row + indptr[i], row + indptr[i + 1], static_cast<I>(i));
 }
 
 template <class I>
@@ -162,8 +174,7 @@ void count_block_row_nonzeros(ConstMatrixView<S> x, Index h, Index w, std::int64
 }
 
 template <class S, class I>
-void dense_to_bsr(ConstMatrixView<S> x, Index h, Index w, const I* indptr, I* indices,
-                  S* blocks) {
+void dense_to_bsr(ConstMatrixView<S> x, Index h, Index w, const I* indptr, I* indices, S* blocks) {
   const Index block_rows = x.rows / h;
   const Index block_cols = x.cols / w;
 #pragma omp parallel num_threads(threads(x.size()))
@@ -309,7 +320,8 @@ std::int64_t check_nm(ConstMatrixView<std::uint8_t> packed, Index cols, int n, i
       const int p = packed_position(pos, j, bits);
       ok = p < m && (j % n == 0 || packed_position(pos, j - 1, bits) < p);
     }
-    for (Index j = kept; j < packed.cols * 8 / bits && ok; ++j) ok = packed_position(pos, j, bits) == 0;
+    for (Index j = kept; j < packed.cols * 8 / bits && ok; ++j)
+      ok = packed_position(pos, j, bits) == 0;
     if (!ok) first = std::min<std::int64_t>(first, i);
   }
   return none_to_minus_one(first);
@@ -338,7 +350,8 @@ std::int64_t bitmask_row_counts(ConstMatrixView<std::uint8_t> mask, Index cols,
   const auto padding = static_cast<unsigned>((8 - cols % 8) % 8);
   const unsigned padding_bits = (1u << padding) - 1u;
   std::int64_t first = kNone;
-#pragma omp parallel for schedule(static) reduction(min : first) num_threads(threads(mask.size() * 4))
+#pragma omp parallel for schedule(static) reduction(min : first) \
+    num_threads(threads(mask.size() * 4))
   for (Index i = 0; i < mask.rows; ++i) {
     const std::uint8_t* row = mask.row(i);
     std::int64_t c = 0;
@@ -410,7 +423,7 @@ void csr_to_bitmask(const I* indptr, const I* indices, Index rows, MatrixView<st
 
 // --- instantiations ------------------------------------------------------------------------
 
-#define FASTPRUNE_FOR_STORAGE(S)                                                                 \
+#define FASTPRUNE_FOR_STORAGE(S)                                                                  \
   template void count_row_nonzeros<S>(ConstMatrixView<S>, std::int64_t*);                         \
   template void count_block_row_nonzeros<S>(ConstMatrixView<S>, Index, Index, std::int64_t*);     \
   template std::int64_t dense_to_nm<S>(ConstMatrixView<S>, int, int, MatrixView<S>,               \
@@ -423,23 +436,23 @@ void csr_to_bitmask(const I* indptr, const I* indices, Index rows, MatrixView<st
                                     MatrixView<S>);
 
 #define FASTPRUNE_FOR_STORAGE_INDEX(S, I)                                                         \
-  template void dense_to_csr<S, I>(ConstMatrixView<S>, const I*, I*, S*);                          \
-  template void csr_to_dense<S, I>(const I*, const I*, const S*, MatrixView<S>);                   \
-  template void dense_to_bsr<S, I>(ConstMatrixView<S>, Index, Index, const I*, I*, S*);            \
-  template void bsr_to_dense<S, I>(const I*, const I*, const S*, Index, Index, MatrixView<S>);     \
-  template void count_bsr_row_nonzeros<S, I>(const I*, const S*, Index, Index, Index,              \
-                                             std::int64_t*);                                       \
-  template void bsr_to_csr<S, I, std::int32_t>(const I*, const I*, const S*, Index, Index, Index,  \
-                                               const std::int32_t*, std::int32_t*, S*);            \
-  template void bsr_to_csr<S, I, std::int64_t>(const I*, const I*, const S*, Index, Index, Index,  \
+  template void dense_to_csr<S, I>(ConstMatrixView<S>, const I*, I*, S*);                         \
+  template void csr_to_dense<S, I>(const I*, const I*, const S*, MatrixView<S>);                  \
+  template void dense_to_bsr<S, I>(ConstMatrixView<S>, Index, Index, const I*, I*, S*);           \
+  template void bsr_to_dense<S, I>(const I*, const I*, const S*, Index, Index, MatrixView<S>);    \
+  template void count_bsr_row_nonzeros<S, I>(const I*, const S*, Index, Index, Index,             \
+                                             std::int64_t*);                                      \
+  template void bsr_to_csr<S, I, std::int32_t>(const I*, const I*, const S*, Index, Index, Index, \
+                                               const std::int32_t*, std::int32_t*, S*);           \
+  template void bsr_to_csr<S, I, std::int64_t>(const I*, const I*, const S*, Index, Index, Index, \
                                                const std::int64_t*, std::int64_t*, S*);
 
-#define FASTPRUNE_FOR_INDEX(I)                                                                   \
-  template CsrCheck check_csr<I>(const I*, const I*, Index, Index, Index);                       \
-  template void expand_indptr<I>(const I*, Index, I*);                                           \
-  template std::int64_t check_coo<I>(const I*, const I*, Index, Index, Index);                   \
-  template void compress_rows<I>(const I*, Index, Index, I*);                                    \
-  template void bitmask_to_csr_indices<I>(ConstMatrixView<std::uint8_t>, Index, const I*, I*);   \
+#define FASTPRUNE_FOR_INDEX(I)                                                                 \
+  template CsrCheck check_csr<I>(const I*, const I*, Index, Index, Index);                     \
+  template void expand_indptr<I>(const I*, Index, I*);                                         \
+  template std::int64_t check_coo<I>(const I*, const I*, Index, Index, Index);                 \
+  template void compress_rows<I>(const I*, Index, Index, I*);                                  \
+  template void bitmask_to_csr_indices<I>(ConstMatrixView<std::uint8_t>, Index, const I*, I*); \
   template void csr_to_bitmask<I>(const I*, const I*, Index, MatrixView<std::uint8_t>);
 
 FASTPRUNE_FOR_STORAGE(std::uint16_t)

@@ -134,7 +134,8 @@ template <class V, class I>
 void csr_matmul(const I* indptr, const I* indices, const typename V::Storage* data,
                 ConstMatrixView<typename V::Compute> x, MatrixView<typename V::Compute> y) {
   using C = typename V::Compute;
-  const double work = static_cast<double>(indptr[y.rows]) * static_cast<double>(x.cols) + static_cast<double>(y.rows);
+  const double work = static_cast<double>(indptr[y.rows]) * static_cast<double>(x.cols) +
+                      static_cast<double>(y.rows);
 #pragma omp parallel for schedule(dynamic, 16) num_threads(matmul_threads(work))
   for (Index i = 0; i < y.rows; ++i) {
     const I* cols = indices + indptr[i];
@@ -152,7 +153,8 @@ void bsr_matmul(const I* indptr, const I* indices, const typename V::Storage* bl
   using C = typename V::Compute;
   const Index block_rows = y.rows / h;
   const double work =
-      static_cast<double>(indptr[block_rows]) * static_cast<double>(h * w * x.cols) + static_cast<double>(y.rows);
+      static_cast<double>(indptr[block_rows]) * static_cast<double>(h * w * x.cols) +
+      static_cast<double>(y.rows);
 #pragma omp parallel num_threads(matmul_threads(work))
   {
     // The entries of one block row, flattened: entry e is column `column[e]` of x, and its
@@ -188,7 +190,8 @@ void nm_matmul(ConstMatrixView<typename V::Storage> values, ConstMatrixView<std:
   using C = typename V::Compute;
   const int bits = nm_index_bits(m);
   const unsigned field = (1u << bits) - 1u;
-  const double work = static_cast<double>(values.size()) * static_cast<double>(x.cols) + static_cast<double>(y.rows);
+  const double work = static_cast<double>(values.size()) * static_cast<double>(x.cols) +
+                      static_cast<double>(y.rows);
 #pragma omp parallel num_threads(matmul_threads(work))
   {
     std::vector<std::int32_t> column(static_cast<std::size_t>(values.cols));
@@ -196,10 +199,12 @@ void nm_matmul(ConstMatrixView<typename V::Storage> values, ConstMatrixView<std:
     for (Index i = 0; i < y.rows; ++i) {
       // Decode the row's packed positions into columns of x once; the kernel then gathers.
       const std::uint8_t* pos = packed.row(i);
-      for (Index j = 0; j < values.cols; ++j) {
-        const Index bit = j * bits;
-        const auto p = static_cast<std::int32_t>((pos[bit >> 3] >> (bit & 7)) & field);
-        column[j] = static_cast<std::int32_t>((j / n) * m) + p;
+      for (Index g = 0, j = 0; j < values.cols; ++g) {
+        const auto group_start = static_cast<std::int32_t>(g * m);
+        for (int q = 0; q < n; ++q, ++j) {
+          const Index bit = j * bits;
+          column[j] = group_start + static_cast<std::int32_t>((pos[bit >> 3] >> (bit & 7)) & field);
+        }
       }
       const auto* vals = values.row(i);
       const std::int32_t* cols = column.data();
@@ -210,21 +215,21 @@ void nm_matmul(ConstMatrixView<typename V::Storage> values, ConstMatrixView<std:
   }
 }
 
-#define FASTPRUNE_MATMUL(V)                                                                    \
-  template void csr_matmul<V, std::int32_t>(const std::int32_t*, const std::int32_t*,          \
-                                            const V::Storage*, ConstMatrixView<V::Compute>,    \
-                                            MatrixView<V::Compute>);                           \
-  template void csr_matmul<V, std::int64_t>(const std::int64_t*, const std::int64_t*,          \
-                                            const V::Storage*, ConstMatrixView<V::Compute>,    \
-                                            MatrixView<V::Compute>);                           \
-  template void bsr_matmul<V, std::int32_t>(const std::int32_t*, const std::int32_t*,          \
-                                            const V::Storage*, Index, Index,                   \
-                                            ConstMatrixView<V::Compute>, MatrixView<V::Compute>); \
-  template void bsr_matmul<V, std::int64_t>(const std::int64_t*, const std::int64_t*,          \
-                                            const V::Storage*, Index, Index,                   \
-                                            ConstMatrixView<V::Compute>, MatrixView<V::Compute>); \
-  template void nm_matmul<V>(ConstMatrixView<V::Storage>, ConstMatrixView<std::uint8_t>, int,  \
-                             int, ConstMatrixView<V::Compute>, MatrixView<V::Compute>);
+#define FASTPRUNE_MATMUL(V)                                                                        \
+  template void csr_matmul<V, std::int32_t>(const std::int32_t*, const std::int32_t*,              \
+                                            const V::Storage*, ConstMatrixView<V::Compute>,        \
+                                            MatrixView<V::Compute>);                               \
+  template void csr_matmul<V, std::int64_t>(const std::int64_t*, const std::int64_t*,              \
+                                            const V::Storage*, ConstMatrixView<V::Compute>,        \
+                                            MatrixView<V::Compute>);                               \
+  template void bsr_matmul<V, std::int32_t>(const std::int32_t*, const std::int32_t*,              \
+                                            const V::Storage*, Index, Index,                       \
+                                            ConstMatrixView<V::Compute>, MatrixView<V::Compute>);  \
+  template void bsr_matmul<V, std::int64_t>(const std::int64_t*, const std::int64_t*,              \
+                                            const V::Storage*, Index, Index,                       \
+                                            ConstMatrixView<V::Compute>, MatrixView<V::Compute>);  \
+  template void nm_matmul<V>(ConstMatrixView<V::Storage>, ConstMatrixView<std::uint8_t>, int, int, \
+                             ConstMatrixView<V::Compute>, MatrixView<V::Compute>);
 
 FASTPRUNE_MATMUL(Float16)
 FASTPRUNE_MATMUL(BFloat16)

@@ -83,8 +83,14 @@ void csr_to_dense(const I* indptr, const I* indices, const S* data, MatrixView<S
 // Checks CSR structure: indptr[0] == 0, non-decreasing, indptr[rows] == nnz, and column
 // indices in [0, cols), strictly increasing within each row. Returns {-1, ok} or the first
 // offending row and what is wrong with it.
-enum class CsrProblem : int { ok = 0, indptr_start, indptr_decreasing, indptr_end, index_range,
-                              index_order };
+enum class CsrProblem : int {
+  ok = 0,
+  indptr_start,
+  indptr_decreasing,
+  indptr_end,
+  index_range,
+  index_order
+};
 struct CsrCheck {
   std::int64_t row = -1;
   CsrProblem problem = CsrProblem::ok;
@@ -198,8 +204,7 @@ void csr_matmul(const I* indptr, const I* indices, const typename V::Storage* da
 
 template <class V, class I>
 void bsr_matmul(const I* indptr, const I* indices, const typename V::Storage* blocks, Index h,
-                Index w, ConstMatrixView<typename V::Compute> x,
-                MatrixView<typename V::Compute> y);
+                Index w, ConstMatrixView<typename V::Compute> x, MatrixView<typename V::Compute> y);
 
 template <class V>
 void nm_matmul(ConstMatrixView<typename V::Storage> values, ConstMatrixView<std::uint8_t> packed,
