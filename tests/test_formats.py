@@ -172,11 +172,11 @@ def unpack(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("n", "m", "bits"),
-    [(1, 2, 1), (2, 4, 2), (1, 4, 2), (4, 8, 4), (3, 5, 4), (2, 16, 4), (5, 32, 8)],
+    [(1, 2, 1), (2, 4, 2), (1, 4, 2), (4, 8, 4), (3, 5, 4), (2, 16, 4), (5, 32, 8), (3, 64, 8)],
 )
 def test_nm_layout(n: int, m: int, bits: int) -> None:
     rng = np.random.default_rng(n * 100 + m)
-    rows, cols = 5, m * 6
+    rows, cols = 5, m * 13
     x = random_sparse(rng, (rows, cols), 1.0, np.float32).reshape(rows, cols // m, m)
     rank = rng.random(x.shape).argsort(axis=2).argsort(axis=2)
     x = np.where(rank < rng.integers(0, n + 1, x.shape[:2])[..., None], x, 0).reshape(rows, cols)
@@ -187,6 +187,9 @@ def test_nm_layout(n: int, m: int, bits: int) -> None:
     assert a.indices.shape == (rows, (cols // m * n * bits + 7) // 8)
     assert same_bits(a.to_dense(), x)
     assert a.nnz == rows * cols // m * n
+    rhs = rng.standard_normal((cols, 3)).astype(np.float32)
+    check_product(a @ rhs, x, rhs, np.float32)
+    check_product((a @ rhs[:, 0])[:, None], x, rhs[:, :1], np.float32)
 
 
 def test_two_of_four_metadata_nibbles() -> None:

@@ -486,6 +486,7 @@ void nm_matmul(const py::array& values, const py::array& packed, int n, int m,
     const auto vv = matrix<S>(values, "values");
     const auto pv = matrix<std::uint8_t>(packed, "indices");
     require_nm(cols, n, m);
+    require(cols <= INT32_MAX, "cols: N:M matmul needs fewer than 2**31 columns");
     require(vv.cols == cols / m * n, "values: wrong shape");
     require(pv.rows == vv.rows && pv.cols == packed_bytes(cols, n, m), "indices: wrong shape");
     auto [xv, yv] = matmul_operands<C>(x, out, vv.rows, cols);

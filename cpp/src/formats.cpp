@@ -288,6 +288,20 @@ std::int64_t dense_to_nm(ConstMatrixView<S> x, int n, int m, MatrixView<S> value
         first = std::min<std::int64_t>(first, i * groups + g);
         break;
       }
+      if (m <= 32) {
+        // The kept positions as bits: the non-zeros, plus the lowest free positions until
+        // there are n; then exactly n steps, each taking the lowest remaining bit.
+        std::uint32_t keep = 0;
+        for (int p = 0; p < m; ++p) keep |= static_cast<std::uint32_t>(is_nonzero(group[p])) << p;
+        for (int padding = n - nonzeros; padding > 0; --padding) keep |= ~keep & (keep + 1);
+        for (int q = 0; q < n; ++q, ++j, keep &= keep - 1) {
+          const int p = __builtin_ctz(keep);
+          out[j] = group[p];
+          const Index bit = j * bits;
+          pos[bit >> 3] = static_cast<std::uint8_t>(pos[bit >> 3] | (p << (bit & 7)));
+        }
+        continue;
+      }
       // Keep every non-zero and pad with the lowest zero positions, in position order.
       int padding = n - nonzeros;
       for (int p = 0; p < m; ++p) {

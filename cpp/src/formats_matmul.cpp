@@ -126,6 +126,38 @@ void sparse_row(Index count, Value value, Column col, ConstMatrixView<C> x, C* y
   scalars(Int<1>{});
 }
 
+// column[j] = the column of x that kept value j of a row multiplies: (j / n) * m plus its
+// packed position. When n divides 8 and positions take at most 4 bits, eight positions fill
+// `bits` whole bytes and share one pattern of group starts, so they are decoded together with
+// vector shifts.
+void decode_columns(const std::uint8_t* packed, Index kept, int n, int m, int bits,
+                    std::int32_t* column) {
+  typedef std::int32_t Lanes8 __attribute__((vector_size(32)));
+  const auto field = static_cast<std::int32_t>((1u << bits) - 1u);
+  Index j = 0;
+  if (8 % n == 0 && bits <= 4) {
+    Lanes8 shift, group;
+    for (int q = 0; q < 8; ++q) {
+      shift[q] = q * bits;
+      group[q] = (q / n) * m;
+    }
+    const auto chunk_columns = static_cast<std::int32_t>(8 / n * m);
+    std::int32_t base = 0;
+    for (; j + 8 <= kept; j += 8, base += chunk_columns) {
+      std::uint32_t word = 0;
+      std::memcpy(&word, packed + j * bits / 8, static_cast<std::size_t>(bits));
+      const Lanes8 positions = ((Lanes8{} + static_cast<std::int32_t>(word)) >> shift) & field;
+      const Lanes8 columns = positions + group + base;
+      std::memcpy(column + j, &columns, sizeof columns);
+    }
+  }
+  for (; j < kept; ++j) {
+    const Index bit = j * bits;
+    const auto position = static_cast<std::int32_t>((packed[bit >> 3] >> (bit & 7)) & field);
+    column[j] = static_cast<std::int32_t>((j / n) * m) + position;
+  }
+}
+
 int matmul_threads(double multiply_adds) { return threads_for(multiply_adds, 1 << 18); }
 
 }  // namespace
@@ -189,7 +221,6 @@ void nm_matmul(ConstMatrixView<typename V::Storage> values, ConstMatrixView<std:
                MatrixView<typename V::Compute> y) {
   using C = typename V::Compute;
   const int bits = nm_index_bits(m);
-  const unsigned field = (1u << bits) - 1u;
   const double work = static_cast<double>(values.size()) * static_cast<double>(x.cols) +
                       static_cast<double>(y.rows);
 #pragma omp parallel num_threads(matmul_threads(work))
@@ -198,14 +229,7 @@ void nm_matmul(ConstMatrixView<typename V::Storage> values, ConstMatrixView<std:
 #pragma omp for schedule(dynamic, 16)
     for (Index i = 0; i < y.rows; ++i) {
       // Decode the row's packed positions into columns of x once; the kernel then gathers.
-      const std::uint8_t* pos = packed.row(i);
-      for (Index g = 0, j = 0; j < values.cols; ++g) {
-        const auto group_start = static_cast<std::int32_t>(g * m);
-        for (int q = 0; q < n; ++q, ++j) {
-          const Index bit = j * bits;
-          column[j] = group_start + static_cast<std::int32_t>((pos[bit >> 3] >> (bit & 7)) & field);
-        }
-      }
+      decode_columns(packed.row(i), values.cols, n, m, bits, column.data());
       const auto* vals = values.row(i);
       const std::int32_t* cols = column.data();
       sparse_row<C>(
