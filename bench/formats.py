@@ -7,6 +7,7 @@ its baseline before it is timed.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,9 @@ def _conversions(table: Table, w: np.ndarray, label: str, threads: int) -> None:
     torch: Any = torch_or_none()
     if torch is not None:
         tw = torch.from_numpy(w)
-        assert np.array_equal(tw.to_sparse_csr().col_indices().numpy(), ours.indices)
+        with warnings.catch_warnings():  # torch's one-time "sparse CSR is in beta" note
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            assert np.array_equal(tw.to_sparse_csr().col_indices().numpy(), ours.indices)
         t_ref = median_time(tw.to_sparse_csr, repeat=3)
         t_ours = median_time(lambda: fp.CSR.from_dense(w), repeat=5)
         table.add(Row("dense -> CSR", shape, threads, t_ours, "torch .to_sparse_csr()", t_ref))

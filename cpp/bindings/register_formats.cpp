@@ -448,8 +448,7 @@ void csr_matmul(const py::array& indptr, const py::array& indices, const py::arr
       const I* idx = vector<I>(indices, "indices");
       const S* d = vector<S>(data, "data", p[rows]);
       py::gil_scoped_release release;
-      require_columns_in_range(idx, p[rows], cols);
-      fmt::csr_matmul<V, I>(p, idx, d, xv, yv);
+      require(fmt::csr_matmul<V, I>(p, idx, d, xv, yv), "indices: column index out of range");
     });
   });
 }

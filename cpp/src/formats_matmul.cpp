@@ -163,19 +163,35 @@ int matmul_threads(double multiply_adds) { return threads_for(multiply_adds, 1 <
 }  // namespace
 
 template <class V, class I>
-void csr_matmul(const I* indptr, const I* indices, const typename V::Storage* data,
+bool csr_matmul(const I* indptr, const I* indices, const typename V::Storage* data,
                 ConstMatrixView<typename V::Compute> x, MatrixView<typename V::Compute> y) {
   using C = typename V::Compute;
   const double work = static_cast<double>(indptr[y.rows]) * static_cast<double>(x.cols) +
                       static_cast<double>(y.rows);
-#pragma omp parallel for schedule(dynamic, 16) num_threads(matmul_threads(work))
+  bool all_in_range = true;
+#pragma omp parallel for schedule(dynamic, 16) reduction(&& : all_in_range) \
+    num_threads(matmul_threads(work))
   for (Index i = 0; i < y.rows; ++i) {
     const I* cols = indices + indptr[i];
     const auto* vals = data + indptr[i];
+    const Index count = indptr[i + 1] - indptr[i];
+    // The row's indices are checked on the way into cache, where the product reads them next
+    // (one unsigned comparison each, so that negative ones fail too, OR-reduced in vectors).
+    using Unsigned = std::make_unsigned_t<I>;
+    Unsigned out_of_range = 0;
+    for (Index e = 0; e < count; ++e) {
+      out_of_range |=
+          static_cast<Unsigned>(static_cast<Unsigned>(cols[e]) >= static_cast<Unsigned>(x.rows));
+    }
+    if (out_of_range != 0) {
+      all_in_range = false;
+      continue;
+    }
     sparse_row<C>(
-        indptr[i + 1] - indptr[i], [vals](Index e) { return static_cast<C>(V::decode(vals[e])); },
+        count, [vals](Index e) { return static_cast<C>(V::decode(vals[e])); },
         [cols](Index e) { return static_cast<Index>(cols[e]); }, x, y.row(i));
   }
+  return all_in_range;
 }
 
 template <class V, class I>
@@ -240,10 +256,10 @@ void nm_matmul(ConstMatrixView<typename V::Storage> values, ConstMatrixView<std:
 }
 
 #define FASTPRUNE_MATMUL(V)                                                                        \
-  template void csr_matmul<V, std::int32_t>(const std::int32_t*, const std::int32_t*,              \
+  template bool csr_matmul<V, std::int32_t>(const std::int32_t*, const std::int32_t*,              \
                                             const V::Storage*, ConstMatrixView<V::Compute>,        \
                                             MatrixView<V::Compute>);                               \
-  template void csr_matmul<V, std::int64_t>(const std::int64_t*, const std::int64_t*,              \
+  template bool csr_matmul<V, std::int64_t>(const std::int64_t*, const std::int64_t*,              \
                                             const V::Storage*, ConstMatrixView<V::Compute>,        \
                                             MatrixView<V::Compute>);                               \
   template void bsr_matmul<V, std::int32_t>(const std::int32_t*, const std::int32_t*,              \

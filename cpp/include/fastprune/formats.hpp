@@ -198,8 +198,10 @@ void csr_to_bitmask(const I* indptr, const I* indices, Index rows, MatrixView<st
 // float64), over row ranges in parallel, register-blocked over the k columns of x. Each
 // output element is a sum over the row's stored values in storage order.
 
+// csr_matmul checks each row's column indices as it goes and returns false (y unspecified)
+// if one is out of range: the arrays may have been changed since they were validated.
 template <class V, class I>
-void csr_matmul(const I* indptr, const I* indices, const typename V::Storage* data,
+bool csr_matmul(const I* indptr, const I* indices, const typename V::Storage* data,
                 ConstMatrixView<typename V::Compute> x, MatrixView<typename V::Compute> y);
 
 template <class V, class I>
