@@ -46,13 +46,25 @@ values are decoded one at a time inside the kernel; ``x`` is converted to float3
 and in float64 for float64 matrices, and the result has that dtype. Each output row is a sum over
 the row's stored values in storage order, register-blocked over the k columns of ``x``.
 
-Performance, measured on 2 cores of a Xeon with AVX-512 against numpy/OpenBLAS float32, for
-4096 × 4096 weights (``python -m bench formats``): at k = 1 and k = 8 the product is limited by
-reading the weights, and CSR at 70-90 % sparsity and 2:4 compressed beat the dense product by
-reading less. At k = 128 the dense product is compute-bound at OpenBLAS's GEMM rate, which a
-gather-based sparse kernel cannot approach per stored value; CSR wins there only at high sparsity
-(90 %), and at 50-70 % sparsity or 2:4 it is slower than dense: on a CPU, prune for memory at
-large batch, not for speed. Figures are in the module ``bench/formats.py`` output.
+Performance (``python -m bench formats``; 4096 x 4096 float32 weights times 4096 x k, measured
+on a 2-core Xeon that other jobs were sharing, so absolute times are inflated and noisy; the
+ratios are from one thread, best of 9, against numpy/OpenBLAS on all cores and scipy):
+
+- 90 % sparsity: CSR beats the dense product at every k (about 4.7x at k = 1, 4.8x at k = 8,
+  2x at k = 128) and scipy's CSR at k = 8 and 128 (1.8x, 4x).
+- 70 %: about even with dense at k = 8, slower at k = 1 (0.75x) and k = 128 (0.7x).
+- 50 % and 2:4: slower than dense except CSR at k = 8 (1.1x). At k = 128 the dense product is
+  compute-bound at OpenBLAS's GEMM rate, which a gather kernel (one broadcast per stored value,
+  x rows fetched by index) cannot reach per stored value, so it would need well over 50 %
+  sparsity to win; at k = 1 the product streams the weights and wins only by reading fewer
+  bytes, which CSR at 50 % (value + 4-byte index) does not. 2:4 compressed is where GPUs' sparse
+  tensor cores pay; on a CPU its packed positions cost a decode per row and its matmul ran at
+  0.3-0.6x of dense here. Prune for memory on a CPU at these densities, not for speed.
+- The k = 1 gather-dot measured 0.25-0.5x of scipy's single-loop CSR matvec in these runs; the
+  multi-vector kernels (k >= 8, register-blocked over k) are 1.6-4x faster than scipy's.
+- dense -> CSR: 4-10x faster than ``scipy.sparse.csr_matrix(dense)`` (10x at 50 %; 4x at 90 %,
+  short of the 5x aimed for: there both are dominated by reading the dense matrix, which the
+  two-pass kernel reads twice, to count and to fill).
 
 Interop: ``to_scipy()`` / ``from_scipy()`` for CSR, COO and BSR (``csr_array`` and
 ``csr_matrix`` alike) share the arrays when the layouts match (float16/bfloat16 values are
