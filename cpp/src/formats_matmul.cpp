@@ -144,8 +144,11 @@ void decode_columns(const std::uint8_t* packed, Index kept, int n, int m, int bi
     const auto chunk_columns = static_cast<std::int32_t>(8 / n * m);
     std::int32_t base = 0;
     for (; j + 8 <= kept; j += 8, base += chunk_columns) {
+      // The `bits` bytes of these eight positions, assembled in a register (a short memcpy
+      // through memory would stall on store forwarding).
+      const std::uint8_t* bytes = packed + j * bits / 8;
       std::uint32_t word = 0;
-      std::memcpy(&word, packed + j * bits / 8, static_cast<std::size_t>(bits));
+      for (int b = 0; b < bits; ++b) word |= static_cast<std::uint32_t>(bytes[b]) << (8 * b);
       const Lanes8 positions = ((Lanes8{} + static_cast<std::int32_t>(word)) >> shift) & field;
       const Lanes8 columns = positions + group + base;
       std::memcpy(column + j, &columns, sizeof columns);
