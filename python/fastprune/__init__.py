@@ -20,9 +20,12 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     )
     raise ImportError(msg) from err
 
-from . import _cpu
+from . import _cpu, importance, masks
+from .calibration import Calibration
 from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
 from .io import load, save
+from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
+from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
 
 
 def info() -> dict[str, object]:
@@ -72,13 +75,28 @@ __all__ = [
     "BSR",
     "COO",
     "CSR",
+    "NM",
     "Bitmask",
+    "Block",
+    "Calibration",
+    "Column",
+    "HessianFactor",
     "NMCompressed",
+    "Pattern",
+    "Row",
     "SparseMatrix",
+    "Unstructured",
     "__version__",
+    "apply_mask",
     "get_num_threads",
+    "importance",
     "info",
     "load",
+    "mask",
+    "masks",
+    "pattern",
     "save",
     "set_num_threads",
+    "sparsegpt",
+    "sparsegpt_factor",
 ]
