@@ -46,25 +46,28 @@ values are decoded one at a time inside the kernel; ``x`` is converted to float3
 and in float64 for float64 matrices, and the result has that dtype. Each output row is a sum over
 the row's stored values in storage order, register-blocked over the k columns of ``x``.
 
-Performance (``python -m bench formats``; 4096 x 4096 float32 weights times 4096 x k, measured
-on a 2-core Xeon that other jobs were sharing, so absolute times are inflated and noisy; the
-ratios are from one thread, best of 9, against numpy/OpenBLAS on all cores and scipy):
+Performance (``python -m bench formats``; 4096 x 4096 float32 weights times 4096 x k, on a 2-core
+Xeon that other jobs were sharing, so absolute times are inflated and noisy; ratios below are
+fastprune on one thread, best of 9, against numpy/OpenBLAS dense on both cores and scipy CSR):
 
-- 90 % sparsity: CSR beats the dense product at every k (about 4.7x at k = 1, 4.8x at k = 8,
-  2x at k = 128) and scipy's CSR at k = 8 and 128 (1.8x, 4x).
-- 70 %: about even with dense at k = 8, slower at k = 1 (0.75x) and k = 128 (0.7x).
-- 50 % and 2:4: slower than dense except CSR at k = 8 (1.1x). At k = 128 the dense product is
-  compute-bound at OpenBLAS's GEMM rate, which a gather kernel (one broadcast per stored value,
-  x rows fetched by index) cannot reach per stored value, so it would need well over 50 %
-  sparsity to win; at k = 1 the product streams the weights and wins only by reading fewer
-  bytes, which CSR at 50 % (value + 4-byte index) does not. 2:4 compressed is where GPUs' sparse
-  tensor cores pay; on a CPU its packed positions cost a decode per row and its matmul ran at
-  0.3-0.6x of dense here. Prune for memory on a CPU at these densities, not for speed.
-- The k = 1 gather-dot measured 0.25-0.5x of scipy's single-loop CSR matvec in these runs; the
-  multi-vector kernels (k >= 8, register-blocked over k) are 1.6-4x faster than scipy's.
-- dense -> CSR: 4-10x faster than ``scipy.sparse.csr_matrix(dense)`` (10x at 50 %; 4x at 90 %,
-  short of the 5x aimed for: there both are dominated by reading the dense matrix, which the
-  two-pass kernel reads twice, to count and to fill).
+====================  ==========  ==========  ==========
+vs numpy dense        k = 1       k = 8       k = 128
+====================  ==========  ==========  ==========
+CSR, 90 % sparse      6.5x        14.8x       1.7x
+CSR, 70 % sparse      1.4x        1.9x        0.50x
+CSR, 50 % sparse      0.68x       1.0x        0.24x
+2:4 compressed        0.71x       1.8x        0.24x
+====================  ==========  ==========  ==========
+
+- Where it does not win: at k = 128 the dense product is compute-bound at OpenBLAS's GEMM rate,
+  which a gather kernel (one broadcast per stored value, rows of x fetched by index) cannot match
+  per stored value, so it wins only at high sparsity. At k = 1 the product streams the weights and
+  sparse wins only by reading fewer bytes: CSR at 50 % (a value plus a 4-byte index each) reads
+  as much as dense, and 2:4 pays a position decode per row. On a CPU, 2:4 and 50 % pay in memory,
+  not in speed, except at small batches (k = 8).
+- Against scipy's CSR: 1.3-3.2x faster for k >= 8 (register-blocked over k); the k = 1 gather-dot
+  measured 0.6-0.9x of scipy's single-loop matvec.
+- dense -> CSR: 24x faster than ``scipy.sparse.csr_matrix(dense)`` at 50 % sparsity, 7x at 90 %.
 
 Interop: ``to_scipy()`` / ``from_scipy()`` for CSR, COO and BSR (``csr_array`` and
 ``csr_matrix`` alike) share the arrays when the layouts match (float16/bfloat16 values are
