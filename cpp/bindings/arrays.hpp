@@ -42,7 +42,9 @@ ConstMatrixView<T> matrix(const py::array& a, const char* name) {
   }
   const auto item = static_cast<py::ssize_t>(sizeof(T));
   const py::ssize_t rows = a.shape(0), cols = a.shape(1);
-  if ((cols > 1 && a.strides(1) != item) || a.strides(0) < 0 || a.strides(0) % item != 0) {
+  // NumPy gives zero-size arrays arbitrary (often zero) strides; nothing is read through them.
+  if (rows * cols > 0 &&
+      ((cols > 1 && a.strides(1) != item) || a.strides(0) < 0 || a.strides(0) % item != 0)) {
     throw std::invalid_argument(std::string(name) +
                                 ": rows must be contiguous (pass np.ascontiguousarray)");
   }

@@ -22,6 +22,8 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
 
 from . import _cpu, importance, masks
 from .calibration import Calibration
+from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
+from .io import load, save
 from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
 from .pruners import magnitude_prune, wanda
 from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
@@ -71,23 +73,31 @@ def get_num_threads() -> int:
 
 
 __all__ = [
+    "BSR",
+    "COO",
+    "CSR",
     "NM",
+    "Bitmask",
     "Block",
     "Calibration",
     "Column",
     "HessianFactor",
+    "NMCompressed",
     "Pattern",
     "Row",
+    "SparseMatrix",
     "Unstructured",
     "__version__",
     "apply_mask",
     "get_num_threads",
     "importance",
     "info",
+    "load",
     "magnitude_prune",
     "mask",
     "masks",
     "pattern",
+    "save",
     "set_num_threads",
     "sparsegpt",
     "sparsegpt_factor",

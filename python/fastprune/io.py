@@ -1,0 +1,344 @@
+"""Saving and loading named dense and sparse tensors in the safetensors format.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor
+name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into the data that follows,
+in bytes) plus an optional ``"__metadata__"`` map of strings, then the raw little-endian bytes.
+fastprune writes this format with NumPy alone (the ``safetensors`` package is not needed), and
+its files load with ``safetensors.numpy.load_file``; dense tensors written by safetensors load
+here.
+
+A sparse matrix is stored as its component arrays, named ``<name>.<component>`` (``indptr``,
+``indices``, ``data`` for CSR and BSR; ``row``, ``col``, ``data`` for COO; ``values``,
+``indices`` for N:M; ``mask``, ``data`` for bitmasks), and the metadata entry
+``"fastprune.sparse"`` holds a JSON map from each sparse name to its ``format``, ``shape``,
+``dtype`` and, for N:M, ``n`` and ``m``. Other tools see plain arrays.
+
+Loading never executes code: the header is parsed as JSON and every field is checked (header
+length, JSON, dtypes, shapes, offsets inside the data and not overlapping, sizes matching), and
+sparse components are validated like any user-supplied parts. Any problem is a ValueError naming
+the file. Writes are atomic: a temporary file in the same directory is written, flushed to disk
+and renamed over the target.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
+
+__all__ = ["load", "save"]
+
+Array = npt.NDArray[Any]
+Tensor = Array | SparseMatrix
+
+_SPARSE_KEY = "fastprune.sparse"
+_MAX_HEADER = 100 * 2**20  # the limit safetensors itself enforces
+_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+_CODES = {name: code for code, name in _DTYPES.items()}
+_FORMATS: dict[str, type[SparseMatrix]] = {
+    cls.format: cls for cls in (CSR, COO, BSR, NMCompressed, Bitmask)
+}
+
+
+def save(path: str | os.PathLike[str], tensors: object) -> None:
+    """Write a mapping of names to dense arrays and sparse matrices to a safetensors file.
+
+    The file is replaced atomically: a temporary file beside it is written, flushed to disk and
+    renamed over it, so a crash never leaves a half-written file under `path`.
+    """
+    target = Path(path)
+    if not isinstance(tensors, Mapping):
+        msg = f"tensors: expected a mapping of names to arrays, got {type(tensors).__name__}"
+        raise TypeError(msg)
+    arrays: dict[str, Array] = {}
+    sparse: dict[str, dict[str, object]] = {}
+
+    def add(name: str, array: Array) -> None:
+        if name in arrays:
+            msg = f"tensors: name {name!r} is used twice (a sparse component has that name)"
+            raise ValueError(msg)
+        arrays[name] = array
+
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            msg = f"tensors: invalid tensor name {name!r}"
+            raise ValueError(msg)
+        if isinstance(tensor, SparseMatrix):
+            spec: dict[str, object] = {
+                "format": tensor.format,
+                "shape": list(tensor.shape),
+                "dtype": tensor.dtype.name,
+            }
+            if isinstance(tensor, NMCompressed):
+                spec.update(n=tensor.n, m=tensor.m)
+            sparse[name] = spec
+            for component, array in tensor.components().items():
+                add(f"{name}.{component}", array)
+        elif isinstance(tensor, np.ndarray):
+            add(name, tensor)
+        else:
+            msg = f"tensors[{name!r}]: expected an ndarray or a sparse matrix, got {type(tensor)}"
+            raise TypeError(msg)
+
+    header: dict[str, object] = {}
+    offset = 0
+    payload: list[Array] = []
+    for name, array in arrays.items():
+        code = _CODES.get(array.dtype.name)
+        if code is None:
+            msg = f"tensors[{name!r}]: dtype {array.dtype} cannot be stored in safetensors"
+            raise TypeError(msg)
+        raw = _little_endian_bytes(array)
+        header[name] = {
+            "dtype": code,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + raw.size],
+        }
+        offset += raw.size
+        payload.append(raw)
+    if sparse:
+        header["__metadata__"] = {_SPARSE_KEY: json.dumps(sparse, sort_keys=True)}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    _write_atomically(target, [len(text).to_bytes(8, "little"), text, *payload])
+
+
+def _little_endian_bytes(array: Array) -> Array:
+    a = array
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def _write_atomically(target: Path, chunks: list[Any]) -> None:
+    directory = target.parent if str(target.parent) else Path()
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a safetensors file: dense tensors as ndarrays, fastprune sparse tensors as objects.
+
+    Raises ValueError naming the file when it is truncated or corrupted in any way.
+    """
+    source = Path(path)
+    with source.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) < 8:
+            _corrupt(source, f"{size} bytes is too short for a safetensors file")
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, _MAX_HEADER):
+            _corrupt(source, f"header length {length} exceeds the file ({size} bytes)")
+        text = f.read(length)
+        data = bytearray(size - 8 - length)
+        if f.readinto(data) != len(data):
+            _corrupt(source, "file changed while reading")
+    entries, metadata = _parse_header(source, text, len(data))
+    dense = {name: _array(source, name, data, *entry) for name, entry in entries.items()}
+    return _assemble_sparse(source, dense, metadata)
+
+
+def _corrupt(source: Path, reason: str) -> NoReturn:
+    msg = f"{source}: not a valid safetensors file: {reason}"
+    raise ValueError(msg)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            msg = f"duplicate key {key!r}"
+            raise ValueError(msg)
+        out[key] = value
+    return out
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _parse_header(
+    source: Path, text: bytes, data_size: int
+) -> tuple[dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]], dict[str, str]]:
+    try:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        _corrupt(source, f"header is not valid JSON ({err})")
+    if not isinstance(header, dict):
+        _corrupt(source, "header is not a JSON object")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        _corrupt(source, "__metadata__ must map strings to strings")
+    entries = {}
+    for name, entry in header.items():
+        where = f"tensor {name!r}"
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            _corrupt(source, f"{where}: expected exactly dtype, shape and data_offsets")
+        code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(code, str) or code not in _DTYPES:
+            _corrupt(source, f"{where}: unknown dtype {code!r}")
+        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+            _corrupt(source, f"{where}: shape must be a list of non-negative integers")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            _corrupt(source, f"{where}: data_offsets {offsets!r} outside the data ({data_size} B)")
+        dtype = _dtype(source, name, code)
+        expected = math.prod(shape) * dtype.itemsize
+        if offsets[1] - offsets[0] != expected:
+            _corrupt(
+                source,
+                f"{where}: {offsets[1] - offsets[0]} bytes for shape {shape} of {code} "
+                f"(needs {expected})",
+            )
+        entries[name] = (dtype, tuple(shape), offsets[0], offsets[1])
+    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items())
+    for (_, end, before), (begin, _, after) in itertools.pairwise(spans):
+        if begin < end:
+            _corrupt(source, f"tensors {before!r} and {after!r} overlap")
+    return entries, metadata
+
+
+def _dtype(source: Path, name: str, code: str) -> np.dtype[Any]:
+    if code == "BF16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            msg = f"{source}: tensor {name!r} is bfloat16, which needs the ml_dtypes package"
+            raise ValueError(msg) from None
+        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+        return bfloat16
+    little: np.dtype[Any] = np.dtype(_DTYPES[code]).newbyteorder("<")
+    return little
+
+
+def _array(
+    source: Path,
+    name: str,
+    data: bytearray,
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    begin: int,
+    end: int,
+) -> Array:
+    del source, name
+    count = (end - begin) // dtype.itemsize
+    a = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
+    if a.ctypes.data % dtype.alignment:
+        a = a.copy()
+    # NumPy's own dtype instance in native order (compiled code recognises dtypes by identity).
+    native: np.dtype[Any] = np.dtype(dtype.name) if dtype.kind in "fiub" else dtype
+    return a.view(native) if sys.byteorder == "little" else a.astype(native)
+
+
+def _assemble_sparse(
+    source: Path, dense: dict[str, Array], metadata: dict[str, str]
+) -> dict[str, Tensor]:
+    if _SPARSE_KEY not in metadata:
+        return dict(dense)
+    try:
+        specs = json.loads(metadata[_SPARSE_KEY], object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as err:
+        _corrupt(source, f"{_SPARSE_KEY} is not valid JSON ({err})")
+    if not isinstance(specs, dict):
+        _corrupt(source, f"{_SPARSE_KEY} must be a JSON object")
+    out: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for name, spec in specs.items():
+        if not isinstance(spec, dict) or spec.get("format") not in _FORMATS:
+            _corrupt(source, f"sparse tensor {name!r}: unknown or missing format")
+        cls = _FORMATS[spec["format"]]
+        parts = {}
+        for component in _COMPONENTS[cls.format]:
+            key = f"{name}.{component}"
+            if key not in dense:
+                _corrupt(source, f"sparse tensor {name!r}: component {key!r} is missing")
+            parts[component] = dense[key]
+            used.add(key)
+        try:
+            matrix = _build(cls, parts, spec)
+        except (ValueError, TypeError) as err:
+            _corrupt(source, f"sparse tensor {name!r}: {err}")
+        if matrix.dtype.name != spec.get("dtype"):
+            _corrupt(source, f"sparse tensor {name!r}: dtype {matrix.dtype} != {spec.get('dtype')}")
+        out[name] = matrix
+    for name, array in dense.items():
+        if name not in used:
+            out[name] = array
+    return out
+
+
+_COMPONENTS = {
+    "csr": ("indptr", "indices", "data"),
+    "coo": ("row", "col", "data"),
+    "bsr": ("indptr", "indices", "data"),
+    "nm": ("values", "indices"),
+    "bitmask": ("mask", "data"),
+}
+
+
+def _build(cls: type[SparseMatrix], parts: dict[str, Array], spec: dict[str, Any]) -> SparseMatrix:
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or len(shape) != 2 or not all(_is_int(s) for s in shape):
+        msg = f"shape {shape!r} is not two integers"
+        raise ValueError(msg)
+    rows, cols = shape
+    if cls is NMCompressed:
+        n, m = spec.get("n"), spec.get("m")
+        if not (isinstance(n, int) and isinstance(m, int) and _is_int(n) and _is_int(m)):
+            msg = "n and m must be integers"
+            raise ValueError(msg)
+        return NMCompressed(parts["values"], parts["indices"], (rows, cols), n, m)
+    if cls is Bitmask:
+        return Bitmask(parts["mask"], parts["data"], (rows, cols))
+    if cls is COO:
+        return COO(parts["row"], parts["col"], parts["data"], (rows, cols))
+    if cls is BSR:
+        return BSR(parts["indptr"], parts["indices"], parts["data"], (rows, cols))
+    return CSR(parts["indptr"], parts["indices"], parts["data"], (rows, cols))
