@@ -121,3 +121,15 @@ def test_threads_round_trip() -> None:
 def test_bad_thread_count(bad: object) -> None:
     with pytest.raises(ValueError, match="n: expected a positive int"):
         fastprune.set_num_threads(bad)  # type: ignore[arg-type]
+
+
+def test_equal_dtype_objects_are_accepted_and_byte_swapped_ones_rejected() -> None:
+    import numpy as np
+
+    scores = np.arange(12, dtype=np.float32).reshape(3, 4)
+    # An equal dtype that is not NumPy's own float32 object (here: carrying metadata).
+    equal = scores.view(np.dtype(np.float32, metadata={"origin": "file"}))
+    assert equal.dtype is not scores.dtype
+    assert np.array_equal(fastprune.mask(equal, 0.5), fastprune.mask(scores, 0.5))
+    swapped = scores.astype(np.dtype(">f4"))
+    assert np.array_equal(fastprune.mask(swapped, 0.5), fastprune.mask(scores, 0.5))

@@ -23,9 +23,16 @@ inline std::string shape_text(const py::array& a) {
   return s + ")";
 }
 
+// Whether `a` holds elements of type T. Equivalence, not identity: an equal dtype need not be
+// NumPy's own object (a dtype with metadata, one read from a file); a byte-swapped one differs.
+template <class T>
+bool has_dtype(const py::array& a) {
+  return py::array_t<T>::check_(a);
+}
+
 template <class T>
 void require_dtype(const py::array& a, const char* name) {
-  if (!a.dtype().is(py::dtype::of<T>())) {
+  if (!has_dtype<T>(a)) {
     throw py::type_error(std::string(name) + ": expected dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(a.dtype())));

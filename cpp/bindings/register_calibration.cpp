@@ -71,8 +71,8 @@ void add_gram_lower_typed(py::array& gram, const py::array& x) {
 }
 
 void add_gram_lower(py::array gram, const py::array& x) {
-  if (gram.dtype().is(py::dtype::of<float>())) return add_gram_lower_typed<float>(gram, x);
-  if (gram.dtype().is(py::dtype::of<double>())) return add_gram_lower_typed<double>(gram, x);
+  if (has_dtype<float>(gram)) return add_gram_lower_typed<float>(gram, x);
+  if (has_dtype<double>(gram)) return add_gram_lower_typed<double>(gram, x);
   throw py::type_error("gram: expected dtype float32 or float64, got " +
                        std::string(py::str(gram.dtype())));
 }
@@ -85,8 +85,8 @@ bool all_finite_typed(const py::array& x) {
 }
 
 bool all_finite(const py::array& x) {
-  if (x.dtype().is(py::dtype::of<float>())) return all_finite_typed<float>(x);
-  if (x.dtype().is(py::dtype::of<double>())) return all_finite_typed<double>(x);
+  if (has_dtype<float>(x)) return all_finite_typed<float>(x);
+  if (has_dtype<double>(x)) return all_finite_typed<double>(x);
   throw py::type_error("x: expected dtype float32 or float64, got " +
                        std::string(py::str(x.dtype())));
 }
@@ -102,9 +102,8 @@ py::array symmetric_from_lower_typed(py::array gram, double scale) {
 }
 
 py::array symmetric_from_lower(py::array gram, double scale) {
-  if (gram.dtype().is(py::dtype::of<float>()))
-    return symmetric_from_lower_typed<float>(gram, scale);
-  if (gram.dtype().is(py::dtype::of<double>())) {
+  if (has_dtype<float>(gram)) return symmetric_from_lower_typed<float>(gram, scale);
+  if (has_dtype<double>(gram)) {
     return symmetric_from_lower_typed<double>(gram, scale);
   }
   throw py::type_error("gram: expected dtype float32 or float64, got " +

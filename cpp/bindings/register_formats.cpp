@@ -29,9 +29,9 @@ struct Tag {
 // Calls f(Tag<S>{}) for the storage type of a value array.
 template <class F>
 decltype(auto) with_storage(const py::array& a, const char* name, F&& f) {
-  if (a.dtype().is(py::dtype::of<float>())) return f(Tag<float>{});
-  if (a.dtype().is(py::dtype::of<double>())) return f(Tag<double>{});
-  if (a.dtype().is(py::dtype::of<std::uint16_t>())) return f(Tag<std::uint16_t>{});
+  if (has_dtype<float>(a)) return f(Tag<float>{});
+  if (has_dtype<double>(a)) return f(Tag<double>{});
+  if (has_dtype<std::uint16_t>(a)) return f(Tag<std::uint16_t>{});
   throw py::type_error(std::string(name) +
                        ": expected float32, float64 or uint16 (16-bit float "
                        "bits), got " +
@@ -41,8 +41,8 @@ decltype(auto) with_storage(const py::array& a, const char* name, F&& f) {
 // Calls f(Tag<I>{}) for the dtype of an index array.
 template <class F>
 decltype(auto) with_index(const py::array& a, const char* name, F&& f) {
-  if (a.dtype().is(py::dtype::of<std::int32_t>())) return f(Tag<std::int32_t>{});
-  if (a.dtype().is(py::dtype::of<std::int64_t>())) return f(Tag<std::int64_t>{});
+  if (has_dtype<std::int32_t>(a)) return f(Tag<std::int32_t>{});
+  if (has_dtype<std::int64_t>(a)) return f(Tag<std::int64_t>{});
   throw py::type_error(std::string(name) + ": expected int32 or int64, got " +
                        std::string(py::str(a.dtype())));
 }

@@ -29,8 +29,8 @@ void require_same_shape(const py::array& a, const py::array& b, const char* name
 // Calls fn.template operator()<T>() with T the dtype of `a` (float32 or float64).
 template <class Fn>
 py::array by_dtype(const py::array& a, const char* name, Fn&& fn) {
-  if (a.dtype().is(py::dtype::of<float>())) return fn(float{});
-  if (a.dtype().is(py::dtype::of<double>())) return fn(double{});
+  if (has_dtype<float>(a)) return fn(float{});
+  if (has_dtype<double>(a)) return fn(double{});
   throw py::type_error(std::string(name) + ": expected dtype float32 or float64, got " +
                        std::string(py::str(a.dtype())));
 }

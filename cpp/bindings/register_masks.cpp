@@ -36,8 +36,8 @@ py::array_t<bool> new_mask(const py::array& scores, Kernel&& kernel) {
     require_finite(finite, "scores");
     return out;
   };
-  if (scores.dtype().is(py::dtype::of<float>())) return run(float{});
-  if (scores.dtype().is(py::dtype::of<double>())) return run(double{});
+  if (has_dtype<float>(scores)) return run(float{});
+  if (has_dtype<double>(scores)) return run(double{});
   throw py::type_error("scores: expected dtype float32 or float64, got " +
                        std::string(py::str(scores.dtype())));
 }
@@ -68,7 +68,7 @@ std::vector<py::array_t<bool>> smallest_overall_typed(const std::vector<py::arra
 std::vector<py::array_t<bool>> smallest_overall(const std::vector<py::array>& scores,
                                                 Index pruned) {
   if (scores.empty()) return {};
-  if (scores[0].dtype().is(py::dtype::of<double>())) {
+  if (has_dtype<double>(scores[0])) {
     return smallest_overall_typed<double>(scores, pruned);
   }
   return smallest_overall_typed<float>(scores, pruned);

@@ -31,8 +31,7 @@ py::tuple factor_as(const py::array& hessian, double damp, int max_tries) {
 }
 
 py::tuple inverse_hessian_factor(const py::array& hessian, double damp, int max_tries) {
-  if (hessian.dtype().is(py::dtype::of<double>()))
-    return factor_as<double>(hessian, damp, max_tries);
+  if (has_dtype<double>(hessian)) return factor_as<double>(hessian, damp, max_tries);
   return factor_as<float>(hessian, damp, max_tries);
 }
 
@@ -58,7 +57,7 @@ py::tuple prune_as(py::array& weight, const py::array& u, const py::array& dead,
 py::tuple prune(py::array& weight, const py::array& u, const py::array& dead, double sparsity,
                 int n, int m, Index blocksize, const py::object& keep_mask) {
   const sparsegpt::Options options{sparsity, n, m, blocksize};
-  if (weight.dtype().is(py::dtype::of<double>())) {
+  if (has_dtype<double>(weight)) {
     return prune_as<double>(weight, u, dead, options, keep_mask);
   }
   return prune_as<float>(weight, u, dead, options, keep_mask);

@@ -4,14 +4,6 @@
 #include <cmath>
 #include <vector>
 
-// No floating-point contraction in this file: a fused multiply-add on one instruction-set level
-// and a separate multiply and add on another would round double sums differently.
-#if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
-
 namespace fastprune::importance {
 
 namespace {

@@ -483,6 +483,21 @@ void mask_smallest_overall(const std::vector<ConstMatrixView<T>>& scores, Index 
   }
 }
 
+// Σ p[0..n) in double, with four independent accumulators.
+template <class T>
+double segment_sum(const T* p, Index n) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  Index c = 0;
+  for (; c + 4 <= n; c += 4) {
+    s0 += static_cast<double>(p[c]);
+    s1 += static_cast<double>(p[c + 1]);
+    s2 += static_cast<double>(p[c + 2]);
+    s3 += static_cast<double>(p[c + 3]);
+  }
+  for (; c < n; ++c) s0 += static_cast<double>(p[c]);
+  return (s0 + s1) + (s2 + s3);
+}
+
 template <class T>
 bool mask_blocks(ConstMatrixView<T> scores, Index h, Index w, Index pruned_blocks,
                  MatrixView<bool> keep) {
@@ -493,14 +508,24 @@ bool mask_blocks(ConstMatrixView<T> scores, Index h, Index w, Index pruned_block
   RowMajor<double> sums = RowMajor<double>::Zero(block_rows, block_cols);
   int finite = 1;
   const int threads = threads_for(static_cast<double>(scores.size()));
-  // Each block row is summed by one thread, row by row, column by column.
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(&& : finite)
+  // Work is split into (block row, run of block columns) tasks so that tall blocks (a Column
+  // pattern has one block row) still spread over the threads. Each block is summed by one
+  // task, row by row, each row's segment with four accumulators: a fixed order whatever the
+  // thread count.
+  const Index chunks = std::min<Index>(
+      block_cols,
+      std::max<Index>(1, (4 * threads + block_rows - 1) / std::max<Index>(block_rows, 1)));
+  const Index per_chunk = chunks > 0 ? (block_cols + chunks - 1) / chunks : 0;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static) reduction(&& : finite)
   for (Index bi = 0; bi < block_rows; ++bi) {
-    double* sum = sums.data() + bi * block_cols;
-    for (Index r = bi * h; r < (bi + 1) * h; ++r) {
-      const T* row = scores.row(r);
-      finite = finite && all_finite(row, scores.cols);
-      for (Index c = 0; c < scores.cols; ++c) sum[c / w] += static_cast<double>(row[c]);
+    for (Index chunk = 0; chunk < chunks; ++chunk) {
+      const Index b0 = chunk * per_chunk, b1 = std::min(block_cols, b0 + per_chunk);
+      double* sum = sums.data() + bi * block_cols;
+      for (Index r = bi * h; r < (bi + 1) * h && b0 < b1; ++r) {
+        const T* row = scores.row(r);
+        finite = finite && all_finite(row + b0 * w, (b1 - b0) * w);
+        for (Index b = b0; b < b1; ++b) sum[b] += segment_sum(row + b * w, w);
+      }
     }
   }
   if (!finite) return false;
@@ -517,7 +542,7 @@ bool mask_blocks(ConstMatrixView<T> scores, Index h, Index w, Index pruned_block
   for (Index r = 0; r < scores.rows; ++r) {
     const bool* blocks = block_keep.get() + (r / h) * block_cols;
     bool* out = keep.row(r);
-    for (Index c = 0; c < scores.cols; ++c) out[c] = blocks[c / w];
+    for (Index b = 0; b < block_cols; ++b) std::fill(out + b * w, out + (b + 1) * w, blocks[b]);
   }
   return true;
 }
