@@ -155,7 +155,7 @@ def _run_prune(args: argparse.Namespace) -> int:
 
     _say(args, f"loading {source}")
     try:
-        model, tokenizer = models.load_pretrained(source)
+        model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
     except (OSError, ValueError) as err:
         raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
     batches = models.text_batches(tokenizer, texts, seqlen=args.seqlen, batch_size=args.batch_size)

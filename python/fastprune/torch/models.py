@@ -53,9 +53,12 @@ def check_model_dir(path: str | Path) -> Path:
     return folder
 
 
-def load_pretrained(path: str | Path) -> tuple[nn.Module, Any]:
+def load_pretrained(path: str | Path, *, progress: bool = True) -> tuple[nn.Module, Any]:
     """The model (the class its config names, weights in their stored dtype) and tokenizer."""
     import transformers
+
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()
 
     folder = check_model_dir(path)
     config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
