@@ -109,6 +109,9 @@ def test_inspect_errors(tmp_path, capsys):
     status, _, err = run(capsys, "inspect", str(tmp_path), "--pattern", "two:four")
     assert status == 1
     assert "--pattern" in err
+    status, _, err = run(capsys, "inspect", str(tmp_path), "--pattern", "row")
+    assert status == 1
+    assert "--pattern: inspect checks N:M patterns, got 'row'" in err
 
 
 def test_a_command_is_required():

@@ -424,6 +424,10 @@ def test_a_pattern_that_does_not_divide_a_width_names_the_layer():
 
 def test_bad_arguments_are_named():
     model = toy()
+    with pytest.raises(ValueError, match="pattern: prune_model prunes 'unstructured' or 'N:M'"):
+        prune_model(model, batches(), pattern="block:4x4")
+    with pytest.raises(TypeError, match="pattern: expected"):
+        prune_model(model, batches(), pattern=None)
     with pytest.raises(ValueError, match="method: expected one of"):
         prune_model(model, batches(), method="obs")
     with pytest.raises(ValueError, match="calibration_batches: method 'wanda' needs"):

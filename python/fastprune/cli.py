@@ -210,9 +210,12 @@ def _run_inspect(args: argparse.Namespace) -> int:
     nms = []
     for text in patterns:
         try:
-            nms.append((text, fp.masks.pattern(text)))
+            parsed = fp.masks.pattern(text)
         except (TypeError, ValueError) as err:
             raise CommandError(f"--pattern: {err}") from err
+        if not isinstance(parsed, fp.masks.NM):
+            raise CommandError(f"--pattern: inspect checks N:M patterns, got {text!r}")
+        nms.append((text, parsed))
     path = Path(args.path)
     if path.is_dir():
         files = sorted(path.rglob("*.safetensors"))
@@ -244,11 +247,14 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _nm_valid(nonzero: np.ndarray[Any, Any], shape: tuple[int, ...], nm: Any) -> bool | None:
-    """Whether every group of M along the last axis keeps at most N (None: does not apply)."""
-    if len(shape) < 2 or shape[-1] % nm.m:
+    """Whether every group of M along the last axis holds at most N nonzeros, i.e. fits the
+    compressed N:M layout (a weight that is zero anyway may take a kept slot). Rows are the
+    flattened (out, rest) matrix, as convolutions are pruned; None for 1-D tensors and row
+    widths that M does not divide."""
+    if len(shape) < 2 or int(np.prod(shape[1:])) % nm.m:
         return None
-    matrix = nonzero.reshape(shape[0], -1)
-    return bool(fp.masks.check(matrix, f"{nm.n}:{nm.m}"))
+    groups = nonzero.reshape(-1, nm.m)
+    return bool((np.count_nonzero(groups, axis=1) <= nm.n).all())
 
 
 def _inspect_table(rows: list[dict[str, Any]], patterns: list[str]) -> str:

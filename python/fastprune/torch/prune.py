@@ -410,12 +410,16 @@ class _Pruner:
 
 def _group_size(pattern: object) -> int:
     """M of an "N:M" pattern, 0 for unstructured; ValueError for anything else."""
-    if pattern == "unstructured":
-        return 0
     if not isinstance(pattern, str):
         msg = f"pattern: expected 'unstructured' or 'N:M', got {pattern!r}"
         raise TypeError(msg)
-    return int(fp.masks.pattern(pattern).m)
+    parsed = fp.masks.pattern(pattern)
+    if isinstance(parsed, fp.masks.Unstructured):
+        return 0
+    if isinstance(parsed, fp.masks.NM):
+        return int(parsed.m)
+    msg = f"pattern: prune_model prunes 'unstructured' or 'N:M' patterns, got {pattern!r}"
+    raise ValueError(msg)
 
 
 def _positive_int(value: object, name: str) -> int:
