@@ -487,6 +487,28 @@ def test_a_model_without_blocks_is_pruned_in_one_pass():
     assert report.manifest["calibration"]["tokens"] == 15
 
 
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude"])
+def test_the_output_error_is_measured_on_the_calibration_tokens(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+    data = [torch.randn(5, 8, dtype=torch.float32) for _ in range(3)]
+    dense = model[0].weight.detach().numpy().astype(np.float64)
+    report = prune_model(model, data, method=method, sparsity=0.5)
+    delta = dense - model[0].weight.detach().numpy().astype(np.float64)
+    x = np.concatenate([d.numpy() for d in data]).astype(np.float64)
+    expected = np.mean(np.sum((x @ delta.T) ** 2, axis=1))
+    assert report["0"].error == pytest.approx(expected, rel=1e-4)
+    assert report.error == pytest.approx(sum(layer.error for layer in report.layers))
+    assert report.to_dict()["totals"]["error"] == report.error
+
+
+def test_without_calibration_there_is_no_output_error():
+    report = prune_model(toy(), method="magnitude")
+    assert all(layer.error is None for layer in report.layers)
+    assert report.error is None
+    assert report.table().splitlines()[2].split()[4] == "-"
+
+
 def test_a_conv_model_is_pruned_as_flattened_matrices():
     torch.manual_seed(0)
     model = nn.Sequential(

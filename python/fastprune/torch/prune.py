@@ -16,6 +16,7 @@ import fnmatch
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,8 @@ def prune_model(
         calibration_batches: what the model is called with, one item per forward pass: a
             mapping of keyword arguments (e.g. a tokenizer's output, whose 2-D
             ``attention_mask`` keeps padding out of the statistics), a tuple of positional
-            arguments, or a tensor. Not needed for ``method="magnitude"``.
+            arguments, or a tensor. Optional for ``method="magnitude"``, which then only
+            uses it to measure each layer's output error.
         method: ``"sparsegpt"``, ``"wanda"`` or ``"magnitude"``.
         sparsity: fraction of weights to prune: one float for every layer, a mapping from
             layer names or glob patterns to floats (first match wins; unmatched layers stay
@@ -139,14 +141,11 @@ def prune_model(
     model.eval()
     try:
         with torch.no_grad():
-            if method == "magnitude":
-                if calibration_batches is not None:
-                    for batch in calibration_batches:
-                        digest.update(batch)
+            if calibration_batches is None:
+                if method != "magnitude":
+                    msg = f"calibration_batches: method {method!r} needs calibration data"
+                    raise ValueError(msg)
                 reports = [pruner.prune_alone(*item) for item in plan]
-            elif calibration_batches is None:
-                msg = f"calibration_batches: method {method!r} needs calibration data"
-                raise ValueError(msg)
             elif sequential and block_list[0] is not model:
                 reports = _prune_sequential(
                     model, block_list, calibration_batches, plan, pruner, digest, progress
@@ -336,35 +335,28 @@ class _Pruner:
         layers: list[tuple[int | None, str, nn.Module, float]],
         order: dict[str, int],
     ) -> list[LayerReport]:
-        group_id = self._groups_seen
-        self._groups_seen += 1
-        factor_seconds = 0.0
+        t0 = time.perf_counter()
         source: Any = group.calibration
         if self.method == "sparsegpt":
-            t0 = time.perf_counter()
             source = fp.sparsegpt_factor(group.calibration, damp=self.damp)
-            factor_seconds = (time.perf_counter() - t0) / len(group.members)
+        shared = _SharedInput(
+            index=self._groups_seen,
+            source=source,
+            hessian=group.calibration.hessian,
+            tokens=int(group.calibration.count),
+            seconds=(time.perf_counter() - t0) / len(group.members),
+        )
+        self._groups_seen += 1
         rows = []
         for name in group.members:
             block, _, module, layer_sparsity = layers[order[name]]
-            rows.append(
-                self._prune_layer(
-                    block,
-                    name,
-                    module,
-                    layer_sparsity,
-                    source,
-                    group_id,
-                    factor_seconds,
-                    int(group.calibration.count),
-                )
-            )
+            rows.append(self._prune_layer(block, name, module, layer_sparsity, shared))
         return rows
 
     def prune_alone(
         self, block: int | None, name: str, module: nn.Module, layer_sparsity: float
     ) -> LayerReport:
-        return self._prune_layer(block, name, module, layer_sparsity, None, None, 0.0, 0)
+        return self._prune_layer(block, name, module, layer_sparsity, None)
 
     def _prune_layer(
         self,
@@ -372,26 +364,30 @@ class _Pruner:
         name: str,
         module: nn.Module,
         layer_sparsity: float,
-        source: Any,
-        group: int | None,
-        extra_seconds: float,
-        tokens: int,
+        shared: _SharedInput | None,
     ) -> LayerReport:
         t0 = time.perf_counter()
         weight = weight_matrix(module)
         if self.method == "sparsegpt":
+            assert shared is not None
             result = fp.sparsegpt(
                 weight,
-                source,
+                shared.source,
                 sparsity=layer_sparsity,
                 pattern=self.pattern,
                 blocksize=self.blocksize,
                 damp=self.damp,
             )
         elif self.method == "wanda":
-            result = fp.wanda(weight, source, sparsity=layer_sparsity, pattern=self.pattern)
+            assert shared is not None
+            result = fp.wanda(weight, shared.source, sparsity=layer_sparsity, pattern=self.pattern)
         else:
             result = fp.magnitude_prune(weight, sparsity=layer_sparsity, pattern=self.pattern)
+        seconds = time.perf_counter() - t0
+        error = None
+        if shared is not None:  # before the write: `weight` may be a view of the parameter
+            error = output_error(weight, result.weight, shared.hessian)
+            seconds += shared.seconds
         write_weight(module, result.weight)
         return LayerReport(
             name=name,
@@ -401,11 +397,31 @@ class _Pruner:
             target_sparsity=layer_sparsity,
             sparsity=result.sparsity,
             loss=float(result.loss),
+            error=error,
             damp_used=None if result.damp_used is None else float(result.damp_used),
-            seconds=time.perf_counter() - t0 + extra_seconds,
-            group=group,
-            tokens=tokens,
+            seconds=seconds,
+            group=None if shared is None else shared.index,
+            tokens=0 if shared is None else shared.tokens,
         )
+
+
+@dataclass(frozen=True)
+class _SharedInput:
+    """What the layers reading one input share: statistics, factor, and their cost."""
+
+    index: int
+    source: Any  # the Calibration, or SparseGPT's factor of its Hessian
+    hessian: np.ndarray[Any, Any]
+    tokens: int
+    seconds: float  # each member's share of the time spent on the shared work
+
+
+def output_error(
+    dense: np.ndarray[Any, Any], pruned: np.ndarray[Any, Any], hessian: np.ndarray[Any, Any]
+) -> float:
+    """Mean over the calibration tokens of ``‖(W − Ŵ) x‖²``, from ``H = 2/N Σ x xᵀ``."""
+    delta = dense.astype(np.float32) - pruned.astype(np.float32)
+    return float(np.einsum("ij,ij->", delta @ hessian.astype(np.float32), delta)) / 2.0
 
 
 def _group_size(pattern: object) -> int:

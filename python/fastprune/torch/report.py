@@ -24,7 +24,9 @@ class LayerReport:
         pattern: "unstructured" or "N:M" (N kept in every M).
         target_sparsity: the sparsity asked for.
         sparsity: the fraction of weights the mask pruned.
-        loss: the method's own reconstruction-error estimate (0.0 for magnitude).
+        loss: the method's own reconstruction-error estimate (SparseGPT's; 0.0 for the others).
+        error: the mean over the calibration tokens of ``‖(W − Ŵ) x‖²``, the squared change of
+            the layer's output, the same measure for every method (None without calibration).
         damp_used: relative damping that made the Hessian factorisable (SparseGPT), else None.
         seconds: wall time spent pruning the layer (its share of a shared factorisation included).
         group: index of the set of layers that read the same input and shared one Calibration.
@@ -38,6 +40,7 @@ class LayerReport:
     target_sparsity: float
     sparsity: float
     loss: float
+    error: float | None
     damp_used: float | None
     seconds: float
     group: int | None
@@ -79,6 +82,12 @@ class PruneReport:
     def loss(self) -> float:
         return sum(layer.loss for layer in self.layers)
 
+    @property
+    def error(self) -> float | None:
+        """The layers' output errors added up (None when they were pruned without data)."""
+        errors = [layer.error for layer in self.layers]
+        return None if None in errors else sum(e for e in errors if e is not None)
+
     def __getitem__(self, name: str) -> LayerReport:
         for layer in self.layers:
             if layer.name == name:
@@ -87,13 +96,14 @@ class PruneReport:
 
     def table(self) -> str:
         """A plain-text table: one line per layer, then the totals."""
-        header = ("layer", "shape", "pattern", "sparsity", "loss", "damp", "seconds")
+        header = ("layer", "shape", "pattern", "sparsity", "error", "loss", "damp", "seconds")
         rows = [
             (
                 layer.name,
                 f"{layer.shape[0]}x{layer.shape[1]}",
                 layer.pattern,
                 f"{layer.sparsity:.4f}",
+                _number(layer.error),
                 f"{layer.loss:.4g}",
                 "-" if layer.damp_used is None else f"{layer.damp_used:.3g}",
                 f"{layer.seconds:.3f}",
@@ -105,6 +115,7 @@ class PruneReport:
             f"{self.total_weights} weights",
             "",
             f"{self.sparsity:.4f}",
+            _number(self.error),
             f"{self.loss:.4g}",
             "",
             f"{self.seconds:.3f}",
@@ -135,6 +146,7 @@ class PruneReport:
                 "pruned": self.pruned_weights,
                 "sparsity": self.sparsity,
                 "loss": self.loss,
+                "error": self.error,
                 "seconds": self.seconds,
             },
             "manifest": self.manifest,
@@ -174,11 +186,20 @@ class PruneReport:
         top.set_ylabel("sparsity")
         top.set_ylim(0.0, 1.0)
         top.set_title(f"{self.manifest.get('method', '')} — {self.sparsity:.1%} of weights pruned")
-        losses = [max(layer.loss, 1e-12) for layer in self.layers]
-        bottom.bar(positions, losses, color="tab:red")
-        bottom.set_yscale("log")
-        bottom.set_ylabel("reconstruction error")
+        errors = [layer.error for layer in self.layers]
+        if None in errors:  # pruned without data: only the method's own estimate is known
+            bottom.bar(positions, [layer.loss for layer in self.layers], color="tab:red")
+            bottom.set_ylabel("method's loss estimate")
+        else:
+            bottom.bar(positions, errors, color="tab:red")
+            bottom.set_ylabel("output error per token")
+        if any(bar.get_height() > 0 for bar in bottom.patches):
+            bottom.set_yscale("log")
         bottom.set_xticks(list(positions), names, rotation=90, fontsize=6)
         target = Path(path)
         fig.savefig(target, dpi=120)
         return target
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
