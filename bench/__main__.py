@@ -1,4 +1,4 @@
-"""Run fastprune's benchmarks: ``python -m bench [module ...] [--markdown FILE]``.
+"""Run fastprune's benchmarks: ``python -m bench [module ...] [--markdown FILE] [--readme]``.
 
 Every module in this folder whose name does not start with an underscore is a benchmark with
 ``run(table)``. The table printed at the end compares fastprune with the strongest baseline a
@@ -27,8 +27,15 @@ def available() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("modules", nargs="*", help=f"benchmarks to run (default all: {available()})")
+    parser.add_argument(
+        "modules", nargs="*", help=f"benchmarks to run (default all: {available()})"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="replace the benchmark table in README.md (between its bench markers)",
+    )
     args = parser.parse_args(argv)
     names = args.modules or available()
     unknown = sorted(set(names) - set(available()))
@@ -48,10 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     table = _harness.Table()
     for name in names:
         importlib.import_module(f"bench.{name}").run(table)
+    text = "\n".join(f"- {line}" for line in header) + "\n\n" + table.markdown() + "\n"
     if args.markdown:
-        text = "\n".join(f"- {line}" for line in header) + "\n\n" + table.markdown() + "\n"
         args.markdown.write_text(text)
+    if args.readme:
+        update_readme(Path(__file__).resolve().parents[1] / "README.md", text)
     return 0
+
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def update_readme(path: Path, text: str) -> None:
+    readme = path.read_text()
+    if START not in readme or END not in readme:
+        msg = f"{path}: no {START} ... {END} section to replace"
+        raise SystemExit(msg)
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{text}{END}{tail}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,10 @@ class Table:
         print(_format_row(row), flush=True)
 
     def markdown(self) -> str:
-        head = "| operation | shape | threads | fastprune | baseline | baseline time | speed-up | rate |"
+        head = (
+            "| operation | shape | threads | fastprune | baseline | baseline time | speed-up "
+            "| rate |"
+        )
         sep = "|---|---|---:|---:|---|---:|---:|---|"
         lines = [head, sep]
         for r in self.rows:

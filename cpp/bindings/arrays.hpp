@@ -62,8 +62,8 @@ template <class T>
 const T* vector(const py::array& a, const char* name, py::ssize_t expected_size = -1) {
   require_dtype<T>(a, name);
   if (a.ndim() != 1 || (a.shape(0) > 1 && a.strides(0) != static_cast<py::ssize_t>(sizeof(T)))) {
-    throw std::invalid_argument(std::string(name) + ": expected a contiguous 1-D array, got shape " +
-                                shape_text(a));
+    throw std::invalid_argument(std::string(name) +
+                                ": expected a contiguous 1-D array, got shape " + shape_text(a));
   }
   if (expected_size >= 0 && a.shape(0) != expected_size) {
     throw std::invalid_argument(std::string(name) + ": expected length " +

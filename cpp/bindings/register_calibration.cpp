@@ -1,7 +1,125 @@
+// Bindings of fastprune::calibration. The Python layer owns the running sum (a C-contiguous
+// float32/float64 array) and hands over token matrices of the same dtype whose features or
+// tokens are contiguous; the kernels run without the GIL.
+#include <string>
+
+#include "arrays.hpp"
+#include "fastprune/calibration.hpp"
 #include "submodules.hpp"
 
 namespace fastprune::bindings {
 
-void register_calibration(pybind11::module_ /*m*/) {}
+namespace {
+
+// A view of a 2-D (tokens, features) array with positive strides, one of them unit.
+template <class T>
+calibration::TokenMatrix<T> token_matrix(const py::array& x, const char* name) {
+  require_dtype<T>(x, name);
+  if (x.ndim() != 2) {
+    throw std::invalid_argument(std::string(name) +
+                                ": expected a 2-D (tokens, features) array, "
+                                "got shape " +
+                                shape_text(x));
+  }
+  const auto item = static_cast<py::ssize_t>(sizeof(T));
+  const py::ssize_t tokens = x.shape(0), features = x.shape(1);
+  const py::ssize_t s0 = x.strides(0), s1 = x.strides(1);
+  if (s0 < 0 || s1 < 0 || s0 % item != 0 || s1 % item != 0) {
+    throw std::invalid_argument(std::string(name) +
+                                ": strides must be positive multiples of the "
+                                "item size");
+  }
+  calibration::TokenMatrix<T> m;
+  m.data = static_cast<const T*>(x.data());
+  m.tokens = tokens;
+  m.features = features;
+  if (features <= 1 || s1 == item) {
+    m.feature_stride = 1;
+    m.token_stride = tokens > 1 ? s0 / item : features;
+  } else if (tokens <= 1 || s0 == item) {
+    m.token_stride = 1;
+    m.feature_stride = s1 / item;
+  } else {
+    throw std::invalid_argument(std::string(name) +
+                                ": the features of a token or the tokens of a feature must be "
+                                "contiguous");
+  }
+  return m;
+}
+
+template <class T>
+ConstMatrixView<T> square_gram(const py::array& gram) {
+  const auto g = matrix<T>(gram, "gram");
+  if (g.rows != g.cols || (g.rows > 1 && g.stride != g.cols)) {
+    throw std::invalid_argument("gram: expected a C-contiguous square array, got shape " +
+                                shape_text(gram));
+  }
+  return g;
+}
+
+template <class T>
+void add_gram_lower_typed(py::array& gram, const py::array& x) {
+  square_gram<T>(gram);
+  auto g = mutable_matrix<T>(gram, "gram");
+  const auto tokens = token_matrix<T>(x, "x");
+  if (tokens.features != g.rows) {
+    throw std::invalid_argument("x: expected " + std::to_string(g.rows) + " features, got shape " +
+                                shape_text(x));
+  }
+  py::gil_scoped_release release;
+  calibration::add_gram_lower<T>(g, tokens);
+}
+
+void add_gram_lower(py::array gram, const py::array& x) {
+  if (gram.dtype().is(py::dtype::of<float>())) return add_gram_lower_typed<float>(gram, x);
+  if (gram.dtype().is(py::dtype::of<double>())) return add_gram_lower_typed<double>(gram, x);
+  throw py::type_error("gram: expected dtype float32 or float64, got " +
+                       std::string(py::str(gram.dtype())));
+}
+
+template <class T>
+bool all_finite_typed(const py::array& x) {
+  const auto tokens = token_matrix<T>(x, "x");
+  py::gil_scoped_release release;
+  return calibration::all_finite<T>(tokens);
+}
+
+bool all_finite(const py::array& x) {
+  if (x.dtype().is(py::dtype::of<float>())) return all_finite_typed<float>(x);
+  if (x.dtype().is(py::dtype::of<double>())) return all_finite_typed<double>(x);
+  throw py::type_error("x: expected dtype float32 or float64, got " +
+                       std::string(py::str(x.dtype())));
+}
+
+template <class T>
+py::array symmetric_from_lower_typed(py::array gram, double scale) {
+  const auto g = square_gram<T>(gram);
+  auto out = empty<T>({g.rows, g.cols});
+  auto o = view_of(out);
+  py::gil_scoped_release release;
+  calibration::symmetric_from_lower<T>(g, static_cast<T>(scale), o);
+  return out;
+}
+
+py::array symmetric_from_lower(py::array gram, double scale) {
+  if (gram.dtype().is(py::dtype::of<float>()))
+    return symmetric_from_lower_typed<float>(gram, scale);
+  if (gram.dtype().is(py::dtype::of<double>())) {
+    return symmetric_from_lower_typed<double>(gram, scale);
+  }
+  throw py::type_error("gram: expected dtype float32 or float64, got " +
+                       std::string(py::str(gram.dtype())));
+}
+
+}  // namespace
+
+void register_calibration(py::module_ m) {
+  m.def("add_gram_lower", &add_gram_lower, py::arg("gram"), py::arg("x"),
+        "gram[i, j] += sum_t x[t, i] x[t, j] for i >= j, in place (lower triangle only).");
+  m.def("all_finite", &all_finite, py::arg("x"),
+        "Whether a 2-D (tokens, features) array is free of NaN and Inf.");
+  m.def("symmetric_from_lower", &symmetric_from_lower, py::arg("gram"), py::arg("scale"),
+        "A new array: scale * the symmetric matrix whose lower triangle gram holds.");
+}
 
 }  // namespace fastprune::bindings

@@ -1,7 +1,80 @@
+// Bindings of the SparseGPT solver: the inverse-Hessian factor and the pruning loop, for float32
+// and float64 (the Python layer hands over arrays of the right dtype and layout).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+
+#include "arrays.hpp"
+#include "fastprune/sparsegpt.hpp"
 #include "submodules.hpp"
 
 namespace fastprune::bindings {
 
-void register_sparsegpt(pybind11::module_ /*m*/) {}
+namespace {
+
+template <class T>
+py::tuple factor_as(const py::array& hessian, double damp, int max_tries) {
+  const auto h = matrix<T>(hessian, "hessian");
+  if (h.rows != h.cols) {
+    throw std::invalid_argument("hessian: expected a square matrix, got shape " +
+                                shape_text(hessian));
+  }
+  auto u = empty<T>({h.rows, h.cols});
+  py::array_t<bool> dead(h.rows);
+  double used = 0.0;
+  {
+    py::gil_scoped_release release;
+    used = sparsegpt::inverse_hessian_factor(h, damp, max_tries, view_of(u), dead.mutable_data());
+  }
+  return py::make_tuple(u, dead, used);
+}
+
+py::tuple inverse_hessian_factor(const py::array& hessian, double damp, int max_tries) {
+  if (hessian.dtype().is(py::dtype::of<double>()))
+    return factor_as<double>(hessian, damp, max_tries);
+  return factor_as<float>(hessian, damp, max_tries);
+}
+
+template <class T>
+py::tuple prune_as(py::array& weight, const py::array& u, const py::array& dead,
+                   const sparsegpt::Options& options, const py::object& keep_mask) {
+  const auto w = mutable_matrix<T>(weight, "weight");
+  const auto factor = matrix<T>(u, "u");
+  const bool* dead_columns = vector<bool>(dead, "dead", w.cols);
+  ConstMatrixView<bool> allowed;
+  if (!keep_mask.is_none()) {
+    allowed = matrix<bool>(keep_mask.cast<py::array>(), "keep_mask");
+  }
+  auto mask = empty<bool>({w.rows, w.cols});
+  double loss = 0.0;
+  {
+    py::gil_scoped_release release;
+    loss = sparsegpt::prune(w, factor, dead_columns, options, allowed, view_of(mask));
+  }
+  return py::make_tuple(mask, loss);
+}
+
+py::tuple prune(py::array& weight, const py::array& u, const py::array& dead, double sparsity,
+                int n, int m, Index blocksize, const py::object& keep_mask) {
+  const sparsegpt::Options options{sparsity, n, m, blocksize};
+  if (weight.dtype().is(py::dtype::of<double>())) {
+    return prune_as<double>(weight, u, dead, options, keep_mask);
+  }
+  return prune_as<float>(weight, u, dead, options, keep_mask);
+}
+
+}  // namespace
+
+void register_sparsegpt(pybind11::module_ m) {
+  m.def("inverse_hessian_factor", &inverse_hessian_factor, py::arg("hessian"), py::arg("damp"),
+        py::arg("max_tries"),
+        "(u, dead, damp_used): U, the upper Cholesky factor of the damped inverse Hessian "
+        "(H^-1 = U^T U), computed as J chol(J H J)^-1 J; dead marks columns with H_jj == 0.");
+  m.def("prune", &prune, py::arg("weight"), py::arg("u"), py::arg("dead"), py::arg("sparsity"),
+        py::arg("n"), py::arg("m"), py::arg("blocksize"), py::arg("keep_mask") = py::none(),
+        "(mask, loss): prunes `weight` in place with SparseGPT; m == 0 is unstructured, else "
+        "n kept of every m.");
+}
 
 }  // namespace fastprune::bindings

@@ -52,8 +52,8 @@ std::vector<Level> detect_levels() {
 
   const bool osxsave = bit(l1.ecx, 27);
   const std::uint64_t xcr0 = osxsave ? xgetbv0() : 0;
-  const bool os_ymm = (xcr0 & 0x6) == 0x6;        // XMM | YMM state
-  const bool os_zmm = (xcr0 & 0xe6) == 0xe6;      // + opmask, ZMM_Hi256, Hi16_ZMM
+  const bool os_ymm = (xcr0 & 0x6) == 0x6;    // XMM | YMM state
+  const bool os_zmm = (xcr0 & 0xe6) == 0xe6;  // + opmask, ZMM_Hi256, Hi16_ZMM
 
   std::string missing2;
   require(missing2, bit(l1.ecx, 28), "AVX");

@@ -20,7 +20,10 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     )
     raise ImportError(msg) from err
 
-from . import _cpu
+from . import _cpu, importance, masks
+from .calibration import Calibration
+from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
+from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
 
 
 def info() -> dict[str, object]:
@@ -29,6 +32,7 @@ def info() -> dict[str, object]:
     Keys: ``version``, ``isa`` (the instruction-set level in use), ``isa_reason`` (why it was
     chosen), ``compiled_isas`` and ``supported_isas``, ``cpu``, ``compiler``, ``build_type``,
     ``flags`` (compiler flags of the level in use), ``eigen``, ``eigen_simd``, ``openmp``,
+    ``blas`` (what runs the large dense linear algebra: "eigen" or the OpenBLAS configuration),
     ``threads``, ``sanitized`` and ``cuda`` (whether a CUDA backend was built).
     """
     build = _core.build_info()
@@ -45,6 +49,7 @@ def info() -> dict[str, object]:
         "eigen": build["eigen"],
         "eigen_simd": build["eigen_simd"],
         "openmp": build["openmp"],
+        "blas": build["blas"],
         "threads": _core.get_num_threads(),
         "sanitized": build["sanitized"],
         "cuda": build["cuda"],
@@ -65,8 +70,23 @@ def get_num_threads() -> int:
 
 
 __all__ = [
+    "NM",
+    "Block",
+    "Calibration",
+    "Column",
+    "HessianFactor",
+    "Pattern",
+    "Row",
+    "Unstructured",
     "__version__",
+    "apply_mask",
     "get_num_threads",
+    "importance",
     "info",
+    "mask",
+    "masks",
+    "pattern",
     "set_num_threads",
+    "sparsegpt",
+    "sparsegpt_factor",
 ]

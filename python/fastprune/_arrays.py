@@ -39,12 +39,12 @@ def to_numpy(x: object, name: str) -> np.ndarray[Any, Any]:
 
 
 def is_bfloat16(dtype: np.dtype[Any]) -> bool:
-    return dtype.name == "bfloat16"
+    return str(dtype.name) == "bfloat16"
 
 
 def float_dtype(a: np.ndarray[Any, Any], name: str) -> np.dtype[Any]:
     """The array's dtype if it is one fastprune accepts as floating point, else TypeError."""
-    dt = a.dtype
+    dt: np.dtype[Any] = a.dtype
     if dt in (np.float16, np.float32, np.float64) or is_bfloat16(dt):
         return dt
     msg = f"{name}: expected dtype {_ACCEPTED}, got {dt}"
@@ -89,8 +89,10 @@ def float_matrix(
 def rows_contiguous(a: np.ndarray[Any, Any]) -> bool:
     """Whether elements are contiguous within each row and rows are evenly spaced forward."""
     item = a.itemsize
-    return (a.shape[1] <= 1 or a.strides[1] == item) and a.strides[0] >= 0 and (
-        a.strides[0] % item == 0
+    return (
+        (a.shape[1] <= 1 or a.strides[1] == item)
+        and a.strides[0] >= 0
+        and (a.strides[0] % item == 0)
     )
 
 
@@ -102,7 +104,9 @@ def same_shape(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any], name_a: str, na
 
 def check_sparsity(sparsity: object, name: str = "sparsity") -> float:
     """A sparsity (fraction of weights set to zero) in [0, 1)."""
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)):
+    if isinstance(sparsity, bool) or not isinstance(
+        sparsity, (int, float, np.floating, np.integer)
+    ):
         msg = f"{name}: expected a number in [0, 1), got {sparsity!r}"
         raise TypeError(msg)
     s = float(sparsity)

@@ -38,8 +38,8 @@ template <class T>
 auto eigen_map(const MatrixView<T>& v) {
   using Plain = RowMajor<std::remove_const_t<T>>;
   using Mapped = std::conditional_t<std::is_const_v<T>, const Plain, Plain>;
-  return Eigen::Map<Mapped, Eigen::Unaligned, Eigen::OuterStride<>>(
-      v.data, v.rows, v.cols, Eigen::OuterStride<>(v.stride));
+  return Eigen::Map<Mapped, Eigen::Unaligned, Eigen::OuterStride<>>(v.data, v.rows, v.cols,
+                                                                    Eigen::OuterStride<>(v.stride));
 }
 
 [[noreturn]] inline void invalid(const std::string& message) {

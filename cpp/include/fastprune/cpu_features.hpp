@@ -11,9 +11,9 @@
 namespace fastprune::cpu {
 
 struct Level {
-  std::string name;          // "baseline", "avx2" or "avx512"
-  bool supported = false;    // the CPU and the OS both allow it
-  std::string reason;        // why not, when not supported; what was found when supported
+  std::string name;        // "baseline", "avx2" or "avx512"
+  bool supported = false;  // the CPU and the OS both allow it
+  std::string reason;      // why not, when not supported; what was found when supported
 };
 
 // Every instruction-set level fastprune knows, best first.

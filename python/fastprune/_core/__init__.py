@@ -4,8 +4,15 @@ The core is compiled once per level (``_core_baseline``, ``_core_avx2``, ``_core
 its own shared object so that Eigen code built with different vector widths never meets. At
 import the best level that the CPU and OS support (cpuid + xgetbv) is chosen;
 ``FASTPRUNE_ISA=baseline|avx2|avx512`` forces one, and an unknown or unsupported value is an
-ImportError, never a silent fallback. The chosen module's submodules (``importance``, ``masks``,
-``calibration``, ``sparsegpt``, ``formats``) are attributes of this package.
+ImportError, never a silent fallback. ``FASTPRUNE_DISABLE_ISA=avx512[,avx2]`` takes levels
+out of consideration (for example to avoid AVX-512 clock throttling, or to try a lesser level).
+The chosen module's submodules (``importance``, ``masks``, ``calibration``, ``sparsegpt``,
+``formats``) are attributes of this package.
+
+Large dense linear algebra (the GEMMs, the Cholesky factorisation and triangular inverse of the
+SparseGPT solver, the Hessian's rank-k updates) goes to the OpenBLAS that the
+``scipy-openblas32`` wheel ships when it is installed; ``FASTPRUNE_BLAS=eigen`` keeps it on
+Eigen, ``FASTPRUNE_BLAS=openblas`` makes a missing OpenBLAS an ImportError.
 """
 
 from __future__ import annotations
@@ -29,14 +36,32 @@ def compiled_levels() -> tuple[str, ...]:
     return tuple(level for level in LEVELS if level in built)
 
 
+def _detect() -> dict[str, tuple[bool, str]]:
+    """Level -> (usable, reason): what the CPU and OS allow, less FASTPRUNE_DISABLE_ISA."""
+    disabled = {part.strip() for part in os.environ.get("FASTPRUNE_DISABLE_ISA", "").split(",")}
+    disabled.discard("")
+    unknown = disabled - set(LEVELS)
+    if unknown:
+        known = ", ".join(LEVELS)
+        msg = f"FASTPRUNE_DISABLE_ISA: unknown level(s) {sorted(unknown)}; known: {known}"
+        raise ImportError(msg)
+    if "baseline" in disabled:
+        msg = "FASTPRUNE_DISABLE_ISA: the baseline level cannot be disabled"
+        raise ImportError(msg)
+    detected = {name: (supported, reason) for name, supported, reason in _cpu.levels()}
+    for level in disabled:
+        detected[level] = (False, "disabled by FASTPRUNE_DISABLE_ISA")
+    return detected
+
+
 def supported_levels() -> tuple[str, ...]:
-    """The levels both compiled into this build and runnable on this machine, best first."""
-    ok = {name for name, supported, _ in _cpu.levels() if supported}
-    return tuple(level for level in compiled_levels() if level in ok)
+    """The levels both compiled into this build and usable on this machine, best first."""
+    detected = _detect()
+    return tuple(level for level in compiled_levels() if detected[level][0])
 
 
 def _choose() -> tuple[str, str]:
-    detected = {name: (supported, reason) for name, supported, reason in _cpu.levels()}
+    detected = _detect()
     compiled = compiled_levels()
     forced = os.environ.get("FASTPRUNE_ISA", "").strip()
     if forced:
@@ -48,7 +73,8 @@ def _choose() -> tuple[str, str]:
             msg = f"FASTPRUNE_ISA={forced}: this CPU/OS cannot run it ({reason})"
             raise ImportError(msg)
         if forced not in compiled:
-            msg = f"FASTPRUNE_ISA={forced}: not compiled into this build (has {', '.join(compiled)})"
+            have = ", ".join(compiled)
+            msg = f"FASTPRUNE_ISA={forced}: not compiled into this build (has {have})"
             raise ImportError(msg)
         return forced, f"forced by FASTPRUNE_ISA={forced}"
     passed_over = []
@@ -72,7 +98,36 @@ def load(level: str) -> ModuleType:
     return importlib.import_module(f"fastprune._core_{level}")
 
 
+def _openblas() -> tuple[str, str] | None:
+    """(path, symbol prefix) of the scipy-openblas32 library, or None when it is not wanted."""
+    choice = os.environ.get("FASTPRUNE_BLAS", "").strip() or "auto"
+    if choice not in ("auto", "openblas", "eigen"):
+        msg = f"FASTPRUNE_BLAS={choice!r} is not one of openblas, eigen"
+        raise ImportError(msg)
+    if choice == "eigen":
+        return None
+    try:
+        import scipy_openblas32
+    except ImportError as err:
+        if choice == "openblas":
+            msg = "FASTPRUNE_BLAS=openblas but the scipy-openblas32 package is not installed"
+            raise ImportError(msg) from err
+        return None
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    name = f"lib{scipy_openblas32.get_library()}{suffix}"
+    return os.path.join(scipy_openblas32.get_lib_dir(), name), "scipy_"
+
+
 def _install(module: ModuleType) -> None:
+    if _BLAS is None:
+        module.unload_blas()
+    else:
+        try:
+            module.load_openblas(*_BLAS)
+        except ValueError as err:
+            if os.environ.get("FASTPRUNE_BLAS", "").strip() == "openblas":
+                raise ImportError(str(err)) from err
+            module.unload_blas()
     g = globals()
     g["impl"] = module
     for name in ("build_info", "set_num_threads", "get_num_threads"):
@@ -94,5 +149,16 @@ def use(level: str) -> Iterator[ModuleType]:
         _install(previous)
 
 
+@contextlib.contextmanager
+def eigen_only() -> Iterator[None]:
+    """Run the enclosed code with all dense linear algebra on Eigen (for comparing backends)."""
+    globals()["impl"].unload_blas()
+    try:
+        yield
+    finally:
+        _install(globals()["impl"])
+
+
 ISA, REASON = _choose()
+_BLAS = _openblas()
 _install(importlib.import_module(f"fastprune._core_{ISA}"))

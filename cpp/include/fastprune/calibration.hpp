@@ -1,0 +1,42 @@
+// Streaming calibration statistics: the running sum S = Σ_t x_t x_tᵀ over activation tokens.
+//
+// A calibration object keeps only S (features x features, its lower triangle) and the token
+// count N, so memory is O(features²) however many tokens stream through. The Hessian of the
+// layer-wise reconstruction loss is H = 2 S / N, and Wanda's per-feature statistic
+// Σ_t x_tj² is the diagonal of S.
+#pragma once
+
+#include "fastprune/common.hpp"
+
+namespace fastprune::calibration {
+
+// A (tokens x features) matrix of activations: x(t, j) = data[t * token_stride +
+// j * feature_stride]. Either the features of a token are contiguous (feature_stride == 1,
+// a C-ordered batch) or the tokens of a feature are (token_stride == 1, Fortran order).
+template <class T>
+struct TokenMatrix {
+  const T* data = nullptr;
+  Index tokens = 0;
+  Index features = 0;
+  Index token_stride = 0;
+  Index feature_stride = 1;
+};
+
+// True when every element of x is finite (no NaN or Inf).
+template <class T>
+bool all_finite(const TokenMatrix<T>& x);
+
+// gram(i, j) += Σ_t x(t, i) x(t, j) for every i >= j: a symmetric rank-k update of the lower
+// triangle (the strict upper triangle is not touched). gram is features x features. A C-ordered
+// batch goes to the loaded BLAS's SYRK when there is one (blas.hpp). Otherwise the features are
+// split into fixed blocks that depend only on their number, one serial Eigen product per block
+// pair on all threads, so the result does not depend on the thread count.
+template <class T>
+void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x);
+
+// out = scale * (L + Lᵀ - diag(L)) with L the lower triangle of gram: the full symmetric
+// matrix that gram's lower triangle describes, scaled. out may not alias gram.
+template <class T>
+void symmetric_from_lower(ConstMatrixView<T> gram, T scale, MatrixView<T> out);
+
+}  // namespace fastprune::calibration

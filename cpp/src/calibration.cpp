@@ -1,0 +1,149 @@
+#include "fastprune/calibration.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "fastprune/blas.hpp"
+
+namespace fastprune::calibration {
+
+namespace {
+
+// The block of features one task of the rank-k update owns: big enough that each product runs
+// near the GEMM kernel's peak, small enough that there are tasks to share between threads.
+// It depends only on the feature count, never on the thread count.
+Index gram_block_size(Index features) {
+  constexpr Index kMin = 64, kMax = 256, kAlign = 32;
+  const Index target = (features + 15) / 16;  // up to 16 blocks per side, 136 tasks
+  return std::clamp((target + kAlign - 1) / kAlign * kAlign, kMin, kMax);
+}
+
+template <class T, class Tokens>
+void add_gram_lower_blocked(MatrixView<T> gram, const Tokens& x) {
+  const Index features = x.cols();
+  const Index block = gram_block_size(features);
+  const Index blocks = (features + block - 1) / block;
+  // Off-diagonal block pairs first, then the diagonal blocks (half the work each), so that the
+  // dynamic schedule ends with the small tasks.
+  std::vector<std::pair<Index, Index>> tasks;
+  for (Index i = 0; i < blocks; ++i) {
+    for (Index j = 0; j < i; ++j) tasks.emplace_back(i, j);
+  }
+  for (Index i = 0; i < blocks; ++i) tasks.emplace_back(i, i);
+  const auto task_count = static_cast<Index>(tasks.size());
+  const double flops =
+      static_cast<double>(x.rows()) * static_cast<double>(features) * static_cast<double>(features);
+  const int threads = std::min<int>(threads_for(flops, 1 << 22), static_cast<int>(task_count));
+  auto g = eigen_map(gram);
+
+#pragma omp parallel num_threads(threads)
+  {
+    // Products inside a task stay on this thread: Eigen would otherwise start its own team
+    // when this one has a single thread, with blocking that depends on the thread count.
+    omp_set_num_threads(1);
+#pragma omp for schedule(dynamic, 1)
+    for (Index t = 0; t < task_count; ++t) {
+      const auto [bi, bj] = tasks[t];
+      const Index i0 = bi * block, j0 = bj * block;
+      const Index ni = std::min(block, features - i0), nj = std::min(block, features - j0);
+      const auto xi = x.middleCols(i0, ni);
+      if (bi == bj) {
+        g.block(i0, i0, ni, ni).template selfadjointView<Eigen::Lower>().rankUpdate(xi.transpose());
+      } else {
+        g.block(i0, j0, ni, nj).noalias() += xi.transpose() * x.middleCols(j0, nj);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+bool all_finite(const TokenMatrix<T>& x) {
+  // Along the contiguous direction: v * 0 is 0 for finite v and NaN for NaN or Inf, and a
+  // NaN survives every later addition. kLanes partial sums keep the loop vectorisable.
+  const bool by_token = x.feature_stride == 1;
+  const Index outer = by_token ? x.tokens : x.features;
+  const Index inner = by_token ? x.features : x.tokens;
+  const Index outer_stride = by_token ? x.token_stride : x.feature_stride;
+  const int threads = threads_for(static_cast<double>(outer) * static_cast<double>(inner));
+  bool finite = true;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
+  for (Index o = 0; o < outer; ++o) {
+    constexpr int kLanes = 16;
+    const T* p = x.data + o * outer_stride;
+    T part[kLanes] = {};
+    Index i = 0;
+    for (; i + kLanes <= inner; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) part[l] += p[i + l] * T(0);
+    }
+    for (; i < inner; ++i) part[0] += p[i] * T(0);
+    T sum = 0;
+    for (int l = 0; l < kLanes; ++l) sum += part[l];
+    finite = finite && sum == T(0);
+  }
+  return finite;
+}
+
+template <class T>
+void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x) {
+  if (gram.rows != x.features || gram.cols != x.features) {
+    invalid("gram: expected shape (" + std::to_string(x.features) + ", " +
+            std::to_string(x.features) + "), got (" + std::to_string(gram.rows) + ", " +
+            std::to_string(gram.cols) + ")");
+  }
+  if (x.tokens == 0 || x.features == 0) return;
+  using Stride = Eigen::OuterStride<>;
+  if (x.feature_stride == 1) {
+    // A C-ordered batch is the A of C += AᵀA: the loaded BLAS's SYRK takes it as it is.
+    if (blas::backend() != "eigen" && x.token_stride >= x.features) {
+      const ConstMatrixView<T> a{x.data, x.tokens, x.features, x.token_stride};
+      blas::syrk_lower_at_a<T>(T(1), a, T(1), gram);
+      return;
+    }
+    using Map = Eigen::Map<const RowMajor<T>, Eigen::Unaligned, Stride>;
+    add_gram_lower_blocked(gram, Map(x.data, x.tokens, x.features, Stride(x.token_stride)));
+  } else if (x.token_stride == 1) {
+    using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+    using Map = Eigen::Map<const ColMajor, Eigen::Unaligned, Stride>;
+    add_gram_lower_blocked(gram, Map(x.data, x.tokens, x.features, Stride(x.feature_stride)));
+  } else {
+    invalid("x: the features of a token or the tokens of a feature must be contiguous");
+  }
+}
+
+template <class T>
+void symmetric_from_lower(ConstMatrixView<T> gram, T scale, MatrixView<T> out) {
+  // Tiles of kTile x kTile: the upper triangle is read from the lower one tile by tile, so the
+  // transposed reads stay in cache.
+  constexpr Index kTile = 64;
+  const Index n = gram.rows;
+  const Index tiles = (n + kTile - 1) / kTile;
+  const int threads = threads_for(static_cast<double>(n) * static_cast<double>(n));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (Index ti = 0; ti < tiles; ++ti) {
+    const Index i_end = std::min(n, (ti + 1) * kTile);
+    for (Index tj = 0; tj < tiles; ++tj) {
+      const Index j_end = std::min(n, (tj + 1) * kTile);
+      for (Index i = ti * kTile; i < i_end; ++i) {
+        T* o = out.row(i);
+        for (Index j = tj * kTile; j < j_end; ++j) {
+          o[j] = scale * (j <= i ? gram(i, j) : gram(j, i));
+        }
+      }
+    }
+  }
+}
+
+#define FASTPRUNE_INSTANTIATE(T)                                         \
+  template bool all_finite<T>(const TokenMatrix<T>&);                    \
+  template void add_gram_lower<T>(MatrixView<T>, const TokenMatrix<T>&); \
+  template void symmetric_from_lower<T>(ConstMatrixView<T>, T, MatrixView<T>);
+FASTPRUNE_INSTANTIATE(float)
+FASTPRUNE_INSTANTIATE(double)
+#undef FASTPRUNE_INSTANTIATE
+
+}  // namespace fastprune::calibration

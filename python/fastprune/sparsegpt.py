@@ -1,0 +1,332 @@
+"""SparseGPT (Frantar & Alistarh 2023): one-shot pruning with optimal-brain-surgeon updates.
+
+The weight matrix ``W`` (out_features, in_features) is pruned column block by column block. With
+``U`` the upper Cholesky factor of the damped inverse Hessian (``H⁻¹ = Uᵀ U``), a weight's
+saliency is ``w² / U_jj²``; every pruned weight's error ``err = (w − q) / U_jj`` is propagated to
+the weights to its right, ``W[:, j:] −= err · U[j, j:]``, so that the layer's output on the
+calibration inputs changes as little as possible.
+
+Reference semantics (DESIGN.md, "Algorithms"):
+
+- Columns with ``H_jj == 0`` are dead: their weights are set to 0 and ``H_jj`` to 1.
+- Damping is relative: ``damp · mean(diag H)`` is added to the diagonal. When the Cholesky
+  factorisation fails the damping is multiplied by 10 and the factorisation retried (at most
+  ``MAX_TRIES`` tries in all); ``damp_used`` reports the value that worked.
+- ``U`` is computed without forming ``H⁻¹``: with ``J`` the reversal permutation and ``L`` the
+  Cholesky factor of ``J·H·J``, ``U = J·L⁻¹·J``.
+- Unstructured: in every block of ``blocksize`` columns exactly ``int(rows · block_cols ·
+  sparsity)`` weights are pruned, chosen jointly over all rows of the block by saliency, ties
+  going to the lower row-major index within the block. (The reference code prunes every weight
+  ``<= sorted[k]``, that is one more than the count plus any ties; fastprune prunes the exact
+  count.)
+- N:M (``n`` KEPT of every ``m``): each group of ``m`` columns is chosen per row when the block
+  reaches it, on the already-updated weights.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from . import _arrays, _core
+from ._arrays import BoolArray, FloatArray
+from .result import PruneResult
+
+Precision = Literal["float32", "float64"]
+
+#: How many damping values (each 10x the last) are tried before a Hessian is declared hopeless.
+MAX_TRIES = 6
+
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class HessianFactor:
+    """The factorised inverse Hessian of one layer input, shareable by layers reading that input.
+
+    Attributes:
+        u: ``U``, the upper Cholesky factor of the damped ``H⁻¹`` (``H⁻¹ = Uᵀ U``), shape
+            ``(in_features, in_features)``, zero below the diagonal.
+        dead: bool per input column, True where ``H_jj == 0`` (those weights are set to 0).
+        damp_used: the relative damping that made the Hessian factorisable.
+        precision: ``"float32"`` or ``"float64"``, the dtype of ``u``.
+    """
+
+    u: FloatArray
+    dead: BoolArray
+    damp_used: float
+    precision: Precision
+
+    @property
+    def in_features(self) -> int:
+        return int(self.u.shape[0])
+
+
+def sparsegpt_factor(
+    calibration_or_hessian: object, damp: float = 0.01, precision: Precision = "float32"
+) -> HessianFactor:
+    """Factorise a layer's Hessian once for every layer that reads the same input (q/k/v).
+
+    Args:
+        calibration_or_hessian: a ``fastprune.Calibration`` (or any object with a ``.hessian``
+            attribute) or the Hessian ``H = 2/N Σ x xᵀ`` itself, shape ``(in, in)``, symmetric
+            to a relative 1e-4 of its largest entry (it is used as ``(H + Hᵀ)/2``).
+        damp: relative damping, a fraction of the mean of the Hessian's diagonal (>= 0).
+        precision: ``"float32"`` (the default) or ``"float64"``, the dtype of the factor.
+
+    Returns:
+        A :class:`HessianFactor`.
+
+    Raises:
+        ValueError: NaN/Inf, a non-square or non-symmetric Hessian, a negative damping, or a
+            Hessian that no damping tried makes positive definite.
+    """
+    dtype = _precision_dtype(precision)
+    return _factorise(_hessian(calibration_or_hessian, dtype), damp, precision)
+
+
+def sparsegpt(
+    weight: object,
+    calibration_or_hessian: object,
+    sparsity: float = 0.5,
+    pattern: object = "unstructured",
+    blocksize: int = 128,
+    damp: float = 0.01,
+    inplace: bool = False,
+    precision: Precision = "float32",
+    keep_mask: object = None,
+) -> PruneResult:
+    """Prune ``weight`` with SparseGPT (see the module docstring for the exact semantics).
+
+    Args:
+        weight: ``(out_features, in_features)`` in float16, bfloat16, float32 or float64.
+        calibration_or_hessian: a ``fastprune.Calibration`` (or any object with a ``.hessian``),
+            the Hessian ``(in, in)`` as an array, or a :class:`HessianFactor` from
+            :func:`sparsegpt_factor` (then ``damp`` is not used: the factor carries its own).
+        sparsity: fraction of weights pruned, in ``[0, 1)``; ignored for N:M patterns, whose
+            sparsity is ``1 - n/m``.
+        pattern: ``"unstructured"``, ``"N:M"`` (N KEPT of every M along the input dimension) or
+            an object with ``.n`` and ``.m`` (such as ``fastprune.masks.NM``).
+        blocksize: columns per block, a positive integer (a multiple of ``m`` for N:M).
+        damp: relative damping (see :func:`sparsegpt_factor`).
+        inplace: write the pruned weights into ``weight`` itself, which must then be a writeable
+            NumPy array of the precision's dtype with contiguous rows.
+        precision: ``"float32"`` (the default) or ``"float64"``, the dtype of the solve.
+        keep_mask: optional bool array shaped like ``weight``; where it is False the weight is
+            pruned (re-pruned if an earlier update made it non-zero). Pass ``weight != 0`` to keep
+            an existing mask. Such weights rank below every other in each selection and count
+            towards the block's budget: a block whose forced weights exceed
+            ``int(rows · block_cols · sparsity)`` prunes all of them and nothing else, and an
+            N:M group with more than ``m - n`` of them keeps fewer than ``n``.
+
+    Returns:
+        ``PruneResult(weight, mask, loss, damp_used, seconds)``; ``weight`` in the input's dtype,
+        ``mask`` True where kept, ``loss = Σ (w − q)² / U_jj² / 2`` (the paper's estimate).
+
+    Raises:
+        TypeError: a weight that is not a float array.
+        ValueError: NaN/Inf, shape mismatches, a bad ``sparsity``/``pattern``/``blocksize``/
+            ``damp``/``precision``/``keep_mask``, an ``inplace`` weight that cannot be written,
+            or a Hessian that no damping makes positive definite.
+    """
+    start = time.perf_counter()
+    dtype = _precision_dtype(precision)
+    sparsity = _arrays.check_sparsity(sparsity)
+    n, m = _pattern(pattern)
+    blocksize = _arrays.positive_int(blocksize, "blocksize")
+    if m and blocksize % m:
+        msg = f"blocksize: must be a multiple of m={m} for pattern {n}:{m}, got {blocksize}"
+        raise ValueError(msg)
+    work, original = _working_weight(weight, dtype, _flag(inplace, "inplace"))
+    cols = work.shape[1]
+    if m and cols % m:
+        msg = f"pattern: in_features ({cols}) must be a multiple of m={m} for {n}:{m}"
+        raise ValueError(msg)
+    allowed = _keep_mask(keep_mask, work.shape)
+    factor = _factor_for(calibration_or_hessian, cols, damp, precision)
+    mask, loss = _core.sparsegpt.prune(
+        work, factor.u, factor.dead, sparsity, n, m, blocksize, allowed
+    )
+    result = work if inplace else _arrays.restore_dtype(work, original)
+    return PruneResult(
+        weight=result,
+        mask=mask,
+        loss=float(loss),
+        damp_used=factor.damp_used,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def saliency(
+    weight: object, calibration_or_hessian_or_factor: object, damp: float = 0.01
+) -> FloatArray:
+    """SparseGPT's saliency ``w² / U_jj²`` of every weight, before any update.
+
+    ``U`` is the upper Cholesky factor of the damped inverse Hessian, as in :func:`sparsegpt`
+    (which also accepts the same arguments); dead columns (``H_jj == 0``) score 0. Scores come
+    back in float32, or float64 for float64 weights.
+    """
+    w, _ = _arrays.float_matrix(weight, "weight")
+    precision: Precision = "float64" if w.dtype == np.float64 else "float32"
+    source = calibration_or_hessian_or_factor
+    if isinstance(source, HessianFactor):
+        _check_factor(source, w.shape[1])
+        factor = source
+    else:
+        factor = _factor_for(source, w.shape[1], damp, precision)
+    diagonal = np.diagonal(factor.u).astype(w.dtype)
+    scores = np.square(w) / np.square(diagonal)
+    scores[:, factor.dead] = 0
+    return scores
+
+
+# --- argument checking ----------------------------------------------------------------------
+
+
+def _precision_dtype(precision: object) -> type[np.floating[Any]]:
+    if precision == "float32":
+        return np.float32
+    if precision == "float64":
+        return np.float64
+    msg = f"precision: expected 'float32' or 'float64', got {precision!r}"
+    raise ValueError(msg)
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        msg = f"{name}: expected True or False, got {value!r}"
+        raise ValueError(msg)
+    return bool(value)
+
+
+def _damping(damp: object) -> float:
+    if isinstance(damp, bool) or not isinstance(damp, (int, float, np.integer, np.floating)):
+        msg = f"damp: expected a number >= 0, got {damp!r}"
+        raise ValueError(msg)
+    value = float(damp)
+    if not (np.isfinite(value) and value >= 0):
+        msg = f"damp: expected a finite number >= 0, got {value}"
+        raise ValueError(msg)
+    return value
+
+
+def _pattern(pattern: object) -> tuple[int, int]:
+    """(n kept, m) of an N:M pattern, or (0, 0) for unstructured."""
+    if isinstance(pattern, str):
+        if pattern.strip().lower() == "unstructured":
+            return 0, 0
+        match = _NM.match(pattern)
+        if match is None:
+            msg = f"pattern: expected 'unstructured' or 'N:M' (N kept of M), got {pattern!r}"
+            raise ValueError(msg)
+        n, m = int(match.group(1)), int(match.group(2))
+    elif hasattr(pattern, "n") and hasattr(pattern, "m"):
+        n, m = getattr(pattern, "n"), getattr(pattern, "m")  # noqa: B009
+    else:
+        msg = f"pattern: expected 'unstructured', 'N:M' or an N:M pattern, got {pattern!r}"
+        raise ValueError(msg)
+    if not (isinstance(n, int) and isinstance(m, int) and 1 <= n <= m):
+        msg = f"pattern: N:M needs 1 <= N <= M, got {n}:{m}"
+        raise ValueError(msg)
+    return n, m
+
+
+def _working_weight(
+    weight: object, dtype: type[np.floating[Any]], inplace: bool
+) -> tuple[FloatArray, np.dtype[Any]]:
+    """The array the solver writes into: `weight` itself when inplace, else a fresh copy."""
+    if inplace:
+        ok = (
+            isinstance(weight, np.ndarray)
+            and weight.ndim == 2
+            and weight.dtype == dtype
+            and weight.flags.writeable
+            and _arrays.rows_contiguous(weight)
+        )
+        if not ok:
+            msg = (
+                f"weight: inplace=True needs a writeable 2-D NumPy array of dtype "
+                f"{np.dtype(dtype).name} with contiguous rows"
+            )
+            raise ValueError(msg)
+        assert isinstance(weight, np.ndarray)
+        _arrays.check_finite(weight, "weight")
+        return weight, weight.dtype
+    a = _arrays.to_numpy(weight, "weight")
+    original = _arrays.float_dtype(a, "weight")
+    if a.ndim != 2:
+        msg = f"weight: expected a 2-D array (out_features, in_features), got shape {a.shape}"
+        raise ValueError(msg)
+    _arrays.check_finite(a, "weight")
+    return np.array(a, dtype=dtype, order="C", copy=True), original
+
+
+def _keep_mask(keep_mask: object, shape: tuple[int, ...]) -> BoolArray | None:
+    if keep_mask is None:
+        return None
+    mask = _arrays.to_numpy(keep_mask, "keep_mask")
+    if mask.dtype != np.bool_:
+        msg = f"keep_mask: expected a bool array, got dtype {mask.dtype}"
+        raise TypeError(msg)
+    if mask.shape != shape:
+        msg = f"keep_mask: shape {mask.shape} does not match weight shape {shape}"
+        raise ValueError(msg)
+    return np.ascontiguousarray(mask)
+
+
+def _hessian(source: object, dtype: type[np.floating[Any]]) -> FloatArray:
+    """The Hessian of a calibration object or array, square, finite, in `dtype`, rows contiguous."""
+    matrix = getattr(source, "hessian", source)
+    h = _arrays.to_numpy(matrix, "hessian")
+    _arrays.float_dtype(h, "hessian")
+    if h.ndim != 2 or h.shape[0] != h.shape[1]:
+        msg = f"hessian: expected a square (in_features, in_features) matrix, got shape {h.shape}"
+        raise ValueError(msg)
+    if not _arrays.rows_contiguous(h) and _arrays.rows_contiguous(h.T):
+        h = h.T  # the solver reads (H + Hᵀ)/2, so Hᵀ serves as well and needs no copy
+    if h.dtype != dtype:
+        h = np.ascontiguousarray(h, dtype=dtype)
+    elif not _arrays.rows_contiguous(h):
+        h = np.ascontiguousarray(h)
+    _arrays.check_finite(h, "hessian")
+    return h
+
+
+def _check_factor(factor: HessianFactor, in_features: int) -> None:
+    if factor.in_features != in_features:
+        msg = (
+            f"calibration_or_hessian: factor is for {factor.in_features} input features, "
+            f"the weight has {in_features}"
+        )
+        raise ValueError(msg)
+
+
+def _factor_for(
+    source: object, in_features: int, damp: float, precision: Precision
+) -> HessianFactor:
+    if isinstance(source, HessianFactor):
+        _check_factor(source, in_features)
+        if source.precision != precision:
+            msg = (
+                f"precision: {precision!r} does not match the factor's {source.precision!r}; "
+                f"compute it with sparsegpt_factor(..., precision={precision!r})"
+            )
+            raise ValueError(msg)
+        return source
+    dtype = _precision_dtype(precision)
+    hessian = _hessian(source, dtype)
+    if hessian.shape[0] != in_features:
+        msg = (
+            f"hessian: shape {hessian.shape} does not match in_features={in_features} of the weight"
+        )
+        raise ValueError(msg)
+    return _factorise(hessian, damp, precision)
+
+
+def _factorise(hessian: FloatArray, damp: object, precision: Precision) -> HessianFactor:
+    u, dead, used = _core.sparsegpt.inverse_hessian_factor(hessian, _damping(damp), MAX_TRIES)
+    return HessianFactor(u=u, dead=dead, damp_used=float(used), precision=precision)

@@ -1,0 +1,123 @@
+"""The package itself: build information, instruction-set dispatch and threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastprune
+from fastprune import _core
+
+
+def run_child(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter (the level is chosen once, at import)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FASTPRUNE_")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, check=False
+    )
+
+
+def test_info_reports_the_build() -> None:
+    info = fastprune.info()
+    assert info["version"] == fastprune.__version__
+    assert info["isa"] in _core.LEVELS
+    assert info["isa"] in info["supported_isas"]
+    assert set(info["supported_isas"]) <= set(info["compiled_isas"])
+    assert info["isa_reason"]
+    assert isinstance(info["compiler"], str) and info["compiler"]
+    assert info["cuda"] is False
+    assert info["threads"] == fastprune.get_num_threads()
+
+
+def test_default_choice_is_the_best_supported_level() -> None:
+    assert _core.supported_levels()[0] == _core.ISA
+
+
+@pytest.mark.parametrize("level", _core.supported_levels())
+def test_each_supported_level_can_be_forced(level: str) -> None:
+    out = run_child(
+        "import fastprune; i = fastprune.info(); print(i['isa'], i['isa_reason'])",
+        FASTPRUNE_ISA=level,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == level
+    assert "forced by FASTPRUNE_ISA" in out.stdout
+
+
+def test_flags_name_the_instruction_set() -> None:
+    flags = {}
+    for level in _core.supported_levels():
+        out = run_child("import fastprune; print(fastprune.info()['flags'])", FASTPRUNE_ISA=level)
+        assert out.returncode == 0, out.stderr
+        flags[level] = out.stdout.strip()
+    if "avx2" in flags:
+        assert "x86-64-v3" in flags["avx2"]
+    if "avx512" in flags:
+        assert "x86-64-v4" in flags["avx512"]
+
+
+@pytest.mark.parametrize("value", ["sse9", "AVX2 ", "native"])
+def test_unknown_level_is_an_import_error(value: str) -> None:
+    out = run_child("import fastprune", FASTPRUNE_ISA=value)
+    assert out.returncode != 0
+    assert "ImportError" in out.stderr and "FASTPRUNE_ISA" in out.stderr
+
+
+@pytest.mark.parametrize("level", ["avx2", "avx512"])
+def test_unsupported_level_is_an_import_error(level: str) -> None:
+    out = run_child("import fastprune", FASTPRUNE_ISA=level, FASTPRUNE_DISABLE_ISA=level)
+    assert out.returncode != 0
+    assert "ImportError" in out.stderr and "cannot run it" in out.stderr
+
+
+def test_disabled_levels_are_passed_over() -> None:
+    out = run_child(
+        "import fastprune; i = fastprune.info(); print(i['isa']); print(i['isa_reason'])",
+        FASTPRUNE_DISABLE_ISA="avx512,avx2",
+    )
+    assert out.returncode == 0, out.stderr
+    isa, reason = out.stdout.splitlines()
+    assert isa == "baseline"
+    assert "disabled by FASTPRUNE_DISABLE_ISA" in reason
+
+
+@pytest.mark.parametrize("value", ["baseline", "avx3"])
+def test_bad_disable_list_is_an_import_error(value: str) -> None:
+    out = run_child("import fastprune", FASTPRUNE_DISABLE_ISA=value)
+    assert out.returncode != 0
+    assert "FASTPRUNE_DISABLE_ISA" in out.stderr
+
+
+def test_use_switches_level_and_restores() -> None:
+    before = _core.impl
+    for level in _core.supported_levels():
+        with _core.use(level) as module:
+            assert module.build_info()["isa"] == level
+            assert _core.masks is module.masks
+        assert _core.impl is before
+
+
+def test_use_rejects_unavailable_level() -> None:
+    with pytest.raises(ImportError, match="not available"), _core.use("sse9"):
+        pass
+
+
+def test_threads_round_trip() -> None:
+    before = fastprune.get_num_threads()
+    try:
+        fastprune.set_num_threads(1)
+        assert fastprune.get_num_threads() == 1
+        fastprune.set_num_threads(3)
+        assert fastprune.get_num_threads() == 3
+    finally:
+        fastprune.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_bad_thread_count(bad: object) -> None:
+    with pytest.raises(ValueError, match="n: expected a positive int"):
+        fastprune.set_num_threads(bad)  # type: ignore[arg-type]

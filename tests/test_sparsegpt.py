@@ -1,0 +1,547 @@
+"""SparseGPT against a slow, independent float64 NumPy implementation of the published loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastprune
+from fastprune import _core
+from fastprune.sparsegpt import HessianFactor, saliency, sparsegpt, sparsegpt_factor
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+# --- the reference: textbook route, per-column loop, float64 ---------------------------------
+
+
+def textbook_u(hessian: np.ndarray[Any, Any], damp: float) -> tuple[np.ndarray[Any, Any], Any]:
+    """U = chol(inv(H_damped)).T with dead columns handled, as the reference code does it."""
+    h = (hessian.astype(np.float64) + hessian.astype(np.float64).T) / 2
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1
+    h += damp * np.mean(np.diag(h)) * np.eye(h.shape[0])
+    return np.linalg.cholesky(np.linalg.inv(h)).T, dead
+
+
+def reference_sparsegpt(
+    weight: np.ndarray[Any, Any],
+    hessian: np.ndarray[Any, Any],
+    sparsity: float = 0.5,
+    nm: tuple[int, int] = (0, 0),
+    blocksize: int = 128,
+    damp: float = 0.01,
+    keep: np.ndarray[Any, Any] | None = None,
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
+    """SparseGPT step by step: per block a mask, then for each column the OBS update of all
+    columns to its right (no lazy batching). Exact-count selection, ties to the lower index."""
+    u, dead = textbook_u(hessian, damp)
+    w = weight.astype(np.float64).copy()
+    w[:, dead] = 0
+    rows, cols = w.shape
+    n, m = nm
+    allowed = np.ones_like(w, dtype=bool) if keep is None else keep
+    diag = np.diag(u)
+    mask = np.ones_like(w, dtype=bool)
+    loss = 0.0
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        if m == 0:
+            scores = w[:, i1:i2] ** 2 / diag[i1:i2] ** 2
+            scores[~allowed[:, i1:i2]] = -np.inf
+            forced = int(np.count_nonzero(~allowed[:, i1:i2]))
+            k = max(int(scores.size * sparsity), forced)
+            order = np.argsort(scores.ravel(), kind="stable")
+            block = np.ones(scores.size, dtype=bool)
+            block[order[:k]] = False
+            mask[:, i1:i2] = block.reshape(scores.shape)
+        for j in range(i1, i2):
+            if m and (j - i1) % m == 0:
+                scores = w[:, j : j + m] ** 2 / diag[j : j + m] ** 2
+                scores[~allowed[:, j : j + m]] = -np.inf
+                order = np.argsort(scores, axis=1, kind="stable")
+                group = np.ones((rows, m), dtype=bool)
+                np.put_along_axis(group, order[:, : m - n], False, axis=1)
+                mask[:, j : j + m] = group & allowed[:, j : j + m]
+            q = np.where(mask[:, j], w[:, j], 0.0)
+            err = (w[:, j] - q) / u[j, j]
+            loss += float(np.sum(err**2)) / 2
+            w[:, j:] -= np.outer(err, u[j, j:])
+            w[:, j] = q
+    return w, mask, loss
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def random_hessian(
+    rng: np.random.Generator, cols: int, tokens: int | None = None
+) -> np.ndarray[Any, Any]:
+    x = rng.standard_normal((tokens or 2 * cols + 8, cols)) * rng.uniform(0.5, 2.0, cols)
+    return 2 / x.shape[0] * (x.T @ x)
+
+
+def llm_like_activations(rng: np.random.Generator, tokens: int, cols: int) -> np.ndarray[Any, Any]:
+    """Correlated features with uneven channel scales and a few outlier channels."""
+    latent = rng.standard_normal((tokens, cols // 4))
+    mixing = rng.standard_normal((cols // 4, cols)) / np.sqrt(cols / 4)
+    x = latent @ mixing + 0.3 * rng.standard_normal((tokens, cols))
+    x *= np.exp(rng.normal(0.0, 0.8, cols))
+    outliers = rng.choice(cols, size=max(cols // 64, 2), replace=False)
+    x[:, outliers] *= 20.0
+    return x
+
+
+def relative_error(
+    weight: np.ndarray[Any, Any], pruned: np.ndarray[Any, Any], x: np.ndarray[Any, Any]
+) -> float:
+    dense = x @ weight.astype(np.float64).T
+    return float(np.linalg.norm(dense - x @ pruned.astype(np.float64).T) / np.linalg.norm(dense))
+
+
+def assert_weights_close(
+    ours: np.ndarray[Any, Any], ref: np.ndarray[Any, Any], rtol: float
+) -> None:
+    scale = max(float(np.abs(ref).max()), 1e-300)
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * scale)
+
+
+PATTERNS = [
+    ("unstructured", 0.5, (0, 0)),
+    ("unstructured", 0.3, (0, 0)),
+    ("unstructured", 0.9, (0, 0)),
+    ("unstructured", 0.0, (0, 0)),
+    ("2:4", 0.5, (2, 4)),
+    ("1:4", 0.5, (1, 4)),
+    ("4:8", 0.5, (4, 8)),
+    ("3:3", 0.5, (3, 3)),
+]
+
+
+# --- U by the reversal trick ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cols", [1, 2, 7, 127, 128, 129, 300])
+def test_reversal_factor_equals_textbook_route(cols: int) -> None:
+    rng = np.random.default_rng(cols)
+    h = random_hessian(rng, cols)
+    expected, _ = textbook_u(h, 0.01)
+    factor = sparsegpt_factor(h, damp=0.01, precision="float64")
+    assert factor.u.dtype == np.float64
+    assert factor.damp_used == 0.01
+    assert not factor.dead.any()
+    assert np.array_equal(np.tril(factor.u, -1), np.zeros_like(factor.u))
+    assert_weights_close(factor.u, expected, 1e-10)
+    single = sparsegpt_factor(h.astype(np.float32), damp=0.01)
+    assert single.u.dtype == np.float32
+    assert_weights_close(single.u, expected, 2e-4)
+
+
+def test_factor_reads_the_symmetric_part() -> None:
+    rng = np.random.default_rng(1)
+    h = random_hessian(rng, 40)
+    skewed = h + 1e-7 * np.abs(h).max() * rng.standard_normal(h.shape)
+    expected, _ = textbook_u((skewed + skewed.T) / 2, 0.01)
+    factor = sparsegpt_factor(skewed, precision="float64")
+    assert_weights_close(factor.u, expected, 1e-10)
+
+
+# --- the solver against the reference ---------------------------------------------------------
+
+
+SHAPES = [(16, 64, 16), (9, 120, 32), (1, 24, 8), (5, 30, 7), (3, 33, 128)]
+CASES = [
+    (*pattern, *shape)
+    for pattern in PATTERNS
+    for shape in SHAPES
+    if pattern[2][1] == 0 or (shape[1] % pattern[2][1] == 0 and shape[2] % pattern[2][1] == 0)
+]
+
+
+@pytest.mark.parametrize(("pattern", "sparsity", "nm", "rows", "cols", "blocksize"), CASES)
+def test_float64_matches_reference(
+    pattern: str, sparsity: float, nm: tuple[int, int], rows: int, cols: int, blocksize: int
+) -> None:
+    rng = np.random.default_rng(rows * cols + blocksize)
+    w = rng.standard_normal((rows, cols))
+    h = random_hessian(rng, cols)
+    ref_w, ref_mask, ref_loss = reference_sparsegpt(w, h, sparsity, nm, blocksize)
+    res = sparsegpt(w, h, sparsity, pattern, blocksize=blocksize, precision="float64")
+    assert res.weight.dtype == np.float64
+    assert np.array_equal(res.mask, ref_mask)
+    assert_weights_close(res.weight, ref_w, 1e-9)
+    assert res.loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12)
+    assert np.all(res.weight[~res.mask] == 0)
+    assert res.damp_used == 0.01
+
+
+@pytest.mark.parametrize(("pattern", "sparsity", "nm"), [PATTERNS[0], PATTERNS[2], PATTERNS[4]])
+def test_float32_reconstruction_matches_reference(
+    pattern: str, sparsity: float, nm: tuple[int, int]
+) -> None:
+    rng = np.random.default_rng(5)
+    x = llm_like_activations(rng, 1024, 256)
+    h = 2 / x.shape[0] * (x.T @ x)
+    w = rng.standard_normal((96, 256))
+    ref_w, _, _ = reference_sparsegpt(w, h, sparsity, nm, 64)
+    res = sparsegpt(w.astype(np.float32), h.astype(np.float32), sparsity, pattern, blocksize=64)
+    assert res.weight.dtype == np.float32
+    expected = relative_error(w, ref_w, x)
+    assert relative_error(w, res.weight, x) == pytest.approx(expected, rel=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 12),
+    groups=st.integers(1, 12),
+    blocks=st.integers(1, 4),
+    nm=st.sampled_from([(0, 0), (1, 2), (2, 4), (1, 4), (3, 4), (4, 4)]),
+    sparsity=st.sampled_from([0.0, 0.1, 0.5, 0.75, 0.99]),
+    seed=st.integers(0, 2**31),
+)
+def test_property_float64_matches_reference(
+    rows: int, groups: int, blocks: int, nm: tuple[int, int], sparsity: float, seed: int
+) -> None:
+    m = nm[1] or 3
+    cols, blocksize = groups * m, blocks * m
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, cols))
+    h = random_hessian(rng, cols)
+    pattern = f"{nm[0]}:{nm[1]}" if nm[1] else "unstructured"
+    ref_w, ref_mask, ref_loss = reference_sparsegpt(w, h, sparsity, nm, blocksize)
+    res = sparsegpt(w, h, sparsity, pattern, blocksize=blocksize, precision="float64")
+    assert np.array_equal(res.mask, ref_mask)
+    assert_weights_close(res.weight, ref_w, 1e-9)
+    assert res.loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12)
+
+
+def test_ties_go_to_the_lower_index() -> None:
+    """Constant weights and an identity Hessian: every saliency equal, so the first k go."""
+    w = np.ones((4, 8))
+    res = sparsegpt(w, np.eye(8), 0.5, blocksize=8, precision="float64")
+    expected = np.ones((4, 8), dtype=bool)
+    expected[:2] = False
+    assert np.array_equal(res.mask, expected)
+    nm = sparsegpt(w, np.eye(8), pattern="2:4", blocksize=8, precision="float64")
+    assert np.array_equal(nm.mask, np.tile([False, False, True, True], (4, 2)))
+
+
+def test_exact_count_per_block() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((7, 50))
+    res = sparsegpt(w, random_hessian(rng, 50), 0.37, blocksize=16)
+    for i1 in range(0, 50, 16):
+        block = res.mask[:, i1 : i1 + 16]
+        assert np.count_nonzero(~block) == int(block.size * 0.37)
+
+
+def test_one_by_one_and_identity_patterns() -> None:
+    res = sparsegpt(np.array([[3.0]]), np.array([[2.0]]), 0.5)
+    assert res.weight.tolist() == [[3.0]]
+    assert res.mask.tolist() == [[True]]
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((5, 12)).astype(np.float32)
+    dense = sparsegpt(w, random_hessian(rng, 12), pattern="4:4", blocksize=4)
+    assert np.array_equal(dense.weight, w)
+    assert dense.mask.all()
+    assert dense.loss == 0.0
+
+
+# --- dead columns and damping ----------------------------------------------------------------
+
+
+def test_dead_columns() -> None:
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((200, 30))
+    dead = [0, 7, 29]
+    x[:, dead] = 0
+    h = 2 / 200 * (x.T @ x)
+    w = rng.standard_normal((10, 30))
+    factor = sparsegpt_factor(h, precision="float64")
+    assert np.flatnonzero(factor.dead).tolist() == dead
+    ref_w, ref_mask, _ = reference_sparsegpt(w, h, 0.5, (0, 0), 16)
+    res = sparsegpt(w, h, 0.5, blocksize=16, precision="float64")
+    assert np.all(res.weight[:, dead] == 0)
+    assert np.array_equal(res.mask, ref_mask)
+    assert_weights_close(res.weight, ref_w, 1e-9)
+
+
+def test_all_dead_hessian() -> None:
+    w = np.arange(12, dtype=np.float64).reshape(3, 4) + 1
+    res = sparsegpt(w, np.zeros((4, 4)), 0.5, blocksize=4)
+    assert np.all(res.weight == 0)
+    assert np.count_nonzero(~res.mask) == 6
+
+
+def test_damping_escalates_until_the_factorisation_succeeds() -> None:
+    # Indefinite with a positive diagonal: eigenvalues 3.5 and -1.5 per block, mean diagonal 1,
+    # so the relative damping must exceed 1.5: 0.01 -> 0.1 -> 1 -> 10.
+    h = np.kron(np.eye(3), np.array([[1.0, 2.5], [2.5, 1.0]]))
+    factor = sparsegpt_factor(h, damp=0.01, precision="float64")
+    assert factor.damp_used == pytest.approx(10.0)
+    w = np.random.default_rng(7).standard_normal((4, 6))
+    res = sparsegpt(w, h, 0.5, blocksize=4, precision="float64")
+    assert res.damp_used == pytest.approx(10.0)
+    ref_w, ref_mask, _ = reference_sparsegpt(w, h, 0.5, (0, 0), 4, damp=res.damp_used)
+    assert np.array_equal(res.mask, ref_mask)
+    assert_weights_close(res.weight, ref_w, 1e-9)
+
+
+def test_zero_damping_escalates_from_a_small_value() -> None:
+    h = np.array([[1.0, 1.0], [1.0, 1.0]])  # singular: exactly one zero pivot
+    factor = sparsegpt_factor(h, damp=0.0, precision="float64")
+    assert factor.damp_used == pytest.approx(1e-6)
+
+
+def test_no_damping_rescues_a_negative_diagonal() -> None:
+    h = -np.eye(5)
+    with pytest.raises(ValueError, match="hessian: not positive definite even with damping"):
+        sparsegpt(np.ones((2, 5)), h)
+    with pytest.raises(ValueError, match="hessian: not positive definite"):
+        sparsegpt_factor(h)
+
+
+# --- arguments, dtypes, inputs ---------------------------------------------------------------
+
+
+BAD_ARGUMENTS = [
+    ({"calibration_or_hessian": np.ones((6, 5))}, ValueError, "hessian: expected a square"),
+    ({"calibration_or_hessian": np.eye(7)}, ValueError, "hessian: shape"),
+    ({"calibration_or_hessian": np.ones(6)}, ValueError, "hessian: expected a square"),
+    ({"calibration_or_hessian": np.triu(np.ones((6, 6)))}, ValueError, "hessian: not symmetric"),
+    ({"calibration_or_hessian": np.full((6, 6), np.nan)}, ValueError, "hessian: contains"),
+    (
+        {"calibration_or_hessian": np.where(np.eye(6) > 0, np.inf, 0.0)},
+        ValueError,
+        "hessian: contains",
+    ),
+    ({"calibration_or_hessian": "eye"}, TypeError, "hessian"),
+    ({"weight": np.full((4, 6), np.nan)}, ValueError, "weight: contains"),
+    ({"weight": np.ones(6)}, ValueError, "weight: expected a 2-D"),
+    ({"weight": np.ones((4, 6), dtype=np.int32)}, TypeError, "weight: expected dtype"),
+    ({"sparsity": 1.0}, ValueError, "sparsity"),
+    ({"sparsity": -0.1}, ValueError, "sparsity"),
+    ({"sparsity": float("nan")}, ValueError, "sparsity"),
+    ({"blocksize": 0}, ValueError, "blocksize"),
+    ({"blocksize": 2.5}, ValueError, "blocksize"),
+    ({"pattern": "2:4", "blocksize": 6}, ValueError, "blocksize: must be a multiple"),
+    ({"pattern": "2:4"}, ValueError, "pattern: in_features"),
+    ({"pattern": "5:4"}, ValueError, "pattern: N:M needs"),
+    ({"pattern": "0:4"}, ValueError, "pattern: N:M needs"),
+    ({"pattern": "dense"}, ValueError, "pattern: expected"),
+    ({"pattern": 4}, ValueError, "pattern: expected"),
+    ({"damp": -0.01}, ValueError, "damp"),
+    ({"damp": float("inf")}, ValueError, "damp"),
+    ({"precision": "float16"}, ValueError, "precision"),
+    ({"inplace": 1}, ValueError, "inplace"),
+    ({"keep_mask": np.ones((4, 6))}, TypeError, "keep_mask: expected a bool"),
+    ({"keep_mask": np.ones((6, 4), dtype=bool)}, ValueError, "keep_mask: shape"),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "message"), BAD_ARGUMENTS)
+def test_bad_arguments(change: dict[str, Any], error: type[Exception], message: str) -> None:
+    rng = np.random.default_rng(8)
+    args: dict[str, Any] = {
+        "weight": rng.standard_normal((4, 6)),
+        "calibration_or_hessian": random_hessian(rng, 6),
+    }
+    args.update(change)
+    with pytest.raises(error, match=message):
+        sparsegpt(**args)
+
+
+def test_factor_arguments() -> None:
+    h = random_hessian(np.random.default_rng(9), 8)
+    factor = sparsegpt_factor(h)
+    with pytest.raises(ValueError, match="calibration_or_hessian: factor is for 8"):
+        sparsegpt(np.ones((2, 6)), factor)
+    with pytest.raises(ValueError, match="precision: 'float64' does not match"):
+        sparsegpt(np.ones((2, 8)), factor, precision="float64")
+    with pytest.raises(ValueError, match="precision"):
+        sparsegpt_factor(h, precision="half")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="damp"):
+        sparsegpt_factor(h, damp=-1)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16", np.float32, np.float64])
+def test_dtypes_and_inputs_unchanged(dtype: Any) -> None:
+    dt = np.dtype(getattr(ml_dtypes, dtype) if isinstance(dtype, str) else dtype)
+    rng = np.random.default_rng(10)
+    w = rng.standard_normal((8, 32)).astype(dt)
+    h = random_hessian(rng, 32).astype(np.float32)
+    w_before, h_before = w.copy(), h.copy()
+    res = sparsegpt(w, h, 0.5, blocksize=16)
+    assert res.weight.dtype == dt
+    assert res.mask.dtype == np.bool_
+    assert np.array_equal(w.view(np.uint8), w_before.view(np.uint8))
+    assert np.array_equal(h, h_before)
+    expected = sparsegpt(w.astype(np.float32), h, 0.5, blocksize=16)
+    np.testing.assert_array_equal(res.weight, expected.weight.astype(dt))
+    assert np.all(res.weight[~res.mask].astype(np.float32) == 0)
+
+
+def test_strided_and_fortran_inputs() -> None:
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((10, 40))
+    h = random_hessian(rng, 20)
+    expected = sparsegpt(np.ascontiguousarray(w[:, ::2]), h, 0.5, blocksize=8)
+    strided = sparsegpt(w[:, ::2], np.asfortranarray(h), 0.5, blocksize=8)
+    np.testing.assert_array_equal(strided.weight, expected.weight)
+    np.testing.assert_array_equal(strided.mask, expected.mask)
+
+
+def test_inplace() -> None:
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((6, 16)).astype(np.float32)
+    h = random_hessian(rng, 16)
+    expected = sparsegpt(w, h, 0.5, blocksize=8)
+    res = sparsegpt(w, h, 0.5, blocksize=8, inplace=True)
+    assert res.weight is w
+    np.testing.assert_array_equal(w, expected.weight)
+    w64 = rng.standard_normal((6, 16))
+    res64 = sparsegpt(w64, h, 0.5, inplace=True, precision="float64")
+    assert res64.weight is w64
+    readonly = np.ones((6, 16), dtype=np.float32)
+    readonly.flags.writeable = False
+    for bad in (w64, w.astype(np.float16), readonly, w.tolist(), np.asfortranarray(w)[:, ::2]):
+        with pytest.raises(ValueError, match="weight: inplace=True needs"):
+            sparsegpt(bad, h if np.shape(bad)[-1] == 16 else h[:8, :8], 0.5, inplace=True)
+
+
+def test_keep_mask_keeps_pruned_weights_pruned() -> None:
+    rng = np.random.default_rng(13)
+    w = rng.standard_normal((12, 48))
+    h = random_hessian(rng, 48)
+    earlier = sparsegpt(w, h, 0.3, blocksize=16, precision="float64")
+    keep = earlier.mask
+    for pattern, nm in (("unstructured", (0, 0)), ("2:4", (2, 4))):
+        res = sparsegpt(
+            earlier.weight, h, 0.6, pattern, blocksize=16, precision="float64", keep_mask=keep
+        )
+        assert not res.mask[~keep].any()
+        assert np.all(res.weight[~keep] == 0)
+        ref_w, ref_mask, _ = reference_sparsegpt(earlier.weight, h, 0.6, nm, 16, keep=keep)
+        assert np.array_equal(res.mask, ref_mask)
+        assert_weights_close(res.weight, ref_w, 1e-9)
+    # More forced than the budget: all forced go, nothing else.
+    few = sparsegpt(w, h, 0.1, blocksize=16, keep_mask=keep)
+    assert np.array_equal(few.mask, keep)
+
+
+def test_factor_and_calibration_objects_give_the_same_result() -> None:
+    rng = np.random.default_rng(14)
+    w = rng.standard_normal((8, 24)).astype(np.float32)
+    h = random_hessian(rng, 24)
+
+    class Calibration:
+        hessian = h
+
+    direct = sparsegpt(w, h, 0.5, blocksize=8)
+    factor = sparsegpt_factor(Calibration(), damp=0.01)
+    assert isinstance(factor, HessianFactor)
+    for source in (Calibration(), factor):
+        res = sparsegpt(w, source, 0.5, blocksize=8)
+        np.testing.assert_array_equal(res.weight, direct.weight)
+        np.testing.assert_array_equal(res.mask, direct.mask)
+
+
+def test_saliency() -> None:
+    rng = np.random.default_rng(15)
+    w = rng.standard_normal((6, 20))
+    h = random_hessian(rng, 20)
+    h[3, :] = h[:, 3] = 0
+    u, dead = textbook_u(h, 0.01)
+    expected = w**2 / np.diag(u) ** 2
+    expected[:, dead] = 0
+    scores = saliency(w, h)
+    assert scores.dtype == np.float64
+    np.testing.assert_allclose(scores, expected, rtol=1e-10)
+    single = saliency(w.astype(np.float32), sparsegpt_factor(h))
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, expected, rtol=1e-4)
+
+
+# --- instruction sets and threads ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", _core.supported_levels())
+def test_every_instruction_set_gives_the_same_result(level: str) -> None:
+    rng = np.random.default_rng(16)
+    w = rng.standard_normal((40, 256))
+    h = random_hessian(rng, 256)
+    expected = {
+        p: sparsegpt(w, h, 0.5, p, blocksize=64, precision="float64")
+        for p in ("unstructured", "2:4")
+    }
+    with _core.use(level):
+        for pattern, exp in expected.items():
+            res = sparsegpt(w, h, 0.5, pattern, blocksize=64, precision="float64")
+            assert np.array_equal(res.mask, exp.mask)
+            assert_weights_close(res.weight, exp.weight, 1e-10)
+            single = sparsegpt(w.astype(np.float32), h, 0.5, pattern, blocksize=64)
+            assert_weights_close(single.weight, exp.weight, 1e-3)
+
+
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    rng = np.random.default_rng(17)
+    w = rng.standard_normal((600, 384)).astype(np.float32)
+    h = random_hessian(rng, 384).astype(np.float32)
+    previous = fastprune.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            fastprune.set_num_threads(threads)
+            results.append(
+                [sparsegpt(w, h, 0.5, p, blocksize=128) for p in ("unstructured", "2:4")]
+                + [sparsegpt_factor(h)]
+            )
+    finally:
+        fastprune.set_num_threads(previous)
+    for one, two in zip(results[0][:2], results[1][:2], strict=True):
+        assert isinstance(one, fastprune.result.PruneResult)
+        assert isinstance(two, fastprune.result.PruneResult)
+        assert np.array_equal(one.weight, two.weight)
+        assert np.array_equal(one.mask, two.mask)
+        assert one.loss == two.loss
+    assert isinstance(results[0][2], HessianFactor)
+    assert isinstance(results[1][2], HessianFactor)
+    assert np.array_equal(results[0][2].u, results[1][2].u)
+
+
+# --- the point of it all ---------------------------------------------------------------------
+
+
+def wanda_or_magnitude(
+    weight: np.ndarray[Any, Any], act_norm: np.ndarray[Any, Any], nm: tuple[int, int]
+) -> np.ndarray[Any, Any]:
+    scores = np.abs(weight) * act_norm
+    rows, cols = weight.shape
+    n, m = nm
+    if m:
+        grouped = scores.reshape(rows, cols // m, m)
+        order = np.argsort(grouped, axis=2, kind="stable")
+        keep = np.ones_like(grouped, dtype=bool)
+        np.put_along_axis(keep, order[:, :, : m - n], False, axis=2)
+        return weight * keep.reshape(rows, cols)
+    order = np.argsort(scores, axis=1, kind="stable")
+    keep = np.ones_like(scores, dtype=bool)
+    np.put_along_axis(keep, order[:, : cols // 2], False, axis=1)
+    return weight * keep
+
+
+@pytest.mark.parametrize(("pattern", "nm"), [("unstructured", (0, 0)), ("2:4", (2, 4))])
+def test_sparsegpt_beats_wanda_beats_magnitude_on_llm_like_data(
+    pattern: str, nm: tuple[int, int]
+) -> None:
+    rng = np.random.default_rng(18)
+    x = llm_like_activations(rng, 2048, 256)
+    w = rng.standard_normal((128, 256)).astype(np.float32)
+    h = (2 / x.shape[0] * (x.T @ x)).astype(np.float32)
+    ours = relative_error(w, sparsegpt(w, h, 0.5, pattern).weight, x)
+    wanda = relative_error(w, wanda_or_magnitude(w, np.linalg.norm(x, axis=0), nm), x)
+    magnitude = relative_error(w, wanda_or_magnitude(w, np.ones(256), nm), x)
+    assert ours < wanda < magnitude
