@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import fastprune as fp
+from fastprune.result import PruneResult
 
 from .hooks import (
     Batch,
@@ -74,7 +75,10 @@ def prune_model(
             ``attention_mask`` keeps padding out of the statistics), a tuple of positional
             arguments, or a tensor. Optional for ``method="magnitude"``, which then only
             uses it to measure each layer's output error.
-        method: ``"sparsegpt"``, ``"wanda"`` or ``"magnitude"``.
+        method: ``"sparsegpt"`` (OBS updates from the inverse Hessian of the layer's
+            inputs), ``"wanda"`` (prunes the lowest ``|W_ij| * ||X_j||`` in each output row)
+            or ``"magnitude"`` (the lowest ``|W_ij|`` of the layer); with an N:M pattern the
+            scores are compared within each group of M.
         sparsity: fraction of weights to prune: one float for every layer, a mapping from
             layer names or glob patterns to floats (first match wins; unmatched layers stay
             dense), or a callable ``(name, module) -> float | None`` (None leaves it dense).
@@ -380,9 +384,11 @@ class _Pruner:
             )
         elif self.method == "wanda":
             assert shared is not None
-            result = fp.wanda(weight, shared.source, sparsity=layer_sparsity, pattern=self.pattern)
+            scores = fp.importance.wanda(weight, shared.source.act_sq)
+            result = _keep_highest(weight, scores, layer_sparsity, self.pattern, "row", t0)
         else:
-            result = fp.magnitude_prune(weight, sparsity=layer_sparsity, pattern=self.pattern)
+            scores = fp.importance.magnitude(weight)
+            result = _keep_highest(weight, scores, layer_sparsity, self.pattern, "layer", t0)
         seconds = time.perf_counter() - t0
         error = None
         if shared is not None:  # before the write: `weight` may be a view of the parameter
@@ -403,6 +409,24 @@ class _Pruner:
             group=None if shared is None else shared.index,
             tokens=0 if shared is None else shared.tokens,
         )
+
+
+def _keep_highest(
+    weight: np.ndarray[Any, Any],
+    scores: np.ndarray[Any, Any],
+    sparsity: float,
+    pattern: str,
+    scope: str,
+    start: float,
+) -> PruneResult:
+    """Prune the lowest-scoring weights: Wanda compares within each output row, magnitude
+    pruning across the layer; an N:M pattern selects within each group of M."""
+    if pattern == "unstructured":
+        mask = fp.masks.mask(scores, sparsity, pattern, scope=scope)  # type: ignore[call-overload]
+    else:
+        mask = fp.masks.mask(scores, None, pattern)
+    pruned = fp.masks.apply_mask(weight, mask)
+    return PruneResult(pruned, mask, 0.0, None, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)
