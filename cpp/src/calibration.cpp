@@ -97,21 +97,39 @@ void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x) {
   }
   if (x.tokens == 0 || x.features == 0) return;
   using Stride = Eigen::OuterStride<>;
-  if (x.feature_stride == 1) {
-    // A C-ordered batch is the A of C += AᵀA: the loaded BLAS's SYRK takes it as it is.
-    if (blas::backend() != "eigen" && x.token_stride >= x.features) {
-      const ConstMatrixView<T> a{x.data, x.tokens, x.features, x.token_stride};
-      blas::syrk_lower_at_a<T>(T(1), a, T(1), gram);
-      return;
-    }
-    using Map = Eigen::Map<const RowMajor<T>, Eigen::Unaligned, Stride>;
-    add_gram_lower_blocked(gram, Map(x.data, x.tokens, x.features, Stride(x.token_stride)));
-  } else if (x.token_stride == 1) {
-    using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
-    using Map = Eigen::Map<const ColMajor, Eigen::Unaligned, Stride>;
-    add_gram_lower_blocked(gram, Map(x.data, x.tokens, x.features, Stride(x.feature_stride)));
-  } else {
+  using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  using RowMap = Eigen::Map<const RowMajor<T>, Eigen::Unaligned, Stride>;
+  using ColMap = Eigen::Map<const ColMajor, Eigen::Unaligned, Stride>;
+  const bool by_token = x.feature_stride == 1;
+  if (!by_token && x.token_stride != 1) {
     invalid("x: the features of a token or the tokens of a feature must be contiguous");
+  }
+  if (blas::backend() == "eigen") {
+    if (by_token) {
+      add_gram_lower_blocked(gram, RowMap(x.data, x.tokens, x.features, Stride(x.token_stride)));
+    } else {
+      add_gram_lower_blocked(gram, ColMap(x.data, x.tokens, x.features, Stride(x.feature_stride)));
+    }
+    return;
+  }
+  // With a loaded BLAS, a C-ordered batch is the A of C += AᵀA and goes to its SYRK as it is;
+  // other batches are copied to C order a bounded chunk of tokens at a time first.
+  if (by_token && x.token_stride >= x.features) {
+    blas::syrk_lower_at_a<T>(T(1), {x.data, x.tokens, x.features, x.token_stride}, T(1), gram);
+    return;
+  }
+  constexpr Index kChunkElements = Index(1) << 22;
+  const Index chunk = std::min(x.tokens, std::max<Index>(1, kChunkElements / x.features));
+  RowMajor<T> buffer(chunk, x.features);
+  for (Index t0 = 0; t0 < x.tokens; t0 += chunk) {
+    const Index n = std::min(chunk, x.tokens - t0);
+    if (by_token) {
+      buffer.topRows(n) =
+          RowMap(x.data + t0 * x.token_stride, n, x.features, Stride(x.token_stride));
+    } else {
+      buffer.topRows(n) = ColMap(x.data + t0, n, x.features, Stride(x.feature_stride));
+    }
+    blas::syrk_lower_at_a<T>(T(1), {buffer.data(), n, x.features, x.features}, T(1), gram);
   }
 }
 

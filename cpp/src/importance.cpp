@@ -4,14 +4,21 @@
 #include <cmath>
 #include <vector>
 
+// No floating-point contraction in this file: a fused multiply-add on one instruction-set level
+// and a separate multiply and add on another would round double sums differently.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 namespace fastprune::importance {
 
 namespace {
 
 // Sums are taken in double over kLanes interleaved partial sums that are combined in one fixed
-// order. The order does not depend on the vector width the compiler picks, so every
-// instruction-set level gives bit-identical scores; for float input each product is exact in
-// double, so contracting it into an FMA cannot change a result either.
+// order. The order does not depend on the vector width the compiler picks, and no product is
+// fused into an addition, so every instruction-set level gives bit-identical scores.
 constexpr int kLanes = 8;
 
 template <class Term>

@@ -23,6 +23,7 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
 from . import _cpu, importance, masks
 from .calibration import Calibration
 from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
+from .pruners import magnitude_prune, wanda
 from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
 
 
@@ -83,10 +84,12 @@ __all__ = [
     "get_num_threads",
     "importance",
     "info",
+    "magnitude_prune",
     "mask",
     "masks",
     "pattern",
     "set_num_threads",
     "sparsegpt",
     "sparsegpt_factor",
+    "wanda",
 ]

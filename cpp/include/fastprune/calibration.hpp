@@ -27,10 +27,11 @@ template <class T>
 bool all_finite(const TokenMatrix<T>& x);
 
 // gram(i, j) += Σ_t x(t, i) x(t, j) for every i >= j: a symmetric rank-k update of the lower
-// triangle (the strict upper triangle is not touched). gram is features x features. A C-ordered
-// batch goes to the loaded BLAS's SYRK when there is one (blas.hpp). Otherwise the features are
-// split into fixed blocks that depend only on their number, one serial Eigen product per block
-// pair on all threads, so the result does not depend on the thread count.
+// triangle (the strict upper triangle is not touched). gram is features x features.
+// With a loaded BLAS (blas.hpp) this is its SYRK, fed C-ordered batches in place and other
+// layouts through a bounded buffer. On Eigen alone the features are split into fixed blocks
+// that depend only on their number, one serial product per block pair on all threads, so the
+// result does not depend on the thread count.
 template <class T>
 void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x);
 

@@ -1,0 +1,75 @@
+"""Streaming calibration: accumulating Σ x xᵀ (and Σ x²) over activation tokens.
+
+The baseline is what a user writes with NumPy: ``X.T @ X`` (which NumPy hands to BLAS SYRK)
+plus ``np.square(X).sum(0)``. Rates count the n·k² flops of a symmetric rank-n update of a
+k x k matrix (half a GEMM's 2·n·k²); compare them with the machine's SGEMM rate in the header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import numpy as np
+
+import fastprune
+from fastprune import _core
+
+from ._harness import Row, Table, gflops, median_time
+
+CASES = [(4096, 8192), (1024, 8192)]
+
+
+def run(table: Table) -> None:
+    rng = np.random.default_rng(0)
+    for features, tokens in CASES:
+        _run_case(table, rng.standard_normal((tokens, features), dtype=np.float32))
+
+
+def _numpy_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.T @ x, np.square(x).sum(0)
+
+
+def _calibrate(batch: np.ndarray) -> fastprune.Calibration:
+    cal = fastprune.Calibration(batch.shape[-1])
+    cal.update(batch)
+    return cal
+
+
+def _run_case(table: Table, x: np.ndarray) -> None:
+    tokens, features = x.shape
+    flops = float(tokens) * features * features
+    gram, act_sq = _numpy_stats(x)
+    scale = float(np.abs(gram).max())
+    x16 = x.astype(np.float16)
+    rows: list[tuple[str, np.ndarray, bool, str, Callable[[], object]]] = [
+        ("calibration update, float32", x, False, "numpy X.T@X + Σx²", lambda: _numpy_stats(x)),
+        ("  same, Eigen only", x, True, "numpy X.T@X + Σx²", lambda: _numpy_stats(x)),
+        (
+            "  Fortran-ordered float32",
+            np.asfortranarray(x),
+            False,
+            "numpy X.T@X + Σx²",
+            lambda: _numpy_stats(x),
+        ),
+        (
+            "  float16 input",
+            x16,
+            False,
+            "numpy astype, X.T@X, Σx²",
+            lambda: _numpy_stats(x16.astype(np.float32)),
+        ),
+    ]
+    for operation, batch, eigen_only, baseline_name, baseline in rows:
+        t_baseline = median_time(baseline, repeat=3)
+        with _core.eigen_only() if eigen_only else contextlib.nullcontext():
+            cal = _calibrate(batch)  # checked before it is timed
+            tol = 1e-3 if batch.dtype == np.float16 else 1e-5
+            np.testing.assert_allclose(cal.hessian * (tokens / 2), gram, atol=tol * scale)
+            np.testing.assert_allclose(cal.act_sq, act_sq, rtol=tol)
+            t_ours = median_time(lambda batch=batch: _calibrate(batch), repeat=3)
+        rate = f"{gflops(flops, t_ours)} vs {gflops(flops, t_baseline)}"
+        threads = fastprune.get_num_threads()
+        table.add(
+            Row(operation, f"{tokens}x{features}", threads, t_ours, baseline_name, t_baseline, rate)
+        )
