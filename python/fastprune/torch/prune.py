@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 import fastprune as fp
-from fastprune.result import PruneResult
 
 from .hooks import (
     Batch,
@@ -384,11 +383,16 @@ class _Pruner:
             )
         elif self.method == "wanda":
             assert shared is not None
-            scores = fp.importance.wanda(weight, shared.source.act_sq)
-            result = _keep_highest(weight, scores, layer_sparsity, self.pattern, "row", t0)
+            result = fp.wanda(weight, shared.source, sparsity=layer_sparsity, pattern=self.pattern)
         else:
-            scores = fp.importance.magnitude(weight)
-            result = _keep_highest(weight, scores, layer_sparsity, self.pattern, "layer", t0)
+            # the whole layer is ranked together; N:M patterns select within each group
+            whole_layer = self.pattern == "unstructured"
+            result = fp.magnitude_prune(
+                weight,
+                sparsity=layer_sparsity,
+                pattern=self.pattern,
+                scope="layer" if whole_layer else "row",
+            )
         seconds = time.perf_counter() - t0
         error = None
         if shared is not None:  # before the write: `weight` may be a view of the parameter
@@ -409,24 +413,6 @@ class _Pruner:
             group=None if shared is None else shared.index,
             tokens=0 if shared is None else shared.tokens,
         )
-
-
-def _keep_highest(
-    weight: np.ndarray[Any, Any],
-    scores: np.ndarray[Any, Any],
-    sparsity: float,
-    pattern: str,
-    scope: str,
-    start: float,
-) -> PruneResult:
-    """Prune the lowest-scoring weights: Wanda compares within each output row, magnitude
-    pruning across the layer; an N:M pattern selects within each group of M."""
-    if pattern == "unstructured":
-        mask = fp.masks.mask(scores, sparsity, pattern, scope=scope)  # type: ignore[call-overload]
-    else:
-        mask = fp.masks.mask(scores, None, pattern)
-    pruned = fp.masks.apply_mask(weight, mask)
-    return PruneResult(pruned, mask, 0.0, None, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)

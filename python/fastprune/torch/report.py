@@ -24,7 +24,8 @@ class LayerReport:
         pattern: "unstructured" or "N:M" (N kept in every M).
         target_sparsity: the sparsity asked for.
         sparsity: the fraction of weights the mask pruned.
-        loss: the method's own reconstruction-error estimate (SparseGPT's; 0.0 for the others).
+        loss: the method's own loss figure (`PruneResult.loss`: SparseGPT's OBS estimate, the
+            pruned weights' squared (scaled) magnitude for Wanda and magnitude pruning).
         error: the mean over the calibration tokens of ``‖(W − Ŵ) x‖²``, the squared change of
             the layer's output, the same measure for every method (None without calibration).
         damp_used: relative damping that made the Hessian factorisable (SparseGPT), else None.
