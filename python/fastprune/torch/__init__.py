@@ -1,0 +1,20 @@
+"""PyTorch integration: prune a real model layer by layer from calibration data.
+
+Needs the ``torch`` extra (``pip install "fastprune[torch]"``); the core package never imports
+torch.
+"""
+
+from __future__ import annotations
+
+from .prune import DEFAULT_TARGETS, METHODS, prune_model, resolve_blocks, select_layers
+from .report import LayerReport, PruneReport
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "METHODS",
+    "LayerReport",
+    "PruneReport",
+    "prune_model",
+    "resolve_blocks",
+    "select_layers",
+]

@@ -1,0 +1,330 @@
+"""Forward hooks that turn a running PyTorch model into calibration statistics.
+
+Two pieces:
+- `capture_block_inputs` runs the model on each calibration batch only as far as the first block
+  and records exactly what that block was called with (positional and keyword arguments, such as
+  the attention mask and rotary position embeddings), so later blocks can be replayed one by one.
+- `Calibrator` puts a forward pre-hook on every layer to be pruned and streams the inputs it sees
+  into `fastprune.Calibration` objects. Layers that read the very same tensor in a forward pass
+  (q/k/v, gate/up) are detected and share one Calibration. Tokens that the attention mask marks
+  as padding never enter the statistics.
+
+Tensors reach NumPy without copies where the dtype allows (float32/float64/float16 on the CPU;
+bfloat16 is viewed through ml_dtypes when it is installed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import fastprune as fp
+
+Batch = Any  # a Mapping of model keyword arguments, a tuple/list of positional ones, or a tensor
+TokenMask = np.ndarray[Any, np.dtype[np.bool_]] | None  # (batch, seq), True = real token
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to end a forward pass once the first block's input is known."""
+
+
+@dataclass
+class BlockInput:
+    """What one block was called with for one calibration batch."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    token_mask: TokenMask
+
+
+@dataclass
+class CalibrationDigest:
+    """A running SHA-256 of the calibration batches and how many there were."""
+
+    sha: Any = field(default_factory=hashlib.sha256)
+    batches: int = 0
+    samples: int = 0
+
+    def update(self, batch: Batch) -> None:
+        self.batches += 1
+        for key, tensor in _batch_tensors(batch):
+            self.sha.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            data = tensor.detach().cpu().contiguous()
+            if data.dtype == torch.bfloat16:
+                data = data.view(torch.int16)
+            self.sha.update(data.numpy().tobytes())
+        first = next(iter(_batch_tensors(batch)), None)
+        if first is not None and first[1].ndim > 0:
+            self.samples += int(first[1].shape[0])
+
+    def hexdigest(self) -> str:
+        return str(self.sha.hexdigest())
+
+
+def _batch_tensors(batch: Batch) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(batch, torch.Tensor):
+        yield "0", batch
+    elif isinstance(batch, Mapping):
+        for key in sorted(batch):
+            if isinstance(batch[key], torch.Tensor):
+                yield str(key), batch[key]
+    elif isinstance(batch, (tuple, list)):
+        for i, value in enumerate(batch):
+            if isinstance(value, torch.Tensor):
+                yield str(i), value
+
+
+def token_mask_of(batch: Batch) -> TokenMask:
+    """The (batch, seq) boolean mask of real tokens: the batch's 2-D ``attention_mask``, if any."""
+    if isinstance(batch, Mapping):
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+            return np.asarray(mask.detach().cpu().numpy() != 0)
+    return None
+
+
+def call_model(model: nn.Module, batch: Batch) -> Any:
+    """Run `model` on one calibration batch (no key/value cache for generative models)."""
+    if isinstance(batch, Mapping):
+        kwargs = dict(batch)
+        if "use_cache" not in kwargs and _accepts(model, "use_cache"):
+            kwargs["use_cache"] = False
+        return model(**kwargs)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+
+
+def capture_block_inputs(
+    model: nn.Module, first_block: nn.Module, batches: Iterable[Batch], digest: CalibrationDigest
+) -> list[BlockInput]:
+    """The arguments `first_block` receives for each batch; the rest of each forward is skipped."""
+    captured: list[BlockInput] = []
+    mask: list[TokenMask] = [None]
+
+    def stop(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured.append(BlockInput(tuple(args), dict(kwargs), mask[0]))
+        raise _StopForward
+
+    handle = first_block.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        for batch in batches:
+            digest.update(batch)
+            mask[0] = token_mask_of(batch)
+            try:
+                with torch.no_grad():
+                    call_model(model, batch)
+            except _StopForward:
+                continue
+            msg = "blocks: the model's forward pass never reached the first block"
+            raise ValueError(msg)
+    finally:
+        handle.remove()
+    return captured
+
+
+def run_block(block: nn.Module, inputs: BlockInput) -> Any:
+    return block(*inputs.args, **inputs.kwargs)
+
+
+def with_hidden_states(inputs: BlockInput, output: Any) -> BlockInput:
+    """The input of the next block: `inputs` with the hidden states replaced by `output`'s."""
+    hidden = output[0] if isinstance(output, (tuple, list)) else output
+    if not isinstance(hidden, torch.Tensor):
+        msg = f"blocks: a block returned {type(output).__name__}, expected a tensor or a tuple"
+        raise TypeError(msg)
+    if inputs.args:
+        return BlockInput((hidden, *inputs.args[1:]), inputs.kwargs, inputs.token_mask)
+    if "hidden_states" in inputs.kwargs:
+        kwargs = {**inputs.kwargs, "hidden_states": hidden}
+        return BlockInput((), kwargs, inputs.token_mask)
+    msg = "blocks: cannot tell which argument of the block carries the hidden states"
+    raise ValueError(msg)
+
+
+def weight_matrix(module: nn.Module) -> np.ndarray[Any, Any]:
+    """The layer's weight as an (out, in) NumPy array: a view for float32/float64 CPU weights."""
+    weight = weight_of(module).detach()
+    return tensor_to_numpy(weight.reshape(weight.shape[0], -1))
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        msg = f"{type(module).__name__} has no weight tensor"
+        raise TypeError(msg)
+    return weight
+
+
+def write_weight(module: nn.Module, weight: np.ndarray[Any, Any]) -> None:
+    """Copy a pruned (out, in) matrix into the layer, keeping the layer's dtype and device."""
+    param = weight_of(module)
+    array = np.ascontiguousarray(weight)
+    if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: torch reads it through its bits
+        values = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    else:
+        values = torch.from_numpy(array)
+    param.data.copy_(values.reshape(param.shape))
+
+
+def tensor_to_numpy(t: torch.Tensor) -> np.ndarray[Any, Any]:
+    """A NumPy view of a tensor (after a device copy for non-CPU tensors)."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype == torch.bfloat16:
+        try:
+            import ml_dtypes
+        except ImportError:
+            return t.float().numpy()
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    if t.dtype in (torch.float32, torch.float64, torch.float16):
+        return t.numpy()
+    return t.float().numpy()
+
+
+def in_features(module: nn.Module) -> int:
+    """Width of the input rows the layer's weight multiplies (in * kh * kw for convolutions)."""
+    return int(weight_of(module)[0].numel())
+
+
+class Group:
+    """Layers that read the same input, and the one Calibration they share."""
+
+    def __init__(self, width: int) -> None:
+        self.members: list[str] = []
+        self.calibration = fp.Calibration(width)
+
+
+class Calibrator:
+    """Forward pre-hooks on `layers` that feed their inputs into shared Calibrations.
+
+    Use as a context manager; call `new_batch(token_mask)` before each forward pass. After the
+    passes, `groups` lists the layers that share an input, in the order they were first called.
+    """
+
+    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
+        self.layers = dict(layers)
+        self.groups: list[Group] = []
+        self.group_of: dict[str, Group] = {}
+        self._seen: list[tuple[torch.Tensor, Group]] = []
+        self._token_mask: TokenMask = None
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> Calibrator:
+        for name, module in self.layers.items():
+            hook = self._hook_for(name)
+            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._seen.clear()
+
+    def new_batch(self, token_mask: TokenMask) -> None:
+        self._seen.clear()  # drops the references that kept last batch's inputs alive
+        self._token_mask = token_mask
+
+    def _hook_for(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            x = args[0] if args else kwargs.get("input")
+            if not isinstance(x, torch.Tensor):
+                msg = f"{name}: cannot find the layer's input tensor"
+                raise TypeError(msg)
+            self._observe(name, module, x)
+
+        return hook
+
+    def _observe(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
+        own = self.group_of.get(name)
+        for seen, group in self._seen:
+            if _same_tensor(seen, x) and (own is None or own is group):
+                if own is None:
+                    self._join(name, group)
+                return  # this input is already in the group's statistics
+        if own is None:
+            own = Group(in_features(module))
+            self.groups.append(own)
+            self._join(name, own)
+        rows, mask = layer_rows(name, module, x, self._token_mask)
+        own.calibration.update(rows, mask=mask)
+        self._seen.append((x, own))
+
+    def _join(self, name: str, group: Group) -> None:
+        group.members.append(name)
+        self.group_of[name] = group
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # Both are alive (self._seen holds `a`), so equal storage views mean the same data.
+    return (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+        and a.device == b.device
+    )
+
+
+def layer_rows(
+    name: str,
+    module: nn.Module,
+    x: torch.Tensor,
+    token_mask: TokenMask,
+) -> tuple[np.ndarray[Any, Any], TokenMask]:
+    """The layer's input as (..., in_features) rows, and which rows are real tokens."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return _conv_patches(name, module, x), None
+    rows = tensor_to_numpy(x)
+    if token_mask is None:
+        return rows, None
+    if rows.shape[:-1] == token_mask.shape:
+        return rows, token_mask
+    if rows.ndim >= 2 and int(np.prod(rows.shape[:-1])) == token_mask.size:
+        return rows, token_mask.reshape(rows.shape[:-1])
+    msg = (
+        f"{name}: its input of shape {tuple(x.shape)} does not line up with the attention mask "
+        f"of shape {token_mask.shape}, so padding cannot be left out; add the layer to `ignore`"
+    )
+    raise ValueError(msg)
+
+
+def _conv_patches(
+    name: str, module: nn.Conv1d | nn.Conv2d, x: torch.Tensor
+) -> np.ndarray[Any, Any]:
+    """Every receptive field of the convolution as a row (ordered like the flattened weight)."""
+    if module.groups != 1:
+        msg = f"{name}: grouped convolutions cannot be calibrated; add the layer to `ignore`"
+        raise ValueError(msg)
+    # Padding the input first covers every padding setting ("same", reflect, ...) at once.
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    if isinstance(module, nn.Conv1d):
+        patches = F.unfold(
+            x.unsqueeze(-2),
+            kernel_size=(1, module.kernel_size[0]),
+            dilation=(1, module.dilation[0]),
+            stride=(1, module.stride[0]),
+        )
+    else:
+        patches = F.unfold(
+            x, kernel_size=module.kernel_size, dilation=module.dilation, stride=module.stride
+        )
+    return tensor_to_numpy(patches.transpose(1, 2))

@@ -1,0 +1,501 @@
+"""Prune a PyTorch model layer by layer from calibration data.
+
+`prune_model` finds the layers to prune (Linear and convolution layers inside the model's
+repeated blocks), gathers the statistics of their inputs with forward hooks, and replaces each
+weight by the pruned one that SparseGPT, Wanda or magnitude pruning computes.
+
+Sequential mode follows the SparseGPT and Wanda papers: the inputs to the first block are
+captured once, then block k is calibrated on the outputs of blocks 0..k-1 *after* they were
+pruned, pruned itself, and run again to produce the inputs of block k+1. Non-sequential mode
+calibrates every layer in one forward pass of the dense model.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import fastprune as fp
+
+from .hooks import (
+    Batch,
+    BlockInput,
+    CalibrationDigest,
+    Calibrator,
+    Group,
+    TokenMask,
+    call_model,
+    capture_block_inputs,
+    in_features,
+    run_block,
+    token_mask_of,
+    weight_matrix,
+    with_hidden_states,
+    write_weight,
+)
+from .report import LayerReport, PruneReport
+
+METHODS = ("sparsegpt", "wanda", "magnitude")
+DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+SparsitySpec = float | Mapping[str, float] | Callable[[str, nn.Module], float | None]
+
+
+def prune_model(
+    model: nn.Module,
+    calibration_batches: Iterable[Batch] | None = None,
+    *,
+    method: str = "sparsegpt",
+    sparsity: SparsitySpec = 0.5,
+    pattern: str = "unstructured",
+    targets: Sequence[type[nn.Module]] = DEFAULT_TARGETS,
+    ignore: Sequence[str] = (),
+    sequential: bool = True,
+    blocks: str | Sequence[nn.Module] | None = None,
+    blocksize: int = 128,
+    damp: float = 0.01,
+    progress: bool = True,
+    seed: int | None = None,
+) -> PruneReport:
+    """Prune `model` in place and report what was done.
+
+    Args:
+        model: any ``torch.nn.Module``; its dtype, device and training mode are kept.
+        calibration_batches: what the model is called with, one item per forward pass: a
+            mapping of keyword arguments (e.g. a tokenizer's output, whose 2-D
+            ``attention_mask`` keeps padding out of the statistics), a tuple of positional
+            arguments, or a tensor. Optional for ``method="magnitude"``, which then only
+            uses it to measure each layer's output error.
+        method: ``"sparsegpt"`` (OBS updates from the inverse Hessian of the layer's
+            inputs), ``"wanda"`` (prunes the lowest ``|W_ij| * ||X_j||`` in each output row)
+            or ``"magnitude"`` (the lowest ``|W_ij|`` of the layer); with an N:M pattern the
+            scores are compared within each group of M.
+        sparsity: fraction of weights to prune: one float for every layer, a mapping from
+            layer names or glob patterns to floats (first match wins; unmatched layers stay
+            dense), or a callable ``(name, module) -> float | None`` (None leaves it dense).
+        pattern: ``"unstructured"`` or ``"N:M"`` (N weights kept in every M along the input).
+        targets: the module types to prune; convolutions are pruned as (out, in*kh*kw) matrices.
+        ignore: names or glob patterns (``fnmatch``) of layers to leave dense.
+        sequential: calibrate each block on the outputs of the already-pruned blocks.
+        blocks: the model's repeated blocks: a dotted path to a ``ModuleList`` (e.g.
+            ``"encoder.layer"``), a sequence of modules, or None to pick the ModuleList that
+            holds the most parameters (the whole model is one block when there is none).
+            Only layers inside the blocks are pruned.
+        blocksize, damp: SparseGPT's column block size and relative damping.
+        progress: show a progress bar (when tqdm is installed).
+        seed: recorded in the manifest (the pruning itself is deterministic).
+
+    Raises:
+        ValueError: an unknown method, a bad sparsity, a pattern that does not divide a layer's
+            input width, no calibration data, or a layer the calibration never reached.
+    """
+    start = time.perf_counter()
+    if method not in METHODS:
+        msg = f"method: expected one of {', '.join(METHODS)}, got {method!r}"
+        raise ValueError(msg)
+    group_size = _group_size(pattern)
+    fp_blocksize = _positive_int(blocksize, "blocksize")
+    fp_damp = _nonnegative(damp, "damp")
+    not_text = [name for name in ignore if not isinstance(name, str)]
+    if not_text or isinstance(ignore, str):
+        msg = f"ignore: expected a list of names or glob patterns, got {ignore!r}"
+        raise TypeError(msg)
+
+    block_list, block_names = resolve_blocks(model, blocks)
+    candidates = select_layers(model, block_list, targets, ignore)
+    plan: list[tuple[int | None, str, nn.Module, float]] = []
+    skipped: list[str] = []
+    for block, name, module in candidates:
+        layer_sparsity = _sparsity_for(sparsity, name, module)
+        if layer_sparsity is None:
+            skipped.append(name)
+        else:
+            plan.append((block, name, module, layer_sparsity))
+    for _, name, module, _ in plan:
+        width = in_features(module)
+        if group_size and width % group_size:
+            msg = (
+                f"pattern: {pattern} needs every layer's input width to be a multiple of "
+                f"{group_size}, but {name} has {width}; add it to `ignore`"
+            )
+            raise ValueError(msg)
+
+    options: dict[str, Any] = {
+        "sparsity": _describe_sparsity(sparsity),
+        "pattern": pattern,
+        "targets": [t.__name__ for t in targets],
+        "ignore": list(ignore),
+        "sequential": bool(sequential),
+        "blocks": block_names,
+        "blocksize": fp_blocksize,
+        "damp": fp_damp,
+    }
+    pruner = _Pruner(method, pattern, fp_blocksize, fp_damp)
+    digest = CalibrationDigest()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if calibration_batches is None:
+                if method != "magnitude":
+                    msg = f"calibration_batches: method {method!r} needs calibration data"
+                    raise ValueError(msg)
+                reports = [pruner.prune_alone(*item) for item in plan]
+            elif sequential and block_list[0] is not model:
+                reports = _prune_sequential(
+                    model, block_list, calibration_batches, plan, pruner, digest, progress
+                )
+            else:
+                reports = _prune_in_one_pass(model, calibration_batches, plan, pruner, digest)
+    finally:
+        model.train(was_training)
+
+    manifest = {
+        "fastprune_version": fp.__version__,
+        "torch_version": str(torch.__version__),
+        "python_version": platform.python_version(),
+        "method": method,
+        "options": options,
+        "calibration": {
+            "batches": digest.batches,
+            "samples": digest.samples,
+            "tokens": pruner.tokens,
+            "sha256": digest.hexdigest() if digest.batches else None,
+        },
+        "seed": seed,
+    }
+    return PruneReport(reports, manifest, time.perf_counter() - start, skipped)
+
+
+def resolve_blocks(
+    model: nn.Module, blocks: str | Sequence[nn.Module] | None
+) -> tuple[list[nn.Module], str]:
+    """The model's repeated blocks and a name for them."""
+    if isinstance(blocks, str):
+        try:
+            found = model.get_submodule(blocks)
+        except AttributeError as err:
+            msg = f"blocks: the model has no submodule {blocks!r}"
+            raise ValueError(msg) from err
+        if not isinstance(found, (nn.ModuleList, nn.Sequential)) or len(found) == 0:
+            msg = f"blocks: {blocks!r} is a {type(found).__name__}, expected a non-empty ModuleList"
+            raise ValueError(msg)
+        return list(found), blocks
+    if blocks is not None:
+        block_list = list(blocks)
+        if not block_list or not all(isinstance(b, nn.Module) for b in block_list):
+            msg = "blocks: expected a dotted path or a non-empty sequence of modules"
+            raise ValueError(msg)
+        return block_list, f"{len(block_list)} given modules"
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) >= 2:
+            kinds = {type(child) for child in module}
+            size = sum(p.numel() for p in module.parameters())
+            if len(kinds) == 1 and size > 0 and (best is None or size > best[0]):
+                best = (size, name, module)
+    if best is None:
+        return [model], "(whole model)"
+    return list(best[2]), best[1]
+
+
+def select_layers(
+    model: nn.Module,
+    blocks: Sequence[nn.Module],
+    targets: Sequence[type[nn.Module]],
+    ignore: Sequence[str],
+) -> list[tuple[int | None, str, nn.Module]]:
+    """The prunable layers inside `blocks`, in model order, as (block index, name, module)."""
+    target_types = tuple(targets)
+    if not target_types or not all(
+        isinstance(t, type) and issubclass(t, nn.Module) for t in target_types
+    ):
+        msg = f"targets: expected torch.nn.Module subclasses, got {targets!r}"
+        raise TypeError(msg)
+    block_of: dict[int, int | None] = {}
+    whole = len(blocks) == 1 and blocks[0] is model
+    for index, block in enumerate(blocks):
+        for module in block.modules():
+            block_of.setdefault(id(module), None if whole else index)
+    chosen = []
+    for name, module in model.named_modules():
+        if id(module) not in block_of or not isinstance(module, target_types):
+            continue
+        if not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in ignore):
+            continue
+        chosen.append((block_of[id(module)], name, module))
+    return chosen
+
+
+def _prune_sequential(
+    model: nn.Module,
+    blocks: list[nn.Module],
+    batches: Iterable[Batch],
+    plan: list[tuple[int | None, str, nn.Module, float]],
+    pruner: _Pruner,
+    digest: CalibrationDigest,
+    progress: bool,
+) -> list[LayerReport]:
+    inputs = capture_block_inputs(model, blocks[0], batches, digest)
+    if not inputs:
+        msg = "calibration_batches: no batches were given"
+        raise ValueError(msg)
+    reports: list[LayerReport] = []
+    for index in _progress(range(len(blocks)), progress, "pruning blocks"):
+        block = blocks[index]
+        layers = [item for item in plan if item[0] == index]
+        if layers:
+            reports += pruner.prune_calibrated(layers, _block_passes(block, inputs))
+        if index + 1 < len(blocks):
+            inputs = [with_hidden_states(item, run_block(block, item)) for item in inputs]
+    return reports
+
+
+def _block_passes(block: nn.Module, inputs: list[BlockInput]) -> Callable[[], Iterator[TokenMask]]:
+    def passes() -> Iterator[TokenMask]:
+        for item in inputs:
+            yield item.token_mask
+            run_block(block, item)
+
+    return passes
+
+
+def _prune_in_one_pass(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    plan: list[tuple[int | None, str, nn.Module, float]],
+    pruner: _Pruner,
+    digest: CalibrationDigest,
+) -> list[LayerReport]:
+    def passes() -> Iterator[TokenMask]:
+        for batch in batches:
+            digest.update(batch)
+            yield token_mask_of(batch)
+            call_model(model, batch)
+
+    reports = pruner.prune_calibrated(plan, passes)
+    if digest.batches == 0:
+        msg = "calibration_batches: no batches were given"
+        raise ValueError(msg)
+    return reports
+
+
+class _Pruner:
+    """Prunes layers with one method and one set of options, and keeps the reports' rows."""
+
+    def __init__(self, method: str, pattern: str, blocksize: int, damp: float) -> None:
+        self.method = method
+        self.pattern = pattern
+        self.blocksize = blocksize
+        self.damp = damp
+        self.tokens = 0
+        self._groups_seen = 0
+
+    def prune_calibrated(
+        self,
+        layers: list[tuple[int | None, str, nn.Module, float]],
+        passes: Callable[[], Iterator[TokenMask]],
+    ) -> list[LayerReport]:
+        """Calibrate `layers` on the forward passes `passes` runs, then prune them.
+
+        `passes()` yields each batch's token mask just before it runs that batch's forward pass.
+        """
+        modules = {name: module for _, name, module, _ in layers}
+        with Calibrator(modules) as calibrator:
+            for token_mask in passes():
+                calibrator.new_batch(token_mask)
+        rows: list[LayerReport] = []
+        order = {name: i for i, (_, name, _, _) in enumerate(layers)}
+        for group in calibrator.groups:
+            count = int(group.calibration.count)
+            if count == 0:
+                msg = f"{group.members[0]}: every calibration token was padding"
+                raise ValueError(msg)
+            self.tokens = max(self.tokens, count)
+            rows += self._prune_group(group, layers, order)
+        missing = [name for name in modules if name not in calibrator.group_of]
+        if missing:
+            msg = (
+                f"{missing[0]}: the calibration forward passes never reached this layer; "
+                "add it to `ignore`"
+            )
+            raise ValueError(msg)
+        return sorted(rows, key=lambda row: order[row.name])
+
+    def _prune_group(
+        self,
+        group: Group,
+        layers: list[tuple[int | None, str, nn.Module, float]],
+        order: dict[str, int],
+    ) -> list[LayerReport]:
+        t0 = time.perf_counter()
+        source: Any = group.calibration
+        if self.method == "sparsegpt":
+            source = fp.sparsegpt_factor(group.calibration, damp=self.damp)
+        shared = _SharedInput(
+            index=self._groups_seen,
+            source=source,
+            hessian=group.calibration.hessian,
+            tokens=int(group.calibration.count),
+            seconds=(time.perf_counter() - t0) / len(group.members),
+        )
+        self._groups_seen += 1
+        rows = []
+        for name in group.members:
+            block, _, module, layer_sparsity = layers[order[name]]
+            rows.append(self._prune_layer(block, name, module, layer_sparsity, shared))
+        return rows
+
+    def prune_alone(
+        self, block: int | None, name: str, module: nn.Module, layer_sparsity: float
+    ) -> LayerReport:
+        return self._prune_layer(block, name, module, layer_sparsity, None)
+
+    def _prune_layer(
+        self,
+        block: int | None,
+        name: str,
+        module: nn.Module,
+        layer_sparsity: float,
+        shared: _SharedInput | None,
+    ) -> LayerReport:
+        t0 = time.perf_counter()
+        weight = weight_matrix(module)
+        if self.method == "sparsegpt":
+            assert shared is not None
+            result = fp.sparsegpt(
+                weight,
+                shared.source,
+                sparsity=layer_sparsity,
+                pattern=self.pattern,
+                blocksize=self.blocksize,
+                damp=self.damp,
+            )
+        elif self.method == "wanda":
+            assert shared is not None
+            result = fp.wanda(weight, shared.source, sparsity=layer_sparsity, pattern=self.pattern)
+        else:
+            # the whole layer is ranked together; N:M patterns select within each group
+            whole_layer = self.pattern == "unstructured"
+            result = fp.magnitude_prune(
+                weight,
+                sparsity=layer_sparsity,
+                pattern=self.pattern,
+                scope="layer" if whole_layer else "row",
+            )
+        seconds = time.perf_counter() - t0
+        error = None
+        if shared is not None:  # before the write: `weight` may be a view of the parameter
+            error = output_error(weight, result.weight, shared.hessian)
+            seconds += shared.seconds
+        write_weight(module, result.weight)
+        return LayerReport(
+            name=name,
+            block=block,
+            shape=(int(weight.shape[0]), int(weight.shape[1])),
+            pattern=self.pattern,
+            target_sparsity=layer_sparsity,
+            sparsity=result.sparsity,
+            loss=float(result.loss),
+            error=error,
+            damp_used=None if result.damp_used is None else float(result.damp_used),
+            seconds=seconds,
+            group=None if shared is None else shared.index,
+            tokens=0 if shared is None else shared.tokens,
+        )
+
+
+@dataclass(frozen=True)
+class _SharedInput:
+    """What the layers reading one input share: statistics, factor, and their cost."""
+
+    index: int
+    source: Any  # the Calibration, or SparseGPT's factor of its Hessian
+    hessian: np.ndarray[Any, Any]
+    tokens: int
+    seconds: float  # each member's share of the time spent on the shared work
+
+
+def output_error(
+    dense: np.ndarray[Any, Any], pruned: np.ndarray[Any, Any], hessian: np.ndarray[Any, Any]
+) -> float:
+    """Mean over the calibration tokens of ``‖(W − Ŵ) x‖²``, from ``H = 2/N Σ x xᵀ``."""
+    delta = dense.astype(np.float32) - pruned.astype(np.float32)
+    return float(np.einsum("ij,ij->", delta @ hessian.astype(np.float32), delta)) / 2.0
+
+
+def _group_size(pattern: object) -> int:
+    """M of an "N:M" pattern, 0 for unstructured; ValueError for anything else."""
+    if not isinstance(pattern, str):
+        msg = f"pattern: expected 'unstructured' or 'N:M', got {pattern!r}"
+        raise TypeError(msg)
+    parsed = fp.masks.pattern(pattern)
+    if isinstance(parsed, fp.masks.Unstructured):
+        return 0
+    if isinstance(parsed, fp.masks.NM):
+        return int(parsed.m)
+    msg = f"pattern: prune_model prunes 'unstructured' or 'N:M' patterns, got {pattern!r}"
+    raise ValueError(msg)
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        msg = f"{name}: expected a positive integer, got {value!r}"
+        raise ValueError(msg)
+    return int(value)
+
+
+def _nonnegative(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        msg = f"{name}: expected a non-negative number, got {value!r}"
+        raise ValueError(msg)
+    if not float(value) >= 0.0:
+        msg = f"{name}: expected a non-negative number, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+def _sparsity_for(spec: SparsitySpec, name: str, module: nn.Module) -> float | None:
+    if isinstance(spec, Mapping):
+        value = next((v for key, v in spec.items() if fnmatch.fnmatchcase(name, str(key))), None)
+    elif callable(spec):
+        value = spec(name, module)
+    else:
+        value = spec
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        msg = f"sparsity: expected a number in [0, 1) for {name}, got {value!r}"
+        raise TypeError(msg)
+    if not 0.0 <= float(value) < 1.0:
+        msg = f"sparsity: must be in [0, 1), got {float(value)} for {name}"
+        raise ValueError(msg)
+    return float(value)
+
+
+def _describe_sparsity(spec: SparsitySpec) -> Any:
+    if isinstance(spec, Mapping):
+        return {str(k): float(v) for k, v in spec.items()}
+    if callable(spec):
+        return f"callable {getattr(spec, '__qualname__', repr(spec))}"
+    return float(spec)
+
+
+def _progress(items: range, enabled: bool, description: str) -> Iterable[int]:
+    if not enabled:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=description, unit="block")  # type: ignore[no-any-return]

@@ -1,0 +1,582 @@
+"""fastprune.torch on tiny synthetic models: hooks, masks, sequential pruning, the report."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import fastprune as fp  # noqa: E402
+from fastprune.torch import PruneReport, prune_model, resolve_blocks, select_layers  # noqa: E402
+from fastprune.torch.hooks import (  # noqa: E402
+    CalibrationDigest,
+    Calibrator,
+    capture_block_inputs,
+    layer_rows,
+)
+
+D = 16
+VOCAB = 40
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.o = nn.Linear(d, d)
+
+    def forward(self, x, mask):
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / x.shape[-1] ** 0.5
+        scores = scores.masked_fill(~mask[:, None, :], torch.finfo(x.dtype).min)
+        return self.o(scores.softmax(-1) @ self.v(x))
+
+
+class Block(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.attn = Attention(d)
+        self.up = nn.Linear(d, 2 * d)
+        self.down = nn.Linear(2 * d, d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x, attention_mask=None):
+        x = x + self.attn(x, attention_mask)
+        return (self.norm(x + self.down(torch.relu(self.up(x)))),)
+
+
+class Toy(nn.Module):
+    """A 2-block transformer encoder that honours the attention mask."""
+
+    def __init__(self, d: int = D) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, d)
+        self.layers = nn.ModuleList([Block(d), Block(d)])
+        self.head = nn.Linear(d, VOCAB)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.emb(input_ids)
+        mask = attention_mask.bool()
+        for block in self.layers:
+            x = block(x, attention_mask=mask)[0]
+        return self.head(x)
+
+
+BLOCK_LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "up", "down")
+
+
+def toy(seed: int = 0, dtype=torch.float32) -> Toy:
+    torch.manual_seed(seed)
+    return Toy().to(dtype)
+
+
+def batches(seed: int = 1, n: int = 3, pad_fill: int | None = None) -> list[dict]:
+    """Batches of 4 sequences of 12 tokens whose last 1..4 positions are padding."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, VOCAB, (4, 12), generator=gen)
+        mask = torch.ones(4, 12, dtype=torch.long)
+        for row in range(4):
+            mask[row, 12 - 1 - row :] = 0
+        if pad_fill is not None:
+            ids = torch.where(mask.bool(), ids, torch.full_like(ids, pad_fill))
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def weights(model: nn.Module) -> dict[str, np.ndarray]:
+    return {
+        name: m.weight.detach().float().numpy().copy()
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    }
+
+
+def names(block: int) -> list[str]:
+    return [f"layers.{block}.{layer}" for layer in BLOCK_LAYERS]
+
+
+# --- hooks -----------------------------------------------------------------------------------
+
+
+def test_capture_records_the_first_blocks_arguments_and_stops():
+    model = toy()
+    calls = []
+    model.head.register_forward_hook(lambda *a: calls.append(1))
+    data = batches()
+    digest = CalibrationDigest()
+    captured = capture_block_inputs(model, model.layers[0], data, digest)
+    assert len(captured) == 3
+    assert not calls  # the forward stopped at the first block
+    for item, batch in zip(captured, data, strict=True):
+        np.testing.assert_array_equal(item.args[0], model.emb(batch["input_ids"]).detach())
+        assert torch.equal(item.kwargs["attention_mask"], batch["attention_mask"].bool())
+        np.testing.assert_array_equal(item.token_mask, batch["attention_mask"].numpy() == 1)
+    assert digest.batches == 3
+    assert digest.samples == 12
+
+
+def test_calibrator_leaves_padding_out():
+    layer = nn.Linear(D, 4)
+    x = torch.randn(3, 5, D)
+    mask = np.ones((3, 5), dtype=bool)
+    mask[0, 3:] = False
+    mask[2, 1:] = False
+    with Calibrator({"layer": layer}) as calibrator:
+        calibrator.new_batch(mask)
+        layer(x)
+    reference = fp.Calibration(D)
+    reference.update(x.numpy()[mask])
+    (group,) = calibrator.groups
+    assert group.members == ["layer"]
+    assert group.calibration.count == mask.sum() == reference.count
+    np.testing.assert_allclose(group.calibration.hessian, reference.hessian, rtol=1e-6)
+    np.testing.assert_allclose(group.calibration.act_sq, reference.act_sq, rtol=1e-6)
+
+
+def test_calibrator_shares_one_calibration_between_layers_reading_one_tensor():
+    model = toy()
+    layers = {name: model.get_submodule(name) for name in names(0)}
+    data = batches()
+    captured = capture_block_inputs(model, model.layers[0], data, CalibrationDigest())
+    with Calibrator(layers) as calibrator:
+        for item in captured:
+            calibrator.new_batch(item.token_mask)
+            model.layers[0](*item.args, **item.kwargs)
+    members = [group.members for group in calibrator.groups]
+    assert members == [names(0)[:3], [names(0)[3]], [names(0)[4]], [names(0)[5]]]
+    tokens = sum(int(b["attention_mask"].sum()) for b in data)
+    assert all(group.calibration.count == tokens for group in calibrator.groups)
+    # the shared statistics are exactly those of the block input's real tokens
+    reference = fp.Calibration(D)
+    for item in captured:
+        reference.update(item.args[0].numpy(), mask=item.token_mask)
+    np.testing.assert_allclose(calibrator.groups[0].calibration.hessian, reference.hessian)
+
+
+def test_layer_rows_rejects_an_input_that_does_not_line_up_with_the_mask():
+    layer = nn.Linear(D, 2)
+    with pytest.raises(ValueError, match="lin: its input of shape"):
+        layer_rows("lin", layer, torch.zeros(7, D), np.ones((2, 5), dtype=bool))
+    rows, mask = layer_rows("lin", layer, torch.zeros(10, D), np.ones((2, 5), dtype=bool))
+    assert rows.shape == (10, D)
+    assert mask is not None
+    assert mask.shape == (10,)
+
+
+def test_float32_inputs_reach_numpy_without_a_copy():
+    layer = nn.Linear(D, 2)
+    x = torch.randn(2, 3, D)
+    rows, _ = layer_rows("lin", layer, x, None)
+    assert np.shares_memory(rows, x.numpy())
+
+
+def _reference_patches(x: np.ndarray, kernel, stride, dilation, padding, mode) -> np.ndarray:
+    """Receptive fields of a 2-D convolution by explicit loops, channel-major like the weight."""
+    kh, kw = kernel
+    pad_mode = "constant" if mode == "zeros" else {"reflect": "reflect", "circular": "wrap"}[mode]
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), mode=pad_mode)
+    n, _c, h, w = xp.shape
+    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    rows = []
+    for b in range(n):
+        for i in range(oh):
+            for j in range(ow):
+                patch = xp[
+                    b,
+                    :,
+                    i * stride[0] : i * stride[0] + dilation[0] * (kh - 1) + 1 : dilation[0],
+                    j * stride[1] : j * stride[1] + dilation[1] * (kw - 1) + 1 : dilation[1],
+                ]
+                rows.append(patch.reshape(-1))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "padding"),
+    [
+        ({"kernel_size": 3, "padding": 1}, (1, 1)),
+        ({"kernel_size": (2, 3), "stride": 2, "dilation": (1, 2)}, (0, 0)),
+        ({"kernel_size": 3, "padding": 1, "padding_mode": "reflect"}, (1, 1)),
+        ({"kernel_size": 3, "padding": "same", "padding_mode": "circular"}, (1, 1)),
+    ],
+)
+def test_conv2d_rows_are_its_receptive_fields(kwargs, padding):
+    conv = nn.Conv2d(3, 4, **kwargs)
+    x = torch.randn(2, 3, 7, 6)
+    rows, mask = layer_rows("conv", conv, x, None)
+    assert mask is None
+    ref = _reference_patches(
+        x.numpy().astype(np.float64),
+        conv.kernel_size,
+        conv.stride,
+        conv.dilation,
+        padding,
+        conv.padding_mode,
+    )
+    np.testing.assert_allclose(rows.reshape(-1, rows.shape[-1]), ref, rtol=1e-6)
+    # and they reproduce the convolution with the flattened (out, in*kh*kw) weight
+    out = conv(x).detach().numpy()
+    flat = rows.reshape(-1, rows.shape[-1]) @ conv.weight.detach().numpy().reshape(4, -1).T
+    np.testing.assert_allclose(
+        flat + conv.bias.detach().numpy(), out.transpose(0, 2, 3, 1).reshape(-1, 4), atol=1e-5
+    )
+
+
+def test_conv1d_rows_reproduce_the_convolution():
+    conv = nn.Conv1d(3, 5, kernel_size=3, stride=2, padding=1)
+    x = torch.randn(2, 3, 9)
+    rows, _ = layer_rows("conv", conv, x, None)
+    out = conv(x).detach().numpy()
+    flat = rows.reshape(-1, rows.shape[-1]) @ conv.weight.detach().numpy().reshape(5, -1).T
+    np.testing.assert_allclose(
+        flat + conv.bias.detach().numpy(), out.transpose(0, 2, 1).reshape(-1, 5), atol=1e-5
+    )
+
+
+def test_grouped_convolutions_are_refused_by_name():
+    conv = nn.Conv2d(4, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="dw: grouped convolutions"):
+        layer_rows("dw", conv, torch.zeros(1, 4, 5, 5), None)
+
+
+# --- which layers, which blocks --------------------------------------------------------------
+
+
+def test_blocks_are_found_named_or_given():
+    model = toy()
+    found, name = resolve_blocks(model, None)
+    assert name == "layers"
+    assert found == list(model.layers)
+    assert resolve_blocks(model, "layers")[0] == list(model.layers)
+    assert resolve_blocks(model, [model.layers[1]])[0] == [model.layers[1]]
+    with pytest.raises(ValueError, match="blocks: the model has no submodule 'encoder'"):
+        resolve_blocks(model, "encoder")
+    with pytest.raises(ValueError, match="blocks: 'head' is a Linear"):
+        resolve_blocks(model, "head")
+    plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert resolve_blocks(plain, None) == ([plain], "(whole model)")
+
+
+def test_only_layers_inside_the_blocks_are_selected_and_ignore_takes_globs():
+    model = toy()
+    chosen = select_layers(model, list(model.layers), (nn.Linear,), ["*.attn.o", "layers.1.up"])
+    assert [(block, name) for block, name, _ in chosen] == [
+        *((0, n) for n in names(0) if not n.endswith("attn.o")),
+        *((1, n) for n in names(1) if not n.endswith(("attn.o", "up"))),
+    ]
+    with pytest.raises(TypeError, match="targets"):
+        select_layers(model, list(model.layers), (int,), [])
+
+
+# --- prune_model -----------------------------------------------------------------------------
+
+
+def _nm_ok(w: np.ndarray, n: int, m: int) -> bool:
+    groups = (w != 0).reshape(w.shape[0], -1, m)
+    return bool((groups.sum(-1) <= n).all())
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude"])
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_every_block_layer_is_pruned_and_the_rest_untouched(method, pattern):
+    model = toy()
+    before = weights(model)
+    report = prune_model(model, batches(), method=method, sparsity=0.5, pattern=pattern)
+    after = weights(model)
+    pruned = names(0) + names(1)
+    assert [layer.name for layer in report.layers] == pruned
+    np.testing.assert_array_equal(after["head"], before["head"])
+    for layer in report.layers:
+        w = after[layer.name]
+        assert layer.shape == w.shape
+        assert layer.pattern == pattern
+        assert layer.sparsity == 0.5
+        assert np.count_nonzero(w == 0) == w.size // 2
+        if pattern == "2:4":
+            assert _nm_ok(w, 2, 4)
+        if method == "magnitude":  # kept weights keep their values
+            np.testing.assert_array_equal(w[w != 0], before[layer.name][w != 0])
+    assert report.sparsity == 0.5
+    assert report.manifest["method"] == method
+    assert report.manifest["options"]["pattern"] == pattern
+
+
+def test_sparsegpt_beats_magnitude_on_the_calibration_outputs():
+    data = batches(n=4)
+    dense = toy()
+    outputs = {}
+    for method in ("magnitude", "sparsegpt"):
+        model = toy()
+        prune_model(model, data, method=method, sparsity=0.5, progress=False)
+        outputs[method] = [model(**b).detach() for b in data]
+    reference = [dense(**b).detach() for b in data]
+
+    def error(outs):
+        return sum(float(((o - r) ** 2).sum()) for o, r in zip(outs, reference, strict=True))
+
+    assert error(outputs["sparsegpt"]) < error(outputs["magnitude"])
+
+
+def test_padding_tokens_do_not_change_the_result():
+    results = []
+    for fill in (0, 7):
+        model = toy()
+        prune_model(model, batches(pad_fill=fill), method="sparsegpt", progress=False)
+        results.append(weights(model))
+    for name in names(0) + names(1):
+        np.testing.assert_array_equal(results[0][name], results[1][name])
+
+
+def test_sequential_calibrates_each_block_on_the_pruned_blocks_before_it():
+    data = batches()
+    sequential = toy()
+    report = prune_model(sequential, data, method="sparsegpt", progress=False)
+    one_pass = toy()
+    prune_model(one_pass, data, method="sparsegpt", sequential=False, progress=False)
+    # by hand: prune block 0, then calibrate block 1 on that half-pruned model
+    by_hand = toy()
+    prune_model(by_hand, data, method="sparsegpt", ignore=["layers.1.*"], progress=False)
+    prune_model(by_hand, data, method="sparsegpt", ignore=["layers.0.*"], sequential=False)
+    seq, flat, manual = weights(sequential), weights(one_pass), weights(by_hand)
+    for name in names(0):
+        np.testing.assert_array_equal(seq[name], flat[name])
+    for name in names(0) + names(1):
+        np.testing.assert_allclose(seq[name], manual[name], rtol=1e-5, atol=1e-6)
+    assert any(not np.array_equal(seq[n], flat[n]) for n in names(1))
+    groups = {layer.name: layer.group for layer in report.layers}
+    assert groups["layers.0.attn.q"] == groups["layers.0.attn.k"] == groups["layers.0.attn.v"]
+    assert len({groups[n] for n in names(0)}) == 4
+    tokens = sum(int(b["attention_mask"].sum()) for b in data)
+    assert report.manifest["calibration"]["tokens"] == tokens
+    assert all(layer.tokens == tokens for layer in report.layers)
+
+
+def test_ignored_layers_stay_dense():
+    model = toy()
+    before = weights(model)
+    report = prune_model(model, batches(), ignore=["*.attn.o", "layers.1.up"], progress=False)
+    after = weights(model)
+    for name in ("layers.0.attn.o", "layers.1.attn.o", "layers.1.up"):
+        np.testing.assert_array_equal(after[name], before[name])
+        assert name not in [layer.name for layer in report.layers]
+    assert report.manifest["options"]["ignore"] == ["*.attn.o", "layers.1.up"]
+
+
+def test_per_layer_sparsity_from_a_mapping_or_a_callable():
+    model = toy()
+    report = prune_model(
+        model, batches(), method="wanda", sparsity={"*.up": 0.75, "layers.0.*": 0.25}
+    )
+    got = {layer.name: layer.sparsity for layer in report.layers}
+    assert got == {
+        **dict.fromkeys(names(0), 0.25),
+        "layers.0.up": 0.75,  # the first matching key wins
+        "layers.1.up": 0.75,
+    }
+    assert sorted(report.skipped) == sorted(n for n in names(1) if not n.endswith("up"))
+    after = weights(model)
+    assert np.count_nonzero(after["layers.1.down"] == 0) == 0
+
+    def rule(name, module):
+        return None if name.endswith("attn.v") else module.out_features / 128
+
+    report = prune_model(toy(), batches(), method="magnitude", sparsity=rule)
+    got = {layer.name: layer.target_sparsity for layer in report.layers}
+    assert got["layers.0.up"] == 0.25
+    assert got["layers.0.attn.q"] == 0.125
+    assert "layers.0.attn.v" in report.skipped
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "error", "match"),
+    [
+        ({"*": 1.0}, ValueError, r"sparsity: must be in \[0, 1\), got 1.0 for layers.0.attn.q"),
+        (lambda name, module: "half", TypeError, "sparsity: expected a number"),
+        (-0.1, ValueError, "sparsity: must be in"),
+    ],
+)
+def test_bad_sparsity_is_refused_before_anything_changes(sparsity, error, match):
+    model = toy()
+    before = weights(model)
+    with pytest.raises(error, match=match):
+        prune_model(model, batches(), sparsity=sparsity)
+    for name, w in weights(model).items():
+        np.testing.assert_array_equal(w, before[name])
+
+
+def test_a_pattern_that_does_not_divide_a_width_names_the_layer():
+    model = toy()
+    before = weights(model)
+    with pytest.raises(ValueError, match=r"pattern: 2:3 .* layers.0.attn.q has 16"):
+        prune_model(model, batches(), pattern="2:3")
+    for name, w in weights(model).items():
+        np.testing.assert_array_equal(w, before[name])
+
+
+def test_bad_arguments_are_named():
+    model = toy()
+    with pytest.raises(ValueError, match="pattern: prune_model prunes 'unstructured' or 'N:M'"):
+        prune_model(model, batches(), pattern="block:4x4")
+    with pytest.raises(TypeError, match="pattern: expected"):
+        prune_model(model, batches(), pattern=None)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        prune_model(model, batches(), method="obs")
+    with pytest.raises(ValueError, match="calibration_batches: method 'wanda' needs"):
+        prune_model(model, None, method="wanda")
+    with pytest.raises(ValueError, match="calibration_batches: no batches"):
+        prune_model(model, [], method="sparsegpt")
+    with pytest.raises(ValueError, match="blocksize"):
+        prune_model(model, batches(), blocksize=0)
+    with pytest.raises(ValueError, match="damp"):
+        prune_model(model, batches(), damp=-1.0)
+    with pytest.raises(TypeError, match="ignore"):
+        prune_model(model, batches(), ignore=[3])
+
+
+def test_a_layer_the_forward_never_reaches_is_reported():
+    model = toy()
+    model.layers[1].unused = nn.Linear(D, D)
+    with pytest.raises(ValueError, match=r"layers\.1\.unused: the calibration forward passes"):
+        prune_model(model, batches(), progress=False)
+    report = prune_model(model, batches(), ignore=["*.unused"], progress=False)
+    assert len(report.layers) == 12
+
+
+def test_magnitude_needs_no_calibration_data():
+    model = toy()
+    report = prune_model(model, method="magnitude", sparsity=0.3)
+    assert len(report.layers) == 12
+    assert report.manifest["calibration"] == {
+        "batches": 0,
+        "samples": 0,
+        "tokens": 0,
+        "sha256": None,
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_dtype_and_training_mode_are_kept(dtype):
+    model = toy(dtype=dtype)
+    model.train()
+    report = prune_model(model, batches(), method="sparsegpt", pattern="2:4", progress=False)
+    assert model.training
+    for name in names(0) + names(1):
+        weight = model.get_submodule(name).weight
+        assert weight.dtype == dtype
+        assert _nm_ok(weight.detach().float().numpy(), 2, 4)
+    assert len(report.layers) == 12
+
+
+def test_a_model_without_blocks_is_pruned_in_one_pass():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    data = [torch.randn(5, 8) for _ in range(3)]
+    report = prune_model(model, data, sparsity=0.5)
+    assert [layer.name for layer in report.layers] == ["0", "2"]
+    assert [layer.block for layer in report.layers] == [None, None]
+    assert report.manifest["options"]["blocks"] == "(whole model)"
+    assert report.manifest["calibration"]["tokens"] == 15
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda", "magnitude"])
+def test_the_output_error_is_measured_on_the_calibration_tokens(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+    data = [torch.randn(5, 8, dtype=torch.float32) for _ in range(3)]
+    dense = model[0].weight.detach().numpy().astype(np.float64)
+    report = prune_model(model, data, method=method, sparsity=0.5)
+    delta = dense - model[0].weight.detach().numpy().astype(np.float64)
+    x = np.concatenate([d.numpy() for d in data]).astype(np.float64)
+    expected = np.mean(np.sum((x @ delta.T) ** 2, axis=1))
+    assert report["0"].error == pytest.approx(expected, rel=1e-4)
+    assert report.error == pytest.approx(sum(layer.error for layer in report.layers))
+    assert report.to_dict()["totals"]["error"] == report.error
+
+
+def test_without_calibration_there_is_no_output_error():
+    report = prune_model(toy(), method="magnitude")
+    assert all(layer.error is None for layer in report.layers)
+    assert report.error is None
+    assert report.table().splitlines()[2].split()[4] == "-"
+
+
+def test_a_conv_model_is_pruned_as_flattened_matrices():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.Flatten(),
+        nn.Linear(288, 4),
+    )
+    data = [torch.randn(2, 4, 8, 8) for _ in range(2)]
+    report = prune_model(model, data, sparsity=0.5, pattern="2:4")
+    shapes = {layer.name: layer.shape for layer in report.layers}
+    assert shapes == {"0": (8, 36), "2": (8, 72), "4": (4, 288)}
+    assert report["2"].tokens == 2 * 2 * 6 * 6
+    assert _nm_ok(model[2].weight.detach().numpy().reshape(8, -1), 2, 4)
+
+
+# --- report and manifest ---------------------------------------------------------------------
+
+
+def test_the_calibration_hash_identifies_the_data():
+    def digest(data):
+        return prune_model(toy(), data, method="wanda").manifest["calibration"]["sha256"]
+
+    assert digest(batches(seed=1)) == digest(batches(seed=1))
+    assert digest(batches(seed=1)) != digest(batches(seed=2))
+
+
+def test_report_table_json_and_files(tmp_path):
+    report = prune_model(toy(), batches(), method="sparsegpt", seed=5, progress=False)
+    table = report.table()
+    assert table.count("\n") == len(report.layers) + 3
+    assert "layers.1.down" in table
+    assert "total (12 layers)" in table
+    assert str(report) == table
+    data = json.loads(report.to_json())
+    assert data["totals"]["layers"] == 12
+    assert data["totals"]["sparsity"] == 0.5
+    assert data["manifest"]["seed"] == 5
+    assert data["manifest"]["fastprune_version"] == fp.__version__
+    assert data["manifest"]["calibration"]["batches"] == 3
+    assert data["manifest"]["options"]["blocks"] == "layers"
+    again = PruneReport.from_json(report.to_json())
+    assert again.layers == report.layers
+    assert again.manifest == report.manifest
+    for layer in report.layers:
+        assert layer.loss >= 0.0
+        assert layer.damp_used is not None
+        assert layer.seconds >= 0.0
+    written = report.save(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == report.manifest
+    assert json.loads((tmp_path / "out" / "prune_report.json").read_text()) == data
+    names_written = {p.name for p in written}
+    assert {"manifest.json", "prune_report.json"} <= names_written
+    with pytest.raises(KeyError):
+        report["nope"]
+
+
+def test_report_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = prune_model(toy(), batches(), method="wanda", progress=False)
+    path = report.plot(tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "prune_report.png" in {p.name for p in report.save(tmp_path)}
+
+
+def test_the_model_copy_is_independent():
+    model = toy()
+    twin = copy.deepcopy(model)
+    prune_model(model, batches(), method="magnitude")
+    assert np.count_nonzero(twin.layers[0].up.weight.detach().numpy() == 0) == 0
