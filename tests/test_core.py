@@ -123,7 +123,7 @@ def test_bad_thread_count(bad: object) -> None:
         fastprune.set_num_threads(bad)  # type: ignore[arg-type]
 
 
-def test_equal_dtype_objects_are_accepted_and_byte_swapped_ones_rejected() -> None:
+def test_equal_dtype_objects_and_byte_swapped_arrays_are_accepted() -> None:
     import numpy as np
 
     scores = np.arange(12, dtype=np.float32).reshape(3, 4)

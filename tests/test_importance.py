@@ -604,3 +604,12 @@ def test_sparsegpt_saliency_matches_textbook_reference(dtype: Any) -> None:
     assert got.dtype == dtype
     tol = 1e-10 if dtype == np.float64 else 2e-4
     np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * expected.max())
+
+
+def test_byte_swapped_inputs_keep_their_precision() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((5, 8))
+    got = imp.magnitude(w.astype(">f8"), norm="l2")
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, imp.magnitude(w, norm="l2"))
+    assert imp.magnitude(w.astype(">f4")).dtype == np.float32

@@ -43,8 +43,12 @@ def is_bfloat16(dtype: np.dtype[Any]) -> bool:
 
 
 def float_dtype(a: np.ndarray[Any, Any], name: str) -> np.dtype[Any]:
-    """The array's dtype if it is one fastprune accepts as floating point, else TypeError."""
-    dt: np.dtype[Any] = a.dtype
+    """The array's dtype if it is one fastprune accepts as floating point, else TypeError.
+
+    A byte-swapped dtype is reported as its native-order twin: the data is converted like any
+    other dtype the kernels cannot read directly.
+    """
+    dt: np.dtype[Any] = a.dtype if a.dtype.isnative else a.dtype.newbyteorder("=")
     if dt in (np.float16, np.float32, np.float64) or is_bfloat16(dt):
         return dt
     msg = f"{name}: expected dtype {_ACCEPTED}, got {dt}"

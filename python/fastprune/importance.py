@@ -300,7 +300,8 @@ def _listing(options: Sequence[object]) -> str:
 
 def _work_dtype(*arrays: np.ndarray[Any, Any]) -> type[np.floating[Any]]:
     """float64 when any argument is a float64 array, else float32 (dtypes are checked later)."""
-    return np.float64 if any(a.dtype == np.float64 for a in arrays) else np.float32
+    wide = any(a.dtype.kind == "f" and a.dtype.itemsize == 8 for a in arrays)  # any byte order
+    return np.float64 if wide else np.float32
 
 
 def _matrix(
