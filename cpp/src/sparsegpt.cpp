@@ -388,13 +388,23 @@ void prune_tile_of_block(const Superblock<T>& sb, ConstMatrixView<T> u,
   }
 }
 
-// W[:, s2:] −= Err[:, s1:s2] · U[s1:s2, s2:], in fixed 2-D tiles.
+// W[:, s2:] −= Err[:, s1:s2] · U[s1:s2, s2:]. With OpenBLAS loaded, one GEMM on its threads
+// (the column-major errors are the row-major (s2 − s1) × rows matrix Errᵀ); on Eigen, fixed 2-D
+// tiles each computed by one thread, since Eigen's own parallel GEMM rounds differently for
+// different thread counts.
 template <class T>
 void update_after_superblock(MatrixView<T> weight, ConstMatrixView<T> u, const Superblock<T>& sb) {
   constexpr Index kRows = 256, kCols = 512;
   const Index rows = weight.rows, c = weight.cols, sc = sb.s2 - sb.s1;
   const Index row_tiles = (rows + kRows - 1) / kRows, col_tiles = (c - sb.s2 + kCols - 1) / kCols;
   const Index tiles = row_tiles * col_tiles;
+  if (blas::backend() != "eigen") {
+    const ConstMatrixView<T> errors_t{sb.errors, sc, rows, rows};
+    const ConstMatrixView<T> u_right{u.data + sb.s1 * u.stride + sb.s2, sc, c - sb.s2, u.stride};
+    const MatrixView<T> weight_right{weight.data + sb.s2, rows, c - sb.s2, weight.stride};
+    blas::gemm(true, false, T(-1), errors_t, u_right, T(1), weight_right);
+    return;
+  }
 #pragma omp parallel num_threads(tile_threads(tiles, double(kRows) * double(kCols) * double(sc)))
   {
     keep_products_on_this_thread();
