@@ -198,9 +198,11 @@ auto order_key(T x) {
 }
 
 // keep[i] = false for the k smallest of the n scores by (score, index), true for the rest: the
-// rule of masks::prune_smallest, computed by a radix select on the keys (11 bits a pass, the
-// histograms per thread summed in integers) and a marking pass whose ties are counted per fixed
-// chunk, so the result never depends on the thread count.
+// rule of masks::prune_smallest. The threshold key comes from a histogram of the top 11 bits of
+// every key (per thread, summed in integers), then nth_element among the keys that share the
+// threshold's top bits. Marking is one parallel pass when every key equal to the threshold is
+// pruned (the usual case); otherwise the ties are counted per fixed chunk first. The result never
+// depends on the thread count.
 template <class T>
 void prune_smallest_parallel(const T* scores, Index n, Index k, bool* keep) {
   if (k <= 0 || k >= n) {
@@ -208,47 +210,51 @@ void prune_smallest_parallel(const T* scores, Index n, Index k, bool* keep) {
     return;
   }
   using Key = decltype(order_key(T(0)));
-  constexpr int kBits = 11, kKeyBits = 8 * sizeof(Key);  // 2^11 counters stay in L1
-  constexpr Index kChunk = Index(1) << 16;
+  constexpr int kBits = 11, kShift = 8 * sizeof(Key) - kBits;  // 2^11 counters stay in L1
+  constexpr Index kBins = Index(1) << kBits, kChunk = Index(1) << 16;
   const int threads = threads_for(double(n), double(kChunk));
-  Key prefix = 0;      // the threshold key's bits found so far
-  Index rank = k - 1;  // the threshold's rank among the keys that share the prefix
-  std::vector<Index> histogram(static_cast<size_t>(1) << kBits);
-  for (int shift = kKeyBits; shift > 0;) {
-    const int bits = std::min(kBits, shift);
-    const Key high_mask = shift >= kKeyBits ? Key(0) : Key(~Key(0) << shift);
-    shift -= bits;
-    const Index bins = Index(1) << bits;
-    std::fill(histogram.begin(), histogram.end(), 0);
+  std::vector<Index> histogram(static_cast<size_t>(kBins), 0);
 #pragma omp parallel num_threads(threads)
-    {
-      std::vector<Index> local(static_cast<size_t>(bins), 0);
+  {
+    std::vector<Index> local(static_cast<size_t>(kBins), 0);
 #pragma omp for schedule(static) nowait
-      for (Index i = 0; i < n; ++i) {
-        const Key key = order_key(scores[i]);
-        if ((key & high_mask) == prefix) ++local[(key >> shift) & (bins - 1)];
-      }
+    for (Index i = 0; i < n; ++i) ++local[order_key(scores[i]) >> kShift];
 #pragma omp critical
-      for (Index b = 0; b < bins; ++b) histogram[b] += local[b];
-    }
-    Index digit = 0;
-    while (rank >= histogram[digit]) rank -= histogram[digit++];
-    prefix |= Key(digit) << shift;
+    for (Index b = 0; b < kBins; ++b) histogram[b] += local[b];
   }
-  const Key threshold = prefix;
+  Index rank = k - 1;  // the threshold's rank among the keys that share its top bits
+  Index below = 0;     // keys below the threshold
+  Key top = 0;
+  while (rank >= histogram[top]) {
+    rank -= histogram[top];
+    below += histogram[top++];
+  }
+  // The keys with the threshold's top bits, gathered without branches (one spare slot).
+  std::vector<Key> candidates(static_cast<size_t>(histogram[top] + 1));
+  Index count = 0;
+  for (Index i = 0; i < n; ++i) {
+    const Key key = order_key(scores[i]);
+    candidates[count] = key;
+    count += (key >> kShift) == top;
+  }
+  const auto first = candidates.begin(), last = first + count;
+  std::nth_element(first, first + rank, last);
+  const Key threshold = first[rank];
+  below += std::count_if(first, last, [&](Key key) { return key < threshold; });
+  const Index ties_left = k - below;
+  if (ties_left == std::count(first, last, threshold)) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (Index i = 0; i < n; ++i) keep[i] = order_key(scores[i]) > threshold;
+    return;
+  }
   const Index chunks = (n + kChunk - 1) / kChunk;
-  std::vector<Index> ties(static_cast<size_t>(chunks + 1), 0),
-      below(static_cast<size_t>(chunks), 0);
+  std::vector<Index> ties(static_cast<size_t>(chunks + 1), 0);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (Index c = 0; c < chunks; ++c) {
     for (Index i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-      const Key key = order_key(scores[i]);
-      below[c] += key < threshold;
-      ties[c + 1] += key == threshold;
+      ties[c + 1] += order_key(scores[i]) == threshold;
     }
   }
-  Index ties_left = k;
-  for (Index c = 0; c < chunks; ++c) ties_left -= below[c];
   for (Index c = 0; c < chunks; ++c) ties[c + 1] += ties[c];  // ties before each chunk
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (Index c = 0; c < chunks; ++c) {
