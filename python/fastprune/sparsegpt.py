@@ -30,13 +30,15 @@ GFLOP/s in the same runs. Pruning took 1.0-1.2 CPU-s at 2:4 and 1.1-1.3 at 50 %,
 GFLOP/s counting ``r·c²``. The whole solve, counting ``r·c² + ⅔c³``, ran at 52 % (50 %) and 58 %
 (2:4) of numpy's SGEMM rate, short of the 70 % target of issue 5, and took 2.0 and 1.8 CPU-s
 against 8.1 and 7.4 for the PyTorch loop of ``bench/sparsegpt.py`` on one thread (4.0× and 4.1×).
-The update after each superblock of 512 columns is one OpenBLAS GEMM near numpy's rate; what is
-left is the work inside a superblock (Eigen GEMMs per 128-row tile, the per-column panel updates,
-copying to and from the column-major superblock) and the factorisation's own rate. With OpenBLAS,
-results are bit-identical for every thread count of 2 or more; on one thread OpenBLAS factorises
-and multiplies with other algorithms, so U and the weights differ from the multithreaded ones in
-the last bits (masks agree but for near-ties). On Eigen (``FASTPRUNE_BLAS=eigen``) results are
-identical for every thread count.
+On 11008×4096 the whole solve ran at 50 % (50 %) and 65 % (2:4) of the SGEMM rate (4.5 and 3.5
+CPU-s); there the unstructured selection, over 1.4 M scores a block, costs about 1 CPU-s more than
+choosing 2:4 groups. The update after each superblock of 512 columns is one OpenBLAS GEMM near
+numpy's rate; what is left is the work inside a superblock (Eigen GEMMs per 128-row tile, the
+per-column panel updates, copying to and from the column-major superblock) and the factorisation's
+own rate. With OpenBLAS, results are bit-identical for every thread count of 2 or more; on one
+thread OpenBLAS factorises and multiplies with other algorithms, so U and the weights differ from
+the multithreaded ones in the last bits (masks agree but for near-ties). On Eigen
+(``FASTPRUNE_BLAS=eigen``) results are identical for every thread count.
 """
 
 from __future__ import annotations
