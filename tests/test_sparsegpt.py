@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -502,19 +504,50 @@ def test_every_instruction_set_gives_the_same_result(level: str) -> None:
             assert_weights_close(single.weight, exp.weight, 1e-3)
 
 
-def test_results_do_not_depend_on_the_thread_count() -> None:
+OPENBLAS = fastprune.info()["blas"] != "eigen"
+# (route, thread counts compared, rows, cols, blocksize). OpenBLAS factorises with one algorithm
+# and multiplies (the update after each superblock) with one algorithm on one thread and another
+# on several, so with it results are identical for every count >= 2 only
+# (test_openblas_one_thread_agrees_to_rounding covers 1 against 2).
+THREAD_CASES = [
+    ("eigen", (1, 2), 600, 384, 128),
+    ("eigen", (1, 2), 256, 1100, 100),
+    pytest.param(
+        "openblas",
+        (2, 3),
+        200,
+        384,
+        128,
+        marks=pytest.mark.skipif(not OPENBLAS, reason="OpenBLAS is not loaded"),
+    ),
+    pytest.param(
+        "openblas",
+        (2, 3),
+        64,
+        640,
+        100,
+        marks=pytest.mark.skipif(not OPENBLAS, reason="OpenBLAS is not loaded"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("route", "counts", "rows", "cols", "blocksize"), THREAD_CASES)
+def test_results_do_not_depend_on_the_thread_count(
+    route: str, counts: tuple[int, int], rows: int, cols: int, blocksize: int
+) -> None:
     rng = np.random.default_rng(17)
-    w = rng.standard_normal((600, 384)).astype(np.float32)
-    h = random_hessian(rng, 384).astype(np.float32)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    h = random_hessian(rng, cols).astype(np.float32)
     previous = fastprune.get_num_threads()
     results = []
     try:
-        for threads in (1, 2):
-            fastprune.set_num_threads(threads)
-            results.append(
-                [sparsegpt(w, h, 0.5, p, blocksize=128) for p in ("unstructured", "2:4")]
-                + [sparsegpt_factor(h)]
-            )
+        with _core.eigen_only() if route == "eigen" else contextlib.nullcontext():
+            for threads in counts:
+                fastprune.set_num_threads(threads)
+                results.append(
+                    [sparsegpt(w, h, 0.5, p, blocksize=blocksize) for p in ("unstructured", "2:4")]
+                    + [sparsegpt_factor(h)]
+                )
     finally:
         fastprune.set_num_threads(previous)
     for one, two in zip(results[0][:2], results[1][:2], strict=True):
@@ -528,7 +561,56 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
     assert np.array_equal(results[0][2].u, results[1][2].u)
 
 
-# --- the point of it all ---------------------------------------------------------------------
+def run_both_ways(
+    first: contextlib.AbstractContextManager[Any],
+    second: contextlib.AbstractContextManager[Any],
+) -> list[list[Any]]:
+    """The factor (float32 and float64) and float64 results for two set-ups of the backend."""
+    rng = np.random.default_rng(23)
+    w = rng.standard_normal((300, 1100))
+    h = random_hessian(rng, 1100)
+    results = []
+    for setup in (first, second):
+        with setup:
+            results.append(
+                [sparsegpt_factor(h), sparsegpt_factor(h, precision="float64")]
+                + [
+                    sparsegpt(w, h, 0.5, p, blocksize=100, precision="float64")
+                    for p in ("unstructured", "2:4")
+                ]
+            )
+    return results
+
+
+def assert_same_up_to_rounding(results: list[list[Any]]) -> None:
+    (u32, u64, *pruned), (v32, v64, *other) = results
+    assert_weights_close(u32.u, v32.u, 1e-4)
+    assert_weights_close(u64.u, v64.u, 1e-12)
+    for ours, theirs in zip(pruned, other, strict=True):
+        assert np.array_equal(ours.mask, theirs.mask)
+        assert_weights_close(ours.weight, theirs.weight, 1e-9)
+        assert ours.loss == pytest.approx(theirs.loss, rel=1e-9)
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    previous = fastprune.get_num_threads()
+    fastprune.set_num_threads(count)
+    try:
+        yield
+    finally:
+        fastprune.set_num_threads(previous)
+
+
+@pytest.mark.skipif(not OPENBLAS, reason="OpenBLAS is not loaded")
+def test_openblas_and_eigen_routes_agree() -> None:
+    results = run_both_ways(contextlib.nullcontext(), _core.eigen_only())
+    assert_same_up_to_rounding(results)
+
+
+@pytest.mark.skipif(not OPENBLAS, reason="OpenBLAS is not loaded")
+def test_openblas_one_thread_agrees_to_rounding() -> None:
+    assert_same_up_to_rounding(run_both_ways(threads(1), threads(2)))
 
 
 def wanda_or_magnitude(

@@ -1,5 +1,7 @@
 #include "fastprune/sparsegpt.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,19 +14,17 @@
 #include <type_traits>
 #include <vector>
 
+#include "fastprune/blas.hpp"
+
 namespace fastprune::sparsegpt {
 namespace {
 
-// Every blocked step below splits its work into tiles of this many rows (or columns); each tile
-// is one sequential Eigen call, so the arithmetic never depends on the number of threads.
+// Side of the square tiles in which the Hessian is walked (both the tile and its mirror image
+// stay cached).
 constexpr Index kTile = 128;
 
 // Rows per tile of the pruning loop's block step (panels, in-block and in-superblock GEMMs).
 constexpr Index kRowTile = 128;
-
-// A row-major Eigen view with a row stride, as `block` returns it.
-template <class T>
-using Block = Eigen::Map<RowMajor<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
 // An Eigen view of rows [row, row + rows) and columns [col, col + cols) of `a` (no copy).
 template <class T>
@@ -38,6 +38,11 @@ auto segment(T* data, Index size) {
   using Plain = Eigen::Matrix<std::remove_const_t<T>, 1, Eigen::Dynamic>;
   return Eigen::Map<std::conditional_t<std::is_const_v<T>, const Plain, Plain>>(data, size);
 }
+
+// Called first in a parallel region whose tiles run Eigen products: they then stay on the calling
+// thread. Eigen would otherwise start its own team when the region has a single thread, with a
+// blocking (and so a rounding) that depends on the thread count.
+void keep_products_on_this_thread() { omp_set_num_threads(1); }
 
 int tile_threads(Index tiles, double flops_per_tile) {
   return std::min(static_cast<int>(std::max<Index>(tiles, 1)),
@@ -89,88 +94,6 @@ void load_reversed(ConstMatrixView<T> h, const bool* dead, double shift, MatrixV
   for (Index i = 0; i < c; ++i) {
     const Index hi = c - 1 - i;
     a(i, i) = static_cast<T>((dead[hi] ? 1.0 : static_cast<double>(a(i, i))) + shift);
-  }
-}
-
-// In-place Cholesky of a small diagonal block (lower triangle only). False when not positive
-// definite.
-template <class T>
-bool cholesky_unblocked(Block<T> a) {
-  const Index n = a.rows();
-  for (Index j = 0; j < n; ++j) {
-    const T pivot = a(j, j) - a.row(j).head(j).squaredNorm();
-    if (!(pivot > T(0)) || !std::isfinite(pivot)) return false;
-    const T d = std::sqrt(pivot);
-    a(j, j) = d;
-    for (Index i = j + 1; i < n; ++i) {
-      a(i, j) = (a(i, j) - a.row(i).head(j).dot(a.row(j).head(j))) / d;
-    }
-  }
-  return true;
-}
-
-// Right-looking blocked Cholesky, in place on the lower triangle: A = L·Lᵀ. The panel solve and
-// the trailing update are GEMM-shaped and split into row tiles. The upper triangle is scratch.
-template <class T>
-bool cholesky_lower(MatrixView<T> a) {
-  const Index c = a.rows;
-  for (Index k = 0; k < c; k += kTile) {
-    const Index kb = std::min(kTile, c - k), rest = k + kb;
-    if (!cholesky_unblocked<T>(block(a, k, k, kb, kb))) return false;
-    const Index tiles = (c - rest + kTile - 1) / kTile;
-    const auto l11 = block(a, k, k, kb, kb);
-#pragma omp parallel for schedule(dynamic, 1) \
-    num_threads(tile_threads(tiles, double(kTile) * double(kb) * double(c - rest)))
-    for (Index t = 0; t < tiles; ++t) {
-      const Index i0 = rest + t * kTile, ib = std::min(kTile, c - i0);
-      auto panel = block(a, i0, k, ib, kb);  // L21 := A21 · L11⁻ᵀ
-      l11.transpose()
-          .template triangularView<Eigen::Upper>()
-          .template solveInPlace<Eigen::OnTheRight>(panel);
-    }
-#pragma omp parallel for schedule(dynamic, 1) \
-    num_threads(tile_threads(tiles, double(kTile) * double(kb) * double(c - rest)))
-    for (Index t = 0; t < tiles; ++t) {
-      // A22 −= L21 · L21ᵀ on the rows of this tile, up to the end of its diagonal square.
-      const Index i0 = rest + t * kTile, ib = std::min(kTile, c - i0);
-      block(a, i0, rest, ib, i0 + ib - rest).noalias() -=
-          block(a, i0, k, ib, kb) * block(a, rest, k, i0 + ib - rest, kb).transpose();
-    }
-  }
-  return true;
-}
-
-// In place: the lower triangle of `a` (L) becomes L⁻¹. Blocked from the last diagonal block up:
-// with the trailing part T22 = L22⁻¹ already inverted, L21 becomes −T22 · L21 · L11⁻¹.
-template <class T>
-void invert_lower(MatrixView<T> a) {
-  const Index c = a.rows;
-  const Index last = ((c - 1) / kTile) * kTile;
-  std::vector<T> scratch(static_cast<size_t>(c * kTile));
-  for (Index j = last; j >= 0; j -= kTile) {
-    const Index jb = std::min(kTile, c - j), rest = j + jb;
-    const auto l11 = block(a, j, j, jb, jb);
-    if (rest < c) {
-      const MatrixView<T> next{scratch.data(), c - rest, jb, jb};
-      const Index tiles = (c - rest + kTile - 1) / kTile;
-#pragma omp parallel for schedule(dynamic, 1) \
-    num_threads(tile_threads(tiles, double(kTile) * double(jb) * double(c - rest) / 2))
-      for (Index t = 0; t < tiles; ++t) {
-        const Index i0 = rest + t * kTile, ib = std::min(kTile, c - i0);
-        auto out = block(next, i0 - rest, 0, ib, jb);
-        out.noalias() = block(a, i0, i0, ib, ib).template triangularView<Eigen::Lower>() *
-                        block(a, i0, j, ib, jb);
-        if (i0 > rest) {
-          out.noalias() += block(a, i0, rest, ib, i0 - rest) * block(a, rest, j, i0 - rest, jb);
-        }
-        l11.template triangularView<Eigen::Lower>().template solveInPlace<Eigen::OnTheRight>(out);
-      }
-      block(a, rest, j, c - rest, jb) = -block(next, 0, 0, c - rest, jb);
-    }
-    RowMajor<T> inverse = RowMajor<T>::Identity(jb, jb);
-    l11.template triangularView<Eigen::Lower>().solveInPlace(inverse);
-    auto diagonal = block(a, j, j, jb, jb);
-    diagonal.template triangularView<Eigen::Lower>() = inverse;
   }
 }
 
@@ -275,9 +198,11 @@ auto order_key(T x) {
 }
 
 // keep[i] = false for the k smallest of the n scores by (score, index), true for the rest: the
-// rule of masks::prune_smallest, computed by a radix select on the keys (16 bits a pass, the
-// histograms per thread summed in integers) and a marking pass whose ties are counted per fixed
-// chunk, so the result never depends on the thread count.
+// rule of masks::prune_smallest. The threshold key comes from a histogram of the top 11 bits of
+// every key (per thread, summed in integers), then nth_element among the keys that share the
+// threshold's top bits. Marking is one parallel pass when every key equal to the threshold is
+// pruned (the usual case); otherwise the ties are counted per fixed chunk first. The result never
+// depends on the thread count.
 template <class T>
 void prune_smallest_parallel(const T* scores, Index n, Index k, bool* keep) {
   if (k <= 0 || k >= n) {
@@ -285,44 +210,51 @@ void prune_smallest_parallel(const T* scores, Index n, Index k, bool* keep) {
     return;
   }
   using Key = decltype(order_key(T(0)));
-  constexpr int kBits = 16, kKeyBits = 8 * sizeof(Key);
+  constexpr int kBits = 11, kShift = 8 * sizeof(Key) - kBits;  // 2^11 counters stay in L1
   constexpr Index kBins = Index(1) << kBits, kChunk = Index(1) << 16;
   const int threads = threads_for(double(n), double(kChunk));
-  Key prefix = 0;      // the threshold key's bits found so far
-  Index rank = k - 1;  // the threshold's rank among the keys that share the prefix
-  std::vector<Index> histogram(static_cast<size_t>(kBins));
-  for (int shift = kKeyBits - kBits; shift >= 0; shift -= kBits) {
-    const Key high_mask = shift + kBits >= kKeyBits ? Key(0) : Key(~Key(0) << (shift + kBits));
-    std::fill(histogram.begin(), histogram.end(), 0);
+  std::vector<Index> histogram(static_cast<size_t>(kBins), 0);
 #pragma omp parallel num_threads(threads)
-    {
-      std::vector<Index> local(static_cast<size_t>(kBins), 0);
+  {
+    std::vector<Index> local(static_cast<size_t>(kBins), 0);
 #pragma omp for schedule(static) nowait
-      for (Index i = 0; i < n; ++i) {
-        const Key key = order_key(scores[i]);
-        if ((key & high_mask) == prefix) ++local[(key >> shift) & (kBins - 1)];
-      }
+    for (Index i = 0; i < n; ++i) ++local[order_key(scores[i]) >> kShift];
 #pragma omp critical
-      for (Index b = 0; b < kBins; ++b) histogram[b] += local[b];
-    }
-    Index digit = 0;
-    while (rank >= histogram[digit]) rank -= histogram[digit++];
-    prefix |= Key(digit) << shift;
+    for (Index b = 0; b < kBins; ++b) histogram[b] += local[b];
   }
-  const Key threshold = prefix;
+  Index rank = k - 1;  // the threshold's rank among the keys that share its top bits
+  Index below = 0;     // keys below the threshold
+  Key top = 0;
+  while (rank >= histogram[top]) {
+    rank -= histogram[top];
+    below += histogram[top++];
+  }
+  // The keys with the threshold's top bits, gathered without branches (one spare slot).
+  std::vector<Key> candidates(static_cast<size_t>(histogram[top] + 1));
+  Index count = 0;
+  for (Index i = 0; i < n; ++i) {
+    const Key key = order_key(scores[i]);
+    candidates[count] = key;
+    count += (key >> kShift) == top;
+  }
+  const auto first = candidates.begin(), last = first + count;
+  std::nth_element(first, first + rank, last);
+  const Key threshold = first[rank];
+  below += std::count_if(first, last, [&](Key key) { return key < threshold; });
+  const Index ties_left = k - below;
+  if (ties_left == std::count(first, last, threshold)) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (Index i = 0; i < n; ++i) keep[i] = order_key(scores[i]) > threshold;
+    return;
+  }
   const Index chunks = (n + kChunk - 1) / kChunk;
-  std::vector<Index> ties(static_cast<size_t>(chunks + 1), 0),
-      below(static_cast<size_t>(chunks), 0);
+  std::vector<Index> ties(static_cast<size_t>(chunks + 1), 0);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (Index c = 0; c < chunks; ++c) {
     for (Index i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-      const Key key = order_key(scores[i]);
-      below[c] += key < threshold;
-      ties[c + 1] += key == threshold;
+      ties[c + 1] += order_key(scores[i]) == threshold;
     }
   }
-  Index ties_left = k;
-  for (Index c = 0; c < chunks; ++c) ties_left -= below[c];
   for (Index c = 0; c < chunks; ++c) ties[c + 1] += ties[c];  // ties before each chunk
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (Index c = 0; c < chunks; ++c) {
@@ -462,20 +394,33 @@ void prune_tile_of_block(const Superblock<T>& sb, ConstMatrixView<T> u,
   }
 }
 
-// W[:, s2:] −= Err[:, s1:s2] · U[s1:s2, s2:], in fixed 2-D tiles.
+// W[:, s2:] −= Err[:, s1:s2] · U[s1:s2, s2:]. With OpenBLAS loaded, one GEMM on its threads
+// (the column-major errors are the row-major (s2 − s1) × rows matrix Errᵀ); on Eigen, fixed 2-D
+// tiles each computed by one thread, since Eigen's own parallel GEMM rounds differently for
+// different thread counts.
 template <class T>
 void update_after_superblock(MatrixView<T> weight, ConstMatrixView<T> u, const Superblock<T>& sb) {
   constexpr Index kRows = 256, kCols = 512;
   const Index rows = weight.rows, c = weight.cols, sc = sb.s2 - sb.s1;
   const Index row_tiles = (rows + kRows - 1) / kRows, col_tiles = (c - sb.s2 + kCols - 1) / kCols;
   const Index tiles = row_tiles * col_tiles;
-#pragma omp parallel for schedule(static) \
-    num_threads(tile_threads(tiles, double(kRows) * double(kCols) * double(sc)))
-  for (Index t = 0; t < tiles; ++t) {
-    const Index r0 = (t / col_tiles) * kRows, c0 = sb.s2 + (t % col_tiles) * kCols;
-    const Index rb = std::min(kRows, rows - r0), cb = std::min(kCols, c - c0);
-    block(weight, r0, c0, rb, cb).noalias() -=
-        sb.view(sb.errors, r0, sb.s1, rb, sc) * block(u, sb.s1, c0, sc, cb);
+  if (blas::backend() != "eigen") {
+    const ConstMatrixView<T> errors_t{sb.errors, sc, rows, rows};
+    const ConstMatrixView<T> u_right{u.data + sb.s1 * u.stride + sb.s2, sc, c - sb.s2, u.stride};
+    const MatrixView<T> weight_right{weight.data + sb.s2, rows, c - sb.s2, weight.stride};
+    blas::gemm(true, false, T(-1), errors_t, u_right, T(1), weight_right);
+    return;
+  }
+#pragma omp parallel num_threads(tile_threads(tiles, double(kRows) * double(kCols) * double(sc)))
+  {
+    keep_products_on_this_thread();
+#pragma omp for schedule(static)
+    for (Index t = 0; t < tiles; ++t) {
+      const Index r0 = (t / col_tiles) * kRows, c0 = sb.s2 + (t % col_tiles) * kCols;
+      const Index rb = std::min(kRows, rows - r0), cb = std::min(kCols, c - c0);
+      block(weight, r0, c0, rb, cb).noalias() -=
+          sb.view(sb.errors, r0, sb.s1, rb, sc) * block(u, sb.s1, c0, sc, cb);
+    }
   }
 }
 
@@ -505,8 +450,8 @@ double inverse_hessian_factor(ConstMatrixView<T> hessian, double damp, int max_t
   for (int attempt = 0; attempt < max_tries; ++attempt) {
     if (attempt > 0) relative = relative > 0.0 ? relative * 10.0 : 1e-6;
     load_reversed(hessian, dead, relative * mean_diagonal, u);
-    if (!cholesky_lower(u)) continue;
-    invert_lower(u);
+    if (!blas::cholesky_lower(u)) continue;
+    blas::invert_lower(u);
     if (reverse_into_upper(u)) return relative;
   }
   invalid("hessian: not positive definite even with damping " + number(relative) +
@@ -563,6 +508,7 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
       const double tile_flops = double(kRowTile) * double(i2 - i1) * double(sb.s2 - i1);
 #pragma omp parallel num_threads(tile_threads(tiles, tile_flops))
       {
+        keep_products_on_this_thread();
         std::vector<T> group_scores(static_cast<size_t>(std::max(options.m, 1) * kRowTile));
 #pragma omp for schedule(static)
         for (Index t = 0; t < tiles; ++t) {
