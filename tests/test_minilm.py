@@ -155,8 +155,12 @@ def test_sparsegpt_beats_wanda_beats_magnitude(results, pattern):
     assert cosine["sparsegpt"] > cosine["wanda"] > cosine["magnitude"]
 
 
-# Measured here: 0.944 (50 %) and 0.901 (2:4) on the first 300 dev pairs, flat from 512 to
-# 1,024 calibration sentences and for damping 0.01 to 0.1.
+# The issue asks for >= 0.95 (50 %) and >= 0.92 (2:4); not reached. Measured on the first 500
+# dev pairs with true-sequential pruning (each group calibrated after the groups before it were
+# pruned): 0.9405 (50 %) and 0.9018 (2:4); whole-block calibration gave 0.942 and 0.900. More
+# calibration data barely helps (50 %, first 300 pairs: 0.944 with 512 sentences and 1,024 gave
+# 0.945, whole-block; 2,048 gave 0.945, true sequential), nor does damping 0.01 to 0.1. The
+# floors sit just below the measured values.
 @pytest.mark.parametrize(("pattern", "floor"), [("unstructured", 0.93), ("2:4", 0.88)])
 def test_sequential_sparsegpt_stays_close_to_the_dense_model(results, pattern, floor):
     assert results[f"sparsegpt {pattern}"]["cosine_to_dense"] >= floor

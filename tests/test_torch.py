@@ -339,12 +339,14 @@ def test_padding_tokens_do_not_change_the_result():
 def test_sequential_calibrates_each_block_on_the_pruned_blocks_before_it():
     data = batches()
     sequential = toy()
-    report = prune_model(sequential, data, method="sparsegpt", progress=False)
+    report = prune_model(sequential, data, method="sparsegpt", sequential="block", progress=False)
     one_pass = toy()
     prune_model(one_pass, data, method="sparsegpt", sequential=False, progress=False)
     # by hand: prune block 0, then calibrate block 1 on that half-pruned model
     by_hand = toy()
-    prune_model(by_hand, data, method="sparsegpt", ignore=["layers.1.*"], progress=False)
+    prune_model(
+        by_hand, data, method="sparsegpt", ignore=["layers.1.*"], sequential="block", progress=False
+    )
     prune_model(by_hand, data, method="sparsegpt", ignore=["layers.0.*"], sequential=False)
     seq, flat, manual = weights(sequential), weights(one_pass), weights(by_hand)
     for name in names(0):
@@ -358,6 +360,82 @@ def test_sequential_calibrates_each_block_on_the_pruned_blocks_before_it():
     tokens = sum(int(b["attention_mask"].sum()) for b in data)
     assert report.manifest["calibration"]["tokens"] == tokens
     assert all(layer.tokens == tokens for layer in report.layers)
+
+
+GROUPS_IN_ORDER = (("attn.q", "attn.k", "attn.v"), ("attn.o",), ("up",), ("down",))
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_sequential_calibrates_each_group_on_the_pruned_groups_called_before_it(method):
+    data = batches()
+    sequential = toy()
+    report = prune_model(sequential, data, method=method, progress=False)
+    # by hand: one group at a time, in execution order, each calibrated in one pass of the
+    # whole model whose earlier groups are already pruned
+    by_hand = toy()
+    every = [f"layers.{b}.{layer}" for b in (0, 1) for layer in BLOCK_LAYERS]
+    for block in (0, 1):
+        for group in GROUPS_IN_ORDER:
+            chosen = {f"layers.{block}.{layer}" for layer in group}
+            rest = [name for name in every if name not in chosen]
+            prune_model(by_hand, data, method=method, ignore=rest, sequential=False, progress=False)
+    per_block = toy()
+    prune_model(per_block, data, method=method, sequential="block", progress=False)
+    seq, manual, blockwise = weights(sequential), weights(by_hand), weights(per_block)
+    for name in every:
+        np.testing.assert_allclose(seq[name], manual[name], rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(seq["layers.0.attn.o"], blockwise["layers.0.attn.o"])
+    assert [layer.name for layer in report.layers] == every
+    assert report.manifest["options"]["sequential"] is True
+    groups = [layer.group for layer in report.layers]
+    assert groups == [0, 0, 0, 1, 2, 3, 4, 4, 4, 5, 6, 7]
+
+
+def test_the_second_groups_hessian_comes_from_the_pruned_first_group():
+    data = batches()
+    dense = toy()
+    model = toy()
+    report = prune_model(model, data, method="sparsegpt", progress=False)
+    row = next(layer for layer in report.layers if layer.name == "layers.0.attn.o")
+    # float64 reference: the inputs of attn.o in block 0 with only q, k and v pruned
+    half = toy()
+    pruned = weights(model)
+    for layer in ("q", "k", "v"):
+        module = half.layers[0].attn.get_submodule(layer)
+        module.weight.data.copy_(torch.from_numpy(pruned[f"layers.0.attn.{layer}"]))
+    seen: list[np.ndarray] = []
+    handle = half.layers[0].attn.o.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach().double().numpy())
+    )
+    with torch.no_grad():
+        for batch in data:
+            half(**batch)
+    handle.remove()
+    rows = np.concatenate(
+        [x[b["attention_mask"].numpy() != 0] for x, b in zip(seen, data, strict=True)]
+    )
+    delta = weights(dense)["layers.0.attn.o"].astype(np.float64) - pruned["layers.0.attn.o"]
+    expected = float(np.mean(np.sum((rows @ delta.T) ** 2, axis=1)))
+    assert row.error == pytest.approx(expected, rel=1e-4)
+    # the dense q, k and v give other inputs, hence another error
+    with torch.no_grad():
+        dense_seen: list[np.ndarray] = []
+        handle = dense.layers[0].attn.o.register_forward_pre_hook(
+            lambda _m, args: dense_seen.append(args[0].double().numpy())
+        )
+        for batch in data:
+            dense(**batch)
+        handle.remove()
+    dense_rows = np.concatenate(
+        [x[b["attention_mask"].numpy() != 0] for x, b in zip(dense_seen, data, strict=True)]
+    )
+    other = float(np.mean(np.sum((dense_rows @ delta.T) ** 2, axis=1)))
+    assert row.error != pytest.approx(other, rel=1e-3)
+
+
+def test_sequential_must_be_a_bool_or_block():
+    with pytest.raises(ValueError, match="sequential"):
+        prune_model(toy(), batches(), sequential="layer", progress=False)
 
 
 def test_ignored_layers_stay_dense():

@@ -216,10 +216,13 @@ class Calibrator:
 
     Use as a context manager; call `new_batch(token_mask)` before each forward pass. After the
     passes, `groups` lists the layers that share an input, in the order they were first called.
+    With `first_group_only`, only the group that is called first gets statistics (and is the only
+    one in `groups`); the other layers' inputs are ignored.
     """
 
-    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
+    def __init__(self, layers: Mapping[str, nn.Module], *, first_group_only: bool = False) -> None:
         self.layers = dict(layers)
+        self.first_group_only = first_group_only
         self.groups: list[Group] = []
         self.group_of: dict[str, Group] = {}
         self._seen: list[tuple[torch.Tensor, Group]] = []
@@ -260,6 +263,8 @@ class Calibrator:
                     self._join(name, group)
                 return  # this input is already in the group's statistics
         if own is None:
+            if self.first_group_only and self.groups:
+                return  # not the first group's input: calibrated in a later round
             own = Group(in_features(module))
             self.groups.append(own)
             self._join(name, own)

@@ -6,8 +6,13 @@ weight by the pruned one that SparseGPT, Wanda or magnitude pruning computes.
 
 Sequential mode follows the SparseGPT and Wanda papers: the inputs to the first block are
 captured once, then block k is calibrated on the outputs of blocks 0..k-1 *after* they were
-pruned, pruned itself, and run again to produce the inputs of block k+1. Non-sequential mode
-calibrates every layer in one forward pass of the dense model.
+pruned, pruned itself, and run again to produce the inputs of block k+1. Inside a block the
+layers are pruned in execution order too ("true sequential", as the papers' LLaMA code does):
+the layers reading one input (q/k/v; the attention output; the feed-forward input; its output)
+form a group, the group called first is calibrated, pruned, and the block is run again so that
+the next group is calibrated on its inputs as they are after the earlier groups were pruned.
+``sequential="block"`` calibrates all of a block's layers in one pass of the block instead, and
+``sequential=False`` calibrates every layer in one forward pass of the dense model.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ def prune_model(
     pattern: str = "unstructured",
     targets: Sequence[type[nn.Module]] = DEFAULT_TARGETS,
     ignore: Sequence[str] = (),
-    sequential: bool = True,
+    sequential: bool | str = True,
     blocks: str | Sequence[nn.Module] | None = None,
     blocksize: int = 128,
     damp: float = 0.01,
@@ -84,7 +89,11 @@ def prune_model(
         pattern: ``"unstructured"`` or ``"N:M"`` (N weights kept in every M along the input).
         targets: the module types to prune; convolutions are pruned as (out, in*kh*kw) matrices.
         ignore: names or glob patterns (``fnmatch``) of layers to leave dense.
-        sequential: calibrate each block on the outputs of the already-pruned blocks.
+        sequential: True (the default) calibrates each block on the outputs of the already
+            pruned blocks, and each group of layers in it on its inputs after the groups called
+            before it were pruned; ``"block"`` calibrates all layers of a block together, on the
+            outputs of the pruned blocks before it; False calibrates every layer on the dense
+            model in one pass. A model without repeated blocks is calibrated in one pass.
         blocks: the model's repeated blocks: a dotted path to a ``ModuleList`` (e.g.
             ``"encoder.layer"``), a sequence of modules, or None to pick the ModuleList that
             holds the most parameters (the whole model is one block when there is none).
@@ -102,6 +111,9 @@ def prune_model(
         msg = f"method: expected one of {', '.join(METHODS)}, got {method!r}"
         raise ValueError(msg)
     group_size = _group_size(pattern)
+    if not isinstance(sequential, bool) and sequential != "block":
+        msg = f"sequential: expected True, False or 'block', got {sequential!r}"
+        raise ValueError(msg)
     fp_blocksize = _positive_int(blocksize, "blocksize")
     fp_damp = _nonnegative(damp, "damp")
     not_text = [name for name in ignore if not isinstance(name, str)]
@@ -133,7 +145,7 @@ def prune_model(
         "pattern": pattern,
         "targets": [t.__name__ for t in targets],
         "ignore": list(ignore),
-        "sequential": bool(sequential),
+        "sequential": sequential,
         "blocks": block_names,
         "blocksize": fp_blocksize,
         "damp": fp_damp,
@@ -151,7 +163,14 @@ def prune_model(
                 reports = [pruner.prune_alone(*item) for item in plan]
             elif sequential and block_list[0] is not model:
                 reports = _prune_sequential(
-                    model, block_list, calibration_batches, plan, pruner, digest, progress
+                    model,
+                    block_list,
+                    calibration_batches,
+                    plan,
+                    pruner,
+                    digest,
+                    progress,
+                    by_group=sequential is True,
                 )
             else:
                 reports = _prune_in_one_pass(model, calibration_batches, plan, pruner, digest)
@@ -245,6 +264,7 @@ def _prune_sequential(
     pruner: _Pruner,
     digest: CalibrationDigest,
     progress: bool,
+    by_group: bool,
 ) -> list[LayerReport]:
     inputs = capture_block_inputs(model, blocks[0], batches, digest)
     if not inputs:
@@ -254,8 +274,17 @@ def _prune_sequential(
     for index in _progress(range(len(blocks)), progress, "pruning blocks"):
         block = blocks[index]
         layers = [item for item in plan if item[0] == index]
-        if layers:
-            reports += pruner.prune_calibrated(layers, _block_passes(block, inputs))
+        passes = _block_passes(block, inputs)
+        if by_group:
+            rows: list[LayerReport] = []
+            while len(rows) < len(layers):  # one group per round, in the order they are called
+                done = {row.name for row in rows}
+                rest = [item for item in layers if item[1] not in done]
+                rows += pruner.prune_calibrated(rest, passes, first_group_only=True)
+            order = {item[1]: i for i, item in enumerate(layers)}
+            reports += sorted(rows, key=lambda row: order[row.name])
+        elif layers:
+            reports += pruner.prune_calibrated(layers, passes)
         if index + 1 < len(blocks):
             inputs = [with_hidden_states(item, run_block(block, item)) for item in inputs]
     return reports
@@ -305,13 +334,17 @@ class _Pruner:
         self,
         layers: list[tuple[int | None, str, nn.Module, float]],
         passes: Callable[[], Iterator[TokenMask]],
+        *,
+        first_group_only: bool = False,
     ) -> list[LayerReport]:
         """Calibrate `layers` on the forward passes `passes` runs, then prune them.
 
         `passes()` yields each batch's token mask just before it runs that batch's forward pass.
+        With `first_group_only`, only the layers reading the input called first are calibrated
+        and pruned (at least one layer, or ValueError).
         """
         modules = {name: module for _, name, module, _ in layers}
-        with Calibrator(modules) as calibrator:
+        with Calibrator(modules, first_group_only=first_group_only) as calibrator:
             for token_mask in passes():
                 calibrator.new_batch(token_mask)
         rows: list[LayerReport] = []
@@ -324,7 +357,7 @@ class _Pruner:
             self.tokens = max(self.tokens, count)
             rows += self._prune_group(group, layers, order)
         missing = [name for name in modules if name not in calibrator.group_of]
-        if missing:
+        if missing and (not first_group_only or not calibrator.groups):
             msg = (
                 f"{missing[0]}: the calibration forward passes never reached this layer; "
                 "add it to `ignore`"
