@@ -82,7 +82,7 @@ import contextlib
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -331,15 +331,70 @@ class SparseMatrix(ABC):
 # --- CSR -------------------------------------------------------------------------------------
 
 
-class CSR(SparseMatrix):
-    """Compressed sparse rows: ``indptr`` (rows + 1), ``indices`` and ``data`` (nnz)."""
+class _CompressedRows(SparseMatrix):
+    """What CSR and BSR share: rows (block rows for BSR) compressed by ``indptr``, stored in the
+    layout scipy.sparse and torch use for the same format, so that interop shares the arrays."""
 
-    format = "csr"
     __slots__ = ("_data", "_indices", "_indptr")
 
     _indptr: Array
     _indices: Array
     _data: Array
+
+    @abstractmethod
+    def __init__(
+        self, indptr: object, indices: object, data: object, shape: tuple[int, int]
+    ) -> None: ...  # each format validates its own parts
+
+    @classmethod
+    def from_scipy(cls: type[_Compressed], m: Any) -> _Compressed:
+        """From a scipy matrix or array of this format, sharing its arrays when canonical."""
+        if getattr(m, "format", None) != cls.format:
+            name = cls.format.upper()
+            msg = f"m: expected a scipy.sparse {name} matrix or array, got {type(m).__name__}"
+            raise TypeError(msg)
+        if not m.has_canonical_format:
+            m = m.copy()
+            m.sum_duplicates()
+        return cls(m.indptr, m.indices, m.data, m.shape)
+
+    def to_torch(self) -> Any:
+        """A ``torch.sparse_csr_tensor`` / ``sparse_bsr_tensor`` sharing the arrays."""
+        import torch
+
+        make = getattr(torch, f"sparse_{self.format}_tensor")
+        with _quiet_beta_warning():
+            return make(
+                torch.from_numpy(self._indptr),
+                torch.from_numpy(self._indices),
+                _torch_values(torch, self._data),
+                size=self._shape,
+                check_invariants=False,  # validated when this matrix was built
+            )
+
+    @classmethod
+    def from_torch(cls: type[_Compressed], t: Any) -> _Compressed:
+        """From a CPU torch tensor of layout ``sparse_csr`` / ``sparse_bsr``, sharing its arrays."""
+        import torch
+
+        layout = f"sparse_{cls.format}"
+        _require_layout(t, getattr(torch, layout), layout)
+        return cls(
+            t.crow_indices().numpy(),
+            t.col_indices().numpy(),
+            _numpy_values(torch, t.values()),
+            tuple(t.shape),
+        )
+
+
+_Compressed = TypeVar("_Compressed", bound=_CompressedRows)
+
+
+class CSR(_CompressedRows):
+    """Compressed sparse rows: ``indptr`` (rows + 1), ``indices`` and ``data`` (nnz)."""
+
+    format = "csr"
+    __slots__ = ()
 
     def __init__(self, indptr: object, indices: object, data: object, shape: tuple[int, int]):
         """A CSR matrix from its parts, validated (canonical: sorted, unique columns per row).
@@ -437,43 +492,6 @@ class CSR(SparseMatrix):
         m = kind((data, self._indices, self._indptr), shape=self._shape, copy=False)
         m.has_canonical_format = True
         return m
-
-    @classmethod
-    def from_scipy(cls, m: Any) -> CSR:
-        """From a scipy CSR matrix or array, sharing its arrays when they are canonical."""
-        if getattr(m, "format", None) != "csr":
-            msg = f"m: expected a scipy.sparse CSR matrix or array, got {type(m).__name__}"
-            raise TypeError(msg)
-        if not m.has_canonical_format:
-            m = m.copy()
-            m.sum_duplicates()
-        return cls(m.indptr, m.indices, m.data, m.shape)
-
-    def to_torch(self) -> Any:
-        """A ``torch.sparse_csr_tensor`` sharing the arrays."""
-        import torch
-
-        with _quiet_beta_warning():
-            return torch.sparse_csr_tensor(
-                torch.from_numpy(self._indptr),
-                torch.from_numpy(self._indices),
-                _torch_values(torch, self._data),
-                size=self._shape,
-                check_invariants=False,  # validated when this matrix was built
-            )
-
-    @classmethod
-    def from_torch(cls, t: Any) -> CSR:
-        """From a CPU ``torch.sparse_csr`` tensor, sharing its arrays."""
-        import torch
-
-        _require_layout(t, torch.sparse_csr, "sparse_csr")
-        return cls(
-            t.crow_indices().numpy(),
-            t.col_indices().numpy(),
-            _numpy_values(torch, t.values()),
-            tuple(t.shape),
-        )
 
 
 # --- COO -------------------------------------------------------------------------------------
@@ -611,15 +629,11 @@ def _block(block: object, rows: int, cols: int) -> tuple[int, int]:
     return h, w
 
 
-class BSR(SparseMatrix):
+class BSR(_CompressedRows):
     """Block sparse rows: ``indptr`` over block rows, ``indices`` and ``data`` (blocks, h, w)."""
 
     format = "bsr"
-    __slots__ = ("_data", "_indices", "_indptr")
-
-    _indptr: Array
-    _indices: Array
-    _data: Array
+    __slots__ = ()
 
     def __init__(self, indptr: object, indices: object, data: object, shape: tuple[int, int]):
         """A BSR matrix from its parts, validated; the block shape is ``data.shape[1:]``."""
@@ -721,43 +735,6 @@ class BSR(SparseMatrix):
         data = self._data if self._data.itemsize > 2 else self._data.astype(np.float32)
         return sp.bsr_array(
             (data, self._indices, self._indptr), shape=self._shape, blocksize=self.block, copy=False
-        )
-
-    @classmethod
-    def from_scipy(cls, m: Any) -> BSR:
-        """From a scipy BSR matrix or array, sharing its arrays when they are canonical."""
-        if getattr(m, "format", None) != "bsr":
-            msg = f"m: expected a scipy.sparse BSR matrix or array, got {type(m).__name__}"
-            raise TypeError(msg)
-        if not m.has_canonical_format:
-            m = m.copy()
-            m.sum_duplicates()
-        return cls(m.indptr, m.indices, m.data, m.shape)
-
-    def to_torch(self) -> Any:
-        """A ``torch.sparse_bsr_tensor`` sharing the arrays."""
-        import torch
-
-        with _quiet_beta_warning():
-            return torch.sparse_bsr_tensor(
-                torch.from_numpy(self._indptr),
-                torch.from_numpy(self._indices),
-                _torch_values(torch, self._data),
-                size=self._shape,
-                check_invariants=False,  # validated when this matrix was built
-            )
-
-    @classmethod
-    def from_torch(cls, t: Any) -> BSR:
-        """From a CPU ``torch.sparse_bsr`` tensor, sharing its arrays."""
-        import torch
-
-        _require_layout(t, torch.sparse_bsr, "sparse_bsr")
-        return cls(
-            t.crow_indices().numpy(),
-            t.col_indices().numpy(),
-            _numpy_values(torch, t.values()),
-            tuple(t.shape),
         )
 
 
