@@ -38,6 +38,15 @@ def to_numpy(x: object, name: str) -> np.ndarray[Any, Any]:
         raise TypeError(msg) from err
 
 
+def bool_array(x: object, name: str) -> BoolArray:
+    """A NumPy view of `x` that must hold bools (a mask), else TypeError naming the argument."""
+    a = to_numpy(x, name)
+    if a.dtype != np.bool_:
+        msg = f"{name}: expected a bool array, got dtype {a.dtype}"
+        raise TypeError(msg)
+    return a
+
+
 def is_bfloat16(dtype: np.dtype[Any]) -> bool:
     return str(dtype.name) == "bfloat16"
 

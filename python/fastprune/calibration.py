@@ -23,7 +23,7 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
 from . import _core
-from ._arrays import FloatArray, float_dtype, positive_int, to_numpy
+from ._arrays import FloatArray, bool_array, float_dtype, positive_int, to_numpy
 
 __all__ = ["Calibration"]
 
@@ -238,10 +238,7 @@ class _InvalidFileError(ValueError):
 
 
 def _token_mask(mask: object, shape: tuple[int, ...]) -> npt.NDArray[np.bool_]:
-    m = to_numpy(mask, "mask")
-    if m.dtype != np.bool_:
-        msg = f"mask: expected a bool array, got dtype {m.dtype}"
-        raise TypeError(msg)
+    m = bool_array(mask, "mask")
     if m.shape != shape:
         msg = f"mask: expected shape {shape} (x.shape[:-1]), got {m.shape}"
         raise ValueError(msg)

@@ -38,6 +38,7 @@ import numpy.typing as npt
 from . import _core
 from ._arrays import (
     BoolArray,
+    bool_array,
     check_sparsity,
     count_pruned,
     float_dtype,
@@ -338,10 +339,7 @@ def apply_mask(w: Any, mask: Any, inplace: bool = False) -> Any:
     Raises TypeError for a non-bool mask, ValueError for shapes that differ or a read-only
     ``w`` with ``inplace=True``.
     """
-    keep = to_numpy(mask, "mask")
-    if keep.dtype != np.bool_:
-        msg = f"mask: expected a bool array (True = kept), got dtype {keep.dtype}"
-        raise TypeError(msg)
+    keep = bool_array(mask, "mask")
     if inplace:
         if not isinstance(w, np.ndarray):
             msg = f"w: inplace=True needs a NumPy array, got {type(w).__name__}"
@@ -426,10 +424,7 @@ def _global_masks(scores: Sequence[object], sparsity: float) -> list[BoolArray]:
 
 
 def _bool_matrix(x: object, name: str) -> npt.NDArray[np.bool_]:
-    a = to_numpy(x, name)
-    if a.dtype != np.bool_:
-        msg = f"{name}: expected a bool array (True = kept), got dtype {a.dtype}"
-        raise TypeError(msg)
+    a = bool_array(x, name)
     if a.ndim != 2:
         msg = f"{name}: expected a 2-D array (out_features, in_features), got shape {a.shape}"
         raise ValueError(msg)

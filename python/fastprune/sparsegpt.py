@@ -274,10 +274,7 @@ def _working_weight(
 def _keep_mask(keep_mask: object, shape: tuple[int, ...]) -> BoolArray | None:
     if keep_mask is None:
         return None
-    mask = _arrays.to_numpy(keep_mask, "keep_mask")
-    if mask.dtype != np.bool_:
-        msg = f"keep_mask: expected a bool array, got dtype {mask.dtype}"
-        raise TypeError(msg)
+    mask = _arrays.bool_array(keep_mask, "keep_mask")
     if mask.shape != shape:
         msg = f"keep_mask: shape {mask.shape} does not match weight shape {shape}"
         raise ValueError(msg)
