@@ -103,10 +103,11 @@ def layouts(x: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("features", [20, 600])  # one tile, several tiles of the rank-k update
 @pytest.mark.usefixtures("backend")
-def test_any_memory_layout(dtype: Any) -> None:
+def test_any_memory_layout(dtype: Any, features: int) -> None:
     rng = np.random.default_rng(2)
-    base = random_tokens(rng, (3, 8, 20)).astype(dtype)
+    base = random_tokens(rng, (3, 40, features)).astype(dtype)
     for x in layouts(base):
         cal = Calibration(x.shape[-1], dtype=dtype)
         cal.update(x)

@@ -45,15 +45,10 @@ py::dict build_info() {
 PYBIND11_MODULE(FASTPRUNE_MODULE_NAME, m) {
   m.doc() = "fastprune's compiled core for one instruction-set level.";
   m.def("build_info", &build_info, "How this copy of the core was built.");
-  m.def(
-      "set_num_threads",
-      [](int n) {
-        fastprune::set_num_threads(n);
-        fastprune::blas::set_num_threads(n);
-      },
-      py::arg("n"), "Set the number of threads kernels (and the loaded BLAS) may use.");
+  m.def("set_num_threads", &fastprune::set_num_threads, py::arg("n"),
+        "Set the number of threads kernels may use.");
   m.def("load_openblas", &fastprune::blas::load_openblas, py::arg("path"), py::arg("prefix"),
-        "Route large GEMM/SYRK/POTRF/TRTRI calls to the OpenBLAS library at `path`.");
+        "Run the single-threaded dense kernels on the OpenBLAS library at `path`.");
   m.def("unload_blas", &fastprune::blas::unload, "Use Eigen for all dense linear algebra.");
   m.def("get_num_threads", &fastprune::get_num_threads, "The number of threads kernels may use.");
 

@@ -1,14 +1,19 @@
 #include "fastprune/blas.hpp"
 
 #include <dlfcn.h>
+#include <omp.h>
 
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
+#include <algorithm>
 #include <cstddef>
 #include <mutex>
+#include <vector>
 
 namespace fastprune::blas {
 namespace {
+
+// --- the external library ------------------------------------------------------------------
 
 // The Fortran BLAS/LAPACK interface; character arguments carry hidden lengths at the end.
 using fint = int;
@@ -24,6 +29,11 @@ using potrf_fn = void (*)(const char*, const fint*, T*, const fint*, fint*, std:
 template <class T>
 using trtri_fn = void (*)(const char*, const char*, const fint*, T*, const fint*, fint*,
                           std::size_t, std::size_t);
+// trsm and trmm share one signature: side, uplo, transa, diag, m, n, alpha, A, lda, B, ldb.
+template <class T>
+using trxm_fn = void (*)(const char*, const char*, const char*, const char*, const fint*,
+                         const fint*, const T*, const T*, const fint*, T*, const fint*, std::size_t,
+                         std::size_t, std::size_t, std::size_t);
 
 template <class T>
 struct Routines {
@@ -31,13 +41,14 @@ struct Routines {
   syrk_fn<T> syrk = nullptr;
   potrf_fn<T> potrf = nullptr;
   trtri_fn<T> trtri = nullptr;
+  trxm_fn<T> trsm = nullptr;
+  trxm_fn<T> trmm = nullptr;
 };
 
 struct Library {
   void* handle = nullptr;
   Routines<float> s;
   Routines<double> d;
-  void (*set_threads)(int) = nullptr;
   std::string config;
 };
 
@@ -60,59 +71,46 @@ F symbol(void* handle, const std::string& name) {
   return reinterpret_cast<F>(p);
 }
 
+template <class T>
+Routines<T> load_routines(void* handle, const std::string& prefix, char t) {
+  const std::string p = prefix + t;
+  return {symbol<gemm_fn<T>>(handle, p + "gemm_"),   symbol<syrk_fn<T>>(handle, p + "syrk_"),
+          symbol<potrf_fn<T>>(handle, p + "potrf_"), symbol<trtri_fn<T>>(handle, p + "trtri_"),
+          symbol<trxm_fn<T>>(handle, p + "trsm_"),   symbol<trxm_fn<T>>(handle, p + "trmm_")};
+}
+
 fint to_fint(Index v) {
   if (v > static_cast<Index>(0x7fffffff)) invalid("matrix dimension too large for 32-bit BLAS");
   return static_cast<fint>(v);
 }
 
-}  // namespace
+fint ld(Index stride) { return to_fint(std::max<Index>(stride, 1)); }
 
-void load_openblas(const std::string& path, const std::string& prefix) {
-  std::lock_guard<std::mutex> guard(lib_mutex);
-  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) invalid("cannot open " + path + ": " + dlerror());
-  Library next;
-  next.handle = handle;
-  next.s = {symbol<gemm_fn<float>>(handle, prefix + "sgemm_"),
-            symbol<syrk_fn<float>>(handle, prefix + "ssyrk_"),
-            symbol<potrf_fn<float>>(handle, prefix + "spotrf_"),
-            symbol<trtri_fn<float>>(handle, prefix + "strtri_")};
-  next.d = {symbol<gemm_fn<double>>(handle, prefix + "dgemm_"),
-            symbol<syrk_fn<double>>(handle, prefix + "dsyrk_"),
-            symbol<potrf_fn<double>>(handle, prefix + "dpotrf_"),
-            symbol<trtri_fn<double>>(handle, prefix + "dtrtri_")};
-  next.set_threads = symbol<void (*)(int)>(handle, prefix + "openblas_set_num_threads");
-  auto config = symbol<const char* (*)()>(handle, prefix + "openblas_get_config");
-  next.config = config();
-  lib = next;
-  lib.set_threads(get_num_threads());
-}
-
-void unload() {
-  std::lock_guard<std::mutex> guard(lib_mutex);
-  lib = Library{};  // the library stays mapped: other code may hold its routines
-}
-
-std::string backend() { return lib.handle == nullptr ? "eigen" : lib.config; }
-
-void set_num_threads(int n) {
-  if (lib.set_threads != nullptr) lib.set_threads(n);
-}
-
-// Row-major matrices are column-major transposes, so every call below is the Fortran routine
-// applied to the transposed problem.
+// --- one call on the calling thread ----------------------------------------------------------
+//
+// A row-major matrix is the column-major transpose of itself, so every Fortran call below is the
+// routine applied to the transposed problem; the lower triangle of a row-major matrix is the
+// upper triangle ("U") of the column-major one.
 
 template <class T>
-void gemm(bool trans_a, bool trans_b, T alpha, ConstMatrixView<T> a, ConstMatrixView<T> b, T beta,
-          MatrixView<T> c) {
+MatrixView<T> sub(MatrixView<T> a, Index row, Index col, Index rows, Index cols) {
+  return {a.data + row * a.stride + col, rows, cols, a.stride};
+}
+
+template <class T>
+ConstMatrixView<T> read_only(MatrixView<T> a) {
+  return {a.data, a.rows, a.cols, a.stride};
+}
+
+template <class T>
+void gemm1(bool trans_a, bool trans_b, T alpha, ConstMatrixView<T> a, ConstMatrixView<T> b, T beta,
+           MatrixView<T> c) {
   const Index k = trans_a ? a.rows : a.cols;
   if (c.rows == 0 || c.cols == 0) return;
   if (const auto& r = routines<T>(); r.gemm != nullptr && k > 0) {
     // C^T = op(B)^T op(A)^T in column-major terms.
     const fint m = to_fint(c.cols), n = to_fint(c.rows), kk = to_fint(k);
-    const fint lda = to_fint(std::max<Index>(b.stride, 1)),
-               ldb = to_fint(std::max<Index>(a.stride, 1));
-    const fint ldc = to_fint(std::max<Index>(c.stride, 1));
+    const fint lda = ld(b.stride), ldb = ld(a.stride), ldc = ld(c.stride);
     r.gemm(trans_b ? "T" : "N", trans_a ? "T" : "N", &m, &n, &kk, &alpha, b.data, &lda, a.data,
            &ldb, &beta, c.data, &ldc, 1, 1);
     return;
@@ -138,27 +136,29 @@ void gemm(bool trans_a, bool trans_b, T alpha, ConstMatrixView<T> a, ConstMatrix
 }
 
 template <class T>
-void syrk_lower_at_a(T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c) {
+void syrk1(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c) {
+  const Index k = a_t_a ? a.rows : a.cols;
   if (c.rows == 0) return;
-  if (const auto& r = routines<T>(); r.syrk != nullptr) {
-    // Row-major lower of C is column-major upper of C^T = C; A^T A with A row-major (k x n) is
-    // column-major A' A' ^T where A' (n x k) is A's buffer read column-major.
-    const fint n = to_fint(c.rows), k = to_fint(a.rows);
-    const fint lda = to_fint(std::max<Index>(a.stride, 1)), ldc = to_fint(c.stride);
-    r.syrk("U", "N", &n, &k, &alpha, a.data, &lda, &beta, c.data, &ldc, 1, 1);
+  if (const auto& r = routines<T>(); r.syrk != nullptr && k > 0) {
+    const fint n = to_fint(c.rows), kk = to_fint(k), lda = ld(a.stride), ldc = ld(c.stride);
+    r.syrk("U", a_t_a ? "N" : "T", &n, &kk, &alpha, a.data, &lda, &beta, c.data, &ldc, 1, 1);
     return;
   }
   auto C = eigen_map(c);
   auto A = eigen_map(a);
   if (beta != T(1)) C.template triangularView<Eigen::Lower>() *= beta;
-  C.template selfadjointView<Eigen::Lower>().rankUpdate(A.transpose(), alpha);
+  if (k == 0) return;
+  if (a_t_a) {
+    C.template selfadjointView<Eigen::Lower>().rankUpdate(A.transpose(), alpha);
+  } else {
+    C.template selfadjointView<Eigen::Lower>().rankUpdate(A, alpha);
+  }
 }
 
 template <class T>
-bool cholesky_lower(MatrixView<T> a) {
-  if (a.rows == 0) return true;
+bool potrf1(MatrixView<T> a) {
   if (const auto& r = routines<T>(); r.potrf != nullptr) {
-    const fint n = to_fint(a.rows), lda = to_fint(a.stride);
+    const fint n = to_fint(a.rows), lda = ld(a.stride);
     fint info = 0;
     r.potrf("U", &n, a.data, &lda, &info, 1);
     return info == 0;
@@ -169,10 +169,9 @@ bool cholesky_lower(MatrixView<T> a) {
 }
 
 template <class T>
-void invert_lower(MatrixView<T> a) {
-  if (a.rows == 0) return;
+void trtri1(MatrixView<T> a) {
   if (const auto& r = routines<T>(); r.trtri != nullptr) {
-    const fint n = to_fint(a.rows), lda = to_fint(a.stride);
+    const fint n = to_fint(a.rows), lda = ld(a.stride);
     fint info = 0;
     r.trtri("U", "N", &n, a.data, &lda, &info, 1, 1);
     if (info != 0) invalid("triangular inverse of a singular factor");
@@ -184,9 +183,184 @@ void invert_lower(MatrixView<T> a) {
   A.template triangularView<Eigen::Lower>() = inverse;
 }
 
+// B = B · L^-T, L lower triangular.
+template <class T>
+void solve_right_lower_t1(ConstMatrixView<T> l, MatrixView<T> b) {
+  if (b.rows == 0 || b.cols == 0) return;
+  if (const auto& r = routines<T>(); r.trsm != nullptr) {
+    // Column-major: B^T = L^-1 · B^T, with L^T the upper triangle.
+    const T one = 1;
+    const fint m = to_fint(b.cols), n = to_fint(b.rows), lda = ld(l.stride), ldb = ld(b.stride);
+    r.trsm("L", "U", "T", "N", &m, &n, &one, l.data, &lda, b.data, &ldb, 1, 1, 1, 1);
+    return;
+  }
+  auto B = eigen_map(b);
+  eigen_map(l)
+      .transpose()
+      .template triangularView<Eigen::Upper>()
+      .template solveInPlace<Eigen::OnTheRight>(B);
+}
+
+// B = L · B (left) or B = alpha · B · L (right), L lower triangular.
+template <class T>
+void multiply_lower1(bool left, T alpha, ConstMatrixView<T> l, MatrixView<T> b) {
+  if (b.rows == 0 || b.cols == 0) return;
+  if (const auto& r = routines<T>(); r.trmm != nullptr) {
+    // Column-major: B^T = alpha · B^T · L^T (left) or alpha · L^T · B^T (right), with L^T the
+    // upper triangle.
+    const fint m = to_fint(b.cols), n = to_fint(b.rows), lda = ld(l.stride), ldb = ld(b.stride);
+    r.trmm(left ? "R" : "L", "U", "N", "N", &m, &n, &alpha, l.data, &lda, b.data, &ldb, 1, 1, 1, 1);
+    return;
+  }
+  auto B = eigen_map(b);
+  const auto L = eigen_map(l).template triangularView<Eigen::Lower>();
+  RowMajor<T> product = left ? RowMajor<T>(L * B) : RowMajor<T>(B * L);
+  if (alpha != T(1)) product *= alpha;
+  B = product;
+}
+
+// --- tiles -------------------------------------------------------------------------------------
+
+// Side of the tiles of the symmetric and triangular routines, and of the square tiles of a GEMM's
+// output (each tile repacks its operands: bigger tiles pack less, smaller ones share better).
+// Fixed, so that a result never depends on the thread count.
+constexpr Index kTile = 256;
+constexpr Index kGemmTile = 512;
+// Floating-point operations worth a thread of their own.
+constexpr double kGrain = double(1 << 22);
+
+Index count(Index n, Index tile) { return (n + tile - 1) / tile; }
+
+// body(t) for every t in [0, tiles), tile by tile on as many threads as the work is worth. Each
+// tile runs on one thread, and products inside it stay on that thread: Eigen would otherwise
+// start its own team when ours has a single thread.
+template <class F>
+void for_tiles(Index tiles, double flops, F&& body) {
+  const int threads =
+      static_cast<int>(std::min<Index>(std::max<Index>(tiles, 1), threads_for(flops, kGrain)));
+#pragma omp parallel num_threads(threads)
+  {
+    omp_set_num_threads(1);
+#pragma omp for schedule(dynamic, 1)
+    for (Index t = 0; t < tiles; ++t) body(t);
+  }
+}
+
+}  // namespace
+
+void load_openblas(const std::string& path, const std::string& prefix) {
+  std::lock_guard<std::mutex> guard(lib_mutex);
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) invalid("cannot open " + path + ": " + dlerror());
+  Library next;
+  next.handle = handle;
+  next.s = load_routines<float>(handle, prefix, 's');
+  next.d = load_routines<double>(handle, prefix, 'd');
+  auto config = symbol<const char* (*)()>(handle, prefix + "openblas_get_config");
+  next.config = config();
+  // Our tiles are the parallelism; OpenBLAS threads would compete with them for the cores and
+  // round differently for different thread counts.
+  symbol<void (*)(int)>(handle, prefix + "openblas_set_num_threads")(1);
+  lib = next;
+}
+
+void unload() {
+  std::lock_guard<std::mutex> guard(lib_mutex);
+  lib = Library{};  // the library stays mapped: other code may hold its routines
+}
+
+std::string backend() { return lib.handle == nullptr ? "eigen" : lib.config; }
+
+template <class T>
+void gemm(bool trans_a, bool trans_b, T alpha, ConstMatrixView<T> a, ConstMatrixView<T> b, T beta,
+          MatrixView<T> c) {
+  const Index k = trans_a ? a.rows : a.cols;
+  if ((trans_a ? a.cols : a.rows) != c.rows || (trans_b ? b.rows : b.cols) != c.cols ||
+      (trans_b ? b.cols : b.rows) != k) {
+    invalid("gemm: shapes do not match");
+  }
+  const Index row_tiles = count(c.rows, kGemmTile), col_tiles = count(c.cols, kGemmTile);
+  const double flops = 2.0 * double(c.rows) * double(c.cols) * double(k);
+  for_tiles(row_tiles * col_tiles, flops, [&](Index t) {
+    const Index r0 = (t / col_tiles) * kGemmTile, c0 = (t % col_tiles) * kGemmTile;
+    const Index rb = std::min(kGemmTile, c.rows - r0), cb = std::min(kGemmTile, c.cols - c0);
+    const ConstMatrixView<T> at = trans_a ? sub(a, 0, r0, k, rb) : sub(a, r0, 0, rb, k);
+    const ConstMatrixView<T> bt = trans_b ? sub(b, c0, 0, cb, k) : sub(b, 0, c0, k, cb);
+    gemm1(trans_a, trans_b, alpha, at, bt, beta, sub(c, r0, c0, rb, cb));
+  });
+}
+
+template <class T>
+void syrk_lower(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c) {
+  const Index n = c.rows, k = a_t_a ? a.rows : a.cols;
+  if (c.cols != n || (a_t_a ? a.cols : a.rows) != n) invalid("syrk: shapes do not match");
+  // Row strip i of the lower triangle is one task: the part left of the diagonal tile in one
+  // GEMM, the diagonal tile in one SYRK. The longest strips go first.
+  const Index tiles = count(n, kTile);
+  const auto slice = [&](Index i0, Index ni) {
+    return a_t_a ? sub(a, 0, i0, k, ni) : sub(a, i0, 0, ni, k);
+  };
+  const double flops = double(n) * double(n) * double(k);
+  for_tiles(tiles, flops, [&](Index t) {
+    const Index i0 = (tiles - 1 - t) * kTile, ni = std::min(kTile, n - i0);
+    if (i0 > 0) {
+      gemm1(a_t_a, !a_t_a, alpha, slice(i0, ni), slice(0, i0), beta, sub(c, i0, 0, ni, i0));
+    }
+    syrk1(a_t_a, alpha, slice(i0, ni), beta, sub(c, i0, i0, ni, ni));
+  });
+}
+
+// Right-looking blocked Cholesky: factor a diagonal tile, solve the panel below it, subtract the
+// panel's outer product from the trailing matrix. Almost all the work is in that last,
+// GEMM-shaped step (a triangular solve with a large triangle would run slower).
+template <class T>
+bool cholesky_lower(MatrixView<T> a) {
+  const Index n = a.rows;
+  for (Index k0 = 0; k0 < n; k0 += kTile) {
+    const Index kb = std::min(kTile, n - k0), k1 = k0 + kb, rest = n - k1;
+    const MatrixView<T> diagonal = sub(a, k0, k0, kb, kb);
+    if (!potrf1(diagonal)) return false;
+    if (rest == 0) break;
+    const MatrixView<T> panel = sub(a, k1, k0, rest, kb);
+    for_tiles(count(rest, kTile), double(rest) * double(kb) * double(kb), [&](Index t) {
+      const Index r0 = t * kTile;
+      solve_right_lower_t1<T>(read_only(diagonal),
+                              sub(panel, r0, 0, std::min(kTile, rest - r0), kb));
+    });
+    syrk_lower<T>(false, T(-1), read_only(panel), T(1), sub(a, k1, k1, rest, rest));
+  }
+  return true;
+}
+
+// Recursive inversion: with L = [L11 0; L21 L22], invert L11 and L22, then
+// L21 becomes −L22^-1 · L21 · L11^-1 by two triangular products done in place, the first on
+// column strips of L21, the second on row strips (each strip is independent of the others).
+template <class T>
+void invert_lower(MatrixView<T> a) {
+  const Index n = a.rows;
+  if (n <= kTile) {
+    if (n > 0) trtri1(a);
+    return;
+  }
+  const Index n1 = count(n / 2, kTile) * kTile, n2 = n - n1;
+  const MatrixView<T> l11 = sub(a, 0, 0, n1, n1), l21 = sub(a, n1, 0, n2, n1),
+                      l22 = sub(a, n1, n1, n2, n2);
+  invert_lower(l11);
+  invert_lower(l22);
+  const double flops = double(n1) * double(n2) * double(n2);
+  for_tiles(count(n1, kTile), flops, [&](Index t) {
+    const Index c0 = t * kTile;
+    multiply_lower1<T>(true, T(1), read_only(l22), sub(l21, 0, c0, n2, std::min(kTile, n1 - c0)));
+  });
+  for_tiles(count(n2, kTile), double(n1) * double(n1) * double(n2), [&](Index t) {
+    const Index r0 = t * kTile;
+    multiply_lower1<T>(false, T(-1), read_only(l11), sub(l21, r0, 0, std::min(kTile, n2 - r0), n1));
+  });
+}
+
 #define FASTPRUNE_INSTANTIATE(T)                                                                  \
   template void gemm<T>(bool, bool, T, ConstMatrixView<T>, ConstMatrixView<T>, T, MatrixView<T>); \
-  template void syrk_lower_at_a<T>(T, ConstMatrixView<T>, T, MatrixView<T>);                      \
+  template void syrk_lower<T>(bool, T, ConstMatrixView<T>, T, MatrixView<T>);                     \
   template bool cholesky_lower<T>(MatrixView<T>);                                                 \
   template void invert_lower<T>(MatrixView<T>);
 FASTPRUNE_INSTANTIATE(float)

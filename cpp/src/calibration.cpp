@@ -1,65 +1,10 @@
 #include "fastprune/calibration.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
-#include <utility>
-#include <vector>
 
 #include "fastprune/blas.hpp"
 
 namespace fastprune::calibration {
-
-namespace {
-
-// The block of features one task of the rank-k update owns: big enough that each product runs
-// near the GEMM kernel's peak, small enough that there are tasks to share between threads.
-// It depends only on the feature count, never on the thread count.
-Index gram_block_size(Index features) {
-  constexpr Index kMin = 64, kMax = 256, kAlign = 32;
-  const Index target = (features + 15) / 16;  // up to 16 blocks per side, 136 tasks
-  return std::clamp((target + kAlign - 1) / kAlign * kAlign, kMin, kMax);
-}
-
-template <class T, class Tokens>
-void add_gram_lower_blocked(MatrixView<T> gram, const Tokens& x) {
-  const Index features = x.cols();
-  const Index block = gram_block_size(features);
-  const Index blocks = (features + block - 1) / block;
-  // Off-diagonal block pairs first, then the diagonal blocks (half the work each), so that the
-  // dynamic schedule ends with the small tasks.
-  std::vector<std::pair<Index, Index>> tasks;
-  for (Index i = 0; i < blocks; ++i) {
-    for (Index j = 0; j < i; ++j) tasks.emplace_back(i, j);
-  }
-  for (Index i = 0; i < blocks; ++i) tasks.emplace_back(i, i);
-  const auto task_count = static_cast<Index>(tasks.size());
-  const double flops =
-      static_cast<double>(x.rows()) * static_cast<double>(features) * static_cast<double>(features);
-  const int threads = std::min<int>(threads_for(flops, 1 << 22), static_cast<int>(task_count));
-  auto g = eigen_map(gram);
-
-#pragma omp parallel num_threads(threads)
-  {
-    // Products inside a task stay on this thread: Eigen would otherwise start its own team
-    // when this one has a single thread, with blocking that depends on the thread count.
-    omp_set_num_threads(1);
-#pragma omp for schedule(dynamic, 1)
-    for (Index t = 0; t < task_count; ++t) {
-      const auto [bi, bj] = tasks[t];
-      const Index i0 = bi * block, j0 = bj * block;
-      const Index ni = std::min(block, features - i0), nj = std::min(block, features - j0);
-      const auto xi = x.middleCols(i0, ni);
-      if (bi == bj) {
-        g.block(i0, i0, ni, ni).template selfadjointView<Eigen::Lower>().rankUpdate(xi.transpose());
-      } else {
-        g.block(i0, j0, ni, nj).noalias() += xi.transpose() * x.middleCols(j0, nj);
-      }
-    }
-  }
-}
-
-}  // namespace
 
 template <class T>
 bool all_finite(const TokenMatrix<T>& x) {
@@ -104,18 +49,15 @@ void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x) {
   if (!by_token && x.token_stride != 1) {
     invalid("x: the features of a token or the tokens of a feature must be contiguous");
   }
-  if (blas::backend() == "eigen") {
-    if (by_token) {
-      add_gram_lower_blocked(gram, RowMap(x.data, x.tokens, x.features, Stride(x.token_stride)));
-    } else {
-      add_gram_lower_blocked(gram, ColMap(x.data, x.tokens, x.features, Stride(x.feature_stride)));
-    }
+  // A batch whose rows (tokens, C order) or columns (features, F order) are contiguous and do
+  // not overlap is the A of C += AᵀA or of C += A·Aᵀ as it is; any other is copied to C order a
+  // bounded chunk of tokens at a time first.
+  if (by_token && x.token_stride >= x.features) {
+    blas::syrk_lower<T>(true, T(1), {x.data, x.tokens, x.features, x.token_stride}, T(1), gram);
     return;
   }
-  // With a loaded BLAS, a C-ordered batch is the A of C += AᵀA and goes to its SYRK as it is;
-  // other batches are copied to C order a bounded chunk of tokens at a time first.
-  if (by_token && x.token_stride >= x.features) {
-    blas::syrk_lower_at_a<T>(T(1), {x.data, x.tokens, x.features, x.token_stride}, T(1), gram);
+  if (!by_token && x.feature_stride >= x.tokens) {
+    blas::syrk_lower<T>(false, T(1), {x.data, x.features, x.tokens, x.feature_stride}, T(1), gram);
     return;
   }
   constexpr Index kChunkElements = Index(1) << 22;
@@ -129,7 +71,7 @@ void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x) {
     } else {
       buffer.topRows(n) = ColMap(x.data + t0, n, x.features, Stride(x.feature_stride));
     }
-    blas::syrk_lower_at_a<T>(T(1), {buffer.data(), n, x.features, x.features}, T(1), gram);
+    blas::syrk_lower<T>(true, T(1), {buffer.data(), n, x.features, x.features}, T(1), gram);
   }
 }
 

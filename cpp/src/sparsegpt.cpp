@@ -394,34 +394,15 @@ void prune_tile_of_block(const Superblock<T>& sb, ConstMatrixView<T> u,
   }
 }
 
-// W[:, s2:] −= Err[:, s1:s2] · U[s1:s2, s2:]. With OpenBLAS loaded, one GEMM on its threads
-// (the column-major errors are the row-major (s2 − s1) × rows matrix Errᵀ); on Eigen, fixed 2-D
-// tiles each computed by one thread, since Eigen's own parallel GEMM rounds differently for
-// different thread counts.
+// W[:, s2:] −= Err[:, s1:s2] · U[s1:s2, s2:]: one GEMM (the column-major errors are the
+// row-major (s2 − s1) × rows matrix Errᵀ).
 template <class T>
 void update_after_superblock(MatrixView<T> weight, ConstMatrixView<T> u, const Superblock<T>& sb) {
-  constexpr Index kRows = 256, kCols = 512;
   const Index rows = weight.rows, c = weight.cols, sc = sb.s2 - sb.s1;
-  const Index row_tiles = (rows + kRows - 1) / kRows, col_tiles = (c - sb.s2 + kCols - 1) / kCols;
-  const Index tiles = row_tiles * col_tiles;
-  if (blas::backend() != "eigen") {
-    const ConstMatrixView<T> errors_t{sb.errors, sc, rows, rows};
-    const ConstMatrixView<T> u_right{u.data + sb.s1 * u.stride + sb.s2, sc, c - sb.s2, u.stride};
-    const MatrixView<T> weight_right{weight.data + sb.s2, rows, c - sb.s2, weight.stride};
-    blas::gemm(true, false, T(-1), errors_t, u_right, T(1), weight_right);
-    return;
-  }
-#pragma omp parallel num_threads(tile_threads(tiles, double(kRows) * double(kCols) * double(sc)))
-  {
-    keep_products_on_this_thread();
-#pragma omp for schedule(static)
-    for (Index t = 0; t < tiles; ++t) {
-      const Index r0 = (t / col_tiles) * kRows, c0 = sb.s2 + (t % col_tiles) * kCols;
-      const Index rb = std::min(kRows, rows - r0), cb = std::min(kCols, c - c0);
-      block(weight, r0, c0, rb, cb).noalias() -=
-          sb.view(sb.errors, r0, sb.s1, rb, sc) * block(u, sb.s1, c0, sc, cb);
-    }
-  }
+  const ConstMatrixView<T> errors_t{sb.errors, sc, rows, rows};
+  const ConstMatrixView<T> u_right{u.data + sb.s1 * u.stride + sb.s2, sc, c - sb.s2, u.stride};
+  const MatrixView<T> weight_right{weight.data + sb.s2, rows, c - sb.s2, weight.stride};
+  blas::gemm(true, false, T(-1), errors_t, u_right, T(1), weight_right);
 }
 
 }  // namespace

@@ -35,10 +35,9 @@ CPU-s); there the unstructured selection, over 1.4 M scores a block, costs about
 choosing 2:4 groups. The update after each superblock of 512 columns is one OpenBLAS GEMM near
 numpy's rate; what is left is the work inside a superblock (Eigen GEMMs per 128-row tile, the
 per-column panel updates, copying to and from the column-major superblock) and the factorisation's
-own rate. With OpenBLAS, results are bit-identical for every thread count of 2 or more; on one
-thread OpenBLAS factorises and multiplies with other algorithms, so U and the weights differ from
-the multithreaded ones in the last bits (masks agree but for near-ties). On Eigen
-(``FASTPRUNE_BLAS=eigen``) results are identical for every thread count.
+own rate. Results are bit-identical for every thread count: every dense routine splits its
+output into tiles of a fixed size and computes each tile with one single-threaded call (OpenBLAS
+or Eigen), whichever thread runs it.
 """
 
 from __future__ import annotations

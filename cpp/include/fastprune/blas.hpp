@@ -1,10 +1,13 @@
 // Dense linear algebra for the solver and the calibration statistics.
 //
-// Every routine runs on Eigen by default. When an external OpenBLAS has been loaded with
-// `load_openblas` (the Python package loads the one the scipy-openblas32 wheel ships, which
-// picks its kernels for the CPU at run time), the large GEMM / SYRK / POTRF / TRTRI calls go to
-// it instead: on the CPUs we measured its SGEMM is about a third faster than Eigen's and its
-// Cholesky is multithreaded. All matrices are row-major views (see common.hpp).
+// Every routine splits its output into tiles of a fixed size, shares the tiles among the
+// threads and computes each tile with one single-threaded call: the results are the same for
+// every thread count, and there is one thread team (ours) instead of two competing ones. The
+// single-threaded calls run on Eigen by default. When an external OpenBLAS has been loaded with
+// `load_openblas` (the Python package loads the one the scipy-openblas32 wheel ships, which picks
+// its kernels for the CPU at run time), they go to it instead, held at one thread: on the CPUs
+// we measured its SGEMM kernel is about a third faster than Eigen's. All matrices are row-major
+// views (see common.hpp).
 #pragma once
 
 #include <string>
@@ -20,18 +23,17 @@ void load_openblas(const std::string& path, const std::string& prefix);
 void unload();
 // "eigen" or the OpenBLAS configuration string.
 std::string backend();
-// Forwards the thread count to the external library, if one is loaded.
-void set_num_threads(int n);
 
 // C = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T.
 template <class T>
 void gemm(bool trans_a, bool trans_b, T alpha, ConstMatrixView<T> a, ConstMatrixView<T> b, T beta,
           MatrixView<T> c);
 
-// Lower triangle of C = alpha * A^T * A + beta * C (A is k x n, C is n x n). The strict upper
-// triangle of C is left untouched.
+// Lower triangle of C = alpha * op(A) * op(A)^T + beta * C with op(A) = A^T when `a_t_a` (A is
+// k x n: C = alpha A^T A + beta C) and op(A) = A otherwise (A is n x k). The strict upper triangle
+// of C is left untouched.
 template <class T>
-void syrk_lower_at_a(T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c);
+void syrk_lower(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c);
 
 // In place: the lower triangle of A becomes L with A = L L^T (the strict upper triangle is not
 // referenced). Returns false, leaving A partly overwritten, when A is not positive definite.
