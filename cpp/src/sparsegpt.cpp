@@ -2,6 +2,10 @@
 
 #include <omp.h>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -9,7 +13,6 @@
 #include <iomanip>
 #include <iterator>
 #include <limits>
-#include <memory>
 #include <sstream>
 #include <type_traits>
 #include <vector>
@@ -57,40 +60,33 @@ std::string number(double x) {
 
 // --- U = J · chol(J·H·J)⁻¹ · J ----------------------------------------------------------
 
-// Largest |H_ij| and largest |H_ij − H_ji| (walked in square tiles so both reads stay cached).
+// Lower triangle of a = J · (H + Hᵀ)/2 · J, with dead diagonal entries set to 1 and `shift` added
+// to the diagonal (the upper triangle of `a` is left as it was), and the largest |H_ij| and
+// |H_ij − H_ji| met on the way. Rows of square tiles in parallel; a tile and its mirror image stay
+// cached.
 template <class T>
-void symmetry_defect(ConstMatrixView<T> h, double& largest, double& defect) {
-  largest = 0.0;
-  defect = 0.0;
-  const Index c = h.rows;
-  for (Index i0 = 0; i0 < c; i0 += kTile) {
-    for (Index j0 = 0; j0 <= i0; j0 += kTile) {
-      for (Index i = i0; i < std::min(i0 + kTile, c); ++i) {
-        for (Index j = j0; j < std::min(j0 + kTile, i + 1); ++j) {
-          const double a = h(i, j), b = h(j, i);
-          largest = std::max({largest, std::abs(a), std::abs(b)});
-          defect = std::max(defect, std::abs(a - b));
-        }
-      }
-    }
-  }
-}
-
-// Lower triangle of a = J · (H + Hᵀ)/2 · J, with dead diagonal entries set to 1 and
-// `shift` added to the diagonal. Returns nothing; the upper triangle of `a` is left as it was.
-template <class T>
-void load_reversed(ConstMatrixView<T> h, const bool* dead, double shift, MatrixView<T> a) {
-  const Index c = h.rows;
-  for (Index i0 = 0; i0 < c; i0 += kTile) {
+void load_reversed(ConstMatrixView<T> h, const bool* dead, double shift, MatrixView<T> a,
+                   double& largest, double& defect) {
+  const Index c = h.rows, tiles = (c + kTile - 1) / kTile;
+  double big = 0.0, worst = 0.0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(max : big, worst) \
+    num_threads(threads_for(double(c) * double(c) / 2.0))
+  for (Index t = 0; t < tiles; ++t) {
+    const Index i0 = (tiles - 1 - t) * kTile;  // the longest rows of tiles first
     for (Index j0 = 0; j0 <= i0; j0 += kTile) {
       for (Index i = i0; i < std::min(i0 + kTile, c); ++i) {
         for (Index j = j0; j < std::min(j0 + kTile, i + 1); ++j) {
           const Index hi = c - 1 - i, hj = c - 1 - j;
-          a(i, j) = (h(hi, hj) + h(hj, hi)) / T(2);
+          const T x = h(hi, hj), y = h(hj, hi);
+          a(i, j) = (x + y) / T(2);
+          big = std::max({big, std::abs(double(x)), std::abs(double(y))});
+          worst = std::max(worst, std::abs(double(x) - double(y)));
         }
       }
     }
   }
+  largest = big;
+  defect = worst;
   for (Index i = 0; i < c; ++i) {
     const Index hi = c - 1 - i;
     a(i, i) = static_cast<T>((dead[hi] ? 1.0 : static_cast<double>(a(i, i))) + shift);
@@ -102,6 +98,8 @@ void load_reversed(ConstMatrixView<T> h, const bool* dead, double shift, MatrixV
 template <class T>
 bool reverse_into_upper(MatrixView<T> a) {
   const Index c = a.rows;
+  const int threads = threads_for(double(c) * double(c));
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (Index i = 0; i < c / 2; ++i) {
     T* top = a.row(i);
     T* bottom = a.row(c - 1 - i);
@@ -109,6 +107,7 @@ bool reverse_into_upper(MatrixView<T> a) {
   }
   if (c % 2 == 1) std::reverse(a.row(c / 2), a.row(c / 2) + c);
   bool ok = true;
+#pragma omp parallel for schedule(static) reduction(&& : ok) num_threads(threads)
   for (Index i = 0; i < c; ++i) {
     T* r = a.row(i);
     std::fill(r, r + i, T(0));
@@ -155,27 +154,91 @@ struct Superblock {
   }
 };
 
-// Copies rows [r0, r0 + rb) of the superblock's columns between the row-major weight and mask
-// and the column-major superblock, in small squares so that both sides stay cached.
-template <class T>
-void load_rows(MatrixView<T> weight, const Superblock<T>& sb, Index r0, Index rb) {
-  constexpr Index kSquare = 16;
-  for (Index j0 = sb.s1; j0 < sb.s2; j0 += kSquare) {
-    for (Index r = r0; r < r0 + rb; ++r) {
-      for (Index j = j0; j < std::min(j0 + kSquare, sb.s2); ++j) {
-        sb.column(sb.weights, j)[r] = weight(r, j);
-      }
-    }
+// 8 × 8 transposes of float tiles (dst(k, i) = src(i, k)) in AVX registers where the core is
+// built for AVX2; the generic loops below handle every other case and the edges.
+#if defined(__AVX2__)
+constexpr Index kSquare = 8;
+
+void transpose8(const float* src, Index src_stride, float* dst, Index dst_stride) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * dst_stride, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
   }
 }
 
+// The mask of an 8 × 8 tile of column-major keep values (1 or 0) into row-major bools.
+void transpose8_mask(const float* keep, Index keep_stride, bool* mask, Index mask_stride) {
+  alignas(32) float tile[64];
+  transpose8(keep, keep_stride, tile, 8);
+  for (int i = 0; i < 8; ++i) {
+    const auto bits = static_cast<unsigned>(_mm256_movemask_ps(
+        _mm256_cmp_ps(_mm256_load_ps(tile + 8 * i), _mm256_setzero_ps(), _CMP_NEQ_UQ)));
+    const std::uint64_t bytes = _pdep_u64(bits, 0x0101010101010101ULL);
+    std::memcpy(mask + i * mask_stride, &bytes, 8);
+  }
+}
+#else
+constexpr Index kSquare = 16;
+#endif
+
+// Copies rows [r0, r0 + rb) of the superblock's columns from the row-major weight into the
+// column-major superblock (dead columns as zeros), in small squares so that both sides stay
+// cached.
+template <class T>
+void load_rows(MatrixView<T> weight, const bool* dead, const Superblock<T>& sb, Index r0,
+               Index rb) {
+  for (Index j0 = sb.s1; j0 < sb.s2; j0 += kSquare) {
+    const Index j1 = std::min(j0 + kSquare, sb.s2);
+    Index r = r0;
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (j1 - j0 == kSquare) {
+        for (; r + kSquare <= r0 + rb; r += kSquare) {
+          transpose8(&weight(r, j0), weight.stride, sb.column(sb.weights, j0) + r, sb.rows);
+        }
+      }
+    }
+#endif
+    for (; r < r0 + rb; ++r) {
+      for (Index j = j0; j < j1; ++j) sb.column(sb.weights, j)[r] = weight(r, j);
+    }
+  }
+  for (Index j = sb.s1; j < sb.s2; ++j) {
+    if (dead[j]) std::fill_n(sb.column(sb.weights, j) + r0, rb, T(0));
+  }
+}
+
+// Copies the pruned weights and the mask of rows [r0, r0 + rb) back to row-major.
 template <class T>
 void store_rows(MatrixView<T> weight, MatrixView<bool> mask, const Superblock<T>& sb, Index r0,
                 Index rb) {
-  constexpr Index kSquare = 16;
   for (Index j0 = sb.s1; j0 < sb.s2; j0 += kSquare) {
-    for (Index r = r0; r < r0 + rb; ++r) {
-      for (Index j = j0; j < std::min(j0 + kSquare, sb.s2); ++j) {
+    const Index j1 = std::min(j0 + kSquare, sb.s2);
+    Index r = r0;
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (j1 - j0 == kSquare) {
+        for (; r + kSquare <= r0 + rb; r += kSquare) {
+          transpose8(sb.column(sb.weights, j0) + r, sb.rows, &weight(r, j0), weight.stride);
+          transpose8_mask(sb.column(sb.keep, j0) + r, sb.rows, &mask(r, j0), mask.stride);
+        }
+      }
+    }
+#endif
+    for (; r < r0 + rb; ++r) {
+      for (Index j = j0; j < j1; ++j) {
         weight(r, j) = sb.column(sb.weights, j)[r];
         mask(r, j) = sb.column(sb.keep, j)[r] != T(0);
       }
@@ -197,30 +260,61 @@ auto order_key(T x) {
   return (bits & sign) ? Key(~bits) : Key(bits | sign);
 }
 
-// keep[i] = false for the k smallest of the n scores by (score, index), true for the rest: the
-// rule of masks::prune_smallest. The threshold key comes from a histogram of the top 11 bits of
-// every key (per thread, summed in integers), then nth_element among the keys that share the
-// threshold's top bits. Marking is one parallel pass when every key equal to the threshold is
-// pruned (the usual case); otherwise the ties are counted per fixed chunk first. The result never
-// depends on the thread count.
+// Unstructured: the mask of block [i1, i1 + bc), one exact-count selection over all rows × block
+// columns by saliency w² / U_jj²: the k smallest by (score, row-major index within the block) are
+// pruned, the rule of masks::prune_smallest; weights that may not be kept rank below every other.
+// Scores are computed column by column (the superblock's layout) together with a histogram of the
+// top 11 bits of their order keys; the threshold key is found by nth_element among the keys that
+// share its top bits. Keys below it are pruned, keys above it kept, and keys equal to it pruned
+// when all of them fit the budget (the usual case), else the first ones in row-major order.
+// Nothing depends on the thread count. `scores` has room for rows · bc values.
 template <class T>
-void prune_smallest_parallel(const T* scores, Index n, Index k, bool* keep) {
-  if (k <= 0 || k >= n) {
-    std::fill(keep, keep + n, k <= 0);
-    return;
-  }
+void select_block(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
+                  Index i1, Index bc, double sparsity, T* scores) {
   using Key = decltype(order_key(T(0)));
   constexpr int kBits = 11, kShift = 8 * sizeof(Key) - kBits;  // 2^11 counters stay in L1
-  constexpr Index kBins = Index(1) << kBits, kChunk = Index(1) << 16;
-  const int threads = threads_for(double(n), double(kChunk));
+  constexpr Index kBins = Index(1) << kBits;
+  const Index rows = sb.rows, total = rows * bc;
+  const int threads = static_cast<int>(std::min<Index>(bc, threads_for(double(total))));
+  const auto score = [&](Index j) { return scores + j * rows; };
   std::vector<Index> histogram(static_cast<size_t>(kBins), 0);
-#pragma omp parallel num_threads(threads)
+  Index forced = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : forced)
   {
     std::vector<Index> local(static_cast<size_t>(kBins), 0);
-#pragma omp for schedule(static) nowait
-    for (Index i = 0; i < n; ++i) ++local[order_key(scores[i]) >> kShift];
+#pragma omp for schedule(static)
+    for (Index j = 0; j < bc; ++j) {
+      const Index col = i1 + j;
+      const T* w = sb.column(sb.weights, col);
+      const T d2 = u(col, col) * u(col, col);
+      T* s = score(j);
+      for (Index r = 0; r < rows; ++r) s[r] = w[r] * w[r] / d2;
+      if (allowed.data != nullptr) {
+        for (Index r = 0; r < rows; ++r) {
+          if (!allowed(r, col)) {
+            s[r] = -std::numeric_limits<T>::infinity();
+            ++forced;
+          }
+        }
+      }
+      for (Index r = 0; r < rows; ++r) ++local[order_key(s[r]) >> kShift];
+    }
 #pragma omp critical
     for (Index b = 0; b < kBins; ++b) histogram[b] += local[b];
+  }
+  const Index k = std::max(static_cast<Index>(static_cast<double>(total) * sparsity), forced);
+  // keep = 1 where keep_if(key), column by column.
+  const auto mark = [&](auto keep_if) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (Index j = 0; j < bc; ++j) {
+      const T* s = score(j);
+      T* keep = sb.column(sb.keep, i1 + j);
+      for (Index r = 0; r < rows; ++r) keep[r] = keep_if(order_key(s[r])) ? T(1) : T(0);
+    }
+  };
+  if (k <= 0 || k >= total) {
+    mark([&](Key) { return k <= 0; });
+    return;
   }
   Index rank = k - 1;  // the threshold's rank among the keys that share its top bits
   Index below = 0;     // keys below the threshold
@@ -229,78 +323,41 @@ void prune_smallest_parallel(const T* scores, Index n, Index k, bool* keep) {
     rank -= histogram[top];
     below += histogram[top++];
   }
-  // The keys with the threshold's top bits, gathered without branches (one spare slot).
-  std::vector<Key> candidates(static_cast<size_t>(histogram[top] + 1));
-  Index count = 0;
-  for (Index i = 0; i < n; ++i) {
-    const Key key = order_key(scores[i]);
-    candidates[count] = key;
-    count += (key >> kShift) == top;
+  // The keys with the threshold's top bits, in an order that depends on the threads; the
+  // threshold and the counts below do not.
+  std::vector<Key> candidates;
+  candidates.reserve(static_cast<size_t>(histogram[top]));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<Key> local;
+#pragma omp for schedule(static) nowait
+    for (Index j = 0; j < bc; ++j) {
+      const T* s = score(j);
+      for (Index r = 0; r < rows; ++r) {
+        const Key key = order_key(s[r]);
+        if ((key >> kShift) == top) local.push_back(key);
+      }
+    }
+#pragma omp critical
+    candidates.insert(candidates.end(), local.begin(), local.end());
   }
-  const auto first = candidates.begin(), last = first + count;
+  const auto first = candidates.begin(), last = candidates.end();
   std::nth_element(first, first + rank, last);
   const Key threshold = first[rank];
   below += std::count_if(first, last, [&](Key key) { return key < threshold; });
   const Index ties_left = k - below;
   if (ties_left == std::count(first, last, threshold)) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (Index i = 0; i < n; ++i) keep[i] = order_key(scores[i]) > threshold;
+    mark([&](Key key) { return key > threshold; });
     return;
   }
-  const Index chunks = (n + kChunk - 1) / kChunk;
-  std::vector<Index> ties(static_cast<size_t>(chunks + 1), 0);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (Index c = 0; c < chunks; ++c) {
-    for (Index i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-      ties[c + 1] += order_key(scores[i]) == threshold;
-    }
-  }
-  for (Index c = 0; c < chunks; ++c) ties[c + 1] += ties[c];  // ties before each chunk
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (Index c = 0; c < chunks; ++c) {
-    Index tie = ties[c];
-    for (Index i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) {
-      const Key key = order_key(scores[i]);
-      const bool is_tie = key == threshold;
-      keep[i] = !(key < threshold || (is_tie && tie < ties_left));
-      tie += is_tie;
-    }
-  }
-}
-
-// Unstructured: the mask of block [i1, i1 + bc), one exact-count selection over all rows × block
-// columns by saliency w² / U_jj², in row-major order within the block (ties go to the lower
-// row-major index); weights that may not be kept are ranked below every other.
-template <class T>
-void select_block(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                  Index i1, Index bc, double sparsity, T* scores, bool* keep) {
-  constexpr Index kStrip = 16;  // rows per strip: the strip's scores stay cached across columns
-  const Index rows = sb.rows, strips = (rows + kStrip - 1) / kStrip;
-  const int threads = threads_for(double(rows) * double(bc));
-  Index forced = 0;
-#pragma omp parallel for schedule(static) reduction(+ : forced) num_threads(threads)
-  for (Index t = 0; t < strips; ++t) {
-    const Index r0 = t * kStrip, r1 = std::min(rows, r0 + kStrip);
-    for (Index j = 0; j < bc; ++j) {
-      const Index col = i1 + j;
-      const T* w = sb.column(sb.weights, col);
-      const T d2 = u(col, col) * u(col, col);
-      for (Index r = r0; r < r1; ++r) {
-        const bool may_keep = allowed.data == nullptr || allowed(r, col);
-        scores[r * bc + j] = may_keep ? w[r] * w[r] / d2 : -std::numeric_limits<T>::infinity();
-        forced += !may_keep;
+  mark([&](Key key) { return key >= threshold; });
+  Index tie = 0;
+  for (Index r = 0; r < rows && tie < ties_left; ++r) {
+    for (Index j = 0; j < bc && tie < ties_left; ++j) {
+      if (order_key(score(j)[r]) == threshold) {
+        sb.column(sb.keep, i1 + j)[r] = T(0);
+        ++tie;
       }
-    }
-  }
-  const Index total = rows * bc;
-  const auto budget = static_cast<Index>(static_cast<double>(total) * sparsity);
-  prune_smallest_parallel(scores, total, std::max(budget, forced), keep);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (Index t = 0; t < strips; ++t) {
-    const Index r0 = t * kStrip, r1 = std::min(rows, r0 + kStrip);
-    for (Index j = 0; j < bc; ++j) {
-      T* out = sb.column(sb.keep, i1 + j);
-      for (Index r = r0; r < r1; ++r) out[r] = keep[r * bc + j] ? T(1) : T(0);
     }
   }
 }
@@ -415,12 +472,6 @@ double inverse_hessian_factor(ConstMatrixView<T> hessian, double damp, int max_t
   if (u.rows != c || u.cols != c) invalid("u: expected the shape of the hessian");
   if (max_tries < 1) invalid("max_tries: must be >= 1");
   if (!(damp >= 0.0) || !std::isfinite(damp)) invalid("damp: must be a finite number >= 0");
-  double largest = 0.0, defect = 0.0;
-  symmetry_defect(hessian, largest, defect);
-  if (defect > 1e-4 * largest) {
-    invalid("hessian: not symmetric (largest |H - H^T| is " + number(defect) +
-            ", more than 1e-4 of the largest |H| entry, " + number(largest) + ")");
-  }
   double diagonal_sum = 0.0;
   for (Index j = 0; j < c; ++j) {
     dead[j] = hessian(j, j) == T(0);
@@ -430,7 +481,12 @@ double inverse_hessian_factor(ConstMatrixView<T> hessian, double damp, int max_t
   double relative = damp;
   for (int attempt = 0; attempt < max_tries; ++attempt) {
     if (attempt > 0) relative = relative > 0.0 ? relative * 10.0 : 1e-6;
-    load_reversed(hessian, dead, relative * mean_diagonal, u);
+    double largest = 0.0, defect = 0.0;
+    load_reversed(hessian, dead, relative * mean_diagonal, u, largest, defect);
+    if (defect > 1e-4 * largest) {
+      invalid("hessian: not symmetric (largest |H - H^T| is " + number(defect) +
+              ", more than 1e-4 of the largest |H| entry, " + number(largest) + ")");
+    }
     if (!blas::cholesky_lower(u)) continue;
     blas::invert_lower(u);
     if (reverse_into_upper(u)) return relative;
@@ -461,30 +517,22 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
   const Index smax = std::min(superblock_width(options), std::max<Index>(c, 1));
   const auto superblock_size = static_cast<size_t>(rows * smax);
   std::vector<T> sb_weights(superblock_size), sb_errors(superblock_size), sb_keep(superblock_size);
-  const auto buffer = static_cast<size_t>(options.m > 0 ? 0 : rows * bmax);
-  std::vector<T> scores(buffer);
-  const auto keep = std::make_unique<bool[]>(buffer);
+  std::vector<T> scores(static_cast<size_t>(options.m > 0 ? 0 : rows * bmax));
   std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
   const Index tiles = (rows + kRowTile - 1) / kRowTile;
   const int copy_threads = threads_for(double(rows) * double(smax));
 
-#pragma omp parallel for schedule(static) num_threads(threads_for(double(rows) * double(c)))
-  for (Index r = 0; r < rows; ++r) {
-    for (Index j = 0; j < c; ++j) {
-      if (dead[j]) weight(r, j) = T(0);
-    }
-  }
   for (Index s1 = 0; s1 < c; s1 += smax) {
     const Superblock<T> sb{
         rows, s1, std::min(s1 + smax, c), sb_weights.data(), sb_errors.data(), sb_keep.data()};
 #pragma omp parallel for schedule(static) num_threads(copy_threads)
     for (Index t = 0; t < tiles; ++t) {
-      load_rows(weight, sb, t * kRowTile, std::min(kRowTile, rows - t * kRowTile));
+      load_rows(weight, dead, sb, t * kRowTile, std::min(kRowTile, rows - t * kRowTile));
     }
     for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
       const Index i2 = std::min(i1 + options.blocksize, sb.s2);
       if (options.m == 0) {
-        select_block(sb, u, allowed, i1, i2 - i1, options.sparsity, scores.data(), keep.get());
+        select_block(sb, u, allowed, i1, i2 - i1, options.sparsity, scores.data());
       }
       const double tile_flops = double(kRowTile) * double(i2 - i1) * double(sb.s2 - i1);
 #pragma omp parallel num_threads(tile_threads(tiles, tile_flops))
