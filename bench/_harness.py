@@ -7,6 +7,7 @@ and a throughput. Every row is checked for equality with its baseline before it 
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -88,12 +89,19 @@ def gflops(flops: float, seconds: float) -> str:
     return f"{flops / seconds / 1e9:.0f} GFLOP/s"
 
 
+def of_sgemm(flops: float, seconds: float) -> str:
+    """The rate and its share of the NumPy SGEMM rate measured in this run."""
+    share = flops / seconds / 1e9 / machine_limits()["sgemm_gflops"]
+    return f"{gflops(flops, seconds)} ({100 * share:.0f} % of SGEMM)"
+
+
 def gbps(nbytes: float, seconds: float) -> str:
     return f"{nbytes / seconds / 1e9:.1f} GB/s"
 
 
+@functools.cache
 def machine_limits() -> dict[str, float]:
-    """The machine's own limits, measured now: NumPy SGEMM rate and copy bandwidth."""
+    """The machine's own limits, measured once per run: NumPy SGEMM rate and copy bandwidth."""
     rng = np.random.default_rng(0)
     n = 2048
     a = rng.standard_normal((n, n), dtype=np.float32)

@@ -5,6 +5,8 @@ The baseline follows the paper's reference code step by step: dead columns, rela
 ``torch.sort`` threshold (unstructured) or a ``torch.topk`` per group of m (N:M), per-column
 rank-1 OBS updates inside the block and one matmul for the columns after it. Rates count
 ``r·c² + ⅔c³`` flops. The 4096×4096 cases run by default; ``BENCH_LARGE=1`` adds 11008×4096.
+Small layers (1024×1024 and 384×384) are also timed on every thread against one thread: the
+thread count is chosen per size, so more threads must never make them slower.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 import fastprune
 
-from ._harness import Row, Table, gflops, median_time, torch_or_none
+from ._harness import Row, Table, median_time, of_sgemm, torch_or_none
 
 
 def torch_sparsegpt(
@@ -121,7 +123,41 @@ def run(table: Table) -> None:
                     ours_time,
                     "torch SparseGPT loop",
                     baseline_time,
-                    gflops(flops, ours_time),
+                    of_sgemm(flops, ours_time),
+                )
+            )
+    if threads > 1:
+        _thread_scaling(table, rng, threads)
+
+
+def _thread_scaling(table: Table, rng: np.random.Generator, threads: int) -> None:
+    for size in (1024, 384):
+        h = calibration_hessian(rng, size)
+        w = rng.standard_normal((size, size), dtype=np.float32)
+        flops = size**3 + 2 / 3 * size**3
+        for pattern in ("unstructured", "2:4"):
+            label = "50 %" if pattern == "unstructured" else pattern
+
+            def solve(
+                w: np.ndarray[Any, Any] = w, h: np.ndarray[Any, Any] = h, pattern: str = pattern
+            ) -> object:
+                return fastprune.sparsegpt(w, h, 0.5, pattern)
+
+            fastprune.set_num_threads(1)
+            try:
+                one = median_time(solve)
+            finally:
+                fastprune.set_num_threads(threads)
+            ours = median_time(solve)
+            table.add(
+                Row(
+                    f"sparsegpt {label}",
+                    f"{size}x{size}",
+                    threads,
+                    ours,
+                    "fastprune on 1 thread",
+                    one,
+                    of_sgemm(flops, ours),
                 )
             )
 
