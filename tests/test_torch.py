@@ -496,17 +496,24 @@ def test_refit_solves_every_rows_kept_weights_exactly(pattern):
 
 
 @pytest.mark.parametrize("refit", [False, True])
-def test_reconstruct_dense_fits_each_layer_to_the_dense_models_output(refit):
+@pytest.mark.parametrize("sequential", [True, "block"])
+def test_reconstruct_dense_fits_each_layer_to_the_dense_models_output(refit, sequential):
     data = batches()
     dense = toy()
     model = toy()
-    report = prune_model(model, data, refit=refit, progress=False)
+    report = prune_model(model, data, refit=refit, sequential=sequential, progress=False)
     assert report.manifest["options"]["reconstruct"] == "dense"
     pruned = weights(model)
+    # what block 1 was calibrated on in "block" mode: block 0 pruned, block 1 dense
+    first_pruned = toy()
+    for name in names(0):
+        first_pruned.get_submodule(name).weight.data.copy_(model.get_submodule(name).weight.data)
     moved = []
     for name in names(0) + names(1):
-        # a layer's input depends only on the layers before it, which were pruned before it was
-        x = layer_inputs(model, name, data)
+        if sequential is True:  # a layer's input depends only on the layers pruned before it
+            x = layer_inputs(model, name, data)
+        else:  # a block is calibrated in one pass, on the pruned blocks before it
+            x = layer_inputs(first_pruned if name.startswith("layers.1.") else dense, name, data)
         x0 = layer_inputs(dense, name, data)
         hessian = 2.0 * x.T @ x / len(x)
         damped_h = damped(hessian)
