@@ -496,24 +496,17 @@ def test_refit_solves_every_rows_kept_weights_exactly(pattern):
 
 
 @pytest.mark.parametrize("refit", [False, True])
-@pytest.mark.parametrize("sequential", [True, "block"])
-def test_reconstruct_dense_fits_each_layer_to_the_dense_models_output(refit, sequential):
+def test_reconstruct_dense_fits_each_layer_to_the_dense_models_output(refit):
     data = batches()
     dense = toy()
     model = toy()
-    report = prune_model(model, data, refit=refit, sequential=sequential, progress=False)
+    report = prune_model(model, data, refit=refit, progress=False)
     assert report.manifest["options"]["reconstruct"] == "dense"
     pruned = weights(model)
-    # what block 1 was calibrated on in "block" mode: block 0 pruned, block 1 dense
-    first_pruned = toy()
-    for name in names(0):
-        first_pruned.get_submodule(name).weight.data.copy_(model.get_submodule(name).weight.data)
     moved = []
     for name in names(0) + names(1):
-        if sequential is True:  # a layer's input depends only on the layers pruned before it
-            x = layer_inputs(model, name, data)
-        else:  # a block is calibrated in one pass, on the pruned blocks before it
-            x = layer_inputs(first_pruned if name.startswith("layers.1.") else dense, name, data)
+        # a layer's input depends only on the layers before it, which were pruned before it was
+        x = layer_inputs(model, name, data)
         x0 = layer_inputs(dense, name, data)
         hessian = 2.0 * x.T @ x / len(x)
         damped_h = damped(hessian)
@@ -528,6 +521,16 @@ def test_reconstruct_dense_fits_each_layer_to_the_dense_models_output(refit, seq
         np.testing.assert_allclose(pruned[name], expected, rtol=1e-3, atol=1e-4)
     assert not any(moved[:3])  # block 0's q, k and v read the dense model's input itself
     assert all(moved[6:])  # block 1 reads what the pruned block 0 gives
+
+
+@pytest.mark.parametrize("sequential", ["block", False])
+def test_reconstruct_dense_applies_to_true_sequential_mode_only(sequential):
+    data = batches()
+    default, own = toy(), toy()
+    prune_model(default, data, sequential=sequential, progress=False)
+    prune_model(own, data, sequential=sequential, reconstruct="layer", progress=False)
+    for name in names(0) + names(1):
+        np.testing.assert_array_equal(weights(default)[name], weights(own)[name])
 
 
 class TwiceBlock(nn.Module):
