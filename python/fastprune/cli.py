@@ -92,6 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--blocksize", type=int, default=128, help="SparseGPT column block (128)")
     prune.add_argument("--damp", type=float, default=0.01, help="SparseGPT damping (0.01)")
+    prune.add_argument(
+        "--reconstruct",
+        choices=("dense", "layer"),
+        default="dense",
+        help="SparseGPT fits each layer to the dense model's output (dense, the default) or to "
+        "its own dense weights on its current input (layer, as in the paper)",
+    )
+    prune.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="keep SparseGPT's own kept weights instead of solving them exactly for the mask "
+        "(faster on very wide layers)",
+    )
     prune.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
     prune.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     prune.add_argument("--quiet", action="store_true", help="no progress bar or table")
@@ -171,6 +185,8 @@ def _run_prune(args: argparse.Namespace) -> int:
             blocks=args.blocks,
             blocksize=args.blocksize,
             damp=args.damp,
+            reconstruct=args.reconstruct,
+            refit=args.refit,
             progress=not args.quiet,
             seed=args.seed,
         )

@@ -8,6 +8,10 @@ Two pieces:
   into `fastprune.Calibration` objects. Layers that read the very same tensor in a forward pass
   (q/k/v, gate/up) are detected and share one Calibration. Tokens that the attention mask marks
   as padding never enter the statistics.
+- `DenseTwin` keeps a dense copy of a block and, run on the dense model's input to that block,
+  records what each of its layers reads, so that a `Calibrator` can also gather the statistic
+  ``Σ x₀ xᵀ`` pairing each token's input in the dense model (x₀) with its input in the model being
+  pruned (x): what reconstructing the dense model's outputs needs.
 
 Tensors reach NumPy without copies where the dtype allows (float32/float64/float16 on the CPU;
 bfloat16 is viewed through ml_dtypes when it is installed).
@@ -15,6 +19,7 @@ bfloat16 is viewed through ml_dtypes when it is installed).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 from collections.abc import Iterable, Iterator, Mapping
@@ -203,30 +208,115 @@ def in_features(module: nn.Module) -> int:
     return int(weight_of(module)[0].numel())
 
 
-class Group:
-    """Layers that read the same input, and the one Calibration they share."""
+class CrossStatistic:
+    """Running ``C = 2/N Σ_t x₀_t x_tᵀ`` over paired tokens, ``(in, in)`` in float64.
+
+    ``x₀_t`` is token t's input to a layer in the dense model, ``x_t`` its input to the same
+    layer in the model being pruned; with x₀ = x, C is the Hessian ``2/N Σ x xᵀ``. Each batch's
+    product is formed in float32 (float64 for float64 inputs) and summed in float64.
+    """
 
     def __init__(self, width: int) -> None:
+        self._sum = np.zeros((width, width))
+        self.count = 0
+
+    def update(
+        self, dense_rows: np.ndarray[Any, Any], rows: np.ndarray[Any, Any], mask: TokenMask
+    ) -> None:
+        width = self._sum.shape[0]
+        dtype = np.float64 if rows.dtype == np.float64 else np.float32
+        dense = np.asarray(dense_rows, dtype=dtype).reshape(-1, width)
+        here = np.asarray(rows, dtype=dtype).reshape(-1, width)
+        if mask is not None:
+            keep = np.asarray(mask).reshape(-1)
+            dense, here = dense[keep], here[keep]
+        self._sum += dense.T @ here
+        self.count += here.shape[0]
+
+    @property
+    def value(self) -> np.ndarray[Any, Any]:
+        """``2/N Σ x₀ xᵀ`` (zeros while N = 0), a new array."""
+        return self._sum * (2.0 / self.count if self.count else 0.0)
+
+
+class DenseTwin:
+    """A dense copy of a block, made before any of its layers is pruned.
+
+    `layer_inputs(inputs)` runs the copy on the dense model's input to the block and returns what
+    each named layer read, keyed by the layer's name in the original model; `run(inputs)` gives
+    the copy's output, the dense model's input to the next block.
+    """
+
+    def __init__(self, block: nn.Module, layers: Mapping[str, nn.Module]) -> None:
+        self.block = copy.deepcopy(block)
+        relative = {id(module): name for name, module in block.named_modules()}
+        twins = dict(self.block.named_modules())
+        self.layers = {name: twins[relative[id(module)]] for name, module in layers.items()}
+
+    def layer_inputs(self, inputs: BlockInput) -> dict[str, list[torch.Tensor]]:
+        """Per layer name, its inputs in the order of its calls (usually one)."""
+        seen: dict[str, list[torch.Tensor]] = {}
+
+        def hook_for(name: str) -> Any:
+            def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                x = args[0] if args else kwargs.get("input")
+                if isinstance(x, torch.Tensor):
+                    seen.setdefault(name, []).append(x)
+
+            return hook
+
+        handles = [
+            module.register_forward_pre_hook(hook_for(name), with_kwargs=True)
+            for name, module in self.layers.items()
+        ]
+        try:
+            self.run(inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return seen
+
+    def run(self, inputs: BlockInput) -> Any:
+        return run_block(self.block, inputs)
+
+
+class Group:
+    """Layers that read the same input, the one Calibration they share, and (when the dense
+    model's inputs are known) the cross statistic of their dense and current inputs."""
+
+    def __init__(self, width: int, *, cross: bool = False) -> None:
         self.members: list[str] = []
         self.calibration = fp.Calibration(width)
+        self.cross = CrossStatistic(width) if cross else None
 
 
 class Calibrator:
     """Forward pre-hooks on `layers` that feed their inputs into shared Calibrations.
 
-    Use as a context manager; call `new_batch(token_mask)` before each forward pass. After the
-    passes, `groups` lists the layers that share an input, in the order they were first called.
-    With `first_group_only`, only the group that is called first gets statistics (and is the only
-    one in `groups`); the other layers' inputs are ignored.
+    Use as a context manager; call `new_batch(token_mask, dense_inputs)` before each forward
+    pass. After the passes, `groups` lists the layers that share an input, in the order they were
+    first called. With `first_group_only`, only the group that is called first gets statistics
+    (and is the only one in `groups`); the other layers' inputs are ignored. With `cross`, every
+    batch must come with `dense_inputs` (the dense model's input to each layer, from
+    `DenseTwin.layer_inputs`), and each group also gathers its `CrossStatistic`.
     """
 
-    def __init__(self, layers: Mapping[str, nn.Module], *, first_group_only: bool = False) -> None:
+    def __init__(
+        self,
+        layers: Mapping[str, nn.Module],
+        *,
+        first_group_only: bool = False,
+        cross: bool = False,
+    ) -> None:
         self.layers = dict(layers)
         self.first_group_only = first_group_only
+        self.cross = cross
         self.groups: list[Group] = []
         self.group_of: dict[str, Group] = {}
         self._seen: list[tuple[torch.Tensor, Group]] = []
         self._token_mask: TokenMask = None
+        self._dense_inputs: Mapping[str, list[torch.Tensor]] = {}
+        self._calls: dict[str, int] = {}  # per layer, its calls so far in this batch
         self._handles: list[Any] = []
 
     def __enter__(self) -> Calibrator:
@@ -241,9 +331,16 @@ class Calibrator:
         self._handles.clear()
         self._seen.clear()
 
-    def new_batch(self, token_mask: TokenMask) -> None:
+    def new_batch(
+        self, token_mask: TokenMask, dense_inputs: Mapping[str, list[torch.Tensor]] | None = None
+    ) -> None:
+        if self.cross and dense_inputs is None:
+            msg = "Calibrator: with cross=True every batch needs the dense model's layer inputs"
+            raise ValueError(msg)
         self._seen.clear()  # drops the references that kept last batch's inputs alive
         self._token_mask = token_mask
+        self._dense_inputs = dense_inputs or {}
+        self._calls.clear()
 
     def _hook_for(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -256,6 +353,8 @@ class Calibrator:
         return hook
 
     def _observe(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
+        call = self._calls.get(name, 0)
+        self._calls[name] = call + 1
         own = self.group_of.get(name)
         for seen, group in self._seen:
             if _same_tensor(seen, x) and (own is None or own is group):
@@ -265,11 +364,19 @@ class Calibrator:
         if own is None:
             if self.first_group_only and self.groups:
                 return  # not the first group's input: calibrated in a later round
-            own = Group(in_features(module))
+            own = Group(in_features(module), cross=self.cross)
             self.groups.append(own)
             self._join(name, own)
         rows, mask = layer_rows(name, module, x, self._token_mask)
         own.calibration.update(rows, mask=mask)
+        if own.cross is not None:  # pair this call's input with the same call's in the dense twin
+            calls = self._dense_inputs.get(name, [])
+            dense = calls[call] if call < len(calls) else None
+            if dense is None or dense.shape != x.shape:
+                msg = f"{name}: the dense model's input to this layer is missing or mis-shaped"
+                raise ValueError(msg)
+            dense_rows, _ = layer_rows(name, module, dense, self._token_mask)
+            own.cross.update(dense_rows, rows, mask)
         self._seen.append((x, own))
 
     def _join(self, name: str, group: Group) -> None:
