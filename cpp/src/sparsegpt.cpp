@@ -47,9 +47,11 @@ auto segment(T* data, Index size) {
 // blocking (and so a rounding) that depends on the thread count.
 void keep_products_on_this_thread() { omp_set_num_threads(1); }
 
+// Threads for `tiles` row tiles of the pruning loop: at least two tiles and 8 M flops each, so
+// that small layers stay on fewer threads than would wait on one another.
 int tile_threads(Index tiles, double flops_per_tile) {
-  return std::min(static_cast<int>(std::max<Index>(tiles, 1)),
-                  threads_for(flops_per_tile * static_cast<double>(tiles), 1 << 20));
+  return std::min(static_cast<int>(std::max<Index>(tiles / 2, 1)),
+                  threads_for(flops_per_tile * static_cast<double>(tiles), 1 << 23));
 }
 
 std::string number(double x) {
@@ -130,9 +132,10 @@ Index panel_width(const Options& options) {
   return options.m > 0 ? options.m * std::max(1, 32 / options.m) : 32;
 }
 
-// Columns per superblock: whole blocks, about 512 columns.
+// Columns per superblock: whole blocks, about 256 columns (a deep enough GEMM after each one, and
+// less of the work inside superblocks, where it runs slower).
 Index superblock_width(const Options& options) {
-  return options.blocksize * std::max<Index>(1, 512 / options.blocksize);
+  return options.blocksize * std::max<Index>(1, 256 / options.blocksize);
 }
 
 template <class T>

@@ -12,8 +12,9 @@ The chosen module's submodules (``importance``, ``masks``, ``calibration``, ``sp
 Large dense linear algebra (the GEMMs, the Cholesky factorisation and triangular inverse of the
 SparseGPT solver, the Hessian's rank-k updates) is split into fixed tiles shared among
 fastprune's own threads; each tile is one single-threaded call to the OpenBLAS that the
-``scipy-openblas32`` wheel ships when it is installed (held at one thread of its own); ``FASTPRUNE_BLAS=eigen`` keeps it on
-Eigen, ``FASTPRUNE_BLAS=openblas`` makes a missing OpenBLAS an ImportError.
+``scipy-openblas32`` wheel ships when it is installed (held at one thread of its own), or to
+Eigen. ``FASTPRUNE_BLAS=eigen`` keeps every tile on Eigen, ``FASTPRUNE_BLAS=openblas`` makes a
+missing OpenBLAS an ImportError.
 """
 
 from __future__ import annotations
