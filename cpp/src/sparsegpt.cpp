@@ -26,6 +26,10 @@ namespace {
 // stay cached).
 constexpr Index kTile = 128;
 
+// Elements worth a thread of their own in the passes that only move data (copies, transposes):
+// below that, waking a second thread costs more than it saves.
+constexpr double kCopyGrain = double(1 << 18);
+
 // Rows per tile of the pruning loop's block step (panels, in-block and in-superblock GEMMs).
 constexpr Index kRowTile = 128;
 
@@ -72,7 +76,7 @@ void load_reversed(ConstMatrixView<T> h, const bool* dead, double shift, MatrixV
   const Index c = h.rows, tiles = (c + kTile - 1) / kTile;
   double big = 0.0, worst = 0.0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(max : big, worst) \
-    num_threads(threads_for(double(c) * double(c) / 2.0))
+    num_threads(threads_for(double(c) * double(c) / 2.0, kCopyGrain))
   for (Index t = 0; t < tiles; ++t) {
     const Index i0 = (tiles - 1 - t) * kTile;  // the longest rows of tiles first
     for (Index j0 = 0; j0 <= i0; j0 += kTile) {
@@ -100,7 +104,7 @@ void load_reversed(ConstMatrixView<T> h, const bool* dead, double shift, MatrixV
 template <class T>
 bool reverse_into_upper(MatrixView<T> a) {
   const Index c = a.rows;
-  const int threads = threads_for(double(c) * double(c));
+  const int threads = threads_for(double(c) * double(c), kCopyGrain);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (Index i = 0; i < c / 2; ++i) {
     T* top = a.row(i);
@@ -523,7 +527,7 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
   std::vector<T> scores(static_cast<size_t>(options.m > 0 ? 0 : rows * bmax));
   std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
   const Index tiles = (rows + kRowTile - 1) / kRowTile;
-  const int copy_threads = threads_for(double(rows) * double(smax));
+  const int copy_threads = threads_for(double(rows) * double(smax), kCopyGrain);
 
   for (Index s1 = 0; s1 < c; s1 += smax) {
     const Superblock<T> sb{

@@ -22,22 +22,18 @@ Reference semantics (DESIGN.md, "Algorithms"):
 - N:M (``n`` KEPT of every ``m``): each group of ``m`` columns is chosen per row when the block
   reaches it, on the already-updated weights.
 
-Performance (4096×4096, float32, measured on a shared 2-core AVX-512 Xeon under heavy load from
-other builds, so as CPU time with one thread; wall-clock times there were meaningless): the
-factorisation (OpenBLAS POTRF + TRTRI when the package loaded the scipy-openblas32 library, Eigen
-otherwise) took 0.59-0.79 CPU-s, about 60-78 GFLOP/s, against numpy's single-thread SGEMM at 97-110
-GFLOP/s in the same runs. Pruning took 1.0-1.2 CPU-s at 2:4 and 1.1-1.3 at 50 %, about 55-69
-GFLOP/s counting ``r·c²``. The whole solve, counting ``r·c² + ⅔c³``, ran at 52 % (50 %) and 58 %
-(2:4) of numpy's SGEMM rate, short of the 70 % target of issue 5, and took 2.0 and 1.8 CPU-s
-against 8.1 and 7.4 for the PyTorch loop of ``bench/sparsegpt.py`` on one thread (4.0× and 4.1×).
-On 11008×4096 the whole solve ran at 50 % (50 %) and 65 % (2:4) of the SGEMM rate (4.5 and 3.5
-CPU-s); there the unstructured selection, over 1.4 M scores a block, costs about 1 CPU-s more than
-choosing 2:4 groups. The update after each superblock of 512 columns is one OpenBLAS GEMM near
-numpy's rate; what is left is the work inside a superblock (Eigen GEMMs per 128-row tile, the
-per-column panel updates, copying to and from the column-major superblock) and the factorisation's
-own rate. Results are bit-identical for every thread count: every dense routine splits its
-output into tiles of a fixed size and computes each tile with one single-threaded call (OpenBLAS
-or Eigen), whichever thread runs it.
+Performance (``python -m bench``, float32, 2-core AVX-512 Xeon, both threads, quiet machine;
+rates count ``r·c² + ⅔c³`` flops): 4096×4096 takes 0.83 s at 50 % and 0.85 s at 2:4, 67 % and
+65 % of numpy's SGEMM rate measured in the same run (208 GFLOP/s) and 6.3× / 5.3× faster than the
+PyTorch loop of ``bench/sparsegpt.py``; 11008×4096 takes 1.9 s and 1.8 s (59 % / 62 %, 7.1× /
+4.7×). The factorisation runs at about 140 GFLOP/s and the GEMM after each 256-column
+superblock near the SGEMM rate; what is left is the work inside a superblock (Eigen GEMMs per
+128-row tile, the per-column panel updates, the transposes to and from the column-major
+superblock), the exact-count selection (over 1.4 M scores a block at 11008 rows), and the fresh
+output arrays. Small layers choose their thread count by size: 1024×1024 is 1.3-1.5× faster on
+two threads than on one, 384×384 as fast. Results are bit-identical for every thread count:
+every dense routine splits its output into tiles of a fixed size and computes each tile with one
+single-threaded call (OpenBLAS or Eigen), whichever thread runs it.
 """
 
 from __future__ import annotations
