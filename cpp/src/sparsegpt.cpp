@@ -161,11 +161,11 @@ struct Superblock {
   }
 };
 
-// 8 × 8 transposes of float tiles (dst(k, i) = src(i, k)) in AVX registers where the core is
-// built for AVX2; the generic loops below handle every other case and the edges.
-#if defined(__AVX2__)
+// 8 × 8 transposes of float tiles (dst(k, i) = src(i, k)): in AVX registers where the core is
+// built for AVX2, element by element otherwise.
 constexpr Index kSquare = 8;
 
+#if defined(__AVX2__)
 void transpose8(const float* src, Index src_stride, float* dst, Index dst_stride) {
   __m256 r[8], t[8];
   for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * src_stride);
@@ -197,31 +197,51 @@ void transpose8_mask(const float* keep, Index keep_stride, bool* mask, Index mas
   }
 }
 #else
-constexpr Index kSquare = 16;
+void transpose8(const float* src, Index src_stride, float* dst, Index dst_stride) {
+  for (Index i = 0; i < 8; ++i) {
+    for (Index k = 0; k < 8; ++k) dst[k * dst_stride + i] = src[i * src_stride + k];
+  }
+}
+
+void transpose8_mask(const float* keep, Index keep_stride, bool* mask, Index mask_stride) {
+  for (Index i = 0; i < 8; ++i) {
+    for (Index k = 0; k < 8; ++k) mask[i * mask_stride + k] = keep[k * keep_stride + i] != 0.0f;
+  }
+}
 #endif
 
-// Copies rows [r0, r0 + rb) of the superblock's columns from the row-major weight into the
-// column-major superblock (dead columns as zeros), in small squares so that both sides stay
-// cached.
-template <class T>
-void load_rows(MatrixView<T> weight, const bool* dead, const Superblock<T>& sb, Index r0,
-               Index rb) {
+// Walks rows [r0, r0 + rb) of the superblock's columns in squares of kSquare columns so that both
+// the row-major and the column-major side stay cached: `square(r, j0)` for every whole
+// kSquare × kSquare float square, `element(r, j)` for the rest.
+template <class T, class Square, class Element>
+void walk_squares(const Superblock<T>& sb, Index r0, Index rb, Square&& square, Element&& element) {
   for (Index j0 = sb.s1; j0 < sb.s2; j0 += kSquare) {
     const Index j1 = std::min(j0 + kSquare, sb.s2);
     Index r = r0;
-#if defined(__AVX2__)
     if constexpr (std::is_same_v<T, float>) {
       if (j1 - j0 == kSquare) {
-        for (; r + kSquare <= r0 + rb; r += kSquare) {
-          transpose8(&weight(r, j0), weight.stride, sb.column(sb.weights, j0) + r, sb.rows);
-        }
+        for (; r + kSquare <= r0 + rb; r += kSquare) square(r, j0);
       }
     }
-#endif
     for (; r < r0 + rb; ++r) {
-      for (Index j = j0; j < j1; ++j) sb.column(sb.weights, j)[r] = weight(r, j);
+      for (Index j = j0; j < j1; ++j) element(r, j);
     }
   }
+}
+
+// Copies rows [r0, r0 + rb) of the superblock's columns from the row-major weight into the
+// column-major superblock (dead columns as zeros).
+template <class T>
+void load_rows(MatrixView<T> weight, const bool* dead, const Superblock<T>& sb, Index r0,
+               Index rb) {
+  walk_squares(
+      sb, r0, rb,
+      [&](Index r, Index j0) {
+        if constexpr (std::is_same_v<T, float>) {
+          transpose8(&weight(r, j0), weight.stride, sb.column(sb.weights, j0) + r, sb.rows);
+        }
+      },
+      [&](Index r, Index j) { sb.column(sb.weights, j)[r] = weight(r, j); });
   for (Index j = sb.s1; j < sb.s2; ++j) {
     if (dead[j]) std::fill_n(sb.column(sb.weights, j) + r0, rb, T(0));
   }
@@ -231,26 +251,18 @@ void load_rows(MatrixView<T> weight, const bool* dead, const Superblock<T>& sb, 
 template <class T>
 void store_rows(MatrixView<T> weight, MatrixView<bool> mask, const Superblock<T>& sb, Index r0,
                 Index rb) {
-  for (Index j0 = sb.s1; j0 < sb.s2; j0 += kSquare) {
-    const Index j1 = std::min(j0 + kSquare, sb.s2);
-    Index r = r0;
-#if defined(__AVX2__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (j1 - j0 == kSquare) {
-        for (; r + kSquare <= r0 + rb; r += kSquare) {
+  walk_squares(
+      sb, r0, rb,
+      [&](Index r, Index j0) {
+        if constexpr (std::is_same_v<T, float>) {
           transpose8(sb.column(sb.weights, j0) + r, sb.rows, &weight(r, j0), weight.stride);
           transpose8_mask(sb.column(sb.keep, j0) + r, sb.rows, &mask(r, j0), mask.stride);
         }
-      }
-    }
-#endif
-    for (; r < r0 + rb; ++r) {
-      for (Index j = j0; j < j1; ++j) {
+      },
+      [&](Index r, Index j) {
         weight(r, j) = sb.column(sb.weights, j)[r];
         mask(r, j) = sb.column(sb.keep, j)[r] != T(0);
-      }
-    }
-  }
+      });
 }
 
 // --- exact-count selection, in parallel --------------------------------------------------
