@@ -142,22 +142,32 @@ Index superblock_width(const Options& options) {
   return options.blocksize * std::max<Index>(1, 256 / options.blocksize);
 }
 
+// Distance between consecutive columns of a superblock: the rows rounded up to whole 64-byte
+// lines, and an odd number of lines, so that the columns of a panel fall into different cache
+// sets (4096 rows of floats, 16 KB apart, would all compete for the same few sets).
+Index column_stride(Index rows) {
+  Index ld = (rows + 15) / 16 * 16;
+  if ((ld / 16) % 2 == 0) ld += 16;
+  return ld;
+}
+
 template <class T>
 using ColumnMajor = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>,
                                Eigen::Unaligned, Eigen::OuterStride<>>;
 
 // Columns [s1, s2) of the weights being pruned, their errors and their mask (1 kept, 0 pruned),
-// held column-major (a column's rows are contiguous) so that the per-column work runs along rows.
+// held column-major (a column's rows are contiguous, columns `ld` apart) so that the per-column
+// work runs along rows.
 template <class T>
 struct Superblock {
-  Index rows = 0, s1 = 0, s2 = 0;
+  Index rows = 0, ld = 0, s1 = 0, s2 = 0;
   T* weights = nullptr;
   T* errors = nullptr;
   T* keep = nullptr;
 
-  T* column(T* base, Index j) const { return base + (j - s1) * rows; }
+  T* column(T* base, Index j) const { return base + (j - s1) * ld; }
   ColumnMajor<T> view(T* base, Index r0, Index j0, Index rb, Index cols) const {
-    return {column(base, j0) + r0, rb, cols, Eigen::OuterStride<>(rows)};
+    return {column(base, j0) + r0, rb, cols, Eigen::OuterStride<>(ld)};
   }
 };
 
@@ -238,7 +248,7 @@ void load_rows(MatrixView<T> weight, const bool* dead, const Superblock<T>& sb, 
       sb, r0, rb,
       [&](Index r, Index j0) {
         if constexpr (std::is_same_v<T, float>) {
-          transpose8(&weight(r, j0), weight.stride, sb.column(sb.weights, j0) + r, sb.rows);
+          transpose8(&weight(r, j0), weight.stride, sb.column(sb.weights, j0) + r, sb.ld);
         }
       },
       [&](Index r, Index j) { sb.column(sb.weights, j)[r] = weight(r, j); });
@@ -255,8 +265,8 @@ void store_rows(MatrixView<T> weight, MatrixView<bool> mask, const Superblock<T>
       sb, r0, rb,
       [&](Index r, Index j0) {
         if constexpr (std::is_same_v<T, float>) {
-          transpose8(sb.column(sb.weights, j0) + r, sb.rows, &weight(r, j0), weight.stride);
-          transpose8_mask(sb.column(sb.keep, j0) + r, sb.rows, &mask(r, j0), mask.stride);
+          transpose8(sb.column(sb.weights, j0) + r, sb.ld, &weight(r, j0), weight.stride);
+          transpose8_mask(sb.column(sb.keep, j0) + r, sb.ld, &mask(r, j0), mask.stride);
         }
       },
       [&](Index r, Index j) {
@@ -418,32 +428,108 @@ void choose_groups(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixVie
   }
 }
 
-// Rows [r0, r0 + rb) of panel [p1, p1 + pc), column by column along the rows: choose (N:M) or
-// read (unstructured) the mask, zero the pruned weights, record err = (w − q) / U_jj and update
-// the rest of the panel, W[:, j+1:p2] −= err · U[j, j+1:p2].
+// A SIMD register of T (GCC/Clang vector extension, compiled for each instruction-set level).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32;
+#else
+constexpr int kVectorBytes = 16;
+#endif
+template <class T>
+struct VectorOf;
+template <>
+struct VectorOf<float> {
+  typedef float type __attribute__((vector_size(kVectorBytes)));
+};
+template <>
+struct VectorOf<double> {
+  typedef double type __attribute__((vector_size(kVectorBytes)));
+};
+template <class T>
+using Vec = typename VectorOf<T>::type;
+
+template <class T>
+Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <class T>
+void store(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// w[r] −= Σ_j u[j · u_stride] · e[j · e_stride + r] for r < rows, j < count, the terms taken in
+// order of j (the order of the column-by-column updates it replaces, so the result is the same
+// to the bit). R registers of consecutive rows are updated at once, their accumulators staying in
+// registers while the errors stream past.
+template <int R, class T>
+Index subtract_errors_tiles(T* w, const T* e, Index e_stride, const T* u, Index u_stride,
+                            Index count, Index r, Index rows) {
+  constexpr Index L = kVectorBytes / sizeof(T);
+  for (; r + R * L <= rows; r += R * L) {
+    Vec<T> acc[R];
+    for (int a = 0; a < R; ++a) acc[a] = load(w + r + a * L);
+    for (Index j = 0; j < count; ++j) {
+      const Vec<T> f = Vec<T>{} + u[j * u_stride];
+      const T* ej = e + j * e_stride + r;
+      for (int a = 0; a < R; ++a) acc[a] -= f * load(ej + a * L);
+    }
+    for (int a = 0; a < R; ++a) store(w + r + a * L, acc[a]);
+  }
+  return r;
+}
+
+template <class T>
+void subtract_errors(T* w, const T* e, Index e_stride, const T* u, Index u_stride, Index count,
+                     Index rows) {
+  if (count == 0) return;
+  Index r = subtract_errors_tiles<8>(w, e, e_stride, u, u_stride, count, 0, rows);
+  r = subtract_errors_tiles<1>(w, e, e_stride, u, u_stride, count, r, rows);
+  for (; r < rows; ++r) {
+    T x = w[r];
+    for (Index j = 0; j < count; ++j) x -= u[j * u_stride] * e[j * e_stride + r];
+    w[r] = x;
+  }
+}
+
+// Rows [r0, r0 + rb) of panel [p1, p1 + pc), group by group (m columns for N:M, one column
+// otherwise): bring the group's columns up to date with the errors of the panel's columns before
+// it, choose (N:M) or read (unstructured) the mask, then column by column zero the pruned
+// weights, record err = (w − q) / U_jj and update the rest of the group,
+// W[:, j+1:g2] −= err · U[j, j+1:g2]. Every weight receives the same updates in the same order
+// as in the column-by-column loop of the reference.
 template <class T>
 void prune_panel(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
                  Index r0, Index rb, Index p1, Index pc, const Options& options, T* group_scores,
                  double* row_loss) {
-  for (Index j = 0; j < pc; ++j) {
-    const Index col = p1 + j;
-    if (options.m > 0 && j % options.m == 0) {
-      choose_groups(sb, u, allowed, r0, rb, col, options, group_scores);
+  const Index group = options.m > 0 ? options.m : 1;
+  const T* panel_errors = sb.column(sb.errors, p1) + r0;
+  for (Index g1 = p1; g1 < p1 + pc; g1 += group) {
+    const Index g2 = g1 + group;
+    for (Index k = g1; k < g2; ++k) {
+      subtract_errors(sb.column(sb.weights, k) + r0, panel_errors, sb.ld, &u(p1, k), u.stride,
+                      g1 - p1, rb);
     }
-    const T d = u(col, col);
-    T* w = sb.column(sb.weights, col) + r0;
-    T* e = sb.column(sb.errors, col) + r0;
-    const T* keep = sb.column(sb.keep, col) + r0;
-    for (Index r = 0; r < rb; ++r) {
-      const T q = keep[r] != T(0) ? w[r] : T(0);
-      e[r] = (w[r] - q) / d;
-      w[r] = q;
-    }
-    for (Index r = 0; r < rb; ++r) {
-      row_loss[r0 + r] += static_cast<double>(e[r]) * static_cast<double>(e[r]);
-    }
-    for (Index k = j + 1; k < pc; ++k) {
-      segment(sb.column(sb.weights, p1 + k) + r0, rb) -= u(col, p1 + k) * segment(e, rb);
+    if (options.m > 0) choose_groups(sb, u, allowed, r0, rb, g1, options, group_scores);
+    for (Index col = g1; col < g2; ++col) {
+      const T d = u(col, col);
+      T* w = sb.column(sb.weights, col) + r0;
+      T* e = sb.column(sb.errors, col) + r0;
+      const T* keep = sb.column(sb.keep, col) + r0;
+      for (Index r = 0; r < rb; ++r) {
+        const T q = keep[r] != T(0) ? w[r] : T(0);
+        e[r] = (w[r] - q) / d;
+        w[r] = q;
+      }
+      for (Index r = 0; r < rb; ++r) {
+        row_loss[r0 + r] += static_cast<double>(e[r]) * static_cast<double>(e[r]);
+      }
+      for (Index k = col + 1; k < g2; ++k) {
+        segment(sb.column(sb.weights, k) + r0, rb) -= u(col, k) * segment(e, rb);
+      }
     }
   }
 }
@@ -475,7 +561,7 @@ void prune_tile_of_block(const Superblock<T>& sb, ConstMatrixView<T> u,
 template <class T>
 void update_after_superblock(MatrixView<T> weight, ConstMatrixView<T> u, const Superblock<T>& sb) {
   const Index rows = weight.rows, c = weight.cols, sc = sb.s2 - sb.s1;
-  const ConstMatrixView<T> errors_t{sb.errors, sc, rows, rows};
+  const ConstMatrixView<T> errors_t{sb.errors, sc, rows, sb.ld};
   const ConstMatrixView<T> u_right{u.data + sb.s1 * u.stride + sb.s2, sc, c - sb.s2, u.stride};
   const MatrixView<T> weight_right{weight.data + sb.s2, rows, c - sb.s2, weight.stride};
   blas::gemm(true, false, T(-1), errors_t, u_right, T(1), weight_right);
@@ -534,7 +620,7 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
   }
   const Index bmax = std::min(options.blocksize, std::max<Index>(c, 1));
   const Index smax = std::min(superblock_width(options), std::max<Index>(c, 1));
-  const auto superblock_size = static_cast<size_t>(rows * smax);
+  const auto superblock_size = static_cast<size_t>(column_stride(rows) * smax);
   std::vector<T> sb_weights(superblock_size), sb_errors(superblock_size), sb_keep(superblock_size);
   std::vector<T> scores(static_cast<size_t>(options.m > 0 ? 0 : rows * bmax));
   std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
@@ -542,8 +628,13 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
   const int copy_threads = threads_for(double(rows) * double(smax), kCopyGrain);
 
   for (Index s1 = 0; s1 < c; s1 += smax) {
-    const Superblock<T> sb{
-        rows, s1, std::min(s1 + smax, c), sb_weights.data(), sb_errors.data(), sb_keep.data()};
+    const Superblock<T> sb{rows,
+                           column_stride(rows),
+                           s1,
+                           std::min(s1 + smax, c),
+                           sb_weights.data(),
+                           sb_errors.data(),
+                           sb_keep.data()};
 #pragma omp parallel for schedule(static) num_threads(copy_threads)
     for (Index t = 0; t < tiles; ++t) {
       load_rows(weight, dead, sb, t * kRowTile, std::min(kRowTile, rows - t * kRowTile));
