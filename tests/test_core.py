@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastprune
@@ -124,8 +125,6 @@ def test_bad_thread_count(bad: object) -> None:
 
 
 def test_equal_dtype_objects_and_byte_swapped_arrays_are_accepted() -> None:
-    import numpy as np
-
     scores = np.arange(12, dtype=np.float32).reshape(3, 4)
     # An equal dtype that is not NumPy's own float32 object (here: carrying metadata).
     equal = scores.view(np.dtype(np.float32, metadata={"origin": "file"}))
@@ -133,3 +132,36 @@ def test_equal_dtype_objects_and_byte_swapped_arrays_are_accepted() -> None:
     assert np.array_equal(fastprune.mask(equal, 0.5), fastprune.mask(scores, 0.5))
     swapped = scores.astype(np.dtype(">f4"))
     assert np.array_equal(fastprune.mask(swapped, 0.5), fastprune.mask(scores, 0.5))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", "float16"])
+@pytest.mark.parametrize(
+    "layout",
+    ["c", "f", "strided_cols", "reversed_rows", "one_column", "broadcast_rows", "empty"],
+)
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+def test_finiteness_check_agrees_with_numpy(dtype: str, layout: str, bad: float | None) -> None:
+    """Arguments are screened for NaN/Inf by the core where the layout allows; every layout and
+    dtype must give NumPy's answer, and the message names the argument and the count."""
+    from fastprune import _arrays
+
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((37, 45)).astype(dtype)
+    if bad is not None:
+        base.flat[rng.choice(base.size, 3, replace=False)] = bad
+    views = {
+        "c": base,
+        "f": np.asfortranarray(base),
+        "strided_cols": base[:, ::3],
+        "reversed_rows": base[::-1],
+        "one_column": base[:, 5:6],
+        "broadcast_rows": np.broadcast_to(base[int(np.argmax(~np.isfinite(base).all(1)))], (9, 45)),
+        "empty": base[:0],
+    }
+    a = views[layout]
+    bad_count = int(np.count_nonzero(~np.isfinite(a)))
+    if bad_count == 0:
+        _arrays.check_finite(a, "weight")
+    else:
+        with pytest.raises(ValueError, match=f"weight: contains {bad_count} NaN or Inf"):
+            _arrays.check_finite(a, "weight")
