@@ -230,6 +230,25 @@ def test_ties_go_to_the_lower_index() -> None:
     assert np.array_equal(nm.mask, np.tile([False, False, True, True], (4, 2)))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.8])
+def test_many_ties_across_row_tiles_and_threads(threads: int, sparsity: float) -> None:
+    """Small integer weights and a diagonal Hessian (no updates between columns): thousands of
+    exactly equal saliencies per block, spread over several row tiles, split at the budget."""
+    rng = np.random.default_rng(11)
+    w = rng.integers(-2, 3, size=(300, 192)).astype(np.float64)
+    h = np.diag(np.repeat([1.0, 4.0], 96))
+    ref_w, ref_mask, _ = reference_sparsegpt(w, h, sparsity, (0, 0), 64)
+    previous = fastprune.get_num_threads()
+    fastprune.set_num_threads(threads)
+    try:
+        res = sparsegpt(w, h, sparsity, blocksize=64, precision="float64")
+    finally:
+        fastprune.set_num_threads(previous)
+    assert np.array_equal(res.mask, ref_mask)
+    assert_weights_close(res.weight, ref_w, 1e-12)
+
+
 def test_exact_count_per_block() -> None:
     rng = np.random.default_rng(3)
     w = rng.standard_normal((7, 50))

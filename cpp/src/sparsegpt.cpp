@@ -289,49 +289,80 @@ auto order_key(T x) {
   return (bits & sign) ? Key(~bits) : Key(bits | sign);
 }
 
-// Unstructured: the mask of block [i1, i1 + bc), one exact-count selection over all rows × block
-// columns by saliency w² / U_jj²: the k smallest by (score, row-major index within the block) are
-// pruned, the rule of masks::prune_smallest; weights that may not be kept rank below every other.
-// Scores are computed column by column (the superblock's layout) together with a histogram of the
-// top 11 bits of their order keys; the threshold key is found by nth_element among the keys that
-// share its top bits. Keys below it are pruned, keys above it kept, and keys equal to it pruned
-// when all of them fit the budget (the usual case), else the first ones in row-major order.
-// Nothing depends on the thread count. `scores` has room for rows · bc values.
+// Unstructured: the mask of a block, one exact-count selection over all rows × block columns by
+// saliency w² / U_jj²: the k smallest by (score, row-major index within the block) are pruned,
+// the rule of masks::prune_smallest; weights that may not be kept rank below every other.
+//
+// The scores are computed tile by tile while the tile is still cached (right after it is loaded
+// or updated), in the superblock's column-major layout, and counted in a histogram of the top
+// kBits of their order keys. The selection then finds the bin of the threshold from the
+// histogram alone, marks every score outside that bin in one pass, gathers the scores inside it,
+// and finds the threshold among them with nth_element. Keys below it are pruned, keys above it
+// kept, and keys equal to it pruned when all of them fit the budget (the usual case), else the
+// first ones in row-major order. Nothing depends on the thread count.
+constexpr int kBits = 11;  // 2^11 counters stay in L1
+constexpr Index kBins = Index(1) << kBits;
+
 template <class T>
-void select_block(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                  Index i1, Index bc, double sparsity, T* scores) {
-  using Key = decltype(order_key(T(0)));
-  constexpr int kBits = 11, kShift = 8 * sizeof(Key) - kBits;  // 2^11 counters stay in L1
-  constexpr Index kBins = Index(1) << kBits;
-  const Index rows = sb.rows, total = rows * bc;
-  const int threads = static_cast<int>(std::min<Index>(bc, threads_for(double(total))));
-  const auto score = [&](Index j) { return scores + j * rows; };
-  std::vector<Index> histogram(static_cast<size_t>(kBins), 0);
-  Index forced = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : forced)
-  {
-    std::vector<Index> local(static_cast<size_t>(kBins), 0);
-#pragma omp for schedule(static)
-    for (Index j = 0; j < bc; ++j) {
-      const Index col = i1 + j;
-      const T* w = sb.column(sb.weights, col);
-      const T d2 = u(col, col) * u(col, col);
-      T* s = score(j);
-      for (Index r = 0; r < rows; ++r) s[r] = w[r] * w[r] / d2;
-      if (allowed.data != nullptr) {
-        for (Index r = 0; r < rows; ++r) {
-          if (!allowed(r, col)) {
-            s[r] = -std::numeric_limits<T>::infinity();
-            ++forced;
-          }
+constexpr int kShift = 8 * int(sizeof(T)) - kBits;
+
+// Scores counted by one thread, in kSets interleaved sets of counters: equal neighbours (common
+// near the median) would otherwise wait on each other's increments. add() folds every set of
+// another tally into the first set of this one, which is then the histogram.
+constexpr Index kSets = 4;
+
+struct Tally {
+  std::vector<Index> histogram;
+  Index forced = 0;  // weights that may not be kept
+  explicit Tally(bool used) : histogram(used ? static_cast<size_t>(kSets * kBins) : 0, 0) {}
+  void add(const Tally& other) {
+    for (Index q = 0; q < kSets; ++q) {
+      for (Index b = 0; b < kBins; ++b) histogram[b] += other.histogram[q * kBins + b];
+    }
+    forced += other.forced;
+  }
+  void clear() {
+    std::fill(histogram.begin(), histogram.end(), 0);
+    forced = 0;
+  }
+};
+
+// Scores of rows [r0, r0 + rb) of block [i1, i1 + bc) into `scores` (column j at
+// scores + j · ld, like the superblock), counted in `tally`.
+template <class T>
+void score_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
+                Index i1, Index bc, Index r0, Index rb, T* scores, Tally& tally) {
+  for (Index j = 0; j < bc; ++j) {
+    const Index col = i1 + j;
+    const T* w = sb.column(sb.weights, col) + r0;
+    const T d2 = u(col, col) * u(col, col);
+    T* score = scores + j * sb.ld + r0;
+    for (Index r = 0; r < rb; ++r) score[r] = w[r] * w[r] / d2;
+    if (allowed.data != nullptr) {
+      for (Index r = 0; r < rb; ++r) {
+        if (!allowed(r0 + r, col)) {
+          score[r] = -std::numeric_limits<T>::infinity();
+          ++tally.forced;
         }
       }
-      for (Index r = 0; r < rows; ++r) ++local[order_key(s[r]) >> kShift];
     }
-#pragma omp critical
-    for (Index b = 0; b < kBins; ++b) histogram[b] += local[b];
+    Index* h = tally.histogram.data();
+    Index r = 0;
+    for (; r + kSets <= rb; r += kSets) {
+      for (Index q = 0; q < kSets; ++q) ++h[q * kBins + (order_key(score[r + q]) >> kShift<T>)];
+    }
+    for (; r < rb; ++r) ++h[order_key(score[r]) >> kShift<T>];
   }
-  const Index k = std::max(static_cast<Index>(static_cast<double>(total) * sparsity), forced);
+}
+
+template <class T>
+void select_block(const Superblock<T>& sb, Index i1, Index bc, double sparsity, const T* scores,
+                  const Tally& tally, decltype(order_key(T(0)))* gathered) {
+  using Key = decltype(order_key(T(0)));
+  const Index rows = sb.rows, total = rows * bc;
+  const int threads = static_cast<int>(std::min<Index>(bc, threads_for(double(total))));
+  const Index k = std::max(static_cast<Index>(static_cast<double>(total) * sparsity), tally.forced);
+  const auto score = [&](Index j) { return scores + j * sb.ld; };
   // keep = 1 where keep_if(key), column by column.
   const auto mark = [&](auto keep_if) {
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -345,36 +376,41 @@ void select_block(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView
     mark([&](Key) { return k <= 0; });
     return;
   }
-  Index rank = k - 1;  // the threshold's rank among the keys that share its top bits
+  Index rank = k - 1;  // the threshold's rank among the keys in its bin
   Index below = 0;     // keys below the threshold
   Key top = 0;
-  while (rank >= histogram[top]) {
-    rank -= histogram[top];
-    below += histogram[top++];
+  while (rank >= tally.histogram[top]) {
+    rank -= tally.histogram[top];
+    below += tally.histogram[top++];
   }
-  // The keys with the threshold's top bits, in an order that depends on the threads; the
-  // threshold and the counts below do not.
-  std::vector<Key> candidates;
-  candidates.reserve(static_cast<size_t>(histogram[top]));
+  // The keys in the threshold's bin, gathered without branches: each thread writes every key
+  // of its columns into its own part of `gathered` and advances only past those in the bin.
+  std::vector<Index> part_end(static_cast<size_t>(threads) + 1, 0);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<Key> local;
-#pragma omp for schedule(static) nowait
-    for (Index j = 0; j < bc; ++j) {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    const Index j0 = bc * t / n, j1 = bc * (t + 1) / n;
+    Key* out = gathered + j0 * rows;
+    for (Index j = j0; j < j1; ++j) {
       const T* s = score(j);
       for (Index r = 0; r < rows; ++r) {
         const Key key = order_key(s[r]);
-        if ((key >> kShift) == top) local.push_back(key);
+        *out = key;
+        out += (key >> kShift<T>) == top ? 1 : 0;
       }
     }
-#pragma omp critical
-    candidates.insert(candidates.end(), local.begin(), local.end());
+    part_end[static_cast<size_t>(t)] = out - gathered;
   }
-  const auto first = candidates.begin(), last = candidates.end();
+  Key* last = gathered + part_end[0];
+  for (int t = 1; t < threads; ++t) {
+    const Index j0 = bc * t / threads;
+    last = std::copy(gathered + j0 * rows, gathered + part_end[static_cast<size_t>(t)], last);
+  }
+  Key* first = gathered;
   std::nth_element(first, first + rank, last);
   const Key threshold = first[rank];
   below += std::count_if(first, last, [&](Key key) { return key < threshold; });
-  const Index ties_left = k - below;
+  const Index ties_left = k - below;  // keys equal to the threshold that are pruned
   if (ties_left == std::count(first, last, threshold)) {
     mark([&](Key key) { return key > threshold; });
     return;
@@ -622,9 +658,13 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
   const Index smax = std::min(superblock_width(options), std::max<Index>(c, 1));
   const auto superblock_size = static_cast<size_t>(column_stride(rows) * smax);
   std::vector<T> sb_weights(superblock_size), sb_errors(superblock_size), sb_keep(superblock_size);
-  std::vector<T> scores(static_cast<size_t>(options.m > 0 ? 0 : rows * bmax));
+  const bool unstructured = options.m == 0;
+  std::vector<T> scores(static_cast<size_t>(unstructured ? column_stride(rows) * bmax : 0));
+  std::vector<decltype(order_key(T(0)))> gathered(scores.size());
+  Tally tally(unstructured);  // of the scores of the next block to select
   std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
   const Index tiles = (rows + kRowTile - 1) / kRowTile;
+  const auto tile_rows = [&](Index t) { return std::min(kRowTile, rows - t * kRowTile); };
   const int copy_threads = threads_for(double(rows) * double(smax), kCopyGrain);
 
   for (Index s1 = 0; s1 < c; s1 += smax) {
@@ -635,32 +675,53 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
                            sb_weights.data(),
                            sb_errors.data(),
                            sb_keep.data()};
-#pragma omp parallel for schedule(static) num_threads(copy_threads)
-    for (Index t = 0; t < tiles; ++t) {
-      load_rows(weight, dead, sb, t * kRowTile, std::min(kRowTile, rows - t * kRowTile));
+    const Index first_block = std::min(options.blocksize, sb.s2 - s1);
+#pragma omp parallel num_threads(copy_threads)
+    {
+      Tally local(unstructured);
+#pragma omp for schedule(static)
+      for (Index t = 0; t < tiles; ++t) {
+        load_rows(weight, dead, sb, t * kRowTile, tile_rows(t));
+        if (unstructured) {
+          score_rows(sb, u, allowed, s1, first_block, t * kRowTile, tile_rows(t), scores.data(),
+                     local);
+        }
+      }
+      if (unstructured) {
+#pragma omp critical
+        tally.add(local);
+      }
     }
     for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
       const Index i2 = std::min(i1 + options.blocksize, sb.s2);
-      if (options.m == 0) {
-        select_block(sb, u, allowed, i1, i2 - i1, options.sparsity, scores.data());
+      const Index next_block = std::min(options.blocksize, sb.s2 - i2);  // 0 after the last
+      if (unstructured) {
+        select_block(sb, i1, i2 - i1, options.sparsity, scores.data(), tally, gathered.data());
+        tally.clear();
       }
       const double tile_flops = double(kRowTile) * double(i2 - i1) * double(sb.s2 - i1);
 #pragma omp parallel num_threads(tile_threads(tiles, tile_flops))
       {
         keep_products_on_this_thread();
         std::vector<T> group_scores(static_cast<size_t>(std::max(options.m, 1) * kRowTile));
+        Tally local(unstructured && next_block > 0);
 #pragma omp for schedule(static)
         for (Index t = 0; t < tiles; ++t) {
           const Index r0 = t * kRowTile;
-          prune_tile_of_block(sb, u, allowed, r0, std::min(kRowTile, rows - r0), i1, i2, options,
+          prune_tile_of_block(sb, u, allowed, r0, tile_rows(t), i1, i2, options,
                               group_scores.data(), row_loss.data());
+          if (unstructured && next_block > 0) {
+            score_rows(sb, u, allowed, i2, next_block, r0, tile_rows(t), scores.data(), local);
+          }
+        }
+        if (unstructured && next_block > 0) {
+#pragma omp critical
+          tally.add(local);
         }
       }
     }
 #pragma omp parallel for schedule(static) num_threads(copy_threads)
-    for (Index t = 0; t < tiles; ++t) {
-      store_rows(weight, mask, sb, t * kRowTile, std::min(kRowTile, rows - t * kRowTile));
-    }
+    for (Index t = 0; t < tiles; ++t) store_rows(weight, mask, sb, t * kRowTile, tile_rows(t));
     if (sb.s2 < c) update_after_superblock(weight, u, sb);
   }
   double loss = 0.0;
