@@ -141,13 +141,27 @@ def test_reversal_factor_equals_textbook_route(cols: int) -> None:
     assert_weights_close(single.u, expected, 2e-4)
 
 
-def test_factor_reads_the_symmetric_part() -> None:
+@pytest.mark.parametrize(("precision", "tolerance"), [("float64", 1e-10), ("float32", 2e-4)])
+def test_factor_reads_the_symmetric_part(precision: str, tolerance: float) -> None:
     rng = np.random.default_rng(1)
     h = random_hessian(rng, 40)
     skewed = h + 1e-7 * np.abs(h).max() * rng.standard_normal(h.shape)
     expected, _ = textbook_u((skewed + skewed.T) / 2, 0.01)
-    factor = sparsegpt_factor(skewed, precision="float64")
-    assert_weights_close(factor.u, expected, 1e-10)
+    factor = sparsegpt_factor(skewed.astype(precision), precision=precision)  # type: ignore[arg-type]
+    assert_weights_close(factor.u, expected, tolerance)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("where", [(30, 5), (39, 0), (17, 16), (21, 20), (8, 7), (39, 38)])
+def test_asymmetry_is_found_anywhere(precision: str, where: tuple[int, int]) -> None:
+    # Squares below the diagonal, on it and at the edges are formed by different code.
+    h = random_hessian(np.random.default_rng(2), 40).astype(precision)
+    skewed = h.copy()
+    skewed[where] += 1e-3 * np.abs(h).max()
+    with pytest.raises(ValueError, match="hessian: not symmetric"):
+        sparsegpt_factor(skewed, precision=precision)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="hessian: not symmetric"):
+        sparsegpt_factor(skewed.T.copy(), precision=precision)  # type: ignore[arg-type]
 
 
 # --- the solver against the reference ---------------------------------------------------------

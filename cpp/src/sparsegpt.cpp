@@ -220,22 +220,26 @@ void transpose8_mask(const float* keep, Index keep_stride, bool* mask, Index mas
 }
 #endif
 
-// Walks rows [r0, r0 + rb) of the superblock's columns in squares of kSquare columns so that both
-// the row-major and the column-major side stay cached: `square(r, j0)` for every whole
-// kSquare × kSquare float square, `element(r, j)` for the rest.
+// Walks rows [r0, r0 + rb) of the superblock's columns in kSquare × kSquare float squares,
+// kSquare rows at a time across all the columns: the row-major side is then read or written in
+// a few long runs (a run per row) rather than in as many short ones as there are rows, and the
+// column-major lines touched stay cached until the next kSquare rows complete them.
+// `square(r, j0)` for every whole square, `element(r, j)` for the rest.
 template <class T, class Square, class Element>
 void walk_squares(const Superblock<T>& sb, Index r0, Index rb, Square&& square, Element&& element) {
-  for (Index j0 = sb.s1; j0 < sb.s2; j0 += kSquare) {
-    const Index j1 = std::min(j0 + kSquare, sb.s2);
-    Index r = r0;
-    if constexpr (std::is_same_v<T, float>) {
-      if (j1 - j0 == kSquare) {
-        for (; r + kSquare <= r0 + rb; r += kSquare) square(r, j0);
-      }
+  const Index whole =
+      std::is_same_v<T, float> ? sb.s1 + (sb.s2 - sb.s1) / kSquare * kSquare : sb.s1;
+  Index r = r0;
+  if (whole > sb.s1) {
+    for (; r + kSquare <= r0 + rb; r += kSquare) {
+      for (Index j0 = sb.s1; j0 < whole; j0 += kSquare) square(r, j0);
     }
-    for (; r < r0 + rb; ++r) {
-      for (Index j = j0; j < j1; ++j) element(r, j);
-    }
+  }
+  for (Index i = r0; i < r; ++i) {
+    for (Index j = whole; j < sb.s2; ++j) element(i, j);
+  }
+  for (Index i = r; i < r0 + rb; ++i) {
+    for (Index j = sb.s1; j < sb.s2; ++j) element(i, j);
   }
 }
 
