@@ -136,6 +136,47 @@ def test_equal_dtype_objects_and_byte_swapped_arrays_are_accepted() -> None:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", "float16"])
 @pytest.mark.parametrize(
+    "layout", ["c", "f", "strided_rows", "reversed_rows", "one_column", "empty", "large"]
+)
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+def test_finite_copy_is_a_checked_independent_copy(
+    dtype: str, layout: str, bad: float | None
+) -> None:
+    """The working copy of a weight is made and checked in one pass by the core where the layout
+    allows (on every thread for large arrays): equal to the input, C-ordered, its own memory."""
+    from fastprune import _arrays
+
+    rng = np.random.default_rng(8)
+    shape = (1500, 2001) if layout == "large" else (37, 45)
+    base = rng.standard_normal(shape).astype(dtype)
+    if bad is not None:
+        base.flat[rng.choice(base.size, 3, replace=False)] = bad
+        base[-1, -1] = bad  # the tail of the last row, past the last whole group of lanes
+    views = {
+        "c": base,
+        "f": np.asfortranarray(base),
+        "strided_rows": base[::2],
+        "reversed_rows": base[::-1],
+        "one_column": base[:, 5:6],
+        "empty": base[:0],
+        "large": base,
+    }
+    a = views[layout]
+    target = np.float64 if a.dtype == np.float64 else np.float32
+    bad_count = int(np.count_nonzero(~np.isfinite(a)))
+    if bad_count:
+        with pytest.raises(ValueError, match=f"weight: contains {bad_count} NaN or Inf"):
+            _arrays.finite_copy(a, target, "weight")
+        return
+    copy = _arrays.finite_copy(a, target, "weight")
+    assert copy.dtype == target
+    assert copy.flags.c_contiguous
+    assert not np.shares_memory(copy, a)
+    assert np.array_equal(copy, a.astype(target))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", "float16"])
+@pytest.mark.parametrize(
     "layout",
     ["c", "f", "strided_cols", "reversed_rows", "one_column", "broadcast_rows", "empty"],
 )

@@ -92,6 +92,26 @@ bool all_finite(const py::array& x) {
 }
 
 template <class T>
+py::tuple copy_finite_typed(const py::array& x) {
+  const auto source = matrix<T>(x, "x");
+  auto out = empty<T>({source.rows, source.cols});
+  auto o = view_of(out);
+  bool finite = false;
+  {
+    py::gil_scoped_release release;
+    finite = calibration::copy_finite<T>(source, o);
+  }
+  return py::make_tuple(out, finite);
+}
+
+py::tuple copy_finite(const py::array& x) {
+  if (has_dtype<float>(x)) return copy_finite_typed<float>(x);
+  if (has_dtype<double>(x)) return copy_finite_typed<double>(x);
+  throw py::type_error("x: expected dtype float32 or float64, got " +
+                       std::string(py::str(x.dtype())));
+}
+
+template <class T>
 py::array symmetric_from_lower_typed(py::array gram, double scale) {
   const auto g = square_gram<T>(gram);
   auto out = empty<T>({g.rows, g.cols});
@@ -117,6 +137,9 @@ void register_calibration(py::module_ m) {
         "gram[i, j] += sum_t x[t, i] x[t, j] for i >= j, in place (lower triangle only).");
   m.def("all_finite", &all_finite, py::arg("x"),
         "Whether a 2-D (tokens, features) array is free of NaN and Inf.");
+  m.def("copy_finite", &copy_finite, py::arg("x"),
+        "(copy, finite): a new C-ordered copy of a 2-D array with contiguous rows, made on every "
+        "thread, and whether x is free of NaN and Inf.");
   m.def("symmetric_from_lower", &symmetric_from_lower, py::arg("gram"), py::arg("scale"),
         "A new array: scale * the symmetric matrix whose lower triangle gram holds.");
 }

@@ -34,6 +34,38 @@ bool all_finite(const TokenMatrix<T>& x) {
 }
 
 template <class T>
+bool copy_finite(ConstMatrixView<T> x, MatrixView<T> out) {
+  if (out.rows != x.rows || out.cols != x.cols) invalid("out: expected the shape of x");
+  // Copies are worth a second thread from about a million elements (below that, waking it
+  // costs more than it saves).
+  const int threads =
+      threads_for(static_cast<double>(x.rows) * static_cast<double>(x.cols), double(1 << 20));
+  bool finite = true;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
+  for (Index r = 0; r < x.rows; ++r) {
+    constexpr int kLanes = 16;  // as in all_finite
+    const T* p = x.row(r);
+    T* q = out.row(r);
+    T part[kLanes] = {};
+    Index i = 0;
+    for (; i + kLanes <= x.cols; i += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        q[i + l] = p[i + l];
+        part[l] += p[i + l] * T(0);
+      }
+    }
+    for (; i < x.cols; ++i) {
+      q[i] = p[i];
+      part[0] += p[i] * T(0);
+    }
+    T sum = 0;
+    for (int l = 0; l < kLanes; ++l) sum += part[l];
+    finite = finite && sum == T(0);
+  }
+  return finite;
+}
+
+template <class T>
 void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x) {
   if (gram.rows != x.features || gram.cols != x.features) {
     invalid("gram: expected shape (" + std::to_string(x.features) + ", " +
@@ -100,6 +132,7 @@ void symmetric_from_lower(ConstMatrixView<T> gram, T scale, MatrixView<T> out) {
 
 #define FASTPRUNE_INSTANTIATE(T)                                         \
   template bool all_finite<T>(const TokenMatrix<T>&);                    \
+  template bool copy_finite<T>(ConstMatrixView<T>, MatrixView<T>);       \
   template void add_gram_lower<T>(MatrixView<T>, const TokenMatrix<T>&); \
   template void symmetric_from_lower<T>(ConstMatrixView<T>, T, MatrixView<T>);
 FASTPRUNE_INSTANTIATE(float)

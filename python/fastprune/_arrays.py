@@ -79,6 +79,21 @@ def check_finite(a: np.ndarray[Any, Any], name: str) -> None:
         raise ValueError(msg)
 
 
+def finite_copy(
+    a: np.ndarray[Any, Any], dtype: type[np.floating[Any]], name: str
+) -> np.ndarray[Any, Any]:
+    """A new C-ordered copy of the 2-D float array `a` in `dtype`, finite (else ValueError)."""
+    if a.dtype == dtype and rows_contiguous(a):
+        # One pass on every thread copies and checks: NumPy's copy is single-threaded, and a
+        # separate check would read `a` a second time.
+        copy, finite = _core.calibration.copy_finite(a)
+        if not finite:
+            check_finite(a, name)  # raises, with the count
+        return copy
+    check_finite(a, name)
+    return np.array(a, dtype=dtype, order="C", copy=True)
+
+
 def _all_finite(a: np.ndarray[Any, Any]) -> bool:
     # The core scans float32/float64 matrices with a contiguous axis on every thread, without
     # the temporary bool array of np.isfinite (which costs as much again as the scan).

@@ -262,8 +262,7 @@ def _working_weight(
     if a.ndim != 2:
         msg = f"weight: expected a 2-D array (out_features, in_features), got shape {a.shape}"
         raise ValueError(msg)
-    _arrays.check_finite(a, "weight")
-    return np.array(a, dtype=dtype, order="C", copy=True), original
+    return _arrays.finite_copy(a, dtype, "weight"), original
 
 
 def _keep_mask(keep_mask: object, shape: tuple[int, ...]) -> BoolArray | None:

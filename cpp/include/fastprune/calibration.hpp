@@ -26,6 +26,11 @@ struct TokenMatrix {
 template <class T>
 bool all_finite(const TokenMatrix<T>& x);
 
+// out = x on every thread, and true when every element of x is finite (the copy is made either
+// way): one pass where a check followed by a copy would read x twice. Same shapes, no overlap.
+template <class T>
+bool copy_finite(ConstMatrixView<T> x, MatrixView<T> out);
+
 // gram(i, j) += Σ_t x(t, i) x(t, j) for every i >= j: a symmetric rank-k update of the lower
 // triangle (the strict upper triangle is not touched). gram is features x features.
 // With a loaded BLAS (blas.hpp) this is its SYRK, fed C-ordered batches in place and other
