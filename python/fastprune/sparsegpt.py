@@ -22,18 +22,20 @@ Reference semantics (DESIGN.md, "Algorithms"):
 - N:M (``n`` KEPT of every ``m``): each group of ``m`` columns is chosen per row when the block
   reaches it, on the already-updated weights.
 
-Performance (``python -m bench``, float32, 2-core AVX-512 Xeon, both threads, quiet machine;
-rates count ``r·c² + ⅔c³`` flops): 4096×4096 takes 0.83 s at 50 % and 0.85 s at 2:4, 67 % and
-65 % of numpy's SGEMM rate measured in the same run (208 GFLOP/s) and 6.3× / 5.3× faster than the
-PyTorch loop of ``bench/sparsegpt.py``; 11008×4096 takes 1.9 s and 1.8 s (59 % / 62 %, 7.1× /
-4.7×). The factorisation runs at about 140 GFLOP/s and the GEMM after each 256-column
-superblock near the SGEMM rate; what is left is the work inside a superblock (Eigen GEMMs per
-128-row tile, the per-column panel updates, the transposes to and from the column-major
-superblock), the exact-count selection (over 1.4 M scores a block at 11008 rows), and the fresh
-output arrays. Small layers choose their thread count by size: 1024×1024 is 1.3-1.5× faster on
-two threads than on one, 384×384 as fast. Results are bit-identical for every thread count:
-every dense routine splits its output into tiles of a fixed size and computes each tile with one
-single-threaded call (OpenBLAS or Eigen), whichever thread runs it.
+Performance (``python -m bench``, float32, 2-core AVX-512 Xeon, both threads; rates count
+``r·c² + ⅔c³`` flops): 4096×4096 takes 0.82 s at 50 % and 0.75 s at 2:4, 68 % and 74 % of
+numpy's SGEMM rate measured in the same run (206 GFLOP/s) and 6.9× / 5.4× faster than the PyTorch
+loop of ``bench/sparsegpt.py``; 11008×4096 takes 2.0 s and 1.7 s (55 % / 65 %, 6.0× / 5.0×) on
+the same shared machine, whose timings vary by 10-20 % from run to run. The factorisation runs at
+about 150 GFLOP/s and the GEMM after each 256-column superblock near the SGEMM rate; what is left
+is the work inside a superblock (Eigen GEMMs per 128-row tile, the per-column panel updates, the
+transposes to and from the column-major superblock), the exact-count selection (over 1.4 M scores
+a block at 11008 rows: scoring, counting, gathering the threshold's bin and marking take about
+0.13 s in all), and the fresh output arrays. Small layers choose their thread count by size:
+1024×1024 is 1.2-1.5× faster on two threads than on one, 384×384 as fast. Results are
+bit-identical for every thread count: every dense routine splits its output into tiles of a fixed
+size and computes each tile with one single-threaded call (OpenBLAS or Eigen), whichever thread
+runs it.
 """
 
 from __future__ import annotations
