@@ -12,40 +12,20 @@
 #include <vector>
 
 #include "fastprune/formats.hpp"
+#include "fastprune/simd.hpp"
 
 namespace fastprune::formats {
 
 namespace {
 
-// A SIMD register of C (GCC/Clang vector extension, compiled for each instruction-set level):
-// 32 bytes where AVX is available, 16 bytes otherwise. Wider AVX-512 registers would leave the
-// common k = 8 case without a full tile and gain nothing in this memory-bound gather.
-#if defined(__AVX__)
-constexpr int kVectorBytes = 32;
-#else
-constexpr int kVectorBytes = 16;
-#endif
+// SIMD registers of 32 bytes where AVX is available, 16 bytes otherwise. Wider AVX-512 registers
+// would leave the common k = 8 case without a full tile and gain nothing in this memory-bound
+// gather.
+constexpr int kVectorBytes = simd::kWidestBytes < 32 ? simd::kWidestBytes : 32;
 template <class C>
-struct VectorOf;
-template <>
-struct VectorOf<float> {
-  typedef float type __attribute__((vector_size(kVectorBytes)));
-};
-template <>
-struct VectorOf<double> {
-  typedef double type __attribute__((vector_size(kVectorBytes)));
-};
-template <class C>
-using Vec = typename VectorOf<C>::type;
+using Vec = simd::Vec<C, kVectorBytes>;
 template <class C>
 constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(C));
-
-template <class C>
-inline Vec<C> load(const C* p) {
-  Vec<C> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 // y[0 : R * lanes] = sum over entries e < count of value(e) * x[col(e) * x_stride + ...]:
 // R vector accumulators per set, U sets taking consecutive entries in turn.
@@ -58,13 +38,13 @@ inline void vector_tile(Index count, Value value, Column col, const C* x, Index 
     for (int u = 0; u < U; ++u) {
       const Vec<C> a = Vec<C>{} + value(e + u);
       const C* xr = x + col(e + u) * x_stride;
-      for (int r = 0; r < R; ++r) acc[u][r] += a * load(xr + r * L);
+      for (int r = 0; r < R; ++r) acc[u][r] += a * simd::load<kVectorBytes>(xr + r * L);
     }
   }
   for (; e < count; ++e) {
     const Vec<C> a = Vec<C>{} + value(e);
     const C* xr = x + col(e) * x_stride;
-    for (int r = 0; r < R; ++r) acc[0][r] += a * load(xr + r * L);
+    for (int r = 0; r < R; ++r) acc[0][r] += a * simd::load<kVectorBytes>(xr + r * L);
   }
   for (int r = 0; r < R; ++r) {
     Vec<C> sum = acc[0][r];

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "fastprune/blas.hpp"
+#include "fastprune/simd.hpp"
 
 namespace fastprune::sparsegpt {
 namespace {
@@ -468,38 +469,10 @@ void choose_groups(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixVie
   }
 }
 
-// A SIMD register of T (GCC/Clang vector extension, compiled for each instruction-set level).
-#if defined(__AVX512F__)
-constexpr int kVectorBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVectorBytes = 32;
-#else
-constexpr int kVectorBytes = 16;
-#endif
+// The SIMD registers of the panel updates: the widest of the build.
+constexpr int kVectorBytes = simd::kWidestBytes;
 template <class T>
-struct VectorOf;
-template <>
-struct VectorOf<float> {
-  typedef float type __attribute__((vector_size(kVectorBytes)));
-};
-template <>
-struct VectorOf<double> {
-  typedef double type __attribute__((vector_size(kVectorBytes)));
-};
-template <class T>
-using Vec = typename VectorOf<T>::type;
-
-template <class T>
-Vec<T> load(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-template <class T>
-void store(T* p, const Vec<T>& v) {
-  std::memcpy(p, &v, sizeof v);
-}
+using Vec = simd::Vec<T, kVectorBytes>;
 
 // w[r] −= Σ_j u[j · u_stride] · e[j · e_stride + r] for r < rows, j < count, the terms taken in
 // order of j (the order of the column-by-column updates it replaces, so the result is the same
@@ -511,13 +484,13 @@ Index subtract_errors_tiles(T* w, const T* e, Index e_stride, const T* u, Index 
   constexpr Index L = kVectorBytes / sizeof(T);
   for (; r + R * L <= rows; r += R * L) {
     Vec<T> acc[R];
-    for (int a = 0; a < R; ++a) acc[a] = load(w + r + a * L);
+    for (int a = 0; a < R; ++a) acc[a] = simd::load<kVectorBytes>(w + r + a * L);
     for (Index j = 0; j < count; ++j) {
       const Vec<T> f = Vec<T>{} + u[j * u_stride];
       const T* ej = e + j * e_stride + r;
-      for (int a = 0; a < R; ++a) acc[a] -= f * load(ej + a * L);
+      for (int a = 0; a < R; ++a) acc[a] -= f * simd::load<kVectorBytes>(ej + a * L);
     }
-    for (int a = 0; a < R; ++a) store(w + r + a * L, acc[a]);
+    for (int a = 0; a < R; ++a) simd::store(w + r + a * L, acc[a]);
   }
   return r;
 }
