@@ -233,6 +233,22 @@ def test_property_float64_matches_reference(
     assert res.loss == pytest.approx(ref_loss, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
+@pytest.mark.parametrize("blocksize", [64, 128])
+def test_many_row_tiles_and_superblocks_match_reference(pattern: str, blocksize: int) -> None:
+    # 300 rows: row tiles of 128 with a partial last one; 600 columns: superblocks of 256 with a
+    # partial last one, whose tiles are loaded, pruned and stored in one pass for N:M.
+    rng = np.random.default_rng(31)
+    w = rng.standard_normal((300, 600))
+    h = random_hessian(rng, 600)
+    nm = (0, 0) if pattern == "unstructured" else (int(pattern[0]), int(pattern[2]))
+    ref_w, ref_mask, ref_loss = reference_sparsegpt(w, h, 0.5, nm, blocksize)
+    res = sparsegpt(w, h, 0.5, pattern, blocksize=blocksize, precision="float64")
+    assert np.array_equal(res.mask, ref_mask)
+    assert_weights_close(res.weight, ref_w, 1e-9)
+    assert res.loss == pytest.approx(ref_loss, rel=1e-9)
+
+
 def test_ties_go_to_the_lower_index() -> None:
     """Constant weights and an identity Hessian: every saliency equal, so the first k go."""
     w = np.ones((4, 8))

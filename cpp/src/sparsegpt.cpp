@@ -652,53 +652,74 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
                            sb_weights.data(),
                            sb_errors.data(),
                            sb_keep.data()};
-    const Index first_block = std::min(options.blocksize, sb.s2 - s1);
-#pragma omp parallel num_threads(copy_threads)
-    {
-      Tally local(unstructured);
-#pragma omp for schedule(static)
-      for (Index t = 0; t < tiles; ++t) {
-        load_rows(weight, dead, sb, t * kRowTile, tile_rows(t));
-        if (unstructured) {
-          score_rows(sb, u, allowed, s1, first_block, t * kRowTile, tile_rows(t), scores.data(),
-                     local);
-        }
+    if (!unstructured) {
+      // N:M masks are chosen row by row, so nothing couples the row tiles: each is loaded,
+      // pruned block by block and stored on its own, its columns cached throughout.
+      double tile_flops = 0.0;
+      for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
+        const Index bc = std::min(options.blocksize, sb.s2 - i1);
+        tile_flops += double(kRowTile) * double(bc) * double(sb.s2 - i1);
       }
-      if (unstructured) {
-#pragma omp critical
-        tally.add(local);
-      }
-    }
-    for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
-      const Index i2 = std::min(i1 + options.blocksize, sb.s2);
-      const Index next_block = std::min(options.blocksize, sb.s2 - i2);  // 0 after the last
-      if (unstructured) {
-        select_block(sb, i1, i2 - i1, options.sparsity, scores.data(), tally, gathered.data());
-        tally.clear();
-      }
-      const double tile_flops = double(kRowTile) * double(i2 - i1) * double(sb.s2 - i1);
 #pragma omp parallel num_threads(tile_threads(tiles, tile_flops))
       {
         keep_products_on_this_thread();
-        std::vector<T> group_scores(static_cast<size_t>(std::max(options.m, 1) * kRowTile));
-        Tally local(unstructured && next_block > 0);
+        std::vector<T> group_scores(static_cast<size_t>(options.m * kRowTile));
 #pragma omp for schedule(static)
         for (Index t = 0; t < tiles; ++t) {
-          const Index r0 = t * kRowTile;
-          prune_tile_of_block(sb, u, allowed, r0, tile_rows(t), i1, i2, options,
-                              group_scores.data(), row_loss.data());
-          if (unstructured && next_block > 0) {
-            score_rows(sb, u, allowed, i2, next_block, r0, tile_rows(t), scores.data(), local);
+          const Index r0 = t * kRowTile, rb = tile_rows(t);
+          load_rows(weight, dead, sb, r0, rb);
+          for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
+            prune_tile_of_block(sb, u, allowed, r0, rb, i1, std::min(i1 + options.blocksize, sb.s2),
+                                options, group_scores.data(), row_loss.data());
           }
+          store_rows(weight, mask, sb, r0, rb);
         }
-        if (unstructured && next_block > 0) {
+      }
+    } else {
+      // Each block's selection spans every row, so the row tiles meet before it: the tiles
+      // score the block while they still hold it (after loading it, or after the block before
+      // it), and the last block's tiles are stored as soon as they are pruned.
+      const Index first_block = std::min(options.blocksize, sb.s2 - s1);
+#pragma omp parallel num_threads(copy_threads)
+      {
+        Tally local(true);
+#pragma omp for schedule(static)
+        for (Index t = 0; t < tiles; ++t) {
+          load_rows(weight, dead, sb, t * kRowTile, tile_rows(t));
+          score_rows(sb, u, allowed, s1, first_block, t * kRowTile, tile_rows(t), scores.data(),
+                     local);
+        }
 #pragma omp critical
-          tally.add(local);
+        tally.add(local);
+      }
+      for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
+        const Index i2 = std::min(i1 + options.blocksize, sb.s2);
+        const Index next_block = std::min(options.blocksize, sb.s2 - i2);  // 0 after the last
+        select_block(sb, i1, i2 - i1, options.sparsity, scores.data(), tally, gathered.data());
+        tally.clear();
+        const double tile_flops = double(kRowTile) * double(i2 - i1) * double(sb.s2 - i1);
+#pragma omp parallel num_threads(tile_threads(tiles, tile_flops))
+        {
+          keep_products_on_this_thread();
+          Tally local(next_block > 0);
+#pragma omp for schedule(static)
+          for (Index t = 0; t < tiles; ++t) {
+            const Index r0 = t * kRowTile, rb = tile_rows(t);
+            prune_tile_of_block(sb, u, allowed, r0, rb, i1, i2, options, static_cast<T*>(nullptr),
+                                row_loss.data());
+            if (next_block > 0) {
+              score_rows(sb, u, allowed, i2, next_block, r0, rb, scores.data(), local);
+            } else {
+              store_rows(weight, mask, sb, r0, rb);
+            }
+          }
+          if (next_block > 0) {
+#pragma omp critical
+            tally.add(local);
+          }
         }
       }
     }
-#pragma omp parallel for schedule(static) num_threads(copy_threads)
-    for (Index t = 0; t < tiles; ++t) store_rows(weight, mask, sb, t * kRowTile, tile_rows(t));
     if (sb.s2 < c) update_after_superblock(weight, u, sb);
   }
   double loss = 0.0;
