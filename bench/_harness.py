@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -90,30 +91,42 @@ def gflops(flops: float, seconds: float) -> str:
 
 
 def of_sgemm(flops: float, seconds: float) -> str:
-    """The rate and its share of the NumPy SGEMM rate measured in this run."""
-    share = flops / seconds / 1e9 / machine_limits()["sgemm_gflops"]
-    return f"{gflops(flops, seconds)} ({100 * share:.0f} % of SGEMM)"
+    """The rate and its share of NumPy's SGEMM rate, measured again right after the timing it is
+    compared with: on a shared machine the rate moves by 10-20 % within one run, so a single
+    figure from its start would flatter or wrong the rows timed in a slow or a fast stretch."""
+    sgemm = sgemm_gflops()
+    share = flops / seconds / 1e9 / sgemm
+    return f"{gflops(flops, seconds)} ({100 * share:.0f} % of SGEMM, {sgemm:.0f} then)"
 
 
 def gbps(nbytes: float, seconds: float) -> str:
     return f"{nbytes / seconds / 1e9:.1f} GB/s"
 
 
+_SGEMM_SIDE = 2048
+
+
+@functools.cache
+def _sgemm_operands() -> list[np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(0)
+    shape = (_SGEMM_SIDE, _SGEMM_SIDE)
+    return [rng.standard_normal(shape, dtype=np.float32) for _ in range(2)]
+
+
+def sgemm_gflops() -> float:
+    """NumPy's float32 matmul rate (2048-square operands) measured now."""
+    a, b = _sgemm_operands()
+    return 2 * _SGEMM_SIDE**3 / median_time(lambda: a @ b, repeat=5) / 1e9
+
+
 @functools.cache
 def machine_limits() -> dict[str, float]:
-    """The machine's own limits, measured once per run: NumPy SGEMM rate and copy bandwidth."""
+    """The machine's limits at the start of the run: NumPy SGEMM rate and copy bandwidth."""
     rng = np.random.default_rng(0)
-    n = 2048
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    t_gemm = median_time(lambda: a @ b, repeat=5)
     big = rng.standard_normal(64 * 2**20 // 4, dtype=np.float32)
     out = np.empty_like(big)
     t_copy = median_time(lambda: np.copyto(out, big), repeat=7)
-    return {
-        "sgemm_gflops": 2 * n**3 / t_gemm / 1e9,
-        "copy_gbps": 2 * big.nbytes / t_copy / 1e9,
-    }
+    return {"sgemm_gflops": sgemm_gflops(), "copy_gbps": 2 * big.nbytes / t_copy / 1e9}
 
 
 def torch_or_none() -> object | None:
