@@ -4,7 +4,7 @@ What is timed is one more batch streamed into statistics that already exist, the
 for every calibration batch: ``Calibration.update(X)`` against what a user writes with NumPy,
 ``S += X.T @ X`` (NumPy hands ``X.T @ X`` to BLAS SYRK) and ``sq += np.square(X).sum(0)``.
 Rates count the n·k² flops of a symmetric rank-n update of a k x k matrix (half a GEMM's
-2·n·k²); compare them with the machine's SGEMM rate in the header.
+2·n·k²), and their share of SGEMM is of NumPy's rate measured right after each row.
 """
 
 from __future__ import annotations

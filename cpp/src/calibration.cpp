@@ -6,10 +6,36 @@
 
 namespace fastprune::calibration {
 
+namespace {
+
+// Whether p[0, n) is free of NaN and Inf, copying it to out[0, n) on the way when `copy`:
+// v * 0 is 0 for finite v and NaN for NaN or Inf, and a NaN survives every later addition.
+// kLanes partial sums keep the loop vectorisable.
+template <bool copy, class T>
+bool finite_run(const T* p, Index n, T* out) {
+  constexpr int kLanes = 16;
+  T part[kLanes] = {};
+  Index i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      if constexpr (copy) out[i + l] = p[i + l];
+      part[l] += p[i + l] * T(0);
+    }
+  }
+  for (; i < n; ++i) {
+    if constexpr (copy) out[i] = p[i];
+    part[0] += p[i] * T(0);
+  }
+  T sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += part[l];
+  return sum == T(0);
+}
+
+}  // namespace
+
 template <class T>
 bool all_finite(const TokenMatrix<T>& x) {
-  // Along the contiguous direction: v * 0 is 0 for finite v and NaN for NaN or Inf, and a
-  // NaN survives every later addition. kLanes partial sums keep the loop vectorisable.
+  // Along the contiguous direction.
   const bool by_token = x.feature_stride == 1;
   const Index outer = by_token ? x.tokens : x.features;
   const Index inner = by_token ? x.features : x.tokens;
@@ -18,17 +44,8 @@ bool all_finite(const TokenMatrix<T>& x) {
   bool finite = true;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
   for (Index o = 0; o < outer; ++o) {
-    constexpr int kLanes = 16;
-    const T* p = x.data + o * outer_stride;
-    T part[kLanes] = {};
-    Index i = 0;
-    for (; i + kLanes <= inner; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) part[l] += p[i + l] * T(0);
-    }
-    for (; i < inner; ++i) part[0] += p[i] * T(0);
-    T sum = 0;
-    for (int l = 0; l < kLanes; ++l) sum += part[l];
-    finite = finite && sum == T(0);
+    finite =
+        finite_run<false>(x.data + o * outer_stride, inner, static_cast<T*>(nullptr)) && finite;
   }
   return finite;
 }
@@ -43,24 +60,7 @@ bool copy_finite(ConstMatrixView<T> x, MatrixView<T> out) {
   bool finite = true;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
   for (Index r = 0; r < x.rows; ++r) {
-    constexpr int kLanes = 16;  // as in all_finite
-    const T* p = x.row(r);
-    T* q = out.row(r);
-    T part[kLanes] = {};
-    Index i = 0;
-    for (; i + kLanes <= x.cols; i += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        q[i + l] = p[i + l];
-        part[l] += p[i + l] * T(0);
-      }
-    }
-    for (; i < x.cols; ++i) {
-      q[i] = p[i];
-      part[0] += p[i] * T(0);
-    }
-    T sum = 0;
-    for (int l = 0; l < kLanes; ++l) sum += part[l];
-    finite = finite && sum == T(0);
+    finite = finite_run<true>(x.row(r), x.cols, out.row(r)) && finite;
   }
   return finite;
 }

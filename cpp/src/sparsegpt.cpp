@@ -301,9 +301,9 @@ auto order_key(T x) {
 // The scores are computed tile by tile while the tile is still cached (right after it is loaded
 // or updated), in the superblock's column-major layout, and counted in a histogram of the top
 // kBits of their order keys. The selection then finds the bin of the threshold from the
-// histogram alone, marks every score outside that bin in one pass, gathers the scores inside it,
-// and finds the threshold among them with nth_element. Keys below it are pruned, keys above it
-// kept, and keys equal to it pruned when all of them fit the budget (the usual case), else the
+// histogram alone, gathers the keys inside that bin in one pass, finds the threshold among them
+// with nth_element, and marks every weight in a second pass. Keys below it are pruned, keys above
+// it kept, and keys equal to it pruned when all of them fit the budget (the usual case), else the
 // first ones in row-major order. Nothing depends on the thread count.
 constexpr int kBits = 11;  // 2^11 counters stay in L1
 constexpr Index kBins = Index(1) << kBits;
@@ -390,7 +390,7 @@ void select_block(const Superblock<T>& sb, Index i1, Index bc, double sparsity, 
   }
   // The keys in the threshold's bin, gathered without branches: each thread writes every key
   // of its columns into its own part of `gathered` and advances only past those in the bin.
-  std::vector<Index> part_end(static_cast<size_t>(threads) + 1, 0);
+  std::vector<Index> part_end(static_cast<size_t>(threads), 0);
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
