@@ -178,26 +178,31 @@ def test_finite_copy_is_a_checked_independent_copy(
 @pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", "float16"])
 @pytest.mark.parametrize(
     "layout",
-    ["c", "f", "strided_cols", "reversed_rows", "one_column", "broadcast_rows", "empty"],
+    ["c", "f", "strided_cols", "reversed_rows", "one_column", "broadcast_rows", "empty", "large"],
 )
 @pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
 def test_finiteness_check_agrees_with_numpy(dtype: str, layout: str, bad: float | None) -> None:
-    """Arguments are screened for NaN/Inf by the core where the layout allows; every layout and
-    dtype must give NumPy's answer, and the message names the argument and the count."""
+    """Arguments are screened for NaN/Inf by the core where the layout allows (on every thread
+    for large arrays); every layout and dtype must give NumPy's answer, and the message names
+    the argument and the count."""
     from fastprune import _arrays
 
     rng = np.random.default_rng(7)
-    base = rng.standard_normal((37, 45)).astype(dtype)
+    base = rng.standard_normal((1500, 2001) if layout == "large" else (37, 45)).astype(dtype)
     if bad is not None:
         base.flat[rng.choice(base.size, 3, replace=False)] = bad
+        base[-1, -1] = bad  # the tail of the last row, past the last whole group of lanes
     views = {
         "c": base,
         "f": np.asfortranarray(base),
         "strided_cols": base[:, ::3],
         "reversed_rows": base[::-1],
         "one_column": base[:, 5:6],
-        "broadcast_rows": np.broadcast_to(base[int(np.argmax(~np.isfinite(base).all(1)))], (9, 45)),
+        "broadcast_rows": np.broadcast_to(
+            base[int(np.argmax(~np.isfinite(base).all(1)))], (9, base.shape[1])
+        ),
         "empty": base[:0],
+        "large": base,
     }
     a = views[layout]
     bad_count = int(np.count_nonzero(~np.isfinite(a)))

@@ -8,6 +8,11 @@ namespace fastprune::calibration {
 
 namespace {
 
+// Elements worth a thread of their own in the passes that only read or copy (finiteness scans):
+// below about a million, waking a second thread costs more than it saves, and on a busy machine
+// a parallel region can wait milliseconds for a thread that is not running.
+constexpr double kScanGrain = double(1 << 20);
+
 // Whether p[0, n) is free of NaN and Inf, copying it to out[0, n) on the way when `copy`:
 // v * 0 is 0 for finite v and NaN for NaN or Inf, and a NaN survives every later addition.
 // kLanes partial sums keep the loop vectorisable.
@@ -40,7 +45,8 @@ bool all_finite(const TokenMatrix<T>& x) {
   const Index outer = by_token ? x.tokens : x.features;
   const Index inner = by_token ? x.features : x.tokens;
   const Index outer_stride = by_token ? x.token_stride : x.feature_stride;
-  const int threads = threads_for(static_cast<double>(outer) * static_cast<double>(inner));
+  const int threads =
+      threads_for(static_cast<double>(outer) * static_cast<double>(inner), kScanGrain);
   bool finite = true;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
   for (Index o = 0; o < outer; ++o) {
@@ -53,10 +59,8 @@ bool all_finite(const TokenMatrix<T>& x) {
 template <class T>
 bool copy_finite(ConstMatrixView<T> x, MatrixView<T> out) {
   if (out.rows != x.rows || out.cols != x.cols) invalid("out: expected the shape of x");
-  // Copies are worth a second thread from about a million elements (below that, waking it
-  // costs more than it saves).
   const int threads =
-      threads_for(static_cast<double>(x.rows) * static_cast<double>(x.cols), double(1 << 20));
+      threads_for(static_cast<double>(x.rows) * static_cast<double>(x.cols), kScanGrain);
   bool finite = true;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
   for (Index r = 0; r < x.rows; ++r) {
