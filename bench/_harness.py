@@ -90,13 +90,33 @@ def gflops(flops: float, seconds: float) -> str:
     return f"{flops / seconds / 1e9:.0f} GFLOP/s"
 
 
-def of_sgemm(flops: float, seconds: float) -> str:
-    """The rate and its share of NumPy's SGEMM rate, measured again right after the timing it is
-    compared with: on a shared machine the rate moves by 10-20 % within one run, so a single
-    figure from its start would flatter or wrong the rows timed in a slow or a fast stretch."""
-    sgemm = sgemm_gflops()
-    share = flops / seconds / 1e9 / sgemm
-    return f"{gflops(flops, seconds)} ({100 * share:.0f} % of SGEMM, {sgemm:.0f} then)"
+def time_against_sgemm(
+    fn: Callable[[], object], flops: float, *, repeat: int = 5
+) -> tuple[float, str]:
+    """Median seconds of one call of `fn`, and its rate with its share of NumPy's SGEMM rate.
+
+    Every call of `fn` is followed at once by an SGEMM timing, and the share is the median of
+    the shares of those pairs: on a shared machine the rate drifts by 10-20 % within seconds,
+    so a rate measured once, or well before or after, would flatter or wrong the calls timed in
+    a slower or a faster stretch. Both medians are over `repeat` pairs, after a warm-up call.
+    """
+    fn()
+    times: list[float] = []
+    rates: list[float] = []
+    shares: list[float] = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+        sgemm = sgemm_gflops(repeat=3)
+        times.append(seconds)
+        rates.append(sgemm)
+        shares.append(flops / seconds / 1e9 / sgemm)
+    seconds = statistics.median(times)
+    share = statistics.median(shares)
+    sgemm = statistics.median(rates)
+    text = f"{gflops(flops, seconds)} ({100 * share:.0f} % of SGEMM, {sgemm:.0f} alongside)"
+    return seconds, text
 
 
 def gbps(nbytes: float, seconds: float) -> str:
@@ -113,10 +133,10 @@ def _sgemm_operands() -> list[np.ndarray[Any, Any]]:
     return [rng.standard_normal(shape, dtype=np.float32) for _ in range(2)]
 
 
-def sgemm_gflops() -> float:
-    """NumPy's float32 matmul rate (2048-square operands) measured now."""
+def sgemm_gflops(repeat: int = 5) -> float:
+    """NumPy's float32 matmul rate (2048-square operands) measured now, in GFLOP/s."""
     a, b = _sgemm_operands()
-    return 2 * _SGEMM_SIDE**3 / median_time(lambda: a @ b, repeat=5) / 1e9
+    return 2 * _SGEMM_SIDE**3 / median_time(lambda: a @ b, repeat=repeat, min_time=0.0) / 1e9
 
 
 @functools.cache

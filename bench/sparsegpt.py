@@ -18,7 +18,7 @@ import numpy as np
 
 import fastprune
 
-from ._harness import Row, Table, median_time, of_sgemm, torch_or_none
+from ._harness import Row, Table, gflops, median_time, time_against_sgemm, torch_or_none
 
 
 def torch_sparsegpt(
@@ -112,8 +112,8 @@ def run(table: Table) -> None:
                     lambda tw=tw, th=th, p=pruned_of_m: torch_sparsegpt(torch, tw, th, 0.5, p),
                     repeat=3,
                 )
-            ours_time = median_time(
-                lambda w=w, h=h, p=pattern: fastprune.sparsegpt(w, h, 0.5, p), repeat=3
+            ours_time, rate = time_against_sgemm(
+                lambda w=w, h=h, p=pattern: fastprune.sparsegpt(w, h, 0.5, p), flops
             )
             table.add(
                 Row(
@@ -123,7 +123,7 @@ def run(table: Table) -> None:
                     ours_time,
                     "torch SparseGPT loop",
                     baseline_time,
-                    of_sgemm(flops, ours_time),
+                    rate,
                 )
             )
     if threads > 1:
@@ -157,7 +157,7 @@ def _thread_scaling(table: Table, rng: np.random.Generator, threads: int) -> Non
                     ours,
                     "fastprune on 1 thread",
                     one,
-                    of_sgemm(flops, ours),
+                    gflops(flops, ours),
                 )
             )
 
