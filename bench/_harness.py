@@ -99,6 +99,9 @@ def time_against_sgemm(
     the shares of those pairs: on a shared machine the rate drifts by 10-20 % within seconds,
     so a rate measured once, or well before or after, would flatter or wrong the calls timed in
     a slower or a faster stretch. Both medians are over `repeat` pairs, after a warm-up call.
+    Each SGEMM is followed by a pause: NumPy's OpenBLAS threads keep spinning for about 0.1 s
+    after a call, and a call timed inside that window shares its cores with them (25-50 %
+    slower here).
     """
     fn()
     times: list[float] = []
@@ -109,6 +112,7 @@ def time_against_sgemm(
         fn()
         seconds = time.perf_counter() - t0
         sgemm = sgemm_gflops(repeat=3)
+        time.sleep(_OPENBLAS_SPIN)
         times.append(seconds)
         rates.append(sgemm)
         shares.append(flops / seconds / 1e9 / sgemm)
@@ -124,6 +128,7 @@ def gbps(nbytes: float, seconds: float) -> str:
 
 
 _SGEMM_SIDE = 2048
+_OPENBLAS_SPIN = 0.3  # seconds, more than NumPy's OpenBLAS threads spin after a call
 
 
 @functools.cache
@@ -149,7 +154,7 @@ def machine_limits() -> dict[str, float]:
     return {"sgemm_gflops": sgemm_gflops(), "copy_gbps": 2 * big.nbytes / t_copy / 1e9}
 
 
-def torch_or_none() -> object | None:
+def torch_or_none() -> Any:
     """The torch module when it is installed, else None (baselines that need it are skipped)."""
     try:
         import torch

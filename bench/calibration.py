@@ -11,6 +11,7 @@ timing of NumPy's SGEMM.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -33,6 +34,12 @@ def _numpy_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.T @ x, np.square(x).sum(0)
 
 
+def _update(
+    stats: _NumpyStats, convert: Callable[[np.ndarray], np.ndarray], batch: np.ndarray
+) -> None:
+    stats.update(convert(batch))
+
+
 class _NumpyStats:
     """The NumPy baseline of a streaming accumulator."""
 
@@ -51,7 +58,7 @@ def _run_case(table: Table, x: np.ndarray) -> None:
     gram, act_sq = _numpy_stats(x)
     scale = float(np.abs(gram).max())
     x16 = x.astype(np.float16)
-    rows: list[tuple[str, np.ndarray, bool, str, Callable[[np.ndarray], object]]] = [
+    rows: list[tuple[str, np.ndarray, bool, str, Callable[[np.ndarray], np.ndarray]]] = [
         ("calibration update, float32", x, False, "numpy S += X.T@X, Σx²", lambda b: b),
         ("  same, Eigen only", x, True, "numpy S += X.T@X, Σx²", lambda b: b),
         (
@@ -71,14 +78,14 @@ def _run_case(table: Table, x: np.ndarray) -> None:
     ]
     for operation, batch, eigen_only, baseline_name, convert in rows:
         reference = _NumpyStats(features)
-        t_baseline = median_time(lambda b=batch, c=convert, r=reference: r.update(c(b)), repeat=3)
+        t_baseline = median_time(functools.partial(_update, reference, convert, batch), repeat=3)
         with _core.eigen_only() if eigen_only else contextlib.nullcontext():
             cal = fastprune.Calibration(features)
             cal.update(batch)  # checked before it is timed
             tol = 1e-3 if batch.dtype == np.float16 else 1e-5
             np.testing.assert_allclose(cal.hessian * (tokens / 2), gram, atol=tol * scale)
             np.testing.assert_allclose(cal.act_sq, act_sq, rtol=tol)
-            t_ours, ours_rate = time_against_sgemm(lambda b=batch, c=cal: c.update(b), flops)
+            t_ours, ours_rate = time_against_sgemm(functools.partial(cal.update, batch), flops)
         rate = f"{ours_rate} vs {gflops(flops, t_baseline)}"
         threads = fastprune.get_num_threads()
         table.add(

@@ -5,13 +5,17 @@ The baseline follows the paper's reference code step by step: dead columns, rela
 ``torch.sort`` threshold (unstructured) or a ``torch.topk`` per group of m (N:M), per-column
 rank-1 OBS updates inside the block and one matmul for the columns after it. Rates count
 ``r·c² + ⅔c³`` flops. The 4096×4096 cases run by default; ``BENCH_LARGE=1`` adds 11008×4096.
-Small layers (1024×1024 and 384×384) are also timed on every thread against one thread: the
-thread count is chosen per size, so more threads must never make them slower.
+Small layers (1024×1024 and 384×384) are also timed on every thread against one thread, the two
+in alternation: the thread count is chosen per size, so more threads must never make them slower.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -82,7 +86,8 @@ def calibration_hessian(rng: np.random.Generator, columns: int) -> np.ndarray[An
     mixing = rng.standard_normal((columns // 8, columns), dtype=np.float32) / np.float32(8.0)
     x = latent @ mixing + rng.standard_normal((tokens, columns), dtype=np.float32)
     x *= np.exp(rng.normal(0.0, 0.5, columns)).astype(np.float32)
-    return (np.float32(2.0 / tokens) * (x.T @ x)).astype(np.float32)
+    hessian: np.ndarray[Any, Any] = (np.float32(2.0 / tokens) * (x.T @ x)).astype(np.float32)
+    return hessian
 
 
 def run(table: Table) -> None:
@@ -109,11 +114,10 @@ def run(table: Table) -> None:
                 ref_w, ref_pruned = torch_sparsegpt(torch, tw, th, 0.5, pruned_of_m)
                 _check_agreement(w, h, ours, ref_w.numpy(), ~ref_pruned.numpy(), pattern)
                 baseline_time = median_time(
-                    lambda tw=tw, th=th, p=pruned_of_m: torch_sparsegpt(torch, tw, th, 0.5, p),
-                    repeat=3,
+                    functools.partial(torch_sparsegpt, torch, tw, th, 0.5, pruned_of_m), repeat=3
                 )
             ours_time, rate = time_against_sgemm(
-                lambda w=w, h=h, p=pattern: fastprune.sparsegpt(w, h, 0.5, p), flops
+                functools.partial(fastprune.sparsegpt, w, h, 0.5, pattern), flops
             )
             table.add(
                 Row(
@@ -137,18 +141,8 @@ def _thread_scaling(table: Table, rng: np.random.Generator, threads: int) -> Non
         flops = size**3 + 2 / 3 * size**3
         for pattern in ("unstructured", "2:4"):
             label = "50 %" if pattern == "unstructured" else pattern
-
-            def solve(
-                w: np.ndarray[Any, Any] = w, h: np.ndarray[Any, Any] = h, pattern: str = pattern
-            ) -> object:
-                return fastprune.sparsegpt(w, h, 0.5, pattern)
-
-            fastprune.set_num_threads(1)
-            try:
-                one = median_time(solve)
-            finally:
-                fastprune.set_num_threads(threads)
-            ours = median_time(solve)
+            solve = functools.partial(fastprune.sparsegpt, w, h, 0.5, pattern)
+            one, ours = _alternating_medians(solve, threads)
             table.add(
                 Row(
                     f"sparsegpt {label}",
@@ -160,6 +154,25 @@ def _thread_scaling(table: Table, rng: np.random.Generator, threads: int) -> Non
                     gflops(flops, ours),
                 )
             )
+
+
+def _alternating_medians(
+    solve: Callable[[], object], threads: int, *, rounds: int = 15
+) -> tuple[float, float]:
+    """Median seconds of `solve` on one thread and on `threads`, the two timed in alternation
+    (a call each per round, after a warm-up of each) so that the machine's drift reaches both."""
+    times: dict[int, list[float]] = {1: [], threads: []}
+    try:
+        for round_ in range(rounds + 1):
+            for count in (1, threads):
+                fastprune.set_num_threads(count)
+                t0 = time.perf_counter()
+                solve()
+                if round_ > 0:
+                    times[count].append(time.perf_counter() - t0)
+    finally:
+        fastprune.set_num_threads(threads)
+    return statistics.median(times[1]), statistics.median(times[threads])
 
 
 def _check_agreement(
