@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -134,13 +135,13 @@ def test_equal_dtype_objects_and_byte_swapped_arrays_are_accepted() -> None:
     assert np.array_equal(fastprune.mask(swapped, 0.5), fastprune.mask(scores, 0.5))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", "float16", ml_dtypes.bfloat16])
 @pytest.mark.parametrize(
     "layout", ["c", "f", "strided_rows", "reversed_rows", "one_column", "empty", "large"]
 )
 @pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
 def test_finite_copy_is_a_checked_independent_copy(
-    dtype: str, layout: str, bad: float | None
+    dtype: object, layout: str, bad: float | None
 ) -> None:
     """The working copy of a weight is made and checked in one pass by the core where the layout
     allows (on every thread for large arrays): equal to the input, C-ordered, its own memory."""
@@ -175,13 +176,65 @@ def test_finite_copy_is_a_checked_independent_copy(
     assert np.array_equal(copy, a.astype(target))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", "float16"])
+def every_half(brain: bool) -> tuple[np.ndarray, np.ndarray]:
+    """All 65536 bit patterns of a 16-bit float (in a shape whose rows end in partial groups of
+    vector lanes) and their float32 values, computed without the core."""
+    bits = np.arange(2**16, dtype=np.uint16)
+    if brain:
+        values = (bits.astype(np.uint32) << 16).view(np.float32)  # bfloat16: the top half
+    else:
+        values = bits.view(np.float16).astype(np.float32)
+    return bits.reshape(256, 256)[:, 3:250], values.reshape(256, 256)[:, 3:250]
+
+
+@pytest.mark.parametrize("level", _core.supported_levels())
+@pytest.mark.parametrize("brain", [False, True])
+def test_16_bit_floats_widen_exactly_on_every_level(level: str, brain: bool) -> None:
+    """Every float16/bfloat16 bit pattern (zeros, subnormals, normals, the largest, Inf, NaN)
+    widens to the float32 NumPy computes, in vector groups and in the scalar tails alike."""
+    bits, expected = every_half(brain)
+    with _core.use(level) as core:
+        widened, finite = core.calibration.widen_finite(bits, brain)
+        assert not finite
+        nan = np.isnan(expected)
+        assert np.array_equal(np.isnan(widened), nan)
+        assert np.array_equal(widened.view(np.uint32)[~nan], expected.view(np.uint32)[~nan])
+        clean = np.where(np.isfinite(expected), bits, 0).astype(np.uint16)
+        strided = clean[1::3, 2:]  # rows spaced apart, starting off any alignment
+        widened, finite = core.calibration.widen_finite(strided, brain)
+        assert finite
+        assert widened.flags.c_contiguous
+        assert np.array_equal(widened, np.where(np.isfinite(expected), expected, 0)[1::3, 2:])
+
+
+@pytest.mark.parametrize("level", _core.supported_levels())
+@pytest.mark.parametrize("brain", [False, True])
+def test_16_bit_floats_are_screened_on_every_level(level: str, brain: bool) -> None:
+    rng = np.random.default_rng(12)
+    bits, expected = every_half(brain)
+    finite_bits = bits[np.isfinite(expected)]
+    base = rng.choice(finite_bits, (1500, 1001)).astype(np.uint16)  # large: on every thread
+    infinity = np.uint16(0x7F80 if brain else 0x7C00)
+    nan = np.uint16(infinity | 1)
+    with _core.use(level) as core:
+        for bad in (None, infinity, nan, infinity | np.uint16(0x8000)):
+            a = base.copy()
+            if bad is not None:
+                a[rng.integers(1500), rng.integers(1001)] = bad
+                a[-1, -1] = bad  # the tail of the last row
+            for view in (a, np.asfortranarray(a), a[::2], a[:, 7:8], a[:0]):
+                assert core.calibration.halves_finite(view, brain) == (
+                    bad is None or not np.any(view == bad)
+                )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", ">f4", "float16", ml_dtypes.bfloat16])
 @pytest.mark.parametrize(
     "layout",
     ["c", "f", "strided_cols", "reversed_rows", "one_column", "broadcast_rows", "empty", "large"],
 )
 @pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
-def test_finiteness_check_agrees_with_numpy(dtype: str, layout: str, bad: float | None) -> None:
+def test_finiteness_check_agrees_with_numpy(dtype: object, layout: str, bad: float | None) -> None:
     """Arguments are screened for NaN/Inf by the core where the layout allows (on every thread
     for large arrays); every layout and dtype must give NumPy's answer, and the message names
     the argument and the count."""

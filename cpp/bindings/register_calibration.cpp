@@ -1,6 +1,8 @@
 // Bindings of fastprune::calibration. The Python layer owns the running sum (a C-contiguous
 // float32/float64 array) and hands over token matrices of the same dtype whose features or
-// tokens are contiguous; the kernels run without the GIL.
+// tokens are contiguous (16-bit floats as uint16 views of their bits); the kernels run without
+// the GIL.
+#include <cstdint>
 #include <string>
 
 #include "arrays.hpp"
@@ -111,6 +113,24 @@ py::tuple copy_finite(const py::array& x) {
                        std::string(py::str(x.dtype())));
 }
 
+bool halves_finite(const py::array& bits, bool brain) {
+  const auto x = token_matrix<std::uint16_t>(bits, "bits");
+  py::gil_scoped_release release;
+  return calibration::halves_finite(x, brain);
+}
+
+py::tuple widen_finite(const py::array& bits, bool brain) {
+  const auto source = matrix<std::uint16_t>(bits, "bits");
+  auto out = empty<float>({source.rows, source.cols});
+  auto o = view_of(out);
+  bool finite = false;
+  {
+    py::gil_scoped_release release;
+    finite = calibration::widen_finite(source, brain, o);
+  }
+  return py::make_tuple(out, finite);
+}
+
 template <class T>
 py::array symmetric_from_lower_typed(py::array gram, double scale) {
   const auto g = square_gram<T>(gram);
@@ -140,6 +160,13 @@ void register_calibration(py::module_ m) {
   m.def("copy_finite", &copy_finite, py::arg("x"),
         "(copy, finite): a new C-ordered copy of a 2-D array with contiguous rows, made on every "
         "thread, and whether x is free of NaN and Inf.");
+  m.def("halves_finite", &halves_finite, py::arg("bits"), py::arg("brain"),
+        "Whether the 16-bit floats (float16, or bfloat16 when `brain`) whose bits are the 2-D "
+        "uint16 array `bits` are free of NaN and Inf.");
+  m.def("widen_finite", &widen_finite, py::arg("bits"), py::arg("brain"),
+        "(float32 copy, finite): the 16-bit floats whose bits are the 2-D uint16 array `bits` "
+        "(contiguous rows) widened exactly, on every thread, and whether they are free of NaN "
+        "and Inf.");
   m.def("symmetric_from_lower", &symmetric_from_lower, py::arg("gram"), py::arg("scale"),
         "A new array: scale * the symmetric matrix whose lower triangle gram holds.");
 }

@@ -1,6 +1,12 @@
 #include "fastprune/calibration.hpp"
 
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 
 #include "fastprune/blas.hpp"
 
@@ -36,7 +42,91 @@ bool finite_run(const T* p, Index n, T* out) {
   return sum == T(0);
 }
 
+// Whether no element of p[0, n) has an exponent field of all ones (Inf or NaN), for 16-bit
+// floats whose exponent bits are `exponent`.
+bool halves_finite_run(const std::uint16_t* p, Index n, std::uint16_t exponent) {
+  unsigned bad = 0;
+  for (Index i = 0; i < n; ++i) bad |= static_cast<unsigned>((p[i] & exponent) == exponent);
+  return bad == 0;
+}
+
+std::uint16_t exponent_bits(bool brain) { return brain ? 0x7F80 : 0x7C00; }
+
+// One IEEE half, exactly; Inf and NaN keep their sign and payload.
+float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
+  const std::uint32_t exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu;
+  std::uint32_t bits = 0;
+  if (exponent == 0x1F) {
+    bits = sign | 0x7F800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else {  // zero or subnormal: mantissa · 2^-24, exact in float32
+    const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+    std::memcpy(&bits, &magnitude, sizeof bits);
+    bits |= sign;
+  }
+  float f = 0.0f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// out[0, n) = p[0, n) widened: bfloat16 is the top half of a float32; IEEE halves go through
+// the CPU's conversion instruction where the build has one.
+void widen_run(const std::uint16_t* p, Index n, bool brain, float* out) {
+  Index i = 0;
+  if (brain) {
+    for (; i < n; ++i) {
+      const std::uint32_t bits = std::uint32_t(p[i]) << 16;
+      std::memcpy(out + i, &bits, sizeof bits);
+    }
+    return;
+  }
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+    _mm512_storeu_ps(out + i, _mm512_cvtph_ps(h));
+  }
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < n; ++i) out[i] = half_to_float(p[i]);
+}
+
 }  // namespace
+
+bool halves_finite(const TokenMatrix<std::uint16_t>& x, bool brain) {
+  const bool by_token = x.feature_stride == 1;
+  const Index outer = by_token ? x.tokens : x.features;
+  const Index inner = by_token ? x.features : x.tokens;
+  const Index outer_stride = by_token ? x.token_stride : x.feature_stride;
+  const int threads =
+      threads_for(static_cast<double>(outer) * static_cast<double>(inner), kScanGrain);
+  const std::uint16_t exponent = exponent_bits(brain);
+  bool finite = true;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
+  for (Index o = 0; o < outer; ++o) {
+    finite = halves_finite_run(x.data + o * outer_stride, inner, exponent) && finite;
+  }
+  return finite;
+}
+
+bool widen_finite(ConstMatrixView<std::uint16_t> x, bool brain, MatrixView<float> out) {
+  if (out.rows != x.rows || out.cols != x.cols) invalid("out: expected the shape of x");
+  const int threads =
+      threads_for(static_cast<double>(x.rows) * static_cast<double>(x.cols), kScanGrain);
+  bool finite = true;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
+  for (Index r = 0; r < x.rows; ++r) {
+    widen_run(x.row(r), x.cols, brain, out.row(r));
+    // The widened row is still cached: checking it costs less than a second look at x.
+    finite = finite_run<false>(out.row(r), x.cols, static_cast<float*>(nullptr)) && finite;
+  }
+  return finite;
+}
 
 template <class T>
 bool all_finite(const TokenMatrix<T>& x) {

@@ -79,33 +79,51 @@ def check_finite(a: np.ndarray[Any, Any], name: str) -> None:
         raise ValueError(msg)
 
 
+def half_bits(a: np.ndarray[Any, Any]) -> tuple[npt.NDArray[np.uint16], bool] | None:
+    """The bits of a native float16 or bfloat16 array as a uint16 view (no copy) and whether
+    it is bfloat16, or None for any other dtype."""
+    if not a.dtype.isnative or a.dtype.itemsize != 2:
+        return None
+    if a.dtype == np.float16:
+        return a.view(np.uint16), False
+    if is_bfloat16(a.dtype):
+        return a.view(np.uint16), True
+    return None
+
+
 def finite_copy(
     a: np.ndarray[Any, Any], dtype: type[np.floating[Any]], name: str
 ) -> np.ndarray[Any, Any]:
     """A new C-ordered copy of the 2-D float array `a` in `dtype`, finite (else ValueError)."""
-    if a.dtype == dtype and rows_contiguous(a):
-        # One pass on every thread copies and checks: NumPy's copy is single-threaded, and a
-        # separate check would read `a` a second time.
+    # One pass on every thread copies (or widens float16/bfloat16 exactly) and checks: NumPy's
+    # copies and casts are single-threaded, and a separate check would read `a` a second time.
+    bits = half_bits(a) if dtype == np.float32 else None
+    if bits is not None and rows_contiguous(a):
+        copy, finite = _core.calibration.widen_finite(*bits)
+    elif a.dtype == dtype and rows_contiguous(a):
         copy, finite = _core.calibration.copy_finite(a)
-        if not finite:
-            check_finite(a, name)  # raises, with the count
-        return copy
-    check_finite(a, name)
-    return np.array(a, dtype=dtype, order="C", copy=True)
+    else:
+        check_finite(a, name)
+        return np.array(a, dtype=dtype, order="C", copy=True)
+    if not finite:
+        check_finite(a, name)  # raises, with the count
+    return copy
 
 
 def _all_finite(a: np.ndarray[Any, Any]) -> bool:
-    # The core scans float32/float64 matrices with a contiguous axis on every thread, without
-    # the temporary bool array of np.isfinite (which costs as much again as the scan).
+    # The core scans float matrices with a contiguous axis on every thread, without the
+    # temporary bool array of np.isfinite (which costs as much again as the scan).
     item = a.itemsize
     if (
         a.ndim == 2
-        and a.dtype in (np.float32, np.float64)
-        and a.dtype.isnative
         and all(s >= 0 and s % item == 0 for s in a.strides)
         and (item in a.strides or min(a.shape) <= 1)
     ):
-        return bool(_core.calibration.all_finite(a))
+        if a.dtype in (np.float32, np.float64) and a.dtype.isnative:
+            return bool(_core.calibration.all_finite(a))
+        bits = half_bits(a)
+        if bits is not None:
+            return _core.calibration.halves_finite(*bits)
     return bool(np.isfinite(a).all())
 
 
@@ -124,6 +142,8 @@ def float_matrix(
         msg = f"{name}: expected a 2-D array (out_features, in_features), got shape {a.shape}"
         raise ValueError(msg)
     work = dtype if dtype is not None else working_dtype(original)
+    if work == np.float32 and half_bits(a) is not None:
+        return finite_copy(a, work, name), original  # widening cannot overflow
     if a.dtype != work:
         a = a.astype(work)
     elif not rows_contiguous(a):

@@ -23,7 +23,15 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
 from . import _core
-from ._arrays import FloatArray, bool_array, float_dtype, positive_int, to_numpy
+from ._arrays import (
+    FloatArray,
+    bool_array,
+    float_dtype,
+    half_bits,
+    positive_int,
+    rows_contiguous,
+    to_numpy,
+)
 
 __all__ = ["Calibration"]
 
@@ -113,7 +121,8 @@ class Calibration:
                 any memory layout; every vector along the last axis is one token. float32/
                 float64 input of the accumulation dtype whose features (C order) or tokens
                 (Fortran order) are contiguous is read in place; anything else is converted in
-                chunks of about 32 MiB.
+                chunks of about 32 MiB (float16/bfloat16 with contiguous features on every
+                thread, widened exactly).
             mask: optional bool array of shape ``x.shape[:-1]``; True marks a token that counts,
                 False one that is left out (padding). Left-out tokens have no effect at all,
                 not even when they hold NaN.
@@ -229,7 +238,11 @@ class Calibration:
             if mask is not None:
                 chunk = chunk[mask[start : start + step]]
             if chunk.shape[0]:
-                chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
+                bits = half_bits(chunk) if self.dtype == np.float32 else None
+                if bits is not None and rows_contiguous(chunk):
+                    chunk, _ = _core.calibration.widen_finite(*bits)  # checked already
+                else:
+                    chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
                 _core.calibration.add_gram_lower(self._gram, chunk)
 
 
@@ -284,9 +297,12 @@ def _check_finite(
     tokens: np.ndarray[Any, Any], mask: npt.NDArray[np.bool_] | None, step: int
 ) -> None:
     """ValueError when a counted token holds NaN or Inf; reads in chunks, copies nothing big."""
-    readable = tokens.dtype in (np.float32, np.float64) and _kernel_readable(tokens)
-    if mask is None and readable and _core.calibration.all_finite(tokens):
-        return
+    if mask is None and _kernel_readable(tokens):
+        bits = half_bits(tokens)
+        if bits is not None and _core.calibration.halves_finite(*bits):
+            return
+        if tokens.dtype in (np.float32, np.float64) and _core.calibration.all_finite(tokens):
+            return
     bad = 0
     for start in range(0, tokens.shape[0], step):
         chunk_bad = ~np.isfinite(tokens[start : start + step])

@@ -6,6 +6,8 @@
 // Σ_t x_tj² is the diagonal of S.
 #pragma once
 
+#include <cstdint>
+
 #include "fastprune/common.hpp"
 
 namespace fastprune::calibration {
@@ -30,6 +32,14 @@ bool all_finite(const TokenMatrix<T>& x);
 // way): one pass where a check followed by a copy would read x twice. Same shapes, no overlap.
 template <class T>
 bool copy_finite(ConstMatrixView<T> x, MatrixView<T> out);
+
+// 16-bit floats, as their bits: IEEE half precision (float16) or bfloat16 (`brain`).
+// True when every element of x is finite (an exponent field short of all ones).
+bool halves_finite(const TokenMatrix<std::uint16_t>& x, bool brain);
+
+// out = x widened to float32 exactly, on every thread, and true when every element of x is
+// finite (the copy is made either way). Same shapes, no overlap.
+bool widen_finite(ConstMatrixView<std::uint16_t> x, bool brain, MatrixView<float> out);
 
 // gram(i, j) += Σ_t x(t, i) x(t, j) for every i >= j: a symmetric rank-k update of the lower
 // triangle (the strict upper triangle is not touched). gram is features x features.
