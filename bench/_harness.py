@@ -93,34 +93,28 @@ def gflops(flops: float, seconds: float) -> str:
 def time_against_sgemm(
     fn: Callable[[], object], flops: float, *, repeat: int = 5
 ) -> tuple[float, str]:
-    """Median seconds of one call of `fn`, and its rate with its share of NumPy's SGEMM rate.
+    """Median seconds of one call of `fn`, and its rate as a share of NumPy's SGEMM rate.
 
-    Every call of `fn` is followed at once by an SGEMM timing, and the share is the median of
-    the shares of those pairs: on a shared machine the rate drifts by 10-20 % within seconds,
-    so a rate measured once, or well before or after, would flatter or wrong the calls timed in
-    a slower or a faster stretch. Both medians are over `repeat` pairs, after a warm-up call.
-    Each SGEMM is followed by a pause: NumPy's OpenBLAS threads keep spinning for about 0.1 s
-    after a call, and a call timed inside that window shares its cores with them (25-50 %
-    slower here).
+    Every call of `fn` is followed at once by an SGEMM timing, and the rate shown is that of
+    the pair whose share is the median: on a shared machine the rate drifts by 10-20 % within
+    seconds, so a rate measured once, or well before or after, would flatter or wrong the calls
+    timed in a slower or a faster stretch. `repeat` pairs follow a warm-up call. Each SGEMM is
+    followed by a pause: NumPy's OpenBLAS threads keep spinning for about 0.1 s after a call,
+    and a call timed inside that window shares its cores with them (25-50 % slower here).
     """
     fn()
-    times: list[float] = []
-    rates: list[float] = []
-    shares: list[float] = []
+    pairs: list[tuple[float, float]] = []  # (seconds, SGEMM GFLOP/s)
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         seconds = time.perf_counter() - t0
-        sgemm = sgemm_gflops(repeat=3)
+        pairs.append((seconds, sgemm_gflops(repeat=3)))
         time.sleep(_OPENBLAS_SPIN)
-        times.append(seconds)
-        rates.append(sgemm)
-        shares.append(flops / seconds / 1e9 / sgemm)
-    seconds = statistics.median(times)
-    share = statistics.median(shares)
-    sgemm = statistics.median(rates)
-    text = f"{gflops(flops, seconds)} ({100 * share:.0f} % of SGEMM, {sgemm:.0f} alongside)"
-    return seconds, text
+    pairs.sort(key=lambda pair: flops / pair[0] / pair[1])
+    seconds, sgemm = pairs[len(pairs) // 2]
+    share = flops / seconds / 1e9 / sgemm
+    text = f"{gflops(flops, seconds)} ({100 * share:.0f} % of SGEMM at {sgemm:.0f} beside it)"
+    return statistics.median(pair[0] for pair in pairs), text
 
 
 def gbps(nbytes: float, seconds: float) -> str:
