@@ -96,67 +96,60 @@ void widen_run(const std::uint16_t* p, Index n, bool brain, float* out) {
   for (; i < n; ++i) out[i] = half_to_float(p[i]);
 }
 
-}  // namespace
-
-bool halves_finite(const TokenMatrix<std::uint16_t>& x, bool brain) {
+// run(p, n) -> whether p[0, n) is finite, for every run of x along its contiguous direction,
+// on every thread the size is worth; true when every run is.
+template <class T, class Run>
+bool scan_runs(const TokenMatrix<T>& x, Run run) {
   const bool by_token = x.feature_stride == 1;
   const Index outer = by_token ? x.tokens : x.features;
   const Index inner = by_token ? x.features : x.tokens;
   const Index outer_stride = by_token ? x.token_stride : x.feature_stride;
   const int threads =
       threads_for(static_cast<double>(outer) * static_cast<double>(inner), kScanGrain);
-  const std::uint16_t exponent = exponent_bits(brain);
   bool finite = true;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
-  for (Index o = 0; o < outer; ++o) {
-    finite = halves_finite_run(x.data + o * outer_stride, inner, exponent) && finite;
-  }
+  for (Index o = 0; o < outer; ++o) finite = run(x.data + o * outer_stride, inner) && finite;
   return finite;
 }
 
-bool widen_finite(ConstMatrixView<std::uint16_t> x, bool brain, MatrixView<float> out) {
+// row(r) -> whether row r is finite, after writing out's row r from x's, for every row on every
+// thread the size is worth; true when every row is.
+template <class S, class T, class Row>
+bool copy_rows(ConstMatrixView<S> x, MatrixView<T> out, Row row) {
   if (out.rows != x.rows || out.cols != x.cols) invalid("out: expected the shape of x");
   const int threads =
       threads_for(static_cast<double>(x.rows) * static_cast<double>(x.cols), kScanGrain);
   bool finite = true;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
-  for (Index r = 0; r < x.rows; ++r) {
+  for (Index r = 0; r < x.rows; ++r) finite = row(r) && finite;
+  return finite;
+}
+
+}  // namespace
+
+bool halves_finite(const TokenMatrix<std::uint16_t>& x, bool brain) {
+  const std::uint16_t exponent = exponent_bits(brain);
+  return scan_runs(
+      x, [&](const std::uint16_t* p, Index n) { return halves_finite_run(p, n, exponent); });
+}
+
+bool widen_finite(ConstMatrixView<std::uint16_t> x, bool brain, MatrixView<float> out) {
+  return copy_rows(x, out, [&](Index r) {
     widen_run(x.row(r), x.cols, brain, out.row(r));
     // The widened row is still cached: checking it costs less than a second look at x.
-    finite = finite_run<false>(out.row(r), x.cols, static_cast<float*>(nullptr)) && finite;
-  }
-  return finite;
+    return finite_run<false>(out.row(r), x.cols, static_cast<float*>(nullptr));
+  });
 }
 
 template <class T>
 bool all_finite(const TokenMatrix<T>& x) {
-  // Along the contiguous direction.
-  const bool by_token = x.feature_stride == 1;
-  const Index outer = by_token ? x.tokens : x.features;
-  const Index inner = by_token ? x.features : x.tokens;
-  const Index outer_stride = by_token ? x.token_stride : x.feature_stride;
-  const int threads =
-      threads_for(static_cast<double>(outer) * static_cast<double>(inner), kScanGrain);
-  bool finite = true;
-#pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
-  for (Index o = 0; o < outer; ++o) {
-    finite =
-        finite_run<false>(x.data + o * outer_stride, inner, static_cast<T*>(nullptr)) && finite;
-  }
-  return finite;
+  return scan_runs(
+      x, [](const T* p, Index n) { return finite_run<false>(p, n, static_cast<T*>(nullptr)); });
 }
 
 template <class T>
 bool copy_finite(ConstMatrixView<T> x, MatrixView<T> out) {
-  if (out.rows != x.rows || out.cols != x.cols) invalid("out: expected the shape of x");
-  const int threads =
-      threads_for(static_cast<double>(x.rows) * static_cast<double>(x.cols), kScanGrain);
-  bool finite = true;
-#pragma omp parallel for schedule(static) num_threads(threads) reduction(&& : finite)
-  for (Index r = 0; r < x.rows; ++r) {
-    finite = finite_run<true>(x.row(r), x.cols, out.row(r)) && finite;
-  }
-  return finite;
+  return copy_rows(x, out, [&](Index r) { return finite_run<true>(x.row(r), x.cols, out.row(r)); });
 }
 
 template <class T>

@@ -73,7 +73,7 @@ def working_dtype(dtype: np.dtype[Any]) -> type[np.floating[Any]]:
 
 def check_finite(a: np.ndarray[Any, Any], name: str) -> None:
     """ValueError naming `name` when `a` holds a NaN or an Inf."""
-    if not _all_finite(a):
+    if not all_finite(a):
         bad = int(np.count_nonzero(~np.isfinite(a)))
         msg = f"{name}: contains {bad} NaN or Inf value{'s' if bad != 1 else ''}"
         raise ValueError(msg)
@@ -110,7 +110,8 @@ def finite_copy(
     return copy
 
 
-def _all_finite(a: np.ndarray[Any, Any]) -> bool:
+def all_finite(a: np.ndarray[Any, Any]) -> bool:
+    """Whether the float array `a` is free of NaN and Inf."""
     # The core scans float matrices with a contiguous axis on every thread, without the
     # temporary bool array of np.isfinite (which costs as much again as the scan).
     item = a.itemsize

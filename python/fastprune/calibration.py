@@ -25,6 +25,7 @@ from numpy.lib.stride_tricks import as_strided
 from . import _core
 from ._arrays import (
     FloatArray,
+    all_finite,
     bool_array,
     float_dtype,
     half_bits,
@@ -297,12 +298,9 @@ def _check_finite(
     tokens: np.ndarray[Any, Any], mask: npt.NDArray[np.bool_] | None, step: int
 ) -> None:
     """ValueError when a counted token holds NaN or Inf; reads in chunks, copies nothing big."""
-    if mask is None and _kernel_readable(tokens):
-        bits = half_bits(tokens)
-        if bits is not None and _core.calibration.halves_finite(*bits):
-            return
-        if tokens.dtype in (np.float32, np.float64) and _core.calibration.all_finite(tokens):
-            return
+    # Native-order batches of every accepted dtype are scanned by the core in place.
+    if mask is None and tokens.dtype.isnative and _kernel_readable(tokens) and all_finite(tokens):
+        return
     bad = 0
     for start in range(0, tokens.shape[0], step):
         chunk_bad = ~np.isfinite(tokens[start : start + step])
