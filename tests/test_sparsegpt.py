@@ -279,6 +279,32 @@ def test_many_ties_across_row_tiles_and_threads(threads: int, sparsity: float) -
     assert_weights_close(res.weight, ref_w, 1e-12)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("sampled", [1e-3, 1e3])
+def test_selection_is_exact_when_its_sample_misleads(threads: int, sampled: float) -> None:
+    """The unstructured selection brackets each block's threshold with a fixed sample of the
+    scores (in column j of a block, rows r with (r + 37 j) % step == 0, step = rows · cols //
+    8192). Give every sampled weight one extreme value and the bracket misses the threshold, below
+    it (tiny samples) or above it (huge ones); the mask must still be the exact one."""
+    rows, cols = 512, 64
+    step = rows * cols // 8192
+    rng = np.random.default_rng(5)
+    w = rng.uniform(0.5, 2.0, (rows, 2 * cols)) * rng.choice([-1.0, 1.0], (rows, 2 * cols))
+    r = np.arange(rows)
+    for j in range(2 * cols):
+        w[(r + 37 * (j % cols)) % step == 0, j] = sampled
+    h = np.eye(2 * cols)
+    ref_w, ref_mask, _ = reference_sparsegpt(w, h, 0.5, (0, 0), cols)
+    previous = fastprune.get_num_threads()
+    fastprune.set_num_threads(threads)
+    try:
+        res = sparsegpt(w, h, 0.5, blocksize=cols, precision="float64")
+    finally:
+        fastprune.set_num_threads(previous)
+    assert np.array_equal(res.mask, ref_mask)
+    assert_weights_close(res.weight, ref_w, 1e-12)
+
+
 def test_exact_count_per_block() -> None:
     rng = np.random.default_rng(3)
     w = rng.standard_normal((7, 50))

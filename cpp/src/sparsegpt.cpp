@@ -299,135 +299,182 @@ auto order_key(T x) {
 // the rule of masks::prune_smallest; weights that may not be kept rank below every other.
 //
 // The scores are computed tile by tile while the tile is still cached (right after it is loaded
-// or updated), in the superblock's column-major layout, and counted in a histogram of the top
-// kBits of their order keys. The selection then finds the bin of the threshold from the
-// histogram alone, gathers the keys inside that bin in one pass, finds the threshold among them
-// with nth_element, and marks every weight in a second pass. Keys below it are pruned, keys above
-// it kept, and keys equal to it pruned when all of them fit the budget (the usual case), else the
-// first ones in row-major order. Nothing depends on the thread count.
-constexpr int kBits = 11;  // 2^11 counters stay in L1
-constexpr Index kBins = Index(1) << kBits;
+// or updated), in the superblock's column-major layout, and a fixed sample of about kSamples of
+// them, spread over rows and columns, is kept on the way. The sample brackets the threshold:
+// one pass counts the scores below the bracket and gathers those inside it, and nth_element
+// finds the threshold among the gathered ones (a sample that misses it costs a second pass, never
+// a wrong answer). Keys below the threshold are pruned, keys above it kept, and keys equal to it
+// pruned when all of them fit the budget (the usual case), else the first ones in row-major
+// order. Each row tile then marks its own part of the block before pruning it. Nothing depends
+// on the thread count.
+constexpr Index kSamples = 8192;
 
-template <class T>
-constexpr int kShift = 8 * int(sizeof(T)) - kBits;
-
-// Scores counted by one thread, in kSets interleaved sets of counters: equal neighbours (common
-// near the median) would otherwise wait on each other's increments. add() folds every set of
-// another tally into the first set of this one, which is then the histogram.
-constexpr Index kSets = 4;
-
-struct Tally {
-  std::vector<Index> histogram;
-  Index forced = 0;  // weights that may not be kept
-  explicit Tally(bool used) : histogram(used ? static_cast<size_t>(kSets * kBins) : 0, 0) {}
-  void add(const Tally& other) {
-    for (Index q = 0; q < kSets; ++q) {
-      for (Index b = 0; b < kBins; ++b) histogram[b] += other.histogram[q * kBins + b];
-    }
-    forced += other.forced;
+// Which scores of a block of `rows` × `cols` are sampled: in column j, rows r with
+// (r + j · kSkew) % step == 0 (one per `step` rows, staggered from column to column), stored at
+// slot j · per_column + r / step.
+struct SamplePlan {
+  static constexpr Index kSkew = 37;
+  Index rows = 0, cols = 0, step = 1, per_column = 0;
+  SamplePlan(Index rows_, Index cols_)
+      : rows(rows_),
+        cols(cols_),
+        step(std::max<Index>(1, rows_ * cols_ / kSamples)),
+        per_column((rows_ + step - 1) / step) {}
+  // Room for the samples of any block of these rows and at most `cols` columns: with step 1 the
+  // whole block, else fewer than 1.5 · kSamples + cols (step > 2/3 of rows · cols / kSamples).
+  static Index capacity(Index rows, Index cols) {
+    return std::min(rows * cols, 2 * kSamples + cols);
   }
-  void clear() {
-    std::fill(histogram.begin(), histogram.end(), 0);
-    forced = 0;
+  // The first sampled row of column j at or after row r.
+  Index first_row(Index j, Index r) const {
+    const Index phase = (r + j * kSkew) % step;
+    return phase == 0 ? r : r + step - phase;
+  }
+};
+
+// Where a block's threshold falls: weights scoring below `threshold` are pruned, and so are those
+// equal to it whose row-major index within the block (r · cols + j) is below `tie_end`.
+template <class Key>
+struct Cut {
+  Key threshold = 0;
+  Index tie_end = 0;
+  // Without branches (the comparisons go either way at random).
+  bool pruned(Key key, Index position) const {
+    return (key < threshold) | ((key == threshold) & (position < tie_end));
   }
 };
 
 // Scores of rows [r0, r0 + rb) of block [i1, i1 + bc) into `scores` (column j at
-// scores + j · ld, like the superblock), counted in `tally`.
+// scores + j · ld, like the superblock), the planned samples among them into `samples`, and the
+// weights that may not be kept counted in `forced`.
 template <class T>
 void score_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                Index i1, Index bc, Index r0, Index rb, T* scores, Tally& tally) {
+                Index i1, Index bc, Index r0, Index rb, T* scores,
+                decltype(order_key(T(0)))* samples, Index& forced) {
+  const SamplePlan plan(sb.rows, bc);
   for (Index j = 0; j < bc; ++j) {
     const Index col = i1 + j;
     const T* w = sb.column(sb.weights, col) + r0;
     const T d2 = u(col, col) * u(col, col);
-    T* score = scores + j * sb.ld + r0;
-    for (Index r = 0; r < rb; ++r) score[r] = w[r] * w[r] / d2;
+    T* score = scores + j * sb.ld;
+    for (Index r = 0; r < rb; ++r) score[r0 + r] = w[r] * w[r] / d2;
     if (allowed.data != nullptr) {
-      for (Index r = 0; r < rb; ++r) {
-        if (!allowed(r0 + r, col)) {
+      for (Index r = r0; r < r0 + rb; ++r) {
+        if (!allowed(r, col)) {
           score[r] = -std::numeric_limits<T>::infinity();
-          ++tally.forced;
+          ++forced;
         }
       }
     }
-    Index* h = tally.histogram.data();
-    Index r = 0;
-    for (; r + kSets <= rb; r += kSets) {
-      for (Index q = 0; q < kSets; ++q) ++h[q * kBins + (order_key(score[r + q]) >> kShift<T>)];
+    for (Index r = plan.first_row(j, r0); r < r0 + rb; r += plan.step) {
+      samples[j * plan.per_column + r / plan.step] = order_key(score[r]);
     }
-    for (; r < rb; ++r) ++h[order_key(score[r]) >> kShift<T>];
   }
 }
 
-template <class T>
-void select_block(const Superblock<T>& sb, Index i1, Index bc, double sparsity, const T* scores,
-                  const Tally& tally, decltype(order_key(T(0)))* gathered) {
-  using Key = decltype(order_key(T(0)));
-  const Index rows = sb.rows, total = rows * bc;
-  const int threads = static_cast<int>(std::min<Index>(bc, threads_for(double(total))));
-  const Index k = std::max(static_cast<Index>(static_cast<double>(total) * sparsity), tally.forced);
-  const auto score = [&](Index j) { return scores + j * sb.ld; };
-  // keep = 1 where keep_if(key), column by column.
-  const auto mark = [&](auto keep_if) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (Index j = 0; j < bc; ++j) {
-      const T* s = score(j);
-      T* keep = sb.column(sb.keep, i1 + j);
-      for (Index r = 0; r < rows; ++r) keep[r] = keep_if(order_key(s[r])) ? T(1) : T(0);
-    }
-  };
-  if (k <= 0 || k >= total) {
-    mark([&](Key) { return k <= 0; });
-    return;
-  }
-  Index rank = k - 1;  // the threshold's rank among the keys in its bin
-  Index below = 0;     // keys below the threshold
-  Key top = 0;
-  while (rank >= tally.histogram[top]) {
-    rank -= tally.histogram[top];
-    below += tally.histogram[top++];
-  }
-  // The keys in the threshold's bin, gathered without branches: each thread writes every key
-  // of its columns into its own part of `gathered` and advances only past those in the bin.
+// The keys in [lo, hi] of the block's scores, gathered at the front of `gathered` (which has
+// room for all of them), their end returned, and the number of keys below lo in `below`.
+template <class T, class Key>
+Key* gather_between(const T* scores, Index ld, Index rows, Index bc, Key lo, Key hi, Key* gathered,
+                    Index& below) {
+  const int threads = static_cast<int>(std::min<Index>(bc, threads_for(double(rows * bc))));
   std::vector<Index> part_end(static_cast<size_t>(threads), 0);
-#pragma omp parallel num_threads(threads)
+  Index under = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : under)
   {
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     const Index j0 = bc * t / n, j1 = bc * (t + 1) / n;
     Key* out = gathered + j0 * rows;
     for (Index j = j0; j < j1; ++j) {
-      const T* s = score(j);
+      const T* s = scores + j * ld;
+      Index column_under = 0;
       for (Index r = 0; r < rows; ++r) {
+        // Every key is written and only those inside the bracket are kept: a branch on that
+        // test would be mispredicted at random.
         const Key key = order_key(s[r]);
+        column_under += key < lo ? 1 : 0;
         *out = key;
-        out += (key >> kShift<T>) == top ? 1 : 0;
+        out += Key(key - lo) <= Key(hi - lo) ? 1 : 0;
       }
+      under += column_under;
     }
     part_end[static_cast<size_t>(t)] = out - gathered;
   }
+  below = under;
   Key* last = gathered + part_end[0];
   for (int t = 1; t < threads; ++t) {
     const Index j0 = bc * t / threads;
     last = std::copy(gathered + j0 * rows, gathered + part_end[static_cast<size_t>(t)], last);
   }
+  return last;
+}
+
+template <class T>
+Cut<decltype(order_key(T(0)))> select_block(const Superblock<T>& sb, Index bc, double sparsity,
+                                            const T* scores, decltype(order_key(T(0)))* samples,
+                                            Index forced, decltype(order_key(T(0)))* gathered) {
+  using Key = decltype(order_key(T(0)));
+  const Index rows = sb.rows, total = rows * bc;
+  const Index k = std::max(static_cast<Index>(static_cast<double>(total) * sparsity), forced);
+  if (k <= 0) return {Key(0), 0};                                   // nothing pruned
+  if (k >= total) return {std::numeric_limits<Key>::max(), total};  // everything pruned
+  // The sampled keys, and a bracket of them around the threshold's share, four standard
+  // deviations of a sample's count wide on each side.
+  const SamplePlan plan(rows, bc);
+  Key* sample_end = samples;
+  for (Index j = 0; j < bc; ++j) {
+    for (Index r = plan.first_row(j, 0); r < rows; r += plan.step) {
+      *sample_end++ = samples[j * plan.per_column + r / plan.step];
+    }
+  }
+  const Index drawn = sample_end - samples;
+  const double at = double(k - 1) * double(drawn) / double(total);
+  const auto margin = static_cast<Index>(2.0 * std::sqrt(double(drawn))) + 16;
+  const Index lo_rank = std::max<Index>(static_cast<Index>(at) - margin, 0);
+  const Index hi_rank = std::min<Index>(static_cast<Index>(at) + margin, drawn - 1);
+  std::nth_element(samples, samples + lo_rank, sample_end);
+  Key lo = samples[lo_rank];
+  std::nth_element(samples + lo_rank, samples + hi_rank, sample_end);
+  Key hi = samples[hi_rank];
+  if (lo_rank == 0) lo = 0;
+  if (hi_rank == drawn - 1) hi = std::numeric_limits<Key>::max();
+  Index below = 0;
+  Key* last = gather_between(scores, sb.ld, rows, bc, lo, hi, gathered, below);
+  if (k - 1 < below) {  // the threshold lies below the bracket
+    hi = lo - 1;
+    lo = 0;
+    last = gather_between(scores, sb.ld, rows, bc, lo, hi, gathered, below);
+  } else if (k - 1 >= below + (last - gathered)) {  // above it
+    lo = hi + 1;
+    hi = std::numeric_limits<Key>::max();
+    last = gather_between(scores, sb.ld, rows, bc, lo, hi, gathered, below);
+  }
   Key* first = gathered;
-  std::nth_element(first, first + rank, last);
-  const Key threshold = first[rank];
+  std::nth_element(first, first + (k - 1 - below), last);
+  const Key threshold = first[k - 1 - below];
   below += std::count_if(first, last, [&](Key key) { return key < threshold; });
   const Index ties_left = k - below;  // keys equal to the threshold that are pruned
-  if (ties_left == std::count(first, last, threshold)) {
-    mark([&](Key key) { return key > threshold; });
-    return;
-  }
-  mark([&](Key key) { return key >= threshold; });
+  if (ties_left == std::count(first, last, threshold)) return {threshold, total};
   Index tie = 0;
-  for (Index r = 0; r < rows && tie < ties_left; ++r) {
-    for (Index j = 0; j < bc && tie < ties_left; ++j) {
-      if (order_key(score(j)[r]) == threshold) {
-        sb.column(sb.keep, i1 + j)[r] = T(0);
-        ++tie;
+  for (Index r = 0; r < rows; ++r) {
+    for (Index j = 0; j < bc; ++j) {
+      if (order_key(scores[j * sb.ld + r]) == threshold && ++tie == ties_left) {
+        return {threshold, r * bc + j + 1};
       }
+    }
+  }
+  return {threshold, total};  // not reached: ties_left keys equal to the threshold exist
+}
+
+// The mask of rows [r0, r0 + rb) of block [i1, i1 + bc) from the block's cut.
+template <class T>
+void mark_rows(const Superblock<T>& sb, Index i1, Index bc, Index r0, Index rb, const T* scores,
+               const Cut<decltype(order_key(T(0)))>& cut) {
+  for (Index j = 0; j < bc; ++j) {
+    const T* s = scores + j * sb.ld;
+    T* keep = sb.column(sb.keep, i1 + j);
+    for (Index r = r0; r < r0 + rb; ++r) {
+      keep[r] = cut.pruned(order_key(s[r]), r * bc + j) ? T(0) : T(1);
     }
   }
 }
@@ -636,9 +683,12 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
   const auto superblock_size = static_cast<size_t>(column_stride(rows) * smax);
   std::vector<T> sb_weights(superblock_size), sb_errors(superblock_size), sb_keep(superblock_size);
   const bool unstructured = options.m == 0;
+  using Key = decltype(order_key(T(0)));
   std::vector<T> scores(static_cast<size_t>(unstructured ? column_stride(rows) * bmax : 0));
-  std::vector<decltype(order_key(T(0)))> gathered(scores.size());
-  Tally tally(unstructured);  // of the scores of the next block to select
+  std::vector<Key> gathered(static_cast<size_t>(unstructured ? rows * bmax : 0));
+  std::vector<Key> samples(
+      static_cast<size_t>(unstructured ? SamplePlan::capacity(rows, bmax) : 0));
+  Index forced = 0;  // weights of the next block to select that may not be kept
   std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
   const Index tiles = (rows + kRowTile - 1) / kRowTile;
   const auto tile_rows = [&](Index t) { return std::min(kRowTile, rows - t * kRowTile); };
@@ -680,42 +730,33 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
       // score the block while they still hold it (after loading it, or after the block before
       // it), and the last block's tiles are stored as soon as they are pruned.
       const Index first_block = std::min(options.blocksize, sb.s2 - s1);
-#pragma omp parallel num_threads(copy_threads)
-      {
-        Tally local(true);
-#pragma omp for schedule(static)
-        for (Index t = 0; t < tiles; ++t) {
-          load_rows(weight, dead, sb, t * kRowTile, tile_rows(t));
-          score_rows(sb, u, allowed, s1, first_block, t * kRowTile, tile_rows(t), scores.data(),
-                     local);
-        }
-#pragma omp critical
-        tally.add(local);
+      forced = 0;
+#pragma omp parallel for schedule(static) reduction(+ : forced) num_threads(copy_threads)
+      for (Index t = 0; t < tiles; ++t) {
+        load_rows(weight, dead, sb, t * kRowTile, tile_rows(t));
+        score_rows(sb, u, allowed, s1, first_block, t * kRowTile, tile_rows(t), scores.data(),
+                   samples.data(), forced);
       }
       for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
         const Index i2 = std::min(i1 + options.blocksize, sb.s2);
         const Index next_block = std::min(options.blocksize, sb.s2 - i2);  // 0 after the last
-        select_block(sb, i1, i2 - i1, options.sparsity, scores.data(), tally, gathered.data());
-        tally.clear();
+        const auto cut = select_block(sb, i2 - i1, options.sparsity, scores.data(), samples.data(),
+                                      forced, gathered.data());
+        forced = 0;
         const double tile_flops = double(kRowTile) * double(i2 - i1) * double(sb.s2 - i1);
-#pragma omp parallel num_threads(tile_threads(tiles, tile_flops))
-        {
+#pragma omp parallel for schedule(static) reduction(+ : forced) \
+    num_threads(tile_threads(tiles, tile_flops))
+        for (Index t = 0; t < tiles; ++t) {
           keep_products_on_this_thread();
-          Tally local(next_block > 0);
-#pragma omp for schedule(static)
-          for (Index t = 0; t < tiles; ++t) {
-            const Index r0 = t * kRowTile, rb = tile_rows(t);
-            prune_tile_of_block(sb, u, allowed, r0, rb, i1, i2, options, static_cast<T*>(nullptr),
-                                row_loss.data());
-            if (next_block > 0) {
-              score_rows(sb, u, allowed, i2, next_block, r0, rb, scores.data(), local);
-            } else {
-              store_rows(weight, mask, sb, r0, rb);
-            }
-          }
+          const Index r0 = t * kRowTile, rb = tile_rows(t);
+          mark_rows(sb, i1, i2 - i1, r0, rb, scores.data(), cut);
+          prune_tile_of_block(sb, u, allowed, r0, rb, i1, i2, options, static_cast<T*>(nullptr),
+                              row_loss.data());
           if (next_block > 0) {
-#pragma omp critical
-            tally.add(local);
+            score_rows(sb, u, allowed, i2, next_block, r0, rb, scores.data(), samples.data(),
+                       forced);
+          } else {
+            store_rows(weight, mask, sb, r0, rb);
           }
         }
       }
