@@ -681,12 +681,13 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
   const Index bmax = std::min(options.blocksize, std::max<Index>(c, 1));
   const Index smax = std::min(superblock_width(options), std::max<Index>(c, 1));
   const auto superblock_size = static_cast<size_t>(column_stride(rows) * smax);
-  std::vector<T> sb_weights(superblock_size), sb_errors(superblock_size), sb_keep(superblock_size);
+  const Scratch<T> sb_weights(superblock_size), sb_errors(superblock_size),
+      sb_keep(superblock_size);
   const bool unstructured = options.m == 0;
   using Key = decltype(order_key(T(0)));
-  std::vector<T> scores(static_cast<size_t>(unstructured ? column_stride(rows) * bmax : 0));
-  std::vector<Key> gathered(static_cast<size_t>(unstructured ? rows * bmax : 0));
-  std::vector<Key> samples(
+  const Scratch<T> scores(static_cast<size_t>(unstructured ? column_stride(rows) * bmax : 0));
+  const Scratch<Key> gathered(static_cast<size_t>(unstructured ? rows * bmax : 0));
+  const Scratch<Key> samples(
       static_cast<size_t>(unstructured ? SamplePlan::capacity(rows, bmax) : 0));
   Index forced = 0;  // weights of the next block to select that may not be kept
   std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
