@@ -24,20 +24,21 @@ Reference semantics (DESIGN.md, "Algorithms"):
 
 Performance (``python -m bench``, float32, 2-core AVX-512 Xeon, both threads; rates count
 ``r·c² + ⅔c³`` flops, a share of SGEMM is that of the median of five solves each followed at
-once by a timing of numpy's SGEMM). The machine is shared and moves by 10-20 % within a run;
-over three runs of one day 4096×4096 took 0.89-1.01 s at 50 % and 0.71-1.06 s at 2:4 (58-78 %
-of SGEMM, 3.7-6.3× faster than the PyTorch loop of ``bench/sparsegpt.py``), 11008×4096
-1.68-1.95 s and 1.54-1.93 s (49-79 %, 4.5-7.8×). The factorisation runs at about 170 GFLOP/s
-and the GEMM after each 256-column superblock near the SGEMM rate; what is left is the work
-inside a superblock (Eigen GEMMs per 128-row tile, the per-column panel updates, the transposes
-to and from the column-major superblock; for N:M each row tile goes through all of it while its
-columns stay cached), the exact-count selection (over 1.4 M scores a block at 11008 rows:
-scoring, counting, gathering the threshold's bin and marking take about 0.13 s in all), and the
-fresh output arrays. Small layers choose their thread count by size: 1024×1024 is 1.3-1.5×
-faster on two threads than on one, and 384×384 runs on one thread whatever the setting
-(medians of alternating runs). Results are bit-identical for every thread count: every dense
-routine splits its output into tiles of a fixed size and computes each tile with one
-single-threaded call (OpenBLAS or Eigen), whichever thread runs it.
+once by a timing of numpy's SGEMM). The machine is shared and moves by 10-20 % within a run,
+more between runs: in the full suite 4096×4096 has taken 0.89-1.21 s at 50 % and 0.71-1.06 s at
+2:4 (49-78 % of SGEMM, 3.7-6.3× faster than the PyTorch loop of ``bench/sparsegpt.py``; 0.88 s
+and 64 % at 50 % when ``python -m bench sparsegpt`` runs alone), 11008×4096 1.68-2.16 s and
+1.54-1.93 s (49-79 %, 4.5-7.8×). The factorisation runs at 150-185 GFLOP/s and the GEMM after
+each 256-column superblock near the SGEMM rate; what is left is the work inside a superblock
+(Eigen GEMMs per 128-row tile, the per-column panel updates, the transposes to and from the
+column-major superblock; for N:M each row tile goes through all of it while its columns stay
+cached), the exact-count selection (1.4 M scores a block at 11008 rows: bracketing the
+threshold from a sample, gathering the bracket and finding the threshold in it take about
+0.08 s in all), and the fresh output arrays. Small layers choose their thread count by size:
+1024×1024 is 1.3-1.5× faster on two threads than on one, and 384×384 runs on one thread
+whatever the setting (medians of alternating runs). Results are bit-identical for every thread
+count: every dense routine splits its output into tiles of a fixed size and computes each tile
+with one single-threaded call (OpenBLAS or Eigen), whichever thread runs it.
 """
 
 from __future__ import annotations
