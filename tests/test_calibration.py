@@ -340,8 +340,11 @@ def test_results_do_not_depend_on_the_thread_count() -> None:
         for threads in (1, max(before, 3)):
             fastprune.set_num_threads(threads)
             cal = Calibration(300)
-            cal.update(x)
-            cal.update(np.asfortranarray(x[:250]))
+            # Batches of many more tokens than features are split along the tokens, the others
+            # into row strips; each in both orders.
+            for batch in (x, x[:250]):
+                cal.update(batch)
+                cal.update(np.asfortranarray(batch))
             results.append(cal.hessian)
     finally:
         fastprune.set_num_threads(before)

@@ -214,6 +214,8 @@ void multiply_lower1(bool left, bool transposed, T alpha, ConstMatrixView<T> l, 
 // Fixed, so that a result never depends on the thread count.
 constexpr Index kTile = 256;
 constexpr Index kGemmTile = 512;
+// Largest triangle whose SYRK may take a second, uninitialised n x n buffer (16 MiB in float32).
+constexpr Index kMaxLaneSide = 2048;
 // Floating-point operations worth a thread of their own.
 constexpr double kGrain = double(1 << 22);
 
@@ -278,10 +280,46 @@ void gemm(bool trans_a, bool trans_b, T alpha, ConstMatrixView<T> a, ConstMatrix
   });
 }
 
+// A long, narrow A (many more tokens than features, and work for two threads) is cut along k
+// into two halves, each a whole SYRK of its own on one thread, and the second half's triangle is
+// added to the first's. Whole SYRKs run near the GEMM rate; the row strips of a small triangle
+// do not. The split depends on the shapes alone, so the result does not depend on the thread
+// count. (Eigen's rank update of a whole triangle runs slower than its GEMMs on strips, so the
+// Eigen-only build keeps the strips.)
+template <class T>
+void syrk_lanes(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c) {
+  const Index n = c.rows, k = a_t_a ? a.rows : a.cols, half = k / 2;
+  const auto part = [&](Index k0, Index kn) {
+    return a_t_a ? sub(a, k0, 0, kn, n) : sub(a, 0, k0, n, kn);
+  };
+  Scratch<T> second(static_cast<std::size_t>(n * n));
+  const MatrixView<T> other{second.data(), n, n, n};
+  for_tiles(2, double(n) * double(n) * double(k), [&](Index lane) {
+    if (lane == 0) {
+      syrk1(a_t_a, alpha, part(0, half), beta, c);
+    } else {
+      syrk1(a_t_a, alpha, part(half, k - half), T(0), other);
+    }
+  });
+  const Index strips = count(n, kTile);
+  for_tiles(strips, double(n) * double(n) / 2, [&](Index t) {
+    for (Index i = t * kTile; i < std::min(n, (t + 1) * kTile); ++i) {
+      T* out = c.row(i);
+      const T* in = other.row(i);
+      for (Index j = 0; j <= i; ++j) out[j] += in[j];
+    }
+  });
+}
+
 template <class T>
 void syrk_lower(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c) {
   const Index n = c.rows, k = a_t_a ? a.rows : a.cols;
   if (c.cols != n || (a_t_a ? a.cols : a.rows) != n) invalid("syrk: shapes do not match");
+  if (routines<T>().syrk != nullptr && n <= kMaxLaneSide && k >= 2 * n &&
+      double(n) * double(n) * double(k) >= 2 * kGrain) {
+    syrk_lanes(a_t_a, alpha, a, beta, c);
+    return;
+  }
   // Row strip i of the lower triangle is one task: the part left of the diagonal tile in one
   // GEMM, the diagonal tile in one SYRK. The longest strips go first.
   const Index tiles = count(n, kTile);
