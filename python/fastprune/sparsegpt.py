@@ -25,20 +25,24 @@ Reference semantics (DESIGN.md, "Algorithms"):
 Performance (``python -m bench``, float32, 2-core AVX-512 Xeon, both threads; rates count
 ``r·c² + ⅔c³`` flops, a share of SGEMM is that of the median of five solves each followed at
 once by a timing of numpy's SGEMM). The machine is shared and moves by 10-20 % within a run,
-more between runs: in the full suite 4096×4096 has taken 0.89-1.21 s at 50 % and 0.71-1.06 s at
-2:4 (49-78 % of SGEMM, 3.7-6.3× faster than the PyTorch loop of ``bench/sparsegpt.py``; 0.88 s
-and 64 % at 50 % when ``python -m bench sparsegpt`` runs alone), 11008×4096 1.68-2.16 s and
-1.54-1.93 s (49-79 %, 4.5-7.8×). The factorisation runs at 150-185 GFLOP/s and the GEMM after
-each 256-column superblock near the SGEMM rate; what is left is the work inside a superblock
-(Eigen GEMMs per 128-row tile, the per-column panel updates, the transposes to and from the
-column-major superblock; for N:M each row tile goes through all of it while its columns stay
-cached), the exact-count selection (1.4 M scores a block at 11008 rows: bracketing the
-threshold from a sample, gathering the bracket and finding the threshold in it take about
-0.08 s in all), and the fresh output arrays. Small layers choose their thread count by size:
-1024×1024 is 1.3-1.5× faster on two threads than on one, and 384×384 runs on one thread
-whatever the setting (medians of alternating runs). Results are bit-identical for every thread
-count: every dense routine splits its output into tiles of a fixed size and computes each tile
-with one single-threaded call (OpenBLAS or Eigen), whichever thread runs it.
+more between runs: in the full suite 4096×4096 has taken 0.78-1.21 s at 50 % and 0.71-1.06 s at
+2:4 (49-78 % of SGEMM, 3.7-7.3× faster than the PyTorch loop of ``bench/sparsegpt.py``),
+11008×4096 1.56-2.16 s and 1.54-2.05 s (49-79 %, 4.3-8.7×). Much of that spread is memory
+rather than arithmetic: a solve allocates its output, its mask and (from a Hessian) its factor
+afresh, and the virtual machine measured here hands freed memory back to its host, so that
+touching it again costs system time. Successive 4096×4096 solves at 50 % in one process took
+1.22 s (0.69 s of it system time), 0.95 s, 0.88 s, ... and settled at 0.75-0.77 s (0.02-0.03 s of
+system time), about 150 GFLOP/s; copying an 11008×4096 float32 array took 31-45 ms or 256-505 ms.
+The factorisation runs at 150-185 GFLOP/s and the GEMM after each 256-column superblock near
+the SGEMM rate; what is left is the work inside a superblock (Eigen GEMMs per 128-row tile, the
+per-column panel updates, the transposes to and from the column-major superblock; for N:M each
+row tile goes through all of it while its columns stay cached) and the exact-count selection
+(1.4 M scores a block at 11008 rows: bracketing the threshold from a sample, gathering the
+bracket and finding the threshold in it take about 0.08 s in all). Small layers choose their
+thread count by size: 1024×1024 is 1.1-1.5× faster on two threads than on one, and 384×384 runs
+on one thread whatever the setting. Results are bit-identical for every thread count: every
+dense routine splits its output into tiles of a fixed size and computes each tile with one
+single-threaded call (OpenBLAS or Eigen), whichever thread runs it.
 """
 
 from __future__ import annotations
