@@ -73,18 +73,15 @@ class Scratch {
                 std::is_trivially_destructible_v<T>);
 
  public:
-  explicit Scratch(std::size_t size)
-      : data_(static_cast<T*>(allocate_scratch(size * sizeof(T)))), size_(size) {}
+  explicit Scratch(std::size_t size) : data_(static_cast<T*>(allocate_scratch(size * sizeof(T)))) {}
   ~Scratch() { free_scratch(data_); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 
   T* data() const { return data_; }
-  std::size_t size() const { return size_; }
 
  private:
   T* data_;
-  std::size_t size_;
 };
 
 }  // namespace fastprune
