@@ -305,6 +305,48 @@ def test_selection_is_exact_when_its_sample_misleads(threads: int, sampled: floa
     assert_weights_close(res.weight, ref_w, 1e-12)
 
 
+def large_block_weights(kind: str, rng: np.random.Generator, shape: tuple[int, int]) -> Any:
+    if kind == "normal":
+        return rng.standard_normal(shape)
+    if kind == "ties":  # a few distinct magnitudes: tens of thousands of equal scores each
+        return rng.integers(-3, 4, size=shape).astype(np.float64)
+    # magnitudes over 48 decades (squares that underflow in float32 among them), zeros, and
+    # float32 subnormals
+    w = 10.0 ** rng.uniform(-30, 18, shape) * rng.choice([-1.0, 1.0], shape)
+    w[rng.random(shape) < 0.05] = 0.0
+    w[rng.random(shape) < 0.05] = 1e-42
+    return w
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["normal", "ties", "extremes"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_large_block_selection_is_exact(precision: str, kind: str, sparsity: float) -> None:
+    """Blocks of 2304 x 128 scores, so that the keys gathered around the threshold are many and
+    the selection among them runs its histogram passes. A diagonal Hessian leaves the weights
+    unchanged between columns, so each block's mask is the exact smallest-k of its scores
+    w² / U_jj², computed here in the solve's own precision, ties to the lower row-major index."""
+    dtype = np.float32 if precision == "float32" else np.float64
+    rows, cols = 2304, 256
+    rng = np.random.default_rng(23)
+    w = large_block_weights(kind, rng, (rows, cols)).astype(dtype)
+    h = np.diag(rng.uniform(0.5, 2.0, cols))
+    factor = sparsegpt_factor(h, precision=precision)  # type: ignore[arg-type]
+    res = sparsegpt(w, factor, sparsity, blocksize=128, precision=precision)  # type: ignore[arg-type]
+    diag = np.diagonal(factor.u)
+    expected = np.ones((rows, cols), dtype=bool)
+    for i1 in (0, 128):
+        d2 = diag[i1 : i1 + 128] * diag[i1 : i1 + 128]
+        scores = w[:, i1 : i1 + 128] * w[:, i1 : i1 + 128] / d2
+        assert scores.dtype == dtype
+        pruned = np.argsort(scores.ravel(), kind="stable")[: int(scores.size * sparsity)]
+        block = np.ones(scores.size, dtype=bool)
+        block[pruned] = False
+        expected[:, i1 : i1 + 128] = block.reshape(rows, 128)
+    assert np.array_equal(res.mask, expected)
+    assert np.array_equal(res.weight, np.where(expected, w, 0))
+
+
 def test_exact_count_per_block() -> None:
     rng = np.random.default_rng(3)
     w = rng.standard_normal((7, 50))

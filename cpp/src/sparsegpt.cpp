@@ -298,15 +298,16 @@ auto order_key(T x) {
 // saliency w² / U_jj²: the k smallest by (score, row-major index within the block) are pruned,
 // the rule of masks::prune_smallest; weights that may not be kept rank below every other.
 //
-// The scores are computed tile by tile while the tile is still cached (right after it is loaded
-// or updated), in the superblock's column-major layout, and a fixed sample of about kSamples of
-// them, spread over rows and columns, is kept on the way. The sample brackets the threshold:
-// one pass counts the scores below the bracket and gathers those inside it, and nth_element
-// finds the threshold among the gathered ones (a sample that misses it costs a second pass, never
-// a wrong answer). Keys below the threshold are pruned, keys above it kept, and keys equal to it
-// pruned when all of them fit the budget (the usual case), else the first ones in row-major
-// order. Each row tile then marks its own part of the block before pruning it. Nothing depends
-// on the thread count.
+// Scores are never stored: every pass recomputes them from the block's weights (the same
+// expression, so the same bits), which costs less than writing and rereading an array of them.
+// While a row tile still holds the block in cache (right after loading it, or after pruning the
+// block before it), a fixed sample of about kSamples scores, spread over rows and columns, is
+// taken. The sample brackets the threshold: one pass counts the scores below the bracket and
+// gathers those inside it, and a radix selection finds the threshold among the gathered ones (a
+// sample that misses it costs a second pass, never a wrong answer). Keys below the threshold are
+// pruned, keys above it kept, and keys equal to it pruned when all of them fit the budget (the
+// usual case), else the first ones in row-major order. Each row tile then marks its own part of
+// the block before pruning it. Nothing depends on the thread count.
 constexpr Index kSamples = 8192;
 
 // Which scores of a block of `rows` × `cols` are sampled: in column j, rows r with
@@ -344,39 +345,51 @@ struct Cut {
   }
 };
 
-// Scores of rows [r0, r0 + rb) of block [i1, i1 + bc) into `scores` (column j at
-// scores + j · ld, like the superblock), the planned samples among them into `samples`, and the
-// weights that may not be kept counted in `forced`.
 template <class T>
-void score_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                Index i1, Index bc, Index r0, Index rb, T* scores,
-                decltype(order_key(T(0)))* samples, Index& forced) {
-  const SamplePlan plan(sb.rows, bc);
-  for (Index j = 0; j < bc; ++j) {
-    const Index col = i1 + j;
-    const T* w = sb.column(sb.weights, col) + r0;
-    const T d2 = u(col, col) * u(col, col);
-    T* score = scores + j * sb.ld;
-    for (Index r = 0; r < rb; ++r) score[r0 + r] = w[r] * w[r] / d2;
-    if (allowed.data != nullptr) {
-      for (Index r = r0; r < r0 + rb; ++r) {
-        if (!allowed(r, col)) {
-          score[r] = -std::numeric_limits<T>::infinity();
-          ++forced;
-        }
-      }
-    }
-    for (Index r = plan.first_row(j, r0); r < r0 + rb; r += plan.step) {
-      samples[j * plan.per_column + r / plan.step] = order_key(score[r]);
+using KeyOf = decltype(order_key(T(0)));
+
+// The selection keys of rows [r0, r0 + count) of superblock column `col`: order_key(w² / U_jj²),
+// and the key of −inf where the weight may not be kept.
+template <class T>
+void column_keys(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
+                 Index col, Index r0, Index count, KeyOf<T>* keys) {
+  const T* w = sb.column(sb.weights, col) + r0;
+  const T d2 = u(col, col) * u(col, col);
+  for (Index r = 0; r < count; ++r) keys[r] = order_key(w[r] * w[r] / d2);
+  if (allowed.data != nullptr) {
+    const auto lowest = order_key(-std::numeric_limits<T>::infinity());
+    for (Index r = 0; r < count; ++r) {
+      if (!allowed(r0 + r, col)) keys[r] = lowest;
     }
   }
 }
 
-// The keys in [lo, hi] of the block's scores, gathered at the front of `gathered` (which has
+// Rows of a column whose keys are worked out at once (on the stack).
+constexpr Index kKeyChunk = 256;
+
+// The planned samples of rows [r0, r0 + rb) of block [i1, i1 + bc) into `samples`, and the
+// weights that may not be kept counted in `forced`.
+template <class T>
+void sample_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
+                 Index i1, Index bc, Index r0, Index rb, KeyOf<T>* samples, Index& forced) {
+  const SamplePlan plan(sb.rows, bc);
+  for (Index j = 0; j < bc; ++j) {
+    const Index col = i1 + j;
+    for (Index r = plan.first_row(j, r0); r < r0 + rb; r += plan.step) {
+      column_keys(sb, u, allowed, col, r, 1, &samples[j * plan.per_column + r / plan.step]);
+    }
+    if (allowed.data != nullptr) {
+      for (Index r = r0; r < r0 + rb; ++r) forced += allowed(r, col) ? 0 : 1;
+    }
+  }
+}
+
+// The keys in [lo, hi] of block [i1, i1 + bc), gathered at the front of `gathered` (which has
 // room for all of them), their end returned, and the number of keys below lo in `below`.
 template <class T, class Key>
-Key* gather_between(const T* scores, Index ld, Index rows, Index bc, Key lo, Key hi, Key* gathered,
-                    Index& below) {
+Key* gather_between(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
+                    Index i1, Index bc, Key lo, Key hi, Key* gathered, Index& below) {
+  const Index rows = sb.rows;
   const int threads = static_cast<int>(std::min<Index>(bc, threads_for(double(rows * bc))));
   std::vector<Index> part_end(static_cast<size_t>(threads), 0);
   Index under = 0;
@@ -385,16 +398,20 @@ Key* gather_between(const T* scores, Index ld, Index rows, Index bc, Key lo, Key
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     const Index j0 = bc * t / n, j1 = bc * (t + 1) / n;
     Key* out = gathered + j0 * rows;
+    Key keys[kKeyChunk];
     for (Index j = j0; j < j1; ++j) {
-      const T* s = scores + j * ld;
       Index column_under = 0;
-      for (Index r = 0; r < rows; ++r) {
-        // Every key is written and only those inside the bracket are kept: a branch on that
-        // test would be mispredicted at random.
-        const Key key = order_key(s[r]);
-        column_under += key < lo ? 1 : 0;
-        *out = key;
-        out += Key(key - lo) <= Key(hi - lo) ? 1 : 0;
+      for (Index r0 = 0; r0 < rows; r0 += kKeyChunk) {
+        const Index count = std::min(kKeyChunk, rows - r0);
+        column_keys(sb, u, allowed, i1 + j, r0, count, keys);
+        for (Index r = 0; r < count; ++r) {
+          // Every key is written and only those inside the bracket are kept: a branch on that
+          // test would be mispredicted at random.
+          const Key key = keys[r];
+          column_under += key < lo ? 1 : 0;
+          *out = key;
+          out += Key(key - lo) <= Key(hi - lo) ? 1 : 0;
+        }
       }
       under += column_under;
     }
@@ -409,11 +426,48 @@ Key* gather_between(const T* scores, Index ld, Index rows, Index bc, Key lo, Key
   return last;
 }
 
+// The key of rank `rank` (from 0) among [first, last), all of them in [lo, hi], with the number
+// of keys below it (`below`) and equal to it (`equal`); the keys are reordered and overwritten.
+// A radix selection: a histogram of the keys' offsets from lo, in 2048 bins, finds the bin of
+// the rank, and the search goes on among the keys of that bin alone, until few are left.
+template <class Key>
+Key select_rank(Key* first, Key* last, Index rank, Key lo, Key hi, Index& below, Index& equal) {
+  constexpr int kBits = 11;
+  constexpr Index kFew = 2048;
+  below = 0;
+  while (last - first > kFew && lo < hi) {
+    int shift = 0;
+    while (Key(hi - lo) >> shift >= (Key(1) << kBits)) ++shift;
+    Index bins[Index(1) << kBits] = {};
+    for (const Key* k = first; k != last; ++k) ++bins[Key(*k - lo) >> shift];
+    Index bin = 0;
+    while (rank >= bins[bin]) {
+      rank -= bins[bin];
+      below += bins[bin];
+      ++bin;
+    }
+    Key* kept = first;
+    for (const Key* k = first; k != last; ++k) {
+      const Key key = *k;
+      *kept = key;
+      kept += Index(Key(key - lo) >> shift) == bin ? 1 : 0;
+    }
+    last = kept;
+    lo = Key(lo + (Key(bin) << shift));  // the bin's range, within the old one
+    hi = Key(lo + std::min<Key>(Key(hi - lo), (Key(1) << shift) - 1));
+  }
+  std::nth_element(first, first + rank, last);
+  const Key key = first[rank];
+  below += std::count_if(first, last, [&](Key k) { return k < key; });
+  equal = std::count(first, last, key);
+  return key;
+}
+
 template <class T>
-Cut<decltype(order_key(T(0)))> select_block(const Superblock<T>& sb, Index bc, double sparsity,
-                                            const T* scores, decltype(order_key(T(0)))* samples,
-                                            Index forced, decltype(order_key(T(0)))* gathered) {
-  using Key = decltype(order_key(T(0)));
+Cut<KeyOf<T>> select_block(const Superblock<T>& sb, ConstMatrixView<T> u,
+                           ConstMatrixView<bool> allowed, Index i1, Index bc, double sparsity,
+                           KeyOf<T>* samples, Index forced, KeyOf<T>* gathered) {
+  using Key = KeyOf<T>;
   const Index rows = sb.rows, total = rows * bc;
   const Index k = std::max(static_cast<Index>(static_cast<double>(total) * sparsity), forced);
   if (k <= 0) return {Key(0), 0};                                   // nothing pruned
@@ -439,28 +493,26 @@ Cut<decltype(order_key(T(0)))> select_block(const Superblock<T>& sb, Index bc, d
   if (lo_rank == 0) lo = 0;
   if (hi_rank == drawn - 1) hi = std::numeric_limits<Key>::max();
   Index below = 0;
-  Key* last = gather_between(scores, sb.ld, rows, bc, lo, hi, gathered, below);
+  Key* last = gather_between(sb, u, allowed, i1, bc, lo, hi, gathered, below);
   if (k - 1 < below) {  // the threshold lies below the bracket
     hi = lo - 1;
     lo = 0;
-    last = gather_between(scores, sb.ld, rows, bc, lo, hi, gathered, below);
+    last = gather_between(sb, u, allowed, i1, bc, lo, hi, gathered, below);
   } else if (k - 1 >= below + (last - gathered)) {  // above it
     lo = hi + 1;
     hi = std::numeric_limits<Key>::max();
-    last = gather_between(scores, sb.ld, rows, bc, lo, hi, gathered, below);
+    last = gather_between(sb, u, allowed, i1, bc, lo, hi, gathered, below);
   }
-  Key* first = gathered;
-  std::nth_element(first, first + (k - 1 - below), last);
-  const Key threshold = first[k - 1 - below];
-  below += std::count_if(first, last, [&](Key key) { return key < threshold; });
-  const Index ties_left = k - below;  // keys equal to the threshold that are pruned
-  if (ties_left == std::count(first, last, threshold)) return {threshold, total};
+  Index less = 0, equal = 0;
+  const Key threshold = select_rank(gathered, last, k - 1 - below, lo, hi, less, equal);
+  const Index ties_left = k - below - less;  // keys equal to the threshold that are pruned
+  if (ties_left == equal) return {threshold, total};
   Index tie = 0;
   for (Index r = 0; r < rows; ++r) {
     for (Index j = 0; j < bc; ++j) {
-      if (order_key(scores[j * sb.ld + r]) == threshold && ++tie == ties_left) {
-        return {threshold, r * bc + j + 1};
-      }
+      Key key;
+      column_keys(sb, u, allowed, i1 + j, r, 1, &key);
+      if (key == threshold && ++tie == ties_left) return {threshold, r * bc + j + 1};
     }
   }
   return {threshold, total};  // not reached: ties_left keys equal to the threshold exist
@@ -468,13 +520,17 @@ Cut<decltype(order_key(T(0)))> select_block(const Superblock<T>& sb, Index bc, d
 
 // The mask of rows [r0, r0 + rb) of block [i1, i1 + bc) from the block's cut.
 template <class T>
-void mark_rows(const Superblock<T>& sb, Index i1, Index bc, Index r0, Index rb, const T* scores,
-               const Cut<decltype(order_key(T(0)))>& cut) {
+void mark_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
+               Index i1, Index bc, Index r0, Index rb, const Cut<KeyOf<T>>& cut) {
+  KeyOf<T> keys[kKeyChunk];
   for (Index j = 0; j < bc; ++j) {
-    const T* s = scores + j * sb.ld;
     T* keep = sb.column(sb.keep, i1 + j);
-    for (Index r = r0; r < r0 + rb; ++r) {
-      keep[r] = cut.pruned(order_key(s[r]), r * bc + j) ? T(0) : T(1);
+    for (Index c0 = r0; c0 < r0 + rb; c0 += kKeyChunk) {
+      const Index count = std::min(kKeyChunk, r0 + rb - c0);
+      column_keys(sb, u, allowed, i1 + j, c0, count, keys);
+      for (Index r = 0; r < count; ++r) {
+        keep[c0 + r] = cut.pruned(keys[r], (c0 + r) * bc + j) ? T(0) : T(1);
+      }
     }
   }
 }
@@ -684,8 +740,7 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
   const Scratch<T> sb_weights(superblock_size), sb_errors(superblock_size),
       sb_keep(superblock_size);
   const bool unstructured = options.m == 0;
-  using Key = decltype(order_key(T(0)));
-  const Scratch<T> scores(static_cast<size_t>(unstructured ? column_stride(rows) * bmax : 0));
+  using Key = KeyOf<T>;
   const Scratch<Key> gathered(static_cast<size_t>(unstructured ? rows * bmax : 0));
   const Scratch<Key> samples(
       static_cast<size_t>(unstructured ? SamplePlan::capacity(rows, bmax) : 0));
@@ -728,20 +783,20 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
       }
     } else {
       // Each block's selection spans every row, so the row tiles meet before it: the tiles
-      // score the block while they still hold it (after loading it, or after the block before
-      // it), and the last block's tiles are stored as soon as they are pruned.
+      // sample the block's scores while they still hold it (after loading it, or after the
+      // block before it), and the last block's tiles are stored as soon as they are pruned.
       const Index first_block = std::min(options.blocksize, sb.s2 - s1);
       forced = 0;
 #pragma omp parallel for schedule(static) reduction(+ : forced) num_threads(copy_threads)
       for (Index t = 0; t < tiles; ++t) {
         load_rows(weight, dead, sb, t * kRowTile, tile_rows(t));
-        score_rows(sb, u, allowed, s1, first_block, t * kRowTile, tile_rows(t), scores.data(),
-                   samples.data(), forced);
+        sample_rows(sb, u, allowed, s1, first_block, t * kRowTile, tile_rows(t), samples.data(),
+                    forced);
       }
       for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
         const Index i2 = std::min(i1 + options.blocksize, sb.s2);
         const Index next_block = std::min(options.blocksize, sb.s2 - i2);  // 0 after the last
-        const auto cut = select_block(sb, i2 - i1, options.sparsity, scores.data(), samples.data(),
+        const auto cut = select_block(sb, u, allowed, i1, i2 - i1, options.sparsity, samples.data(),
                                       forced, gathered.data());
         forced = 0;
         const double tile_flops = double(kRowTile) * double(i2 - i1) * double(sb.s2 - i1);
@@ -750,12 +805,11 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
         for (Index t = 0; t < tiles; ++t) {
           keep_products_on_this_thread();
           const Index r0 = t * kRowTile, rb = tile_rows(t);
-          mark_rows(sb, i1, i2 - i1, r0, rb, scores.data(), cut);
+          mark_rows(sb, u, allowed, i1, i2 - i1, r0, rb, cut);
           prune_tile_of_block(sb, u, allowed, r0, rb, i1, i2, options, static_cast<T*>(nullptr),
                               row_loss.data());
           if (next_block > 0) {
-            score_rows(sb, u, allowed, i2, next_block, r0, rb, scores.data(), samples.data(),
-                       forced);
+            sample_rows(sb, u, allowed, i2, next_block, r0, rb, samples.data(), forced);
           } else {
             store_rows(weight, mask, sb, r0, rb);
           }
