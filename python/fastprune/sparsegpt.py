@@ -37,8 +37,9 @@ The factorisation runs at 150-185 GFLOP/s and the GEMM after each 256-column sup
 the SGEMM rate; what is left is the work inside a superblock (Eigen GEMMs per 128-row tile, the
 per-column panel updates, the transposes to and from the column-major superblock; for N:M each
 row tile goes through all of it while its columns stay cached) and the exact-count selection
-(1.4 M scores a block at 11008 rows: bracketing the threshold from a sample, gathering the
-bracket and finding the threshold in it take about 0.08 s in all). Small layers choose their
+(1.4 M scores a block at 11008 rows, recomputed from the weights by every pass rather than
+stored: bracketing the threshold from a sample, gathering the bracket and finding the threshold
+in it by histograms take about 0.05 s a solve in all). Small layers choose their
 thread count by size: 1024×1024 is 1.1-1.5× faster on two threads than on one, and 384×384 runs
 on one thread whatever the setting. Results are bit-identical for every thread count: every
 dense routine splits its output into tiles of a fixed size and computes each tile with one
