@@ -157,19 +157,24 @@ def _thread_scaling(table: Table, rng: np.random.Generator, threads: int) -> Non
 
 
 def _alternating_medians(
-    solve: Callable[[], object], threads: int, *, rounds: int = 15
+    solve: Callable[[], object], threads: int, *, rounds: int = 15, seconds: float = 2.0
 ) -> tuple[float, float]:
     """Median seconds of `solve` on one thread and on `threads`, the two timed in alternation
-    (a call each per round, after a warm-up of each) so that the machine's drift reaches both."""
+    (a call each per round, after a warm-up of each) so that the machine's drift reaches both.
+    At least `rounds` rounds, and more until `seconds` have passed (at most 1000): a few rounds
+    of a call of a few milliseconds would catch the machine's bursts rather than the medians."""
     times: dict[int, list[float]] = {1: [], threads: []}
+    start = time.perf_counter()
     try:
-        for round_ in range(rounds + 1):
+        round_ = 0
+        while round_ <= rounds or (time.perf_counter() - start < seconds and round_ <= 1000):
             for count in (1, threads):
                 fastprune.set_num_threads(count)
                 t0 = time.perf_counter()
                 solve()
                 if round_ > 0:
                     times[count].append(time.perf_counter() - t0)
+            round_ += 1
     finally:
         fastprune.set_num_threads(threads)
     return statistics.median(times[1]), statistics.median(times[threads])
