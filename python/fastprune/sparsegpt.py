@@ -25,9 +25,9 @@ Reference semantics (DESIGN.md, "Algorithms"):
 Performance (``python -m bench``, float32, 2-core AVX-512 Xeon, both threads; rates count
 ``r·c² + ⅔c³`` flops, a share of SGEMM is that of the median of five solves each followed at
 once by a timing of numpy's SGEMM). The machine is shared and moves by 10-20 % within a run,
-more between runs: in the full suite 4096×4096 has taken 0.78-1.21 s at 50 % and 0.71-1.06 s at
+more between runs: in the full suite 4096×4096 has taken 0.67-1.21 s at 50 % and 0.70-1.06 s at
 2:4 (49-78 % of SGEMM, 3.7-7.3× faster than the PyTorch loop of ``bench/sparsegpt.py``),
-11008×4096 1.56-2.16 s and 1.54-2.05 s (49-79 %, 4.3-8.7×). Much of that spread is memory
+11008×4096 1.38-2.16 s and 1.49-2.05 s (49-79 %, 4.3-9.0×). Much of that spread is memory
 rather than arithmetic: a solve allocates its output, its mask and (from a Hessian) its factor
 afresh, and the virtual machine measured here hands freed memory back to its host, so that
 touching it again costs system time. Successive 4096×4096 solves at 50 % in one process took
