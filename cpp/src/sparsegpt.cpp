@@ -525,11 +525,11 @@ void mark_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bo
   KeyOf<T> keys[kKeyChunk];
   for (Index j = 0; j < bc; ++j) {
     T* keep = sb.column(sb.keep, i1 + j);
-    for (Index c0 = r0; c0 < r0 + rb; c0 += kKeyChunk) {
-      const Index count = std::min(kKeyChunk, r0 + rb - c0);
-      column_keys(sb, u, allowed, i1 + j, c0, count, keys);
+    for (Index r1 = r0; r1 < r0 + rb; r1 += kKeyChunk) {
+      const Index count = std::min(kKeyChunk, r0 + rb - r1);
+      column_keys(sb, u, allowed, i1 + j, r1, count, keys);
       for (Index r = 0; r < count; ++r) {
-        keep[c0 + r] = cut.pruned(keys[r], (c0 + r) * bc + j) ? T(0) : T(1);
+        keep[r1 + r] = cut.pruned(keys[r], (r1 + r) * bc + j) ? T(0) : T(1);
       }
     }
   }

@@ -33,17 +33,17 @@ afresh, and the virtual machine measured here hands freed memory back to its hos
 touching it again costs system time. Successive 4096×4096 solves at 50 % in one process took
 1.22 s (0.69 s of it system time), 0.95 s, 0.88 s, ... and settled at 0.75-0.77 s (0.02-0.03 s of
 system time), about 150 GFLOP/s; copying an 11008×4096 float32 array took 31-45 ms or 256-505 ms.
-The factorisation runs at 150-185 GFLOP/s and the GEMM after each 256-column superblock near
+The factorisation runs at 130-220 GFLOP/s and the GEMM after each 256-column superblock near
 the SGEMM rate; what is left is the work inside a superblock (Eigen GEMMs per 128-row tile, the
 per-column panel updates, the transposes to and from the column-major superblock; for N:M each
 row tile goes through all of it while its columns stay cached) and the exact-count selection
 (1.4 M scores a block at 11008 rows, recomputed from the weights by every pass rather than
 stored: bracketing the threshold from a sample, gathering the bracket and finding the threshold
-in it by histograms take about 0.05 s a solve in all). Small layers choose their
-thread count by size: 1024×1024 is 1.1-1.5× faster on two threads than on one, and 384×384 runs
-on one thread whatever the setting. Results are bit-identical for every thread count: every
-dense routine splits its output into tiles of a fixed size and computes each tile with one
-single-threaded call (OpenBLAS or Eigen), whichever thread runs it.
+in it by histograms take about 0.05 s a solve in all). Small layers choose their thread count by
+size: 1024×1024 is 1.1-1.5× faster on two threads than on one, and 384×384 runs on one thread
+whatever the setting. Results are bit-identical for every thread count: every dense routine
+splits its output into tiles of a fixed size and computes each tile with one single-threaded
+call (OpenBLAS or Eigen), whichever thread runs it.
 """
 
 from __future__ import annotations
