@@ -125,7 +125,7 @@ PATTERNS = [
 # --- U by the reversal trick ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cols", [1, 2, 7, 127, 128, 129, 300, 600])
+@pytest.mark.parametrize("cols", [1, 2, 7, 65, 127, 128, 129, 300, 600, 1100])
 def test_reversal_factor_equals_textbook_route(cols: int) -> None:
     rng = np.random.default_rng(cols)
     h = random_hessian(rng, cols)
