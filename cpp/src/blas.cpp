@@ -368,11 +368,12 @@ bool cholesky_lower(MatrixView<T> a) {
 // −L22^-1 · L21 · L11^-1 by two triangular products done in place, the first on column strips of
 // L21, the second on row strips (each strip is independent of the others). Blocks split into
 // whole tiles while they are larger than a tile, then into whole leaves of kLeaf, which go to
-// the library's own inverse: OpenBLAS's runs near its product rate at 64 but three to four
-// times slower at 256. The recursion runs level by level from the bottom, all the leaves at
-// once and then every block of a level together, so that the many small blocks share the
-// threads as the few large ones do (one block at a time, a level of 512-wide blocks would have
-// a single strip to share).
+// the library's own inverse. That inverse is slow (OpenBLAS's: about 12 GFLOP/s for a 256-wide
+// triangle, 5 for a 64-wide one, where the products run near 100 on one thread), so the leaves
+// are kept small enough to hold a negligible share of the work. The recursion runs level by
+// level from the bottom, all the leaves at once and then every block of a level together, so
+// that the many small blocks share the threads as the few large ones do (one block at a time,
+// a level of 512-wide blocks would have a single strip to share).
 constexpr Index kLeaf = 64;
 
 // A diagonal block of the recursion: rows and columns [offset, offset + size), `depth` splits
