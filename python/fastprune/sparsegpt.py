@@ -26,8 +26,8 @@ Performance (``python -m bench``, float32, 2-core AVX-512 Xeon, both threads; ra
 ``r·c² + ⅔c³`` flops, a share of SGEMM is that of the median of five solves each followed at
 once by a timing of numpy's SGEMM). The machine is shared and moves by 10-20 % within a run,
 more between runs: in the full suite 4096×4096 has taken 0.67-1.21 s at 50 % and 0.70-1.06 s at
-2:4 (49-78 % of SGEMM, 3.7-7.3× faster than the PyTorch loop of ``bench/sparsegpt.py``),
-11008×4096 1.38-2.16 s and 1.49-2.05 s (49-79 %, 4.3-9.0×). Much of that spread is memory
+2:4 (49-78 % of SGEMM, 3.7-8.8× faster than the PyTorch loop of ``bench/sparsegpt.py``),
+11008×4096 1.38-2.28 s and 1.49-2.05 s (49-79 %, 4.3-9.0×). Much of that spread is memory
 rather than arithmetic: a solve allocates its output, its mask and (from a Hessian) its factor
 afresh, and the virtual machine measured here hands freed memory back to its host, so that
 touching it again costs system time. Successive 4096×4096 solves at 50 % in one process took
@@ -40,10 +40,11 @@ row tile goes through all of it while its columns stay cached) and the exact-cou
 (1.4 M scores a block at 11008 rows, recomputed from the weights by every pass rather than
 stored: bracketing the threshold from a sample, gathering the bracket and finding the threshold
 in it by histograms take about 0.05 s a solve in all). Small layers choose their thread count by
-size: 1024×1024 is 1.1-1.5× faster on two threads than on one, and 384×384 runs on one thread
-whatever the setting. Results are bit-identical for every thread count: every dense routine
-splits its output into tiles of a fixed size and computes each tile with one single-threaded
-call (OpenBLAS or Eigen), whichever thread runs it.
+size: 1024×1024 has run 1.1-1.5× faster on two threads than on one (but 0.96× at 50 % in one
+run during a slow spell of the machine), and 384×384 runs on one thread whatever the setting.
+Results are bit-identical for every thread count: every dense routine splits its output into
+tiles of a fixed size and computes each tile with one single-threaded call (OpenBLAS or Eigen),
+whichever thread runs it.
 """
 
 from __future__ import annotations
