@@ -33,6 +33,7 @@ def test_info_reports_the_build() -> None:
     assert isinstance(info["compiler"], str) and info["compiler"]
     assert info["cuda"] is False
     assert info["threads"] == fastprune.get_num_threads()
+    assert 0 <= info["memory_cache_bytes"] <= info["memory_cache_limit"]  # type: ignore[operator]
 
 
 def test_default_choice_is_the_best_supported_level() -> None:
@@ -127,6 +128,35 @@ def test_threads_round_trip() -> None:
 def test_bad_thread_count(bad: object) -> None:
     with pytest.raises(ValueError, match="n: expected a positive int"):
         fastprune.set_num_threads(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1", None])
+def test_bad_memory_cache_limit(bad: object) -> None:
+    with pytest.raises(ValueError, match="nbytes: expected an int >= 0"):
+        fastprune.set_memory_cache_limit(bad)  # type: ignore[arg-type]
+
+
+def test_memory_cache_keeps_working_memory_up_to_its_limit() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 1024)).astype(np.float32)
+    h = np.eye(1024)  # the solve's factor alone is 4 MiB
+    limit = fastprune.info()["memory_cache_limit"]
+    assert limit == 1 << 30  # the default
+    try:
+        fastprune.sparsegpt(w, h)
+        assert fastprune.info()["memory_cache_bytes"] >= 4 << 20
+        fastprune.release_memory()
+        assert fastprune.info()["memory_cache_bytes"] == 0
+        fastprune.set_memory_cache_limit(3 << 20)  # below the factor's size: not kept
+        fastprune.sparsegpt(w, h)
+        assert fastprune.info()["memory_cache_bytes"] <= 3 << 20
+        fastprune.set_memory_cache_limit(0)
+        fastprune.sparsegpt(w, h)
+        assert fastprune.info()["memory_cache_bytes"] == 0
+        fastprune.set_memory_cache_limit(2**80)  # more than any machine has: no limit
+        assert fastprune.info()["memory_cache_limit"] == 2**63
+    finally:
+        fastprune.set_memory_cache_limit(limit)
 
 
 def test_equal_dtype_objects_and_byte_swapped_arrays_are_accepted() -> None:

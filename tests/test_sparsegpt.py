@@ -581,6 +581,36 @@ def test_factor_and_calibration_objects_give_the_same_result() -> None:
         res = sparsegpt(w, source, 0.5, blocksize=8)
         np.testing.assert_array_equal(res.weight, direct.weight)
         np.testing.assert_array_equal(res.mask, direct.mask)
+        assert res.loss == direct.loss
+        assert res.damp_used == direct.damp_used == factor.damp_used
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_reused_working_memory_does_not_change_results(pattern: str) -> None:
+    """The solver's buffers (the factor of a one-off solve, the column blocks) come back from the
+    memory cache holding an earlier solve's numbers: every element must be written before it is
+    read, so the result equals that of a solve whose buffers were fresh."""
+    rng = np.random.default_rng(31)
+    rows, cols = 2304, 768  # every buffer above the 2 MB that the cache keeps
+    first = (rng.standard_normal((rows, cols)), random_hessian(rng, cols))
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    h = random_hessian(rng, cols)
+    h[:, 5] = h[5, :] = 0  # a dead column
+    limit = fastprune.info()["memory_cache_limit"]
+    assert isinstance(limit, int)
+    try:
+        fastprune.set_memory_cache_limit(0)
+        fresh = sparsegpt(w, h, 0.5, pattern)
+        assert fastprune.info()["memory_cache_bytes"] == 0
+        fastprune.set_memory_cache_limit(1 << 30)
+        sparsegpt(first[0].astype(np.float32), first[1], 0.5, pattern)
+        assert fastprune.info()["memory_cache_bytes"] >= cols * cols * 4
+        reused = sparsegpt(w, h, 0.5, pattern)
+    finally:
+        fastprune.set_memory_cache_limit(limit)
+    np.testing.assert_array_equal(reused.weight, fresh.weight)
+    np.testing.assert_array_equal(reused.mask, fresh.mask)
+    assert reused.loss == fresh.loss
 
 
 def test_saliency() -> None:

@@ -63,6 +63,44 @@ py::tuple prune(py::array& weight, const py::array& u, const py::array& dead, do
   return prune_as<float>(weight, u, dead, options, keep_mask);
 }
 
+// The factor of a one-off solve lives in scratch memory, which later solves of the same width
+// reuse, rather than in a fresh array that the caller never sees.
+template <class T>
+py::tuple solve_as(py::array& weight, const py::array& hessian, double damp, int max_tries,
+                   const sparsegpt::Options& options, const py::object& keep_mask) {
+  const auto w = mutable_matrix<T>(weight, "weight");
+  const auto h = matrix<T>(hessian, "hessian");
+  if (h.rows != h.cols || h.rows != w.cols) {
+    throw std::invalid_argument("hessian: expected shape (" + std::to_string(w.cols) + ", " +
+                                std::to_string(w.cols) + "), got " + shape_text(hessian));
+  }
+  ConstMatrixView<bool> allowed;
+  if (!keep_mask.is_none()) {
+    allowed = matrix<bool>(keep_mask.cast<py::array>(), "keep_mask");
+  }
+  auto mask = empty<bool>({w.rows, w.cols});
+  double loss = 0.0, used = 0.0;
+  {
+    py::gil_scoped_release release;
+    const Index c = h.rows;
+    const Scratch<T> u(static_cast<std::size_t>(c * c));
+    const Scratch<bool> dead(static_cast<std::size_t>(c));
+    used = sparsegpt::inverse_hessian_factor(h, damp, max_tries, {u.data(), c, c, c}, dead.data());
+    loss = sparsegpt::prune(w, ConstMatrixView<T>{u.data(), c, c, c}, dead.data(), options, allowed,
+                            view_of(mask));
+  }
+  return py::make_tuple(mask, loss, used);
+}
+
+py::tuple solve(py::array& weight, const py::array& hessian, double damp, int max_tries,
+                double sparsity, int n, int m, Index blocksize, const py::object& keep_mask) {
+  const sparsegpt::Options options{sparsity, n, m, blocksize};
+  if (has_dtype<double>(weight)) {
+    return solve_as<double>(weight, hessian, damp, max_tries, options, keep_mask);
+  }
+  return solve_as<float>(weight, hessian, damp, max_tries, options, keep_mask);
+}
+
 }  // namespace
 
 void register_sparsegpt(pybind11::module_ m) {
@@ -74,6 +112,11 @@ void register_sparsegpt(pybind11::module_ m) {
         py::arg("n"), py::arg("m"), py::arg("blocksize"), py::arg("keep_mask") = py::none(),
         "(mask, loss): prunes `weight` in place with SparseGPT; m == 0 is unstructured, else "
         "n kept of every m.");
+  m.def("solve", &solve, py::arg("weight"), py::arg("hessian"), py::arg("damp"),
+        py::arg("max_tries"), py::arg("sparsity"), py::arg("n"), py::arg("m"), py::arg("blocksize"),
+        py::arg("keep_mask") = py::none(),
+        "(mask, loss, damp_used): inverse_hessian_factor then prune, the factor held in scratch "
+        "memory.");
 }
 
 }  // namespace fastprune::bindings

@@ -1,6 +1,8 @@
 #include <sys/mman.h>
 
 #include <cstdlib>
+#include <list>
+#include <mutex>
 #include <new>
 
 #include "fastprune/common.hpp"
@@ -9,12 +11,61 @@ namespace fastprune {
 namespace {
 constexpr std::size_t kHugePage = std::size_t(2) << 20;
 constexpr std::size_t kLine = 64;
+
+std::size_t rounded_size(std::size_t bytes) {
+  const std::size_t alignment = bytes >= kHugePage ? kHugePage : kLine;
+  return (bytes + alignment - 1) / alignment * alignment;
+}
+
+// Freed blocks of 2 MB and more, most recently freed first, at most `limit` bytes in all.
+struct Cache {
+  struct Block {
+    void* data;
+    std::size_t bytes;
+  };
+  std::mutex mutex;
+  std::list<Block> blocks;
+  std::size_t held = 0;
+  std::size_t limit = kDefaultScratchCacheLimit;
+
+  // Frees the least recently freed blocks until at most `keep` bytes are held.
+  void trim(std::size_t keep) {
+    while (held > keep) {
+      held -= blocks.back().bytes;
+      std::free(blocks.back().data);
+      blocks.pop_back();
+    }
+  }
+};
+
+Cache& cache() {
+  static Cache* instance = new Cache;  // never destroyed: freeing may run during exit
+  return *instance;
+}
 }  // namespace
 
 void* allocate_scratch(std::size_t bytes) {
   if (bytes == 0) return nullptr;
-  const std::size_t alignment = bytes >= kHugePage ? kHugePage : kLine;
-  const std::size_t rounded = (bytes + alignment - 1) / alignment * alignment;
+  const std::size_t rounded = rounded_size(bytes);
+  if (rounded >= kHugePage) {
+    // The smallest cached block that fits, unless it is more than twice as large.
+    Cache& c = cache();
+    const std::lock_guard<std::mutex> guard(c.mutex);
+    auto best = c.blocks.end();
+    for (auto it = c.blocks.begin(); it != c.blocks.end(); ++it) {
+      if (it->bytes >= rounded && it->bytes <= 2 * rounded &&
+          (best == c.blocks.end() || it->bytes < best->bytes)) {
+        best = it;
+      }
+    }
+    if (best != c.blocks.end()) {
+      void* block = best->data;
+      c.held -= best->bytes;
+      c.blocks.erase(best);
+      return block;
+    }
+  }
+  const std::size_t alignment = rounded >= kHugePage ? kHugePage : kLine;
   void* block = std::aligned_alloc(alignment, rounded);
   if (block == nullptr) throw std::bad_alloc();
   // Advice only: where the kernel declines, the memory works as well with small pages.
@@ -22,6 +73,41 @@ void* allocate_scratch(std::size_t bytes) {
   return block;
 }
 
-void free_scratch(void* block) noexcept { std::free(block); }
+void free_scratch(void* block, std::size_t bytes) noexcept {
+  if (block == nullptr) return;
+  const std::size_t rounded = rounded_size(bytes);
+  Cache& c = cache();
+  const std::lock_guard<std::mutex> guard(c.mutex);
+  if (rounded < kHugePage || rounded > c.limit) {
+    std::free(block);
+    return;
+  }
+  c.trim(c.limit - rounded);
+  try {
+    c.blocks.push_front({block, rounded});
+    c.held += rounded;
+  } catch (...) {  // no memory for the list node: the block is not kept
+    std::free(block);
+  }
+}
+
+void set_scratch_cache_limit(std::size_t bytes) {
+  Cache& c = cache();
+  const std::lock_guard<std::mutex> guard(c.mutex);
+  c.limit = bytes;
+  c.trim(bytes);
+}
+
+void release_scratch_cache() {
+  Cache& c = cache();
+  const std::lock_guard<std::mutex> guard(c.mutex);
+  c.trim(0);
+}
+
+ScratchCache scratch_cache() {
+  Cache& c = cache();
+  const std::lock_guard<std::mutex> guard(c.mutex);
+  return {c.held, c.limit};
+}
 
 }  // namespace fastprune

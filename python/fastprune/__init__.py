@@ -36,9 +36,12 @@ def info() -> dict[str, object]:
     chosen), ``compiled_isas`` and ``supported_isas``, ``cpu``, ``compiler``, ``build_type``,
     ``flags`` (compiler flags of the level in use), ``eigen``, ``eigen_simd``, ``openmp``,
     ``blas`` (what runs the large dense linear algebra: "eigen" or the OpenBLAS configuration),
-    ``threads``, ``sanitized`` and ``cuda`` (whether a CUDA backend was built).
+    ``threads``, ``memory_cache_bytes`` and ``memory_cache_limit`` (see
+    :func:`set_memory_cache_limit`), ``sanitized`` and ``cuda`` (whether a CUDA backend was
+    built).
     """
     build = _core.build_info()
+    held, limit = _core.scratch_cache()
     return {
         "version": __version__,
         "isa": _core.ISA,
@@ -54,6 +57,8 @@ def info() -> dict[str, object]:
         "openmp": build["openmp"],
         "blas": build["blas"],
         "threads": _core.get_num_threads(),
+        "memory_cache_bytes": held,
+        "memory_cache_limit": limit,
         "sanitized": build["sanitized"],
         "cuda": build["cuda"],
     }
@@ -70,6 +75,27 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """How many threads fastprune's kernels may use."""
     return _core.get_num_threads()
+
+
+def set_memory_cache_limit(nbytes: int) -> None:
+    """Keep at most `nbytes` of freed working memory for later calls (0 keeps none).
+
+    The kernels' large temporary buffers (the SparseGPT solver's factor and column blocks, the
+    second triangle of a Hessian update) are kept when freed, up to this limit in all (1 GiB
+    unless set), and reused by later calls that need buffers of about the same size, as pruning
+    a model's layers one after another does: memory fresh from the operating system costs a
+    page fault per page when first written. Lowering the limit frees the oldest kept buffers
+    beyond it; the arrays fastprune returns are never part of the cache.
+    """
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        msg = f"nbytes: expected an int >= 0, got {nbytes!r}"
+        raise ValueError(msg)
+    _core.set_scratch_cache_limit(min(nbytes, 2**63))
+
+
+def release_memory() -> None:
+    """Free the working memory kept for later calls (see :func:`set_memory_cache_limit`)."""
+    _core.release_scratch_cache()
 
 
 __all__ = [
@@ -97,7 +123,9 @@ __all__ = [
     "mask",
     "masks",
     "pattern",
+    "release_memory",
     "save",
+    "set_memory_cache_limit",
     "set_num_threads",
     "sparsegpt",
     "sparsegpt_factor",

@@ -169,16 +169,23 @@ def sparsegpt(
         msg = f"pattern: in_features ({cols}) must be a multiple of m={m} for {n}:{m}"
         raise ValueError(msg)
     allowed = _keep_mask(keep_mask, work.shape)
-    factor = _factor_for(calibration_or_hessian, cols, damp, precision)
-    mask, loss = _core.sparsegpt.prune(
-        work, factor.u, factor.dead, sparsity, n, m, blocksize, allowed
-    )
+    if isinstance(calibration_or_hessian, HessianFactor):
+        factor = _factor_for(calibration_or_hessian, cols, damp, precision)
+        mask, loss = _core.sparsegpt.prune(
+            work, factor.u, factor.dead, sparsity, n, m, blocksize, allowed
+        )
+        damp_used = factor.damp_used
+    else:
+        hessian = _layer_hessian(calibration_or_hessian, cols, dtype)
+        mask, loss, damp_used = _core.sparsegpt.solve(
+            work, hessian, _damping(damp), MAX_TRIES, sparsity, n, m, blocksize, allowed
+        )
     result = work if inplace else _arrays.restore_dtype(work, original)
     return PruneResult(
         weight=result,
         mask=mask,
         loss=float(loss),
-        damp_used=factor.damp_used,
+        damp_used=float(damp_used),
         seconds=time.perf_counter() - start,
     )
 
@@ -325,14 +332,18 @@ def _factor_for(
             )
             raise ValueError(msg)
         return source
-    dtype = _precision_dtype(precision)
+    hessian = _layer_hessian(source, in_features, _precision_dtype(precision))
+    return _factorise(hessian, damp, precision)
+
+
+def _layer_hessian(source: object, in_features: int, dtype: type[np.floating[Any]]) -> FloatArray:
     hessian = _hessian(source, dtype)
     if hessian.shape[0] != in_features:
         msg = (
             f"hessian: shape {hessian.shape} does not match in_features={in_features} of the weight"
         )
         raise ValueError(msg)
-    return _factorise(hessian, damp, precision)
+    return hessian
 
 
 def _factorise(hessian: FloatArray, damp: object, precision: Precision) -> HessianFactor:

@@ -64,8 +64,24 @@ int threads_for(double work, double grain = 1 << 16);
 // kernel for transparent huge pages: first touching them then costs a fault per 2 MB rather than
 // one per 4 KB, and no thread zero-fills them first (together 25 ms a call for the 45 MB of an
 // 11008-row SparseGPT solve). Throws std::bad_alloc when the memory is not there.
+//
+// Freed blocks of 2 MB and more are kept, up to a limit in all, and handed out again to requests
+// of at least half their size: a model's layers repeat a few shapes, and memory fresh from the
+// system costs a page fault per page on first touch (tens of milliseconds for the buffers of one
+// large solve, and on shared machines often far more).
 void* allocate_scratch(std::size_t bytes);
-void free_scratch(void* block) noexcept;
+void free_scratch(void* block, std::size_t bytes) noexcept;
+
+constexpr std::size_t kDefaultScratchCacheLimit = std::size_t(1) << 30;
+// Sets the most bytes of freed blocks kept (0 keeps none), freeing the oldest beyond it.
+void set_scratch_cache_limit(std::size_t bytes);
+// Frees every kept block (the limit stays).
+void release_scratch_cache();
+struct ScratchCache {
+  std::size_t held;
+  std::size_t limit;
+};
+ScratchCache scratch_cache();
 
 template <class T>
 class Scratch {
@@ -73,8 +89,9 @@ class Scratch {
                 std::is_trivially_destructible_v<T>);
 
  public:
-  explicit Scratch(std::size_t size) : data_(static_cast<T*>(allocate_scratch(size * sizeof(T)))) {}
-  ~Scratch() { free_scratch(data_); }
+  explicit Scratch(std::size_t size)
+      : data_(static_cast<T*>(allocate_scratch(size * sizeof(T)))), size_(size) {}
+  ~Scratch() { free_scratch(data_, size_ * sizeof(T)); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 
@@ -82,6 +99,7 @@ class Scratch {
 
  private:
   T* data_;
+  std::size_t size_;
 };
 
 }  // namespace fastprune

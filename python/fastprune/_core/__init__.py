@@ -132,7 +132,14 @@ def _install(module: ModuleType) -> None:
             module.unload_blas()
     g = globals()
     g["impl"] = module
-    for name in ("build_info", "set_num_threads", "get_num_threads"):
+    for name in (
+        "build_info",
+        "set_num_threads",
+        "get_num_threads",
+        "set_scratch_cache_limit",
+        "release_scratch_cache",
+        "scratch_cache",
+    ):
         g[name] = getattr(module, name)
     for name in SUBMODULES:
         sub = getattr(module, name)

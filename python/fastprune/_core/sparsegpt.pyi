@@ -17,3 +17,14 @@ def prune(
     blocksize: int,
     keep_mask: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[npt.NDArray[np.bool_], float]: ...
+def solve(
+    weight: npt.NDArray[np.floating[Any]],
+    hessian: npt.NDArray[np.floating[Any]],
+    damp: float,
+    max_tries: int,
+    sparsity: float,
+    n: int,
+    m: int,
+    blocksize: int,
+    keep_mask: npt.NDArray[np.bool_] | None = None,
+) -> tuple[npt.NDArray[np.bool_], float, float]: ...
