@@ -28,11 +28,14 @@ once by a timing of numpy's SGEMM). The machine is shared and moves by 10-20 % w
 more between runs: in the full suite 4096×4096 has taken 0.67-1.21 s at 50 % and 0.70-1.06 s at
 2:4 (49-78 % of SGEMM, 3.7-8.8× faster than the PyTorch loop of ``bench/sparsegpt.py``),
 11008×4096 1.38-2.28 s and 1.49-2.05 s (49-79 %, 4.3-9.0×). Much of that spread is memory
-rather than arithmetic: a solve allocates its output, its mask and (from a Hessian) its factor
-afresh, and the virtual machine measured here hands freed memory back to its host, so that
-touching it again costs system time. Successive 4096×4096 solves at 50 % in one process took
-1.22 s (0.69 s of it system time), 0.95 s, 0.88 s, ... and settled at 0.75-0.77 s (0.02-0.03 s of
-system time), about 150 GFLOP/s; copying an 11008×4096 float32 array took 31-45 ms or 256-505 ms.
+rather than arithmetic: the virtual machine measured here hands freed memory back to its host,
+so that touching memory fresh from the OS costs system time, 0.02-0.6 s for the 150 MB that a
+4096×4096 solve used to take afresh every call. The factor of a one-off solve and the solver's
+column blocks now live in scratch memory that later calls reuse (see
+``fastprune.set_memory_cache_limit``); only the output and the mask are new. After the first
+call, successive 4096×4096 solves at 50 % in one process took 0.76-1.02 s with at most 0.08 s
+of system time each, against 0.78-1.81 s with up to 0.63 s before that change, in the same
+hour; 11008×4096 took 1.52-1.95 s, mostly with 0.04-0.06 s of system time.
 The factorisation runs at 130-220 GFLOP/s and the GEMM after each 256-column superblock near
 the SGEMM rate; what is left is the work inside a superblock (Eigen GEMMs per 128-row tile, the
 per-column panel updates, the transposes to and from the column-major superblock; for N:M each
