@@ -27,7 +27,7 @@ Performance (``python -m bench``, float32, 2-core AVX-512 Xeon, both threads; ra
 once by a timing of numpy's SGEMM). The machine is shared and moves by 10-20 % within a run,
 more between runs: in the full suite 4096×4096 has taken 0.67-1.21 s at 50 % and 0.70-1.06 s at
 2:4 (49-78 % of SGEMM, 3.7-8.8× faster than the PyTorch loop of ``bench/sparsegpt.py``),
-11008×4096 1.38-2.28 s and 1.49-2.05 s (49-79 %, 4.3-9.0×). Much of that spread is memory
+11008×4096 1.37-2.28 s and 1.49-2.05 s (49-79 %, 4.3-10.6×). Much of that spread is memory
 rather than arithmetic: the virtual machine measured here hands freed memory back to its host,
 so that touching memory fresh from the OS costs system time, 0.02-0.6 s for the 150 MB that a
 4096×4096 solve used to take afresh every call. The factor of a one-off solve and the solver's
