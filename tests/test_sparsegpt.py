@@ -586,6 +586,31 @@ def test_factor_and_calibration_objects_give_the_same_result() -> None:
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_working_memory_is_the_factor_and_a_few_column_blocks(pattern: str) -> None:
+    """What a one-off solve allocates for itself, as the memory cache sees it when freed: U
+    (c x c) and the column blocks of one superblock (weights, errors, mask; rows x 256 each,
+    rows padded by a few cache lines), never a copy of the whole weight (here 1.5 U)."""
+    rng = np.random.default_rng(32)
+    rows, cols = 2304, 1536
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    h = random_hessian(rng, cols)
+    limit = fastprune.info()["memory_cache_limit"]
+    assert isinstance(limit, int)
+    try:
+        fastprune.release_memory()
+        fastprune.set_memory_cache_limit(1 << 30)
+        sparsegpt(w, h, 0.5, pattern)
+        held = fastprune.info()["memory_cache_bytes"]
+    finally:
+        fastprune.set_memory_cache_limit(limit)
+    assert isinstance(held, int)
+    rounding = 2 << 20  # blocks of 2 MB and more are whole 2 MB pages
+    factor = cols * cols * 4
+    column_blocks = 3 * (rows + 64) * 256 * 4
+    assert factor <= held <= factor + column_blocks + 4 * rounding
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_reused_working_memory_does_not_change_results(pattern: str) -> None:
     """The solver's buffers (the factor of a one-off solve, the column blocks) come back from the
     memory cache holding an earlier solve's numbers: every element must be written before it is
