@@ -35,16 +35,19 @@ py::tuple inverse_hessian_factor(const py::array& hessian, double damp, int max_
   return factor_as<float>(hessian, damp, max_tries);
 }
 
+// The weights that may be kept (all of them when `keep_mask` is None).
+ConstMatrixView<bool> allowed_weights(const py::object& keep_mask) {
+  if (keep_mask.is_none()) return {};
+  return matrix<bool>(keep_mask.cast<py::array>(), "keep_mask");
+}
+
 template <class T>
 py::tuple prune_as(py::array& weight, const py::array& u, const py::array& dead,
                    const sparsegpt::Options& options, const py::object& keep_mask) {
   const auto w = mutable_matrix<T>(weight, "weight");
   const auto factor = matrix<T>(u, "u");
   const bool* dead_columns = vector<bool>(dead, "dead", w.cols);
-  ConstMatrixView<bool> allowed;
-  if (!keep_mask.is_none()) {
-    allowed = matrix<bool>(keep_mask.cast<py::array>(), "keep_mask");
-  }
+  const ConstMatrixView<bool> allowed = allowed_weights(keep_mask);
   auto mask = empty<bool>({w.rows, w.cols});
   double loss = 0.0;
   {
@@ -74,10 +77,7 @@ py::tuple solve_as(py::array& weight, const py::array& hessian, double damp, int
     throw std::invalid_argument("hessian: expected shape (" + std::to_string(w.cols) + ", " +
                                 std::to_string(w.cols) + "), got " + shape_text(hessian));
   }
-  ConstMatrixView<bool> allowed;
-  if (!keep_mask.is_none()) {
-    allowed = matrix<bool>(keep_mask.cast<py::array>(), "keep_mask");
-  }
+  const ConstMatrixView<bool> allowed = allowed_weights(keep_mask);
   auto mask = empty<bool>({w.rows, w.cols});
   double loss = 0.0, used = 0.0;
   {
