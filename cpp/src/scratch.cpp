@@ -12,8 +12,11 @@ namespace {
 constexpr std::size_t kHugePage = std::size_t(2) << 20;
 constexpr std::size_t kLine = 64;
 
+// Blocks of 2 MB and more are whole huge pages, smaller ones whole cache lines.
+std::size_t alignment_of(std::size_t bytes) { return bytes >= kHugePage ? kHugePage : kLine; }
+
 std::size_t rounded_size(std::size_t bytes) {
-  const std::size_t alignment = bytes >= kHugePage ? kHugePage : kLine;
+  const std::size_t alignment = alignment_of(bytes);
   return (bytes + alignment - 1) / alignment * alignment;
 }
 
@@ -65,7 +68,7 @@ void* allocate_scratch(std::size_t bytes) {
       return block;
     }
   }
-  const std::size_t alignment = rounded >= kHugePage ? kHugePage : kLine;
+  const std::size_t alignment = alignment_of(rounded);
   void* block = std::aligned_alloc(alignment, rounded);
   if (block == nullptr) throw std::bad_alloc();
   // Advice only: where the kernel declines, the memory works as well with small pages.
