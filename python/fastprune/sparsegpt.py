@@ -34,8 +34,8 @@ so that touching memory fresh from the OS costs system time, 0.02-0.6 s for the 
 column blocks now live in scratch memory that later calls reuse (see
 ``fastprune.set_memory_cache_limit``); only the output and the mask are new. After the first
 call, successive 4096×4096 solves at 50 % in one process took 0.76-1.02 s with at most 0.08 s
-of system time each, against 0.78-1.81 s with up to 0.63 s before that change, in the same
-hour; 11008×4096 took 1.52-1.95 s, mostly with 0.04-0.06 s of system time.
+of system time each, against 0.78-1.81 s with 0.03-0.17 s before that change (0.63 s in a
+process's first call), in the same hour; 11008×4096 took 1.52-1.95 s, mostly with 0.04-0.06 s of system time.
 The factorisation runs at 130-220 GFLOP/s and the GEMM after each 256-column superblock near
 the SGEMM rate; what is left is the work inside a superblock (Eigen GEMMs per 128-row tile, the
 per-column panel updates, the transposes to and from the column-major superblock; for N:M each
