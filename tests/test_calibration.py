@@ -66,7 +66,10 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.mark.usefixtures("backend")
 def test_one_update_matches_reference(dtype: Any) -> None:
     rng = np.random.default_rng(0)
-    for tokens, features in [(1, 1), (1, 5), (7, 1), (13, 7), (200, 65), (300, 257), (40, 700)]:
+    shapes = [(1, 1), (1, 5), (7, 1), (13, 7), (200, 65), (300, 257), (40, 700)]
+    # Long batches of few features: the update is split along the tokens.
+    shapes += [(4096, 64), (700, 300)]
+    for tokens, features in shapes:
         x = random_tokens(rng, (tokens, features)).astype(dtype)
         cal = Calibration(features, dtype=dtype)
         assert (cal.in_features, cal.dtype, cal.count) == (features, np.dtype(dtype), 0)
@@ -252,6 +255,48 @@ def test_nan_or_inf_raises_before_accumulating_anything() -> None:
                 np.testing.assert_array_equal(cal.hessian, before[0])
                 np.testing.assert_array_equal(cal.act_sq, before[1])
                 assert cal.count == before[2]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.usefixtures("backend")
+def test_nan_or_inf_in_a_long_batch_adds_nothing(dtype: Any) -> None:
+    # 4096 tokens of 64 features: with OpenBLAS each half of the tokens is one SYRK into a buffer
+    # of its own, and the batch is checked by the diagonal of their sum; with Eigen it is
+    # scanned first. Either way a single bad value anywhere must leave everything as it was.
+    rng = np.random.default_rng(12)
+    good = random_tokens(rng, (4096, 64)).astype(dtype)
+    cal = Calibration(64, dtype)
+    cal.update(good)
+    before = (cal.hessian, cal.count)
+    for (token, feature), bad_value in itertools.product(
+        [(0, 0), (2047, 63), (2048, 5), (4095, 63)], [np.nan, np.inf, -np.inf]
+    ):
+        x = good.copy()
+        x[token, feature] = bad_value
+        for batch in (x, np.asfortranarray(x)):
+            with pytest.raises(ValueError, match="x: contains 1 NaN or Inf value"):
+                cal.update(batch)
+            np.testing.assert_array_equal(cal.hessian, before[0])
+            assert cal.count == before[1]
+    cal.update(good)
+    assert_matches(cal, *ref_gram(np.concatenate([good, good])))
+
+
+@pytest.mark.usefixtures("backend")
+def test_finite_values_whose_squares_overflow_are_added() -> None:
+    # A finite batch is added whatever its squares do: an infinite sum of squares is not a NaN
+    # or an Inf in the input, long batch or short.
+    rng = np.random.default_rng(13)
+    for tokens in (4096, 30):
+        x = random_tokens(rng, (tokens, 64)).astype(np.float32)
+        x[tokens // 2, 7] = 3e19  # its square, 9e38, is beyond float32
+        cal = Calibration(64)
+        cal.update(x)
+        assert cal.count == tokens
+        act_sq = cal.act_sq
+        assert np.isposinf(act_sq[7])
+        expected = np.square(x.astype(np.float64)).sum(0)
+        np.testing.assert_allclose(np.delete(act_sq, 7), np.delete(expected, 7), rtol=1e-5)
 
 
 def test_bad_arguments_name_the_argument() -> None:

@@ -59,8 +59,10 @@ ConstMatrixView<T> square_gram(const py::array& gram) {
   return g;
 }
 
+// gram += the update of x (lower triangle); with `if_finite`, only when x is free of NaN and Inf
+// (the result says whether it was added).
 template <class T>
-void add_gram_lower_typed(py::array& gram, const py::array& x) {
+bool add_gram_lower_typed(py::array& gram, const py::array& x, bool if_finite) {
   square_gram<T>(gram);
   auto g = mutable_matrix<T>(gram, "gram");
   const auto tokens = token_matrix<T>(x, "x");
@@ -69,14 +71,22 @@ void add_gram_lower_typed(py::array& gram, const py::array& x) {
                                 shape_text(x));
   }
   py::gil_scoped_release release;
+  if (if_finite) return calibration::add_gram_lower_if_finite<T>(g, tokens);
   calibration::add_gram_lower<T>(g, tokens);
+  return true;
 }
 
-void add_gram_lower(py::array gram, const py::array& x) {
-  if (has_dtype<float>(gram)) return add_gram_lower_typed<float>(gram, x);
-  if (has_dtype<double>(gram)) return add_gram_lower_typed<double>(gram, x);
+bool add_gram_lower_dispatch(py::array gram, const py::array& x, bool if_finite) {
+  if (has_dtype<float>(gram)) return add_gram_lower_typed<float>(gram, x, if_finite);
+  if (has_dtype<double>(gram)) return add_gram_lower_typed<double>(gram, x, if_finite);
   throw py::type_error("gram: expected dtype float32 or float64, got " +
                        std::string(py::str(gram.dtype())));
+}
+
+void add_gram_lower(py::array gram, const py::array& x) { add_gram_lower_dispatch(gram, x, false); }
+
+bool add_gram_lower_if_finite(py::array gram, const py::array& x) {
+  return add_gram_lower_dispatch(gram, x, true);
 }
 
 template <class T>
@@ -155,6 +165,8 @@ py::array symmetric_from_lower(py::array gram, double scale) {
 void register_calibration(py::module_ m) {
   m.def("add_gram_lower", &add_gram_lower, py::arg("gram"), py::arg("x"),
         "gram[i, j] += sum_t x[t, i] x[t, j] for i >= j, in place (lower triangle only).");
+  m.def("add_gram_lower_if_finite", &add_gram_lower_if_finite, py::arg("gram"), py::arg("x"),
+        "add_gram_lower when x is free of NaN and Inf, and True; otherwise False, gram unchanged.");
   m.def("all_finite", &all_finite, py::arg("x"),
         "Whether a 2-D (tokens, features) array is free of NaN and Inf.");
   m.def("copy_finite", &copy_finite, py::arg("x"),

@@ -6,6 +6,7 @@
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <mutex>
 #include <vector>
@@ -286,38 +287,67 @@ void gemm(bool trans_a, bool trans_b, T alpha, ConstMatrixView<T> a, ConstMatrix
 // do not. The split depends on the shapes alone, so the result does not depend on the thread
 // count. (Eigen's rank update of a whole triangle runs slower than its GEMMs on strips, so the
 // Eigen-only build keeps the strips.)
+namespace {
+
+bool lanes_pay(Index n, Index k, bool have_syrk) {
+  return have_syrk && n <= kMaxLaneSide && k >= 2 * n &&
+         double(n) * double(n) * double(k) >= 2 * kGrain;
+}
+
+// first = alpha op(A_1)ᵀop(A_1) + beta first and second = alpha op(A_2)ᵀop(A_2) (lower
+// triangles), A_1 and A_2 the two halves of A along k, each on a thread of its own.
 template <class T>
-void syrk_lanes(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c) {
-  const Index n = c.rows, k = a_t_a ? a.rows : a.cols, half = k / 2;
+void syrk_halves(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> first,
+                 MatrixView<T> second) {
+  const Index n = first.rows, k = a_t_a ? a.rows : a.cols, half = k / 2;
   const auto part = [&](Index k0, Index kn) {
     return a_t_a ? sub(a, k0, 0, kn, n) : sub(a, 0, k0, n, kn);
   };
-  Scratch<T> second(static_cast<std::size_t>(n * n));
-  const MatrixView<T> other{second.data(), n, n, n};
   for_tiles(2, double(n) * double(n) * double(k), [&](Index lane) {
     if (lane == 0) {
-      syrk1(a_t_a, alpha, part(0, half), beta, c);
+      syrk1(a_t_a, alpha, part(0, half), beta, first);
     } else {
-      syrk1(a_t_a, alpha, part(half, k - half), T(0), other);
+      syrk1(a_t_a, alpha, part(half, k - half), T(0), second);
     }
   });
-  const Index strips = count(n, kTile);
+}
+
+// c += x + y (c += x when y is null) on the lower triangle, in row strips; y has x's stride.
+template <class T>
+void add_lower(MatrixView<T> c, ConstMatrixView<T> x, const T* y) {
+  const Index n = c.rows, strips = count(n, kTile);
   for_tiles(strips, double(n) * double(n) / 2, [&](Index t) {
     for (Index i = t * kTile; i < std::min(n, (t + 1) * kTile); ++i) {
       T* out = c.row(i);
-      const T* in = other.row(i);
-      for (Index j = 0; j <= i; ++j) out[j] += in[j];
+      const T* in = x.row(i);
+      if (y == nullptr) {
+        for (Index j = 0; j <= i; ++j) out[j] += in[j];
+      } else {
+        const T* other = y + i * x.stride;
+        for (Index j = 0; j <= i; ++j) out[j] += in[j] + other[j];
+      }
     }
   });
 }
 
 template <class T>
+void check_syrk_shapes(bool a_t_a, ConstMatrixView<T> a, MatrixView<T> c) {
+  if (c.cols != c.rows || (a_t_a ? a.cols : a.rows) != c.rows) {
+    invalid("syrk: shapes do not match");
+  }
+}
+
+}  // namespace
+
+template <class T>
 void syrk_lower(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c) {
+  check_syrk_shapes(a_t_a, a, c);
   const Index n = c.rows, k = a_t_a ? a.rows : a.cols;
-  if (c.cols != n || (a_t_a ? a.cols : a.rows) != n) invalid("syrk: shapes do not match");
-  if (routines<T>().syrk != nullptr && n <= kMaxLaneSide && k >= 2 * n &&
-      double(n) * double(n) * double(k) >= 2 * kGrain) {
-    syrk_lanes(a_t_a, alpha, a, beta, c);
+  if (lanes_pay(n, k, routines<T>().syrk != nullptr)) {
+    Scratch<T> second(static_cast<std::size_t>(n * n));
+    const MatrixView<T> other{second.data(), n, n, n};
+    syrk_halves(a_t_a, alpha, a, beta, c, other);
+    add_lower(c, read_only(other), static_cast<const T*>(nullptr));
     return;
   }
   // Row strip i of the lower triangle is one task: the part left of the diagonal tile in one
@@ -334,6 +364,21 @@ void syrk_lower(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T>
     }
     syrk1(a_t_a, alpha, slice(i0, ni), beta, sub(c, i0, i0, ni, ni));
   });
+}
+
+template <class T>
+bool syrk_lower_add_split_if_finite(bool a_t_a, T alpha, ConstMatrixView<T> a, MatrixView<T> c) {
+  check_syrk_shapes(a_t_a, a, c);
+  const Index n = c.rows, k = a_t_a ? a.rows : a.cols;
+  if (!lanes_pay(n, k, routines<T>().syrk != nullptr)) return false;
+  Scratch<T> buffers(static_cast<std::size_t>(2 * n * n));
+  const MatrixView<T> first{buffers.data(), n, n, n}, second{buffers.data() + n * n, n, n, n};
+  syrk_halves(a_t_a, alpha, a, T(0), first, second);
+  for (Index i = 0; i < n; ++i) {
+    if (!std::isfinite(first(i, i) + second(i, i))) return false;
+  }
+  add_lower(c, read_only(first), second.data);
+  return true;
 }
 
 // Right-looking blocked Cholesky: factor a diagonal tile, solve the panel below it, subtract the
@@ -449,6 +494,7 @@ void invert_lower(MatrixView<T> a) {
 #define FASTPRUNE_INSTANTIATE(T)                                                                  \
   template void gemm<T>(bool, bool, T, ConstMatrixView<T>, ConstMatrixView<T>, T, MatrixView<T>); \
   template void syrk_lower<T>(bool, T, ConstMatrixView<T>, T, MatrixView<T>);                     \
+  template bool syrk_lower_add_split_if_finite<T>(bool, T, ConstMatrixView<T>, MatrixView<T>);    \
   template bool cholesky_lower<T>(MatrixView<T>);                                                 \
   template void invert_lower<T>(MatrixView<T>);
 FASTPRUNE_INSTANTIATE(float)

@@ -152,39 +152,62 @@ bool copy_finite(ConstMatrixView<T> x, MatrixView<T> out) {
   return copy_rows(x, out, [&](Index r) { return finite_run<true>(x.row(r), x.cols, out.row(r)); });
 }
 
+namespace {
+
 template <class T>
-void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x) {
+void check_shapes(MatrixView<T> gram, const TokenMatrix<T>& x) {
   if (gram.rows != x.features || gram.cols != x.features) {
     invalid("gram: expected shape (" + std::to_string(x.features) + ", " +
             std::to_string(x.features) + "), got (" + std::to_string(gram.rows) + ", " +
             std::to_string(gram.cols) + ")");
   }
+  if (x.feature_stride != 1 && x.token_stride != 1) {
+    invalid("x: the features of a token or the tokens of a feature must be contiguous");
+  }
+}
+
+// x as the A of a SYRK, read as it is: a batch whose rows (tokens, C order) or columns
+// (features, F order) are contiguous and do not overlap is the A of C += AᵀA (a_t_a) or of
+// C += A·Aᵀ. Other layouts are not (`readable` is false).
+template <class T>
+struct SyrkOperand {
+  bool readable = false;
+  bool a_t_a = true;
+  ConstMatrixView<T> a{};
+};
+
+template <class T>
+SyrkOperand<T> syrk_operand(const TokenMatrix<T>& x) {
+  if (x.feature_stride == 1 && x.token_stride >= x.features) {
+    return {true, true, {x.data, x.tokens, x.features, x.token_stride}};
+  }
+  if (x.feature_stride != 1 && x.feature_stride >= x.tokens) {
+    return {true, false, {x.data, x.features, x.tokens, x.feature_stride}};
+  }
+  return {};
+}
+
+}  // namespace
+
+template <class T>
+void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x) {
+  check_shapes(gram, x);
   if (x.tokens == 0 || x.features == 0) return;
+  if (const auto op = syrk_operand(x); op.readable) {
+    blas::syrk_lower<T>(op.a_t_a, T(1), op.a, T(1), gram);
+    return;
+  }
+  // Any other layout is copied to C order a bounded chunk of tokens at a time first.
   using Stride = Eigen::OuterStride<>;
   using ColMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
   using RowMap = Eigen::Map<const RowMajor<T>, Eigen::Unaligned, Stride>;
   using ColMap = Eigen::Map<const ColMajor, Eigen::Unaligned, Stride>;
-  const bool by_token = x.feature_stride == 1;
-  if (!by_token && x.token_stride != 1) {
-    invalid("x: the features of a token or the tokens of a feature must be contiguous");
-  }
-  // A batch whose rows (tokens, C order) or columns (features, F order) are contiguous and do
-  // not overlap is the A of C += AᵀA or of C += A·Aᵀ as it is; any other is copied to C order a
-  // bounded chunk of tokens at a time first.
-  if (by_token && x.token_stride >= x.features) {
-    blas::syrk_lower<T>(true, T(1), {x.data, x.tokens, x.features, x.token_stride}, T(1), gram);
-    return;
-  }
-  if (!by_token && x.feature_stride >= x.tokens) {
-    blas::syrk_lower<T>(false, T(1), {x.data, x.features, x.tokens, x.feature_stride}, T(1), gram);
-    return;
-  }
   constexpr Index kChunkElements = Index(1) << 22;
   const Index chunk = std::min(x.tokens, std::max<Index>(1, kChunkElements / x.features));
   RowMajor<T> buffer(chunk, x.features);
   for (Index t0 = 0; t0 < x.tokens; t0 += chunk) {
     const Index n = std::min(chunk, x.tokens - t0);
-    if (by_token) {
+    if (x.feature_stride == 1) {
       buffer.topRows(n) =
           RowMap(x.data + t0 * x.token_stride, n, x.features, Stride(x.token_stride));
     } else {
@@ -192,6 +215,20 @@ void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x) {
     }
     blas::syrk_lower<T>(true, T(1), {buffer.data(), n, x.features, x.features}, T(1), gram);
   }
+}
+
+template <class T>
+bool add_gram_lower_if_finite(MatrixView<T> gram, const TokenMatrix<T>& x) {
+  check_shapes(gram, x);
+  // A NaN or an infinity in x makes a sum of squares on the update's diagonal NaN or infinite,
+  // so where the update is apart from gram before it is added, a finite diagonal spares the scan.
+  if (const auto op = syrk_operand(x);
+      op.readable && blas::syrk_lower_add_split_if_finite<T>(op.a_t_a, T(1), op.a, gram)) {
+    return true;
+  }
+  if (!all_finite(x)) return false;
+  add_gram_lower(gram, x);
+  return true;
 }
 
 template <class T>
@@ -217,10 +254,11 @@ void symmetric_from_lower(ConstMatrixView<T> gram, T scale, MatrixView<T> out) {
   }
 }
 
-#define FASTPRUNE_INSTANTIATE(T)                                         \
-  template bool all_finite<T>(const TokenMatrix<T>&);                    \
-  template bool copy_finite<T>(ConstMatrixView<T>, MatrixView<T>);       \
-  template void add_gram_lower<T>(MatrixView<T>, const TokenMatrix<T>&); \
+#define FASTPRUNE_INSTANTIATE(T)                                                   \
+  template bool all_finite<T>(const TokenMatrix<T>&);                              \
+  template bool copy_finite<T>(ConstMatrixView<T>, MatrixView<T>);                 \
+  template void add_gram_lower<T>(MatrixView<T>, const TokenMatrix<T>&);           \
+  template bool add_gram_lower_if_finite<T>(MatrixView<T>, const TokenMatrix<T>&); \
   template void symmetric_from_lower<T>(ConstMatrixView<T>, T, MatrixView<T>);
 FASTPRUNE_INSTANTIATE(float)
 FASTPRUNE_INSTANTIATE(double)

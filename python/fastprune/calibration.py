@@ -140,6 +140,15 @@ class Calibration:
             raise ValueError(msg)
         m = None if mask is None else _token_mask(mask, a.shape[:-1])
         pieces = list(_token_matrices(a, m))
+        if len(pieces) == 1 and m is None and self._reads_in_place(pieces[0][0]):
+            # One batch the kernel reads as it is: it checks the batch for NaN and Inf itself,
+            # as a by-product of the update where it can, and adds nothing when it finds any.
+            tokens = pieces[0][0]
+            with self._lock:
+                if not _core.calibration.add_gram_lower_if_finite(self._gram, tokens):
+                    raise _not_finite_error(_count_not_finite(tokens, None, self._chunk_tokens()))
+                self._count += tokens.shape[0]
+            return
         for tokens, piece_mask in pieces:
             _check_finite(tokens, piece_mask, self._chunk_tokens())
         counted = sum(t.shape[0] if pm is None else int(np.count_nonzero(pm)) for t, pm in pieces)
@@ -229,8 +238,12 @@ class Calibration:
     def _chunk_tokens(self) -> int:
         return max(1, _CHUNK_BYTES // (self.in_features * self.dtype.itemsize))
 
+    def _reads_in_place(self, tokens: np.ndarray[Any, Any]) -> bool:
+        """Whether the kernel adds this (tokens, features) view without a conversion."""
+        return tokens.dtype == self.dtype and _kernel_readable(tokens)
+
     def _accumulate(self, tokens: np.ndarray[Any, Any], mask: npt.NDArray[np.bool_] | None) -> None:
-        if mask is None and tokens.dtype == self.dtype and _kernel_readable(tokens):
+        if mask is None and self._reads_in_place(tokens):
             _core.calibration.add_gram_lower(self._gram, tokens)
             return
         step = self._chunk_tokens()
@@ -301,15 +314,26 @@ def _check_finite(
     # Native-order batches of every accepted dtype are scanned by the core in place.
     if mask is None and tokens.dtype.isnative and _kernel_readable(tokens) and all_finite(tokens):
         return
+    bad = _count_not_finite(tokens, mask, step)
+    if bad:
+        raise _not_finite_error(bad)
+
+
+def _count_not_finite(
+    tokens: np.ndarray[Any, Any], mask: npt.NDArray[np.bool_] | None, step: int
+) -> int:
+    """How many NaN or Inf values the counted tokens hold; reads in chunks of `step` tokens."""
     bad = 0
     for start in range(0, tokens.shape[0], step):
         chunk_bad = ~np.isfinite(tokens[start : start + step])
         if mask is not None:
             chunk_bad &= mask[start : start + step, None]
         bad += int(np.count_nonzero(chunk_bad))
-    if bad:
-        msg = f"x: contains {bad} NaN or Inf value{'s' if bad != 1 else ''}"
-        raise ValueError(msg)
+    return bad
+
+
+def _not_finite_error(bad: int) -> ValueError:
+    return ValueError(f"x: contains {bad} NaN or Inf value{'s' if bad != 1 else ''}")
 
 
 def _file_kind(path: Path) -> str:

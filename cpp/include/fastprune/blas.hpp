@@ -35,6 +35,13 @@ void gemm(bool trans_a, bool trans_b, T alpha, ConstMatrixView<T> a, ConstMatrix
 template <class T>
 void syrk_lower(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T> c);
 
+// C += alpha op(A) op(A)^T on the lower triangle, as syrk_lower with beta 1, where syrk_lower
+// would split the update along k into two whole SYRKs in buffers beside C (a long, narrow A with
+// a loaded BLAS): the update is then apart from C until it is added, and it is added only when
+// every element of its diagonal is finite. Returns whether it was added; C is unchanged if not.
+template <class T>
+bool syrk_lower_add_split_if_finite(bool a_t_a, T alpha, ConstMatrixView<T> a, MatrixView<T> c);
+
 // In place: the lower triangle of A becomes L with A = L L^T (the strict upper triangle is not
 // referenced). Returns false, leaving A partly overwritten, when A is not positive definite.
 template <class T>

@@ -50,6 +50,14 @@ bool widen_finite(ConstMatrixView<std::uint16_t> x, bool brain, MatrixView<float
 template <class T>
 void add_gram_lower(MatrixView<T> gram, const TokenMatrix<T>& x);
 
+// add_gram_lower when every element of x is finite; otherwise gram is left as it was and the
+// result is false. Where the update is computed apart from gram anyway (a long, narrow batch: see
+// blas::syrk_lower_add_split_if_finite), a NaN or an infinity in x shows on its diagonal (the
+// sums of squares), and x is scanned only when that diagonal is not finite (finite values whose
+// squares overflow are then added, as add_gram_lower adds them); elsewhere x is scanned first.
+template <class T>
+bool add_gram_lower_if_finite(MatrixView<T> gram, const TokenMatrix<T>& x);
+
 // out = scale * (L + Lᵀ - diag(L)) with L the lower triangle of gram: the full symmetric
 // matrix that gram's lower triangle describes, scaled. out may not alias gram.
 template <class T>
