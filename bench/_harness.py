@@ -98,13 +98,16 @@ def time_against_sgemm(
     Every call of `fn` is followed at once by an SGEMM timing, and the rate shown is that of
     the pair whose share is the median: on a shared machine the rate drifts by 10-20 % within
     seconds, so a rate measured once, or well before or after, would flatter or wrong the calls
-    timed in a slower or a faster stretch. `repeat` pairs follow a warm-up call. Each SGEMM is
-    followed by a pause: NumPy's OpenBLAS threads keep spinning for about 0.1 s after a call,
-    and a call timed inside that window shares its cores with them (25-50 % slower here).
+    timed in a slower or a faster stretch. Each SGEMM is followed by a pause: NumPy's OpenBLAS
+    threads keep spinning for about 0.1 s after a call, and a call timed inside that window
+    shares its cores with them (25-50 % slower here). The machine is slow for a while after
+    such a pause (in medians over 15 pauses, a first call took 1.4 times as long as the next
+    for a calibration update and 1.4-1.7 times for NumPy's SGEMM), so each timed call of `fn`
+    follows an untimed one, as each SGEMM timing does.
     """
-    fn()
     pairs: list[tuple[float, float]] = []  # (seconds, SGEMM GFLOP/s)
     for _ in range(repeat):
+        fn()
         t0 = time.perf_counter()
         fn()
         seconds = time.perf_counter() - t0
