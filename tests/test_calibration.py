@@ -282,6 +282,24 @@ def test_nan_or_inf_in_a_long_batch_adds_nothing(dtype: Any) -> None:
     assert_matches(cal, *ref_gram(np.concatenate([good, good])))
 
 
+@pytest.mark.parametrize("half", [np.float16, ml_dtypes.bfloat16])
+def test_a_16_bit_batch_longer_than_one_widening_chunk(half: Any) -> None:
+    # 16-bit batches are widened to float32 32 MiB at a time (2**19 tokens of 16 features): a
+    # bad value in the last chunk must stop the first from being added.
+    rng = np.random.default_rng(14)
+    x = random_tokens(rng, (2**19 + 3, 16)).astype(half)
+    cal = Calibration(16)
+    for token in (0, 2**19 - 1, 2**19, 2**19 + 2):
+        bad = x.copy()
+        bad[token, 15] = np.nan
+        with pytest.raises(ValueError, match="x: contains 1 NaN or Inf value"):
+            cal.update(bad)
+        assert cal.count == 0
+        np.testing.assert_array_equal(cal.hessian, np.zeros((16, 16), np.float32))
+    cal.update(x)
+    assert_matches(cal, *ref_gram(x))
+
+
 @pytest.mark.usefixtures("backend")
 def test_finite_values_whose_squares_overflow_are_added() -> None:
     # A finite batch is added whatever its squares do: an infinite sum of squares is not a NaN

@@ -129,6 +129,18 @@ bool halves_finite(const py::array& bits, bool brain) {
   return calibration::halves_finite(x, brain);
 }
 
+bool add_gram_lower_widened(py::array gram, const py::array& bits, bool brain) {
+  square_gram<float>(gram);
+  auto g = mutable_matrix<float>(gram, "gram");
+  const auto x = matrix<std::uint16_t>(bits, "bits");
+  if (x.cols != g.rows) {
+    throw std::invalid_argument("bits: expected " + std::to_string(g.rows) +
+                                " features, got shape " + shape_text(bits));
+  }
+  py::gil_scoped_release release;
+  return calibration::add_gram_lower_widened(g, x, brain);
+}
+
 py::tuple widen_finite(const py::array& bits, bool brain) {
   const auto source = matrix<std::uint16_t>(bits, "bits");
   auto out = empty<float>({source.rows, source.cols});
@@ -175,6 +187,11 @@ void register_calibration(py::module_ m) {
   m.def("halves_finite", &halves_finite, py::arg("bits"), py::arg("brain"),
         "Whether the 16-bit floats (float16, or bfloat16 when `brain`) whose bits are the 2-D "
         "uint16 array `bits` are free of NaN and Inf.");
+  m.def("add_gram_lower_widened", &add_gram_lower_widened, py::arg("gram"), py::arg("bits"),
+        py::arg("brain"),
+        "add_gram_lower of the 16-bit floats (float16, or bfloat16 when `brain`) whose bits are "
+        "the 2-D uint16 array `bits` (contiguous rows), widened exactly to float32, when they are "
+        "free of NaN and Inf, and True; otherwise False, gram unchanged. gram is float32.");
   m.def("widen_finite", &widen_finite, py::arg("bits"), py::arg("brain"),
         "(float32 copy, finite): the 16-bit floats whose bits are the 2-D uint16 array `bits` "
         "(contiguous rows) widened exactly, on every thread, and whether they are free of NaN "

@@ -18,6 +18,8 @@ namespace {
 // below about a million, waking a second thread costs more than it saves, and on a busy machine
 // a parallel region can wait milliseconds for a thread that is not running.
 constexpr double kScanGrain = double(1 << 20);
+// Tokens widened from 16-bit floats at a time: 32 MiB of float32, as the Python side converts.
+constexpr Index kWidenChunkElements = Index(1) << 23;
 
 // Whether p[0, n) is free of NaN and Inf, copying it to out[0, n) on the way when `copy`:
 // v * 0 is 0 for finite v and NaN for NaN or Inf, and a NaN survives every later addition.
@@ -154,8 +156,8 @@ bool copy_finite(ConstMatrixView<T> x, MatrixView<T> out) {
 
 namespace {
 
-template <class T>
-void check_shapes(MatrixView<T> gram, const TokenMatrix<T>& x) {
+template <class G, class T>
+void check_shapes(MatrixView<G> gram, const TokenMatrix<T>& x) {
   if (gram.rows != x.features || gram.cols != x.features) {
     invalid("gram: expected shape (" + std::to_string(x.features) + ", " +
             std::to_string(x.features) + "), got (" + std::to_string(gram.rows) + ", " +
@@ -228,6 +230,24 @@ bool add_gram_lower_if_finite(MatrixView<T> gram, const TokenMatrix<T>& x) {
   }
   if (!all_finite(x)) return false;
   add_gram_lower(gram, x);
+  return true;
+}
+
+bool add_gram_lower_widened(MatrixView<float> gram, ConstMatrixView<std::uint16_t> x, bool brain) {
+  const TokenMatrix<std::uint16_t> tokens{x.data, x.rows, x.cols, x.stride, 1};
+  check_shapes(gram, tokens);
+  if (x.rows == 0 || x.cols == 0) return true;
+  const Index chunk = std::min(x.rows, std::max<Index>(1, kWidenChunkElements / x.cols));
+  // Several chunks: all of x is checked before anything is added. A single chunk is checked as
+  // it is widened.
+  if (chunk < x.rows && !halves_finite(tokens, brain)) return false;
+  Scratch<float> buffer(static_cast<std::size_t>(chunk * x.cols));
+  for (Index t0 = 0; t0 < x.rows; t0 += chunk) {
+    const Index n = std::min(chunk, x.rows - t0);
+    const MatrixView<float> widened{buffer.data(), n, x.cols, x.cols};
+    if (!widen_finite({x.row(t0), n, x.cols, x.stride}, brain, widened)) return false;
+    blas::syrk_lower<float>(true, 1.0F, {widened.data, n, x.cols, x.cols}, 1.0F, gram);
+  }
   return true;
 }
 

@@ -10,10 +10,11 @@ threads without the GIL.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ class Calibration:
                 float64 input of the accumulation dtype whose features (C order) or tokens
                 (Fortran order) are contiguous is read in place; anything else is converted in
                 chunks of about 32 MiB (float16/bfloat16 with contiguous features on every
-                thread, widened exactly).
+                thread, widened exactly, into memory kept for the next batch when unmasked).
             mask: optional bool array of shape ``x.shape[:-1]``; True marks a token that counts,
                 False one that is left out (padding). Left-out tokens have no effect at all,
                 not even when they hold NaN.
@@ -140,12 +141,12 @@ class Calibration:
             raise ValueError(msg)
         m = None if mask is None else _token_mask(mask, a.shape[:-1])
         pieces = list(_token_matrices(a, m))
-        if len(pieces) == 1 and m is None and self._reads_in_place(pieces[0][0]):
-            # One batch the kernel reads as it is: it checks the batch for NaN and Inf itself,
-            # as a by-product of the update where it can, and adds nothing when it finds any.
+        if len(pieces) == 1 and m is None and (add := self._checked_add(pieces[0][0])):
+            # One batch that one core call adds: it checks the batch for NaN and Inf itself, as
+            # a by-product of the update or of widening where it can, and adds nothing if any.
             tokens = pieces[0][0]
             with self._lock:
-                if not _core.calibration.add_gram_lower_if_finite(self._gram, tokens):
+                if not add():
                     raise _not_finite_error(_count_not_finite(tokens, None, self._chunk_tokens()))
                 self._count += tokens.shape[0]
             return
@@ -241,6 +242,16 @@ class Calibration:
     def _reads_in_place(self, tokens: np.ndarray[Any, Any]) -> bool:
         """Whether the kernel adds this (tokens, features) view without a conversion."""
         return tokens.dtype == self.dtype and _kernel_readable(tokens)
+
+    def _checked_add(self, tokens: np.ndarray[Any, Any]) -> Callable[[], bool] | None:
+        """The core call that adds this unmasked (tokens, features) view if it is free of NaN
+        and Inf and says whether it did, or None when the view needs converting first."""
+        if self._reads_in_place(tokens):
+            return functools.partial(_core.calibration.add_gram_lower_if_finite, self._gram, tokens)
+        bits = half_bits(tokens) if self.dtype == np.float32 else None
+        if bits is not None and rows_contiguous(tokens):
+            return functools.partial(_core.calibration.add_gram_lower_widened, self._gram, *bits)
+        return None
 
     def _accumulate(self, tokens: np.ndarray[Any, Any], mask: npt.NDArray[np.bool_] | None) -> None:
         if mask is None and self._reads_in_place(tokens):
