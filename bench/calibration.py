@@ -4,8 +4,7 @@ What is timed is one more batch streamed into statistics that already exist, the
 for every calibration batch: ``Calibration.update(X)`` against what a user writes with NumPy,
 ``S += X.T @ X`` (NumPy hands ``X.T @ X`` to BLAS SYRK) and ``sq += np.square(X).sum(0)``.
 Rates count the n·k² flops of a symmetric rank-n update of a k x k matrix (half a GEMM's
-2·n·k²), and their share of SGEMM is the median over calls each followed at once by a timing
-of NumPy's SGEMM.
+2·n·k²), and their share of SGEMM is measured as ``_harness.time_against_sgemm`` describes.
 """
 
 from __future__ import annotations
