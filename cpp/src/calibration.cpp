@@ -18,7 +18,7 @@ namespace {
 // below about a million, waking a second thread costs more than it saves, and on a busy machine
 // a parallel region can wait milliseconds for a thread that is not running.
 constexpr double kScanGrain = double(1 << 20);
-// Tokens widened from 16-bit floats at a time: 32 MiB of float32, as the Python side converts.
+// 16-bit floats widened at a time (elements): 32 MiB of float32, as the Python side converts.
 constexpr Index kWidenChunkElements = Index(1) << 23;
 
 // Whether p[0, n) is free of NaN and Inf, copying it to out[0, n) on the way when `copy`:
