@@ -610,6 +610,29 @@ def test_working_memory_is_the_factor_and_a_few_column_blocks(pattern: str) -> N
     assert factor <= held <= factor + column_blocks + 4 * rounding
 
 
+def test_a_reused_block_is_counted_at_its_full_size() -> None:
+    """A narrower solve gets the wider one's factor block back (an 8 MB block for a 6 MB factor):
+    what the cache holds afterwards, and counts against its limit, is the whole block again."""
+    rng = np.random.default_rng(33)
+    rows = 64
+    problems = [
+        (rng.standard_normal((rows, cols)).astype(np.float32), random_hessian(rng, cols))
+        for cols in (1400, 1100)  # factors of 7.8 MB and 4.8 MB: blocks of 8 MB and 6 MB
+    ]
+    limit = fastprune.info()["memory_cache_limit"]
+    try:
+        fastprune.release_memory()
+        fastprune.set_memory_cache_limit(1 << 30)
+        sparsegpt(*problems[0], 0.5)
+        held_after_wide = fastprune.info()["memory_cache_bytes"]
+        sparsegpt(*problems[1], 0.5)
+        held_after_narrow = fastprune.info()["memory_cache_bytes"]
+    finally:
+        fastprune.set_memory_cache_limit(limit)  # type: ignore[arg-type]
+    assert held_after_wide == 8 << 20  # the column blocks of 64 rows are below 2 MB
+    assert held_after_narrow == held_after_wide
+
+
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_reused_working_memory_does_not_change_results(pattern: str) -> None:
     """The solver's buffers (the factor of a one-off solve, the column blocks) come back from the

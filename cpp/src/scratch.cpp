@@ -22,12 +22,8 @@ std::size_t rounded_size(std::size_t bytes) {
 
 // Freed blocks of 2 MB and more, most recently freed first, at most `limit` bytes in all.
 struct Cache {
-  struct Block {
-    void* data;
-    std::size_t bytes;
-  };
   std::mutex mutex;
-  std::list<Block> blocks;
+  std::list<ScratchBlock> blocks;
   std::size_t held = 0;
   std::size_t limit = kDefaultScratchCacheLimit;
 
@@ -47,8 +43,8 @@ Cache& cache() {
 }
 }  // namespace
 
-void* allocate_scratch(std::size_t bytes) {
-  if (bytes == 0) return nullptr;
+ScratchBlock allocate_scratch(std::size_t bytes) {
+  if (bytes == 0) return {nullptr, 0};
   const std::size_t rounded = rounded_size(bytes);
   if (rounded >= kHugePage) {
     // The smallest cached block that fits, unless it is more than twice as large.
@@ -62,35 +58,34 @@ void* allocate_scratch(std::size_t bytes) {
       }
     }
     if (best != c.blocks.end()) {
-      void* block = best->data;
-      c.held -= best->bytes;
+      const ScratchBlock block = *best;
+      c.held -= block.bytes;
       c.blocks.erase(best);
       return block;
     }
   }
   const std::size_t alignment = alignment_of(rounded);
-  void* block = std::aligned_alloc(alignment, rounded);
-  if (block == nullptr) throw std::bad_alloc();
+  void* data = std::aligned_alloc(alignment, rounded);
+  if (data == nullptr) throw std::bad_alloc();
   // Advice only: where the kernel declines, the memory works as well with small pages.
-  if (alignment == kHugePage) madvise(block, rounded, MADV_HUGEPAGE);
-  return block;
+  if (alignment == kHugePage) madvise(data, rounded, MADV_HUGEPAGE);
+  return {data, rounded};
 }
 
-void free_scratch(void* block, std::size_t bytes) noexcept {
-  if (block == nullptr) return;
-  const std::size_t rounded = rounded_size(bytes);
+void free_scratch(ScratchBlock block) noexcept {
+  if (block.data == nullptr) return;
   Cache& c = cache();
   const std::lock_guard<std::mutex> guard(c.mutex);
-  if (rounded < kHugePage || rounded > c.limit) {
-    std::free(block);
+  if (block.bytes < kHugePage || block.bytes > c.limit) {
+    std::free(block.data);
     return;
   }
-  c.trim(c.limit - rounded);
+  c.trim(c.limit - block.bytes);
   try {
-    c.blocks.push_front({block, rounded});
-    c.held += rounded;
+    c.blocks.push_front(block);
+    c.held += block.bytes;
   } catch (...) {  // no memory for the list node: the block is not kept
-    std::free(block);
+    std::free(block.data);
   }
 }
 

@@ -69,8 +69,13 @@ int threads_for(double work, double grain = 1 << 16);
 // of at least half their size: a model's layers repeat a few shapes, and memory fresh from the
 // system costs a page fault per page on first touch (tens of milliseconds for the buffers of one
 // large solve, and on shared machines often far more).
-void* allocate_scratch(std::size_t bytes);
-void free_scratch(void* block, std::size_t bytes) noexcept;
+// A block of at least the bytes asked for; `bytes` is its whole size, which free_scratch takes.
+struct ScratchBlock {
+  void* data;
+  std::size_t bytes;
+};
+ScratchBlock allocate_scratch(std::size_t bytes);
+void free_scratch(ScratchBlock block) noexcept;
 
 constexpr std::size_t kDefaultScratchCacheLimit = std::size_t(1) << 30;
 // Sets the most bytes of freed blocks kept (0 keeps none), freeing the oldest beyond it.
@@ -89,17 +94,15 @@ class Scratch {
                 std::is_trivially_destructible_v<T>);
 
  public:
-  explicit Scratch(std::size_t size)
-      : data_(static_cast<T*>(allocate_scratch(size * sizeof(T)))), size_(size) {}
-  ~Scratch() { free_scratch(data_, size_ * sizeof(T)); }
+  explicit Scratch(std::size_t size) : block_(allocate_scratch(size * sizeof(T))) {}
+  ~Scratch() { free_scratch(block_); }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
 
-  T* data() const { return data_; }
+  T* data() const { return static_cast<T*>(block_.data); }
 
  private:
-  T* data_;
-  std::size_t size_;
+  ScratchBlock block_;
 };
 
 }  // namespace fastprune
