@@ -620,6 +620,7 @@ def test_a_reused_block_is_counted_at_its_full_size() -> None:
         for cols in (1400, 1100)  # factors of 7.8 MB and 4.8 MB: blocks of 8 MB and 6 MB
     ]
     limit = fastprune.info()["memory_cache_limit"]
+    assert isinstance(limit, int)
     try:
         fastprune.release_memory()
         fastprune.set_memory_cache_limit(1 << 30)
@@ -628,7 +629,7 @@ def test_a_reused_block_is_counted_at_its_full_size() -> None:
         sparsegpt(*problems[1], 0.5)
         held_after_narrow = fastprune.info()["memory_cache_bytes"]
     finally:
-        fastprune.set_memory_cache_limit(limit)  # type: ignore[arg-type]
+        fastprune.set_memory_cache_limit(limit)
     assert held_after_wide == 8 << 20  # the column blocks of 64 rows are below 2 MB
     assert held_after_narrow == held_after_wide
 
