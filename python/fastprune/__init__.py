@@ -81,11 +81,12 @@ def set_memory_cache_limit(nbytes: int) -> None:
     """Keep at most `nbytes` of freed working memory for later calls (0 keeps none).
 
     The kernels' large temporary buffers (the SparseGPT solver's factor and column blocks, the
-    second triangle of a Hessian update) are kept when freed, up to this limit in all (1 GiB
-    unless set), and reused by later calls that need buffers of about the same size, as pruning
-    a model's layers one after another does: memory fresh from the operating system costs a
-    page fault per page when first written. Lowering the limit frees the oldest kept buffers
-    beyond it; the arrays fastprune returns are never part of the cache.
+    two halves of a split Hessian update, float16/bfloat16 batches widened for one) are kept
+    when freed, up to this limit in all (1 GiB unless set), and reused by later calls that need
+    buffers of about the same size, as pruning a model's layers one after another does: memory
+    fresh from the operating system costs a page fault per page when first written. Lowering the
+    limit frees the oldest kept buffers beyond it; the arrays fastprune returns are never part
+    of the cache.
     """
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
         msg = f"nbytes: expected an int >= 0, got {nbytes!r}"
