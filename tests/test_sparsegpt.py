@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,17 @@ from fastprune import _core
 from fastprune.sparsegpt import HessianFactor, saliency, sparsegpt, sparsegpt_factor
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
+
+
+@pytest.fixture(autouse=True, params=["from U", "from T"])
+def solver_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both of the solver's routes, whatever the layer's shape would choose:
+    from U (a working copy pruned in place, the route of inplace=True) and from T (the weight
+    read where it lies, the triangular inverse never formed)."""
+    module = sys.modules["fastprune.sparsegpt"]
+    monkeypatch.setattr(module, "FROM_T_ROWS", 0 if request.param == "from T" else 2**62)
+    return str(request.param)
+
 
 # --- the reference: textbook route, per-column loop, float64 ---------------------------------
 
@@ -585,11 +597,22 @@ def test_factor_and_calibration_objects_give_the_same_result() -> None:
         assert res.damp_used == direct.damp_used == factor.damp_used
 
 
+def _cached_size(nbytes: int) -> int:
+    """What the memory cache holds of a freed block: blocks of 2 MB and more, in whole 2 MB
+    pages; smaller ones are not kept."""
+    page = 2 << 20
+    return 0 if nbytes < page else -(-nbytes // page) * page
+
+
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_working_memory_is_the_factor_and_a_few_column_blocks(pattern: str) -> None:
-    """What a one-off solve allocates for itself, as the memory cache sees it when freed: U
-    (c x c) and the column blocks of one superblock (weights, errors, mask; rows x 256 each,
-    rows padded by a few cache lines), never a copy of the whole weight (here 1.5 U)."""
+def test_working_memory_is_the_factor_and_a_few_column_blocks(
+    pattern: str, solver_route: str
+) -> None:
+    """What a one-off solve allocates for itself, as the memory cache sees it when freed: the
+    factor (c x c) and the column blocks of one superblock (weights, errors, mask; rows x 256
+    each, rows padded to an odd number of cache lines); from T also the superblock's update from
+    the columns before it (rows x 256) and T's strip above the superblock ((c - 256) x 256, too
+    small to be kept here). Never a copy of the whole weight (here 1.5 factors)."""
     rng = np.random.default_rng(32)
     rows, cols = 2304, 1536
     w = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -603,11 +626,11 @@ def test_working_memory_is_the_factor_and_a_few_column_blocks(pattern: str) -> N
         held = fastprune.info()["memory_cache_bytes"]
     finally:
         fastprune.set_memory_cache_limit(limit)
-    assert isinstance(held, int)
-    rounding = 2 << 20  # blocks of 2 MB and more are whole 2 MB pages
-    factor = cols * cols * 4
-    column_blocks = 3 * (rows + 64) * 256 * 4
-    assert factor <= held <= factor + column_blocks + 4 * rounding
+    padded_rows = 2320  # 2304 rows: 144 lines of 16 floats, even, so 145 lines
+    expected = _cached_size(cols * cols * 4) + 3 * _cached_size(padded_rows * 256 * 4)
+    if solver_route == "from T":
+        expected += _cached_size(rows * 256 * 4) + _cached_size((cols - 256) * 256 * 4)
+    assert held == expected
 
 
 def test_a_reused_block_is_counted_at_its_full_size() -> None:
@@ -681,25 +704,44 @@ def test_saliency() -> None:
 # --- instruction sets and threads ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("level", _core.supported_levels())
-def test_every_instruction_set_gives_the_same_result(level: str) -> None:
-    rng = np.random.default_rng(16)
-    w = rng.standard_normal((40, 256))
-    h = random_hessian(rng, 256)
-    expected = {
-        p: sparsegpt(w, h, 0.5, p, blocksize=64, precision="float64")
-        for p in ("unstructured", "2:4")
-    }
-    with _core.use(level):
-        for pattern, exp in expected.items():
-            res = sparsegpt(w, h, 0.5, pattern, blocksize=64, precision="float64")
-            assert np.array_equal(res.mask, exp.mask)
-            assert_weights_close(res.weight, exp.weight, 1e-10)
-            single = sparsegpt(w.astype(np.float32), h, 0.5, pattern, blocksize=64)
-            assert_weights_close(single.weight, exp.weight, 1e-3)
-
-
 OPENBLAS = fastprune.info()["blas"] != "eigen"
+
+
+@pytest.mark.parametrize("level", _core.supported_levels())
+@pytest.mark.parametrize("backend", ["openblas", "eigen"])
+def test_every_instruction_set_gives_the_same_result(level: str, backend: str) -> None:
+    """Against the baseline level, on a layer of several row tiles and superblocks (some
+    columns dead, some weights forced out): masks in float64 exactly, weights to rounding."""
+    if backend == "openblas" and not OPENBLAS:
+        pytest.skip("OpenBLAS is not loaded")
+    rng = np.random.default_rng(16)
+    w = rng.standard_normal((300, 640))
+    h = random_hessian(rng, 640)
+    h[:, [5, 300]] = 0
+    h[[5, 300], :] = 0
+    allowed = rng.random(w.shape) > 0.1
+    cases = [(p, keep) for p in ("unstructured", "2:4", "4:8") for keep in (None, allowed)]
+
+    backend_setup = _core.eigen_only if backend == "eigen" else contextlib.nullcontext
+
+    def solve_all(on: str) -> list[tuple[Any, Any]]:
+        with _core.use(on), backend_setup():
+            return [
+                (
+                    sparsegpt(w, h, 0.5, p, blocksize=64, precision="float64", keep_mask=keep),
+                    sparsegpt(w.astype(np.float32), h, 0.5, p, blocksize=64, keep_mask=keep),
+                )
+                for p, keep in cases
+            ]
+
+    expected, results = solve_all("baseline"), solve_all(level)
+    for (exp64, exp32), (res64, res32) in zip(expected, results, strict=True):
+        assert np.array_equal(res64.mask, exp64.mask)
+        assert_weights_close(res64.weight, exp64.weight, 1e-10)
+        assert res64.loss == pytest.approx(exp64.loss, rel=1e-10)
+        assert_weights_close(res32.weight, exp32.weight, 1e-3)
+
+
 # (route, rows, cols, blocksize): shapes that span several tiles of every dense routine.
 THREAD_CASES = [
     ("eigen", 600, 384, 128),
@@ -741,6 +783,7 @@ def test_results_do_not_depend_on_the_thread_count(
             assert one.loss == two.loss
         assert isinstance(results[0][2], HessianFactor)
         assert isinstance(other[2], HessianFactor)
+        assert np.array_equal(results[0][2].t, other[2].t)
         assert np.array_equal(results[0][2].u, other[2].u)
 
 

@@ -183,27 +183,27 @@ void trtri1(MatrixView<T> a) {
   A.template triangularView<Eigen::Lower>() = inverse;
 }
 
-// B = alpha · op(L) · B (left) or alpha · B · op(L) (right), L lower triangular and op(L) = Lᵀ
-// when `transposed`.
+// B = alpha · op(L) · B (left) or alpha · B · op(L) (right), L triangular (lower, or upper when
+// `upper`) and op(L) = Lᵀ when `transposed`.
 template <class T>
-void multiply_lower1(bool left, bool transposed, T alpha, ConstMatrixView<T> l, MatrixView<T> b) {
+void multiply_triangular1(bool left, bool upper, bool transposed, T alpha, ConstMatrixView<T> l,
+                          MatrixView<T> b) {
   if (b.rows == 0 || b.cols == 0) return;
   if (const auto& r = routines<T>(); r.trmm != nullptr) {
     // Column-major: B^T = alpha · B^T · op(L)^T (left) or alpha · op(L)^T · B^T (right), with
-    // L^T the upper triangle.
+    // L^T the other triangle.
     const fint m = to_fint(b.cols), n = to_fint(b.rows), lda = ld(l.stride), ldb = ld(b.stride);
-    r.trmm(left ? "R" : "L", "U", transposed ? "T" : "N", "N", &m, &n, &alpha, l.data, &lda, b.data,
-           &ldb, 1, 1, 1, 1);
+    r.trmm(left ? "R" : "L", upper ? "L" : "U", transposed ? "T" : "N", "N", &m, &n, &alpha, l.data,
+           &lda, b.data, &ldb, 1, 1, 1, 1);
     return;
   }
   auto B = eigen_map(b);
-  const auto L = eigen_map(l).template triangularView<Eigen::Lower>();
-  RowMajor<T> product;
-  if (left) {
-    product = transposed ? RowMajor<T>(L.transpose() * B) : RowMajor<T>(L * B);
-  } else {
-    product = transposed ? RowMajor<T>(B * L.transpose()) : RowMajor<T>(B * L);
-  }
+  const auto product_with = [&](const auto& L) {
+    if (left) return transposed ? RowMajor<T>(L.transpose() * B) : RowMajor<T>(L * B);
+    return transposed ? RowMajor<T>(B * L.transpose()) : RowMajor<T>(B * L);
+  };
+  RowMajor<T> product = upper ? product_with(eigen_map(l).template triangularView<Eigen::Upper>())
+                              : product_with(eigen_map(l).template triangularView<Eigen::Lower>());
   if (alpha != T(1)) product *= alpha;
   B = product;
 }
@@ -401,8 +401,8 @@ bool cholesky_lower(MatrixView<T> a) {
     const MatrixView<T> panel = sub(a, k1, k0, rest, kb);
     for_tiles(count(rest, kTile), double(rest) * double(kb) * double(kb), [&](Index t) {
       const Index r0 = t * kTile;
-      multiply_lower1<T>(false, true, T(1), read_only(inverse),
-                         sub(panel, r0, 0, std::min(kTile, rest - r0), kb));
+      multiply_triangular1<T>(false, false, true, T(1), read_only(inverse),
+                              sub(panel, r0, 0, std::min(kTile, rest - r0), kb));
     });
     syrk_lower<T>(false, T(-1), read_only(panel), T(1), sub(a, k1, k1, rest, rest));
   }
@@ -480,15 +480,26 @@ void invert_lower(MatrixView<T> a) {
         const MatrixView<T> l21 = sub(a, o + n1, o, n2, n1);
         const Index start = s.part * kTile;
         if (!second) {
-          multiply_lower1<T>(true, false, T(1), read_only(sub(a, o + n1, o + n1, n2, n2)),
-                             sub(l21, 0, start, n2, std::min(kTile, n1 - start)));
+          multiply_triangular1<T>(true, false, false, T(1),
+                                  read_only(sub(a, o + n1, o + n1, n2, n2)),
+                                  sub(l21, 0, start, n2, std::min(kTile, n1 - start)));
         } else {
-          multiply_lower1<T>(false, false, T(-1), read_only(sub(a, o, o, n1, n1)),
-                             sub(l21, start, 0, std::min(kTile, n2 - start), n1));
+          multiply_triangular1<T>(false, false, false, T(-1), read_only(sub(a, o, o, n1, n1)),
+                                  sub(l21, start, 0, std::min(kTile, n2 - start), n1));
         }
       });
     }
   }
+}
+
+template <class T>
+void multiply_upper_right(ConstMatrixView<T> u, MatrixView<T> b) {
+  if (u.rows != u.cols || u.rows != b.cols) invalid("multiply_upper_right: shapes do not match");
+  for_tiles(count(b.rows, kTile), double(b.rows) * double(b.cols) * double(b.cols), [&](Index t) {
+    const Index r0 = t * kTile;
+    multiply_triangular1<T>(false, true, false, T(1), u,
+                            sub(b, r0, 0, std::min(kTile, b.rows - r0), b.cols));
+  });
 }
 
 #define FASTPRUNE_INSTANTIATE(T)                                                                  \
@@ -496,7 +507,8 @@ void invert_lower(MatrixView<T> a) {
   template void syrk_lower<T>(bool, T, ConstMatrixView<T>, T, MatrixView<T>);                     \
   template bool syrk_lower_add_split_if_finite<T>(bool, T, ConstMatrixView<T>, MatrixView<T>);    \
   template bool cholesky_lower<T>(MatrixView<T>);                                                 \
-  template void invert_lower<T>(MatrixView<T>);
+  template void invert_lower<T>(MatrixView<T>);                                                   \
+  template void multiply_upper_right<T>(ConstMatrixView<T>, MatrixView<T>);
 FASTPRUNE_INSTANTIATE(float)
 FASTPRUNE_INSTANTIATE(double)
 #undef FASTPRUNE_INSTANTIATE

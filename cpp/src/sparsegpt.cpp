@@ -65,7 +65,7 @@ std::string number(double x) {
   return s.str();
 }
 
-// --- U = J · chol(J·H·J)⁻¹ · J ----------------------------------------------------------
+// --- T = J · chol(J·H·J) · J and U = T⁻¹ ---------------------------------------------
 
 // Lower triangle of a = J · (H + Hᵀ)/2 · J, with dead diagonal entries set to 1 and `shift` added
 // to the diagonal (the upper triangle of `a` is left as it was), and the largest |H_ij| and
@@ -100,21 +100,29 @@ void load_reversed(ConstMatrixView<T> h, const bool* dead, double shift, MatrixV
   }
 }
 
-// U = J · L⁻¹ · J: element (i, j) trades places with (c−1−i, c−1−j). The strict lower triangle
-// (scratch until now) is zeroed. False when U is not finite with a positive diagonal.
+// a = J · a · J: element (i, j) trades places with (c−1−i, c−1−j), so that a lower triangle
+// becomes an upper one and the other way round.
 template <class T>
-bool reverse_into_upper(MatrixView<T> a) {
+void half_turn(MatrixView<T> a) {
   const Index c = a.rows;
-  const int threads = threads_for(double(c) * double(c), kCopyGrain);
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) \
+    num_threads(threads_for(double(c) * double(c), kCopyGrain))
   for (Index i = 0; i < c / 2; ++i) {
     T* top = a.row(i);
     T* bottom = a.row(c - 1 - i);
     std::swap_ranges(top, top + c, std::reverse_iterator<T*>(bottom + c));
   }
   if (c % 2 == 1) std::reverse(a.row(c / 2), a.row(c / 2) + c);
+}
+
+// Zeroes the strict lower triangle of `a`; false when its upper triangle is not finite with a
+// positive diagonal.
+template <class T>
+bool zero_below_and_check(MatrixView<T> a) {
+  const Index c = a.rows;
   bool ok = true;
-#pragma omp parallel for schedule(static) reduction(&& : ok) num_threads(threads)
+#pragma omp parallel for schedule(static) reduction(&& : ok) \
+    num_threads(threads_for(double(c) * double(c), kCopyGrain))
   for (Index i = 0; i < c; ++i) {
     T* r = a.row(i);
     std::fill(r, r + i, T(0));
@@ -122,6 +130,14 @@ bool reverse_into_upper(MatrixView<T> a) {
     for (Index j = i; j < c; ++j) ok = ok && std::isfinite(r[j]);
   }
   return ok;
+}
+
+// The factor J · a · J in the upper triangle of `a` (its lower triangle the factor until now,
+// the rest zeroed); false when it is not finite with a positive diagonal.
+template <class T>
+bool reverse_into_upper(MatrixView<T> a) {
+  half_turn(a);
+  return zero_below_and_check(a);
 }
 
 // --- the pruning loop ---------------------------------------------------------------------
@@ -158,17 +174,25 @@ using ColumnMajor = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, 
 
 // Columns [s1, s2) of the weights being pruned, their errors and their mask (1 kept, 0 pruned),
 // held column-major (a column's rows are contiguous, columns `ld` apart) so that the per-column
-// work runs along rows.
+// work runs along rows, and U[s1:s2, s1:s2], the part of U that the work inside the superblock
+// reads. Columns are numbered as in the whole weight.
 template <class T>
 struct Superblock {
   Index rows = 0, ld = 0, s1 = 0, s2 = 0;
   T* weights = nullptr;
   T* errors = nullptr;
   T* keep = nullptr;
+  ConstMatrixView<T> u_diagonal;
 
   T* column(T* base, Index j) const { return base + (j - s1) * ld; }
   ColumnMajor<T> view(T* base, Index r0, Index j0, Index rb, Index cols) const {
     return {column(base, j0) + r0, rb, cols, Eigen::OuterStride<>(ld)};
+  }
+  T u(Index i, Index j) const { return u_diagonal(i - s1, j - s1); }
+  const T* u_ptr(Index i, Index j) const { return &u_diagonal(i - s1, j - s1); }
+  Index u_stride() const { return u_diagonal.stride; }
+  auto u_block(Index i, Index j, Index rb, Index cols) const {
+    return block(u_diagonal, i - s1, j - s1, rb, cols);
   }
 };
 
@@ -244,25 +268,26 @@ void walk_squares(const Superblock<T>& sb, Index r0, Index rb, Square&& square, 
   }
 }
 
-// Copies rows [r0, r0 + rb) of the superblock's columns from the row-major weight into the
-// column-major superblock (dead columns as zeros).
+// Copies rows [r0, r0 + rb) of the superblock's columns from `source`, row-major, whose column
+// 0 is the superblock's first, into the column-major superblock (dead columns as zeros).
 template <class T>
-void load_rows(MatrixView<T> weight, const bool* dead, const Superblock<T>& sb, Index r0,
+void load_rows(ConstMatrixView<T> source, const bool* dead, const Superblock<T>& sb, Index r0,
                Index rb) {
   walk_squares(
       sb, r0, rb,
       [&](Index r, Index j0) {
         if constexpr (std::is_same_v<T, float>) {
-          transpose8(&weight(r, j0), weight.stride, sb.column(sb.weights, j0) + r, sb.ld);
+          transpose8(&source(r, j0 - sb.s1), source.stride, sb.column(sb.weights, j0) + r, sb.ld);
         }
       },
-      [&](Index r, Index j) { sb.column(sb.weights, j)[r] = weight(r, j); });
+      [&](Index r, Index j) { sb.column(sb.weights, j)[r] = source(r, j - sb.s1); });
   for (Index j = sb.s1; j < sb.s2; ++j) {
     if (dead[j]) std::fill_n(sb.column(sb.weights, j) + r0, rb, T(0));
   }
 }
 
-// Copies the pruned weights and the mask of rows [r0, r0 + rb) back to row-major.
+// Copies the pruned weights and the mask of rows [r0, r0 + rb) back to row-major, into `weight`
+// and `mask` whose column 0 is the superblock's first.
 template <class T>
 void store_rows(MatrixView<T> weight, MatrixView<bool> mask, const Superblock<T>& sb, Index r0,
                 Index rb) {
@@ -270,13 +295,13 @@ void store_rows(MatrixView<T> weight, MatrixView<bool> mask, const Superblock<T>
       sb, r0, rb,
       [&](Index r, Index j0) {
         if constexpr (std::is_same_v<T, float>) {
-          transpose8(sb.column(sb.weights, j0) + r, sb.ld, &weight(r, j0), weight.stride);
-          transpose8_mask(sb.column(sb.keep, j0) + r, sb.ld, &mask(r, j0), mask.stride);
+          transpose8(sb.column(sb.weights, j0) + r, sb.ld, &weight(r, j0 - sb.s1), weight.stride);
+          transpose8_mask(sb.column(sb.keep, j0) + r, sb.ld, &mask(r, j0 - sb.s1), mask.stride);
         }
       },
       [&](Index r, Index j) {
-        weight(r, j) = sb.column(sb.weights, j)[r];
-        mask(r, j) = sb.column(sb.keep, j)[r] != T(0);
+        weight(r, j - sb.s1) = sb.column(sb.weights, j)[r];
+        mask(r, j - sb.s1) = sb.column(sb.keep, j)[r] != T(0);
       });
 }
 
@@ -351,10 +376,10 @@ using KeyOf = decltype(order_key(T(0)));
 // The selection keys of rows [r0, r0 + count) of superblock column `col`: order_key(w² / U_jj²),
 // and the key of −inf where the weight may not be kept.
 template <class T>
-void column_keys(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                 Index col, Index r0, Index count, KeyOf<T>* keys) {
+void column_keys(const Superblock<T>& sb, ConstMatrixView<bool> allowed, Index col, Index r0,
+                 Index count, KeyOf<T>* keys) {
   const T* w = sb.column(sb.weights, col) + r0;
-  const T d2 = u(col, col) * u(col, col);
+  const T d2 = sb.u(col, col) * sb.u(col, col);
   for (Index r = 0; r < count; ++r) keys[r] = order_key(w[r] * w[r] / d2);
   if (allowed.data != nullptr) {
     const auto lowest = order_key(-std::numeric_limits<T>::infinity());
@@ -370,13 +395,13 @@ constexpr Index kKeyChunk = 256;
 // The planned samples of rows [r0, r0 + rb) of block [i1, i1 + bc) into `samples`, and the
 // weights that may not be kept counted in `forced`.
 template <class T>
-void sample_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                 Index i1, Index bc, Index r0, Index rb, KeyOf<T>* samples, Index& forced) {
+void sample_rows(const Superblock<T>& sb, ConstMatrixView<bool> allowed, Index i1, Index bc,
+                 Index r0, Index rb, KeyOf<T>* samples, Index& forced) {
   const SamplePlan plan(sb.rows, bc);
   for (Index j = 0; j < bc; ++j) {
     const Index col = i1 + j;
     for (Index r = plan.first_row(j, r0); r < r0 + rb; r += plan.step) {
-      column_keys(sb, u, allowed, col, r, 1, &samples[j * plan.per_column + r / plan.step]);
+      column_keys(sb, allowed, col, r, 1, &samples[j * plan.per_column + r / plan.step]);
     }
     if (allowed.data != nullptr) {
       for (Index r = r0; r < r0 + rb; ++r) forced += allowed(r, col) ? 0 : 1;
@@ -387,8 +412,8 @@ void sample_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<
 // The keys in [lo, hi] of block [i1, i1 + bc), gathered at the front of `gathered` (which has
 // room for all of them), their end returned, and the number of keys below lo in `below`.
 template <class T, class Key>
-Key* gather_between(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                    Index i1, Index bc, Key lo, Key hi, Key* gathered, Index& below) {
+Key* gather_between(const Superblock<T>& sb, ConstMatrixView<bool> allowed, Index i1, Index bc,
+                    Key lo, Key hi, Key* gathered, Index& below) {
   const Index rows = sb.rows;
   const int threads = static_cast<int>(std::min<Index>(bc, threads_for(double(rows * bc))));
   std::vector<Index> part_end(static_cast<size_t>(threads), 0);
@@ -403,7 +428,7 @@ Key* gather_between(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixVi
       Index column_under = 0;
       for (Index r0 = 0; r0 < rows; r0 += kKeyChunk) {
         const Index count = std::min(kKeyChunk, rows - r0);
-        column_keys(sb, u, allowed, i1 + j, r0, count, keys);
+        column_keys(sb, allowed, i1 + j, r0, count, keys);
         for (Index r = 0; r < count; ++r) {
           // Every key is written and only those inside the bracket are kept: a branch on that
           // test would be mispredicted at random.
@@ -464,9 +489,9 @@ Key select_rank(Key* first, Key* last, Index rank, Key lo, Key hi, Index& below,
 }
 
 template <class T>
-Cut<KeyOf<T>> select_block(const Superblock<T>& sb, ConstMatrixView<T> u,
-                           ConstMatrixView<bool> allowed, Index i1, Index bc, double sparsity,
-                           KeyOf<T>* samples, Index forced, KeyOf<T>* gathered) {
+Cut<KeyOf<T>> select_block(const Superblock<T>& sb, ConstMatrixView<bool> allowed, Index i1,
+                           Index bc, double sparsity, KeyOf<T>* samples, Index forced,
+                           KeyOf<T>* gathered) {
   using Key = KeyOf<T>;
   const Index rows = sb.rows, total = rows * bc;
   const Index k = std::max(static_cast<Index>(static_cast<double>(total) * sparsity), forced);
@@ -493,15 +518,15 @@ Cut<KeyOf<T>> select_block(const Superblock<T>& sb, ConstMatrixView<T> u,
   if (lo_rank == 0) lo = 0;
   if (hi_rank == drawn - 1) hi = std::numeric_limits<Key>::max();
   Index below = 0;
-  Key* last = gather_between(sb, u, allowed, i1, bc, lo, hi, gathered, below);
+  Key* last = gather_between(sb, allowed, i1, bc, lo, hi, gathered, below);
   if (k - 1 < below) {  // the threshold lies below the bracket
     hi = lo - 1;
     lo = 0;
-    last = gather_between(sb, u, allowed, i1, bc, lo, hi, gathered, below);
+    last = gather_between(sb, allowed, i1, bc, lo, hi, gathered, below);
   } else if (k - 1 >= below + (last - gathered)) {  // above it
     lo = hi + 1;
     hi = std::numeric_limits<Key>::max();
-    last = gather_between(sb, u, allowed, i1, bc, lo, hi, gathered, below);
+    last = gather_between(sb, allowed, i1, bc, lo, hi, gathered, below);
   }
   Index less = 0, equal = 0;
   const Key threshold = select_rank(gathered, last, k - 1 - below, lo, hi, less, equal);
@@ -511,7 +536,7 @@ Cut<KeyOf<T>> select_block(const Superblock<T>& sb, ConstMatrixView<T> u,
   for (Index r = 0; r < rows; ++r) {
     for (Index j = 0; j < bc; ++j) {
       Key key;
-      column_keys(sb, u, allowed, i1 + j, r, 1, &key);
+      column_keys(sb, allowed, i1 + j, r, 1, &key);
       if (key == threshold && ++tie == ties_left) return {threshold, r * bc + j + 1};
     }
   }
@@ -520,14 +545,14 @@ Cut<KeyOf<T>> select_block(const Superblock<T>& sb, ConstMatrixView<T> u,
 
 // The mask of rows [r0, r0 + rb) of block [i1, i1 + bc) from the block's cut.
 template <class T>
-void mark_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-               Index i1, Index bc, Index r0, Index rb, const Cut<KeyOf<T>>& cut) {
+void mark_rows(const Superblock<T>& sb, ConstMatrixView<bool> allowed, Index i1, Index bc, Index r0,
+               Index rb, const Cut<KeyOf<T>>& cut) {
   KeyOf<T> keys[kKeyChunk];
   for (Index j = 0; j < bc; ++j) {
     T* keep = sb.column(sb.keep, i1 + j);
     for (Index r1 = r0; r1 < r0 + rb; r1 += kKeyChunk) {
       const Index count = std::min(kKeyChunk, r0 + rb - r1);
-      column_keys(sb, u, allowed, i1 + j, r1, count, keys);
+      column_keys(sb, allowed, i1 + j, r1, count, keys);
       for (Index r = 0; r < count; ++r) {
         keep[r1 + r] = cut.pruned(keys[r], (r1 + r) * bc + j) ? T(0) : T(1);
       }
@@ -540,12 +565,12 @@ void mark_rows(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bo
 // within its group is at least m − n (the rule of masks::keep_n_of_m); weights that may not be
 // kept score below every other and are never kept. `scores` has room for m · rb values.
 template <class T>
-void choose_groups(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                   Index r0, Index rb, Index col, const Options& options, T* scores) {
+void choose_groups(const Superblock<T>& sb, ConstMatrixView<bool> allowed, Index r0, Index rb,
+                   Index col, const Options& options, T* scores) {
   const int m = options.m, pruned = options.m - options.n;
   for (int g = 0; g < m; ++g) {
     const T* w = sb.column(sb.weights, col + g) + r0;
-    const T d2 = u(col + g, col + g) * u(col + g, col + g);
+    const T d2 = sb.u(col + g, col + g) * sb.u(col + g, col + g);
     T* s = scores + g * rb;
     for (Index r = 0; r < rb; ++r) s[r] = w[r] * w[r] / d2;
     if (allowed.data != nullptr) {
@@ -618,20 +643,19 @@ void subtract_errors(T* w, const T* e, Index e_stride, const T* u, Index u_strid
 // W[:, j+1:g2] −= err · U[j, j+1:g2]. Every weight receives the same updates in the same order
 // as in the column-by-column loop of the reference.
 template <class T>
-void prune_panel(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<bool> allowed,
-                 Index r0, Index rb, Index p1, Index pc, const Options& options, T* group_scores,
-                 double* row_loss) {
+void prune_panel(const Superblock<T>& sb, ConstMatrixView<bool> allowed, Index r0, Index rb,
+                 Index p1, Index pc, const Options& options, T* group_scores, double* row_loss) {
   const Index group = options.m > 0 ? options.m : 1;
   const T* panel_errors = sb.column(sb.errors, p1) + r0;
   for (Index g1 = p1; g1 < p1 + pc; g1 += group) {
     const Index g2 = g1 + group;
     for (Index k = g1; k < g2; ++k) {
-      subtract_errors(sb.column(sb.weights, k) + r0, panel_errors, sb.ld, &u(p1, k), u.stride,
-                      g1 - p1, rb);
+      subtract_errors(sb.column(sb.weights, k) + r0, panel_errors, sb.ld, sb.u_ptr(p1, k),
+                      sb.u_stride(), g1 - p1, rb);
     }
-    if (options.m > 0) choose_groups(sb, u, allowed, r0, rb, g1, options, group_scores);
+    if (options.m > 0) choose_groups(sb, allowed, r0, rb, g1, options, group_scores);
     for (Index col = g1; col < g2; ++col) {
-      const T d = u(col, col);
+      const T d = sb.u(col, col);
       T* w = sb.column(sb.weights, col) + r0;
       T* e = sb.column(sb.errors, col) + r0;
       const T* keep = sb.column(sb.keep, col) + r0;
@@ -644,7 +668,7 @@ void prune_panel(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<
         row_loss[r0 + r] += static_cast<double>(e[r]) * static_cast<double>(e[r]);
       }
       for (Index k = col + 1; k < g2; ++k) {
-        segment(sb.column(sb.weights, k) + r0, rb) -= u(col, k) * segment(e, rb);
+        segment(sb.column(sb.weights, k) + r0, rb) -= sb.u(col, k) * segment(e, rb);
       }
     }
   }
@@ -654,21 +678,21 @@ void prune_panel(const Superblock<T>& sb, ConstMatrixView<T> u, ConstMatrixView<
 // followed by the GEMM that brings its errors to the rest of the block, then the GEMM that
 // brings the block's errors to the rest of the superblock.
 template <class T>
-void prune_tile_of_block(const Superblock<T>& sb, ConstMatrixView<T> u,
-                         ConstMatrixView<bool> allowed, Index r0, Index rb, Index i1, Index i2,
-                         const Options& options, T* group_scores, double* row_loss) {
+void prune_tile_of_block(const Superblock<T>& sb, ConstMatrixView<bool> allowed, Index r0, Index rb,
+                         Index i1, Index i2, const Options& options, T* group_scores,
+                         double* row_loss) {
   const Index panel = panel_width(options);
   for (Index p1 = i1; p1 < i2; p1 += panel) {
     const Index p2 = std::min(p1 + panel, i2);
-    prune_panel(sb, u, allowed, r0, rb, p1, p2 - p1, options, group_scores, row_loss);
+    prune_panel(sb, allowed, r0, rb, p1, p2 - p1, options, group_scores, row_loss);
     if (p2 < i2) {
       sb.view(sb.weights, r0, p2, rb, i2 - p2).noalias() -=
-          sb.view(sb.errors, r0, p1, rb, p2 - p1) * block(u, p1, p2, p2 - p1, i2 - p2);
+          sb.view(sb.errors, r0, p1, rb, p2 - p1) * sb.u_block(p1, p2, p2 - p1, i2 - p2);
     }
   }
   if (i2 < sb.s2) {
     sb.view(sb.weights, r0, i2, rb, sb.s2 - i2).noalias() -=
-        sb.view(sb.errors, r0, i1, rb, i2 - i1) * block(u, i1, i2, i2 - i1, sb.s2 - i2);
+        sb.view(sb.errors, r0, i1, rb, i2 - i1) * sb.u_block(i1, i2, i2 - i1, sb.s2 - i2);
   }
 }
 
@@ -683,57 +707,25 @@ void update_after_superblock(MatrixView<T> weight, ConstMatrixView<T> u, const S
   blas::gemm(true, false, T(-1), errors_t, u_right, T(1), weight_right);
 }
 
-}  // namespace
-
+// Columns [j0, j0 + count) of `a`.
 template <class T>
-double inverse_hessian_factor(ConstMatrixView<T> hessian, double damp, int max_tries,
-                              MatrixView<T> u, bool* dead) {
-  const Index c = hessian.rows;
-  if (hessian.cols != c) invalid("hessian: expected a square matrix");
-  if (u.rows != c || u.cols != c) invalid("u: expected the shape of the hessian");
-  if (max_tries < 1) invalid("max_tries: must be >= 1");
-  if (!(damp >= 0.0) || !std::isfinite(damp)) invalid("damp: must be a finite number >= 0");
-  double diagonal_sum = 0.0;
-  for (Index j = 0; j < c; ++j) {
-    dead[j] = hessian(j, j) == T(0);
-    diagonal_sum += dead[j] ? 1.0 : static_cast<double>(hessian(j, j));
-  }
-  const double mean_diagonal = c > 0 ? diagonal_sum / static_cast<double>(c) : 1.0;
-  double relative = damp;
-  for (int attempt = 0; attempt < max_tries; ++attempt) {
-    if (attempt > 0) relative = relative > 0.0 ? relative * 10.0 : 1e-6;
-    double largest = 0.0, defect = 0.0;
-    load_reversed(hessian, dead, relative * mean_diagonal, u, largest, defect);
-    if (defect > 1e-4 * largest) {
-      invalid("hessian: not symmetric (largest |H - H^T| is " + number(defect) +
-              ", more than 1e-4 of the largest |H| entry, " + number(largest) + ")");
-    }
-    if (!blas::cholesky_lower(u)) continue;
-    blas::invert_lower(u);
-    if (reverse_into_upper(u)) return relative;
-  }
-  invalid("hessian: not positive definite even with damping " + number(relative) +
-          " (relative to the mean diagonal " + number(mean_diagonal) + ", " +
-          std::to_string(max_tries) + " tries)");
+MatrixView<T> columns(MatrixView<T> a, Index j0, Index count) {
+  return {a.data + j0, a.rows, count, a.stride};
+}
+template <class T>
+ConstMatrixView<T> read_columns(MatrixView<T> a, Index j0, Index count) {
+  return {a.data + j0, a.rows, count, a.stride};
 }
 
-template <class T>
-double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const Options& options,
-             ConstMatrixView<bool> allowed, MatrixView<bool> mask) {
-  const Index rows = weight.rows, c = weight.cols;
-  if (u.rows != c || u.cols != c) invalid("u: expected shape (in_features, in_features)");
-  if (mask.rows != rows || mask.cols != c) invalid("mask: expected the shape of the weight");
-  if (allowed.data != nullptr && (allowed.rows != rows || allowed.cols != c)) {
-    invalid("keep_mask: expected the shape of the weight");
-  }
-  if (options.blocksize < 1) invalid("blocksize: must be a positive integer");
-  if (options.m > 0) {
-    if (options.n < 1 || options.n > options.m) invalid("pattern: need 1 <= n <= m");
-    if (options.blocksize % options.m != 0) invalid("blocksize: must be a multiple of m");
-    if (c % options.m != 0) invalid("pattern: in_features must be a multiple of m");
-  } else if (!(options.sparsity >= 0.0 && options.sparsity < 1.0)) {
-    invalid("sparsity: must be in [0, 1)");
-  }
+// The superblocks one after the other: `prepare(s1, s2)` brings the columns [s1, s2) up to date
+// with the errors of the columns before them, or readies what `load` needs for that, and returns
+// U[s1:s2, s1:s2]; `load(sb, r0, rb)` fills rows of the column-major superblock with their
+// up-to-date weights, `store(sb, r0, rb)` writes them out once pruned, and `finish(sb)` runs
+// after every row of the superblock is stored (its errors still in `sb.errors`). Returns
+// Σ (w − q)² / U_jj² / 2.
+template <class T, class Prepare, class Load, class Store, class Finish>
+double prune_superblocks(Index rows, Index c, const Options& options, ConstMatrixView<bool> allowed,
+                         Prepare&& prepare, Load&& load, Store&& store, Finish&& finish) {
   const Index bmax = std::min(options.blocksize, std::max<Index>(c, 1));
   const Index smax = std::min(superblock_width(options), std::max<Index>(c, 1));
   const auto superblock_size = static_cast<size_t>(column_stride(rows) * smax);
@@ -751,13 +743,10 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
   const int copy_threads = threads_for(double(rows) * double(smax), kCopyGrain);
 
   for (Index s1 = 0; s1 < c; s1 += smax) {
-    const Superblock<T> sb{rows,
-                           column_stride(rows),
-                           s1,
-                           std::min(s1 + smax, c),
-                           sb_weights.data(),
-                           sb_errors.data(),
-                           sb_keep.data()};
+    const Index s2 = std::min(s1 + smax, c);
+    const Superblock<T> sb{
+        rows,           column_stride(rows), s1, s2, sb_weights.data(), sb_errors.data(),
+        sb_keep.data(), prepare(s1, s2)};
     if (!unstructured) {
       // N:M masks are chosen row by row, so nothing couples the row tiles: each is loaded,
       // pruned block by block and stored on its own, its columns cached throughout.
@@ -773,12 +762,12 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
 #pragma omp for schedule(static)
         for (Index t = 0; t < tiles; ++t) {
           const Index r0 = t * kRowTile, rb = tile_rows(t);
-          load_rows(weight, dead, sb, r0, rb);
+          load(sb, r0, rb);
           for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
-            prune_tile_of_block(sb, u, allowed, r0, rb, i1, std::min(i1 + options.blocksize, sb.s2),
+            prune_tile_of_block(sb, allowed, r0, rb, i1, std::min(i1 + options.blocksize, sb.s2),
                                 options, group_scores.data(), row_loss.data());
           }
-          store_rows(weight, mask, sb, r0, rb);
+          store(sb, r0, rb);
         }
       }
     } else {
@@ -789,14 +778,14 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
       forced = 0;
 #pragma omp parallel for schedule(static) reduction(+ : forced) num_threads(copy_threads)
       for (Index t = 0; t < tiles; ++t) {
-        load_rows(weight, dead, sb, t * kRowTile, tile_rows(t));
-        sample_rows(sb, u, allowed, s1, first_block, t * kRowTile, tile_rows(t), samples.data(),
+        load(sb, t * kRowTile, tile_rows(t));
+        sample_rows(sb, allowed, s1, first_block, t * kRowTile, tile_rows(t), samples.data(),
                     forced);
       }
       for (Index i1 = s1; i1 < sb.s2; i1 += options.blocksize) {
         const Index i2 = std::min(i1 + options.blocksize, sb.s2);
         const Index next_block = std::min(options.blocksize, sb.s2 - i2);  // 0 after the last
-        const auto cut = select_block(sb, u, allowed, i1, i2 - i1, options.sparsity, samples.data(),
+        const auto cut = select_block(sb, allowed, i1, i2 - i1, options.sparsity, samples.data(),
                                       forced, gathered.data());
         forced = 0;
         const double tile_flops = double(kRowTile) * double(i2 - i1) * double(sb.s2 - i1);
@@ -805,31 +794,254 @@ double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const
         for (Index t = 0; t < tiles; ++t) {
           keep_products_on_this_thread();
           const Index r0 = t * kRowTile, rb = tile_rows(t);
-          mark_rows(sb, u, allowed, i1, i2 - i1, r0, rb, cut);
-          prune_tile_of_block(sb, u, allowed, r0, rb, i1, i2, options, static_cast<T*>(nullptr),
+          mark_rows(sb, allowed, i1, i2 - i1, r0, rb, cut);
+          prune_tile_of_block(sb, allowed, r0, rb, i1, i2, options, static_cast<T*>(nullptr),
                               row_loss.data());
           if (next_block > 0) {
-            sample_rows(sb, u, allowed, i2, next_block, r0, rb, samples.data(), forced);
+            sample_rows(sb, allowed, i2, next_block, r0, rb, samples.data(), forced);
           } else {
-            store_rows(weight, mask, sb, r0, rb);
+            store(sb, r0, rb);
           }
         }
       }
     }
-    if (sb.s2 < c) update_after_superblock(weight, u, sb);
+    finish(sb);
   }
   double loss = 0.0;
   for (const double l : row_loss) loss += l;
   return loss / 2.0;
 }
 
-template double inverse_hessian_factor<float>(ConstMatrixView<float>, double, int,
-                                              MatrixView<float>, bool*);
-template double inverse_hessian_factor<double>(ConstMatrixView<double>, double, int,
-                                               MatrixView<double>, bool*);
-template double prune<float>(MatrixView<float>, ConstMatrixView<float>, const bool*, const Options&,
-                             ConstMatrixView<bool>, MatrixView<bool>);
-template double prune<double>(MatrixView<double>, ConstMatrixView<double>, const bool*,
-                              const Options&, ConstMatrixView<bool>, MatrixView<bool>);
+void check_options(const Options& options) {
+  if (options.blocksize < 1) invalid("blocksize: must be a positive integer");
+  if (options.m > 0) {
+    if (options.n < 1 || options.n > options.m) invalid("pattern: need 1 <= n <= m");
+    if (options.blocksize % options.m != 0) invalid("blocksize: must be a multiple of m");
+  } else if (!(options.sparsity >= 0.0 && options.sparsity < 1.0)) {
+    invalid("sparsity: must be in [0, 1)");
+  }
+}
+
+template <class T>
+void check_shapes(Index rows, Index c, Index factor_rows, Index factor_cols, const Options& options,
+                  ConstMatrixView<bool> allowed, MatrixView<bool> mask) {
+  if (factor_rows != c || factor_cols != c) {
+    invalid("factor: expected shape (in_features, in_features)");
+  }
+  if (mask.rows != rows || mask.cols != c) invalid("mask: expected the shape of the weight");
+  if (allowed.data != nullptr && (allowed.rows != rows || allowed.cols != c)) {
+    invalid("keep_mask: expected the shape of the weight");
+  }
+  check_options(options);
+  if (options.m > 0 && c % options.m != 0) invalid("pattern: in_features must be a multiple of m");
+}
+
+// Diagonal entries of the damped J·H·J go where the factorisation finds them; the rest of the
+// factor's preparation (loading, checking, the damping loop) is shared by T and U.
+enum class Factor { kUpper, kInverse };
+
+template <class T>
+double factorise(ConstMatrixView<T> hessian, double damp, int max_tries, Factor kind,
+                 MatrixView<T> out, bool* dead) {
+  const Index c = hessian.rows;
+  if (hessian.cols != c) invalid("hessian: expected a square matrix");
+  if (out.rows != c || out.cols != c) invalid("factor: expected the shape of the hessian");
+  if (max_tries < 1) invalid("max_tries: must be >= 1");
+  if (!(damp >= 0.0) || !std::isfinite(damp)) invalid("damp: must be a finite number >= 0");
+  double diagonal_sum = 0.0;
+  for (Index j = 0; j < c; ++j) {
+    dead[j] = hessian(j, j) == T(0);
+    diagonal_sum += dead[j] ? 1.0 : static_cast<double>(hessian(j, j));
+  }
+  const double mean_diagonal = c > 0 ? diagonal_sum / static_cast<double>(c) : 1.0;
+  double relative = damp;
+  for (int attempt = 0; attempt < max_tries; ++attempt) {
+    if (attempt > 0) relative = relative > 0.0 ? relative * 10.0 : 1e-6;
+    double largest = 0.0, defect = 0.0;
+    load_reversed(hessian, dead, relative * mean_diagonal, out, largest, defect);
+    if (defect > 1e-4 * largest) {
+      invalid("hessian: not symmetric (largest |H - H^T| is " + number(defect) +
+              ", more than 1e-4 of the largest |H| entry, " + number(largest) + ")");
+    }
+    if (!blas::cholesky_lower(out)) continue;
+    if (kind == Factor::kInverse) blas::invert_lower(out);
+    if (!reverse_into_upper(out)) continue;
+    // U's diagonal is 1 / T's: T is kept only when that is finite too.
+    bool reciprocals_finite = true;
+    for (Index j = 0; j < c && kind == Factor::kUpper; ++j) {
+      reciprocals_finite = reciprocals_finite && std::isfinite(T(1) / out(j, j));
+    }
+    if (reciprocals_finite) return relative;
+  }
+  invalid("hessian: not positive definite even with damping " + number(relative) +
+          " (relative to the mean diagonal " + number(mean_diagonal) + ", " +
+          std::to_string(max_tries) + " tries)");
+}
+
+// inverse = J · (J · upper · J)⁻¹ · J, the inverse of an n × n upper triangle, through `work`
+// (n × n); false when it is not finite.
+template <class T>
+bool invert_upper(ConstMatrixView<T> upper, MatrixView<T> work, MatrixView<T> inverse) {
+  const Index n = upper.rows;
+  for (Index i = 0; i < n; ++i) {
+    for (Index j = 0; j <= i; ++j) work(i, j) = upper(n - 1 - i, n - 1 - j);
+  }
+  blas::invert_lower(work);
+  bool finite = true;
+  for (Index i = 0; i < n; ++i) {
+    for (Index j = 0; j < i; ++j) inverse(i, j) = T(0);
+    for (Index j = i; j < n; ++j) {
+      inverse(i, j) = work(n - 1 - i, n - 1 - j);
+      finite = finite && std::isfinite(inverse(i, j));
+    }
+  }
+  return finite;
+}
+
+}  // namespace
+
+template <class T>
+double inverse_hessian_factor(ConstMatrixView<T> hessian, double damp, int max_tries,
+                              MatrixView<T> u, bool* dead) {
+  return factorise(hessian, damp, max_tries, Factor::kInverse, u, dead);
+}
+
+template <class T>
+double hessian_factor(ConstMatrixView<T> hessian, double damp, int max_tries, MatrixView<T> t,
+                      bool* dead) {
+  return factorise(hessian, damp, max_tries, Factor::kUpper, t, dead);
+}
+
+template <class T>
+bool invert_factor(MatrixView<T> t) {
+  if (t.cols != t.rows) invalid("factor: expected a square matrix");
+  half_turn(t);  // J·T·J, lower triangular
+  blas::invert_lower(t);
+  half_turn(t);
+  return zero_below_and_check(t);
+}
+
+template <class T>
+double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const Options& options,
+             ConstMatrixView<bool> allowed, MatrixView<bool> mask) {
+  const Index rows = weight.rows, c = weight.cols;
+  check_shapes<T>(rows, c, u.rows, u.cols, options, allowed, mask);
+  return prune_superblocks<T>(
+      rows, c, options, allowed,
+      [&](Index s1, Index s2) {
+        return ConstMatrixView<T>{&u(s1, s1), s2 - s1, s2 - s1, u.stride};
+      },
+      [&](const Superblock<T>& sb, Index r0, Index rb) {
+        load_rows(read_columns(weight, sb.s1, sb.s2 - sb.s1), dead, sb, r0, rb);
+      },
+      [&](const Superblock<T>& sb, Index r0, Index rb) {
+        store_rows(columns(weight, sb.s1, sb.s2 - sb.s1), columns(mask, sb.s1, sb.s2 - sb.s1), sb,
+                   r0, rb);
+      },
+      [&](const Superblock<T>& sb) {
+        if (sb.s2 < c) update_after_superblock(weight, u, sb);
+      });
+}
+
+template <class T>
+double prune_from(ConstMatrixView<T> original, ConstMatrixView<T> t, const bool* dead,
+                  const Options& options, ConstMatrixView<bool> allowed, MatrixView<T> out,
+                  MatrixView<bool> mask) {
+  const Index rows = original.rows, c = original.cols;
+  check_shapes<T>(rows, c, t.rows, t.cols, options, allowed, mask);
+  if (out.rows != rows || out.cols != c) invalid("out: expected the shape of the weight");
+  const Index smax = std::min(superblock_width(options), std::max<Index>(c, 1));
+  // U[s1:s2, s1:s2] and its reversal, T[:s1, s1:s2] · U[s1:s2, s1:s2], and the superblock's
+  // update from the columns before it.
+  const Scratch<T> u_diagonal(static_cast<size_t>(smax * smax)),
+      reversal(static_cast<size_t>(smax * smax)),
+      strip(static_cast<size_t>(std::max<Index>(c - smax, 0) * smax)),
+      update(static_cast<size_t>(rows * smax));
+  // Dead columns are zero in W0, in Q and so in D: the passes below run along whole rows
+  // without looking at them (vectorised), then zero them.
+  std::vector<Index> dead_columns;
+  for (Index j = 0; j < c; ++j) {
+    if (dead[j]) dead_columns.push_back(j);
+  }
+  const auto zero_dead = [&](Index r, Index j0, Index j1) {
+    for (const Index j : dead_columns) {
+      if (j >= j0 && j < j1) out(r, j) = T(0);
+    }
+  };
+  const int copy_threads = threads_for(double(rows) * double(c), kCopyGrain);
+  Index last_s1 = 0;
+  const double loss = prune_superblocks<T>(
+      rows, c, options, allowed,
+      [&](Index s1, Index s2) {
+        const Index sc = s2 - s1;
+        const MatrixView<T> u_kk{u_diagonal.data(), sc, sc, sc};
+        if (!invert_upper(ConstMatrixView<T>{&t(s1, s1), sc, sc, t.stride},
+                          MatrixView<T>{reversal.data(), sc, sc, sc}, u_kk)) {
+          invalid("hessian: the inverse of its factor is not finite; use more damping");
+        }
+        last_s1 = s1;
+        if (s1 > 0) {
+          // Update = D[:, :s1] · T[:s1, s1:s2] · U[s1:s2, s1:s2], D = W0 − Q held in `out`.
+          const MatrixView<T> v{strip.data(), s1, sc, sc};
+          for (Index i = 0; i < s1; ++i) std::copy_n(&t(i, s1), sc, v.row(i));
+          blas::multiply_upper_right(ConstMatrixView<T>{u_kk.data, sc, sc, sc}, v);
+          blas::gemm(false, false, T(1), read_columns(out, 0, s1),
+                     ConstMatrixView<T>{v.data, s1, sc, sc}, T(0),
+                     MatrixView<T>{update.data(), rows, sc, sc});
+        }
+        return ConstMatrixView<T>{u_kk.data, sc, sc, sc};
+      },
+      [&](const Superblock<T>& sb, Index r0, Index rb) {
+        const Index sc = sb.s2 - sb.s1;
+        if (sb.s1 == 0) {
+          load_rows(columns(original, 0, sc), dead, sb, r0, rb);
+          return;
+        }
+        const MatrixView<T> up{update.data(), rows, sc, sc};
+        for (Index r = r0; r < r0 + rb; ++r) {
+          T* row = up.row(r);
+          const T* w = &original(r, sb.s1);
+          for (Index j = 0; j < sc; ++j) row[j] += w[j];
+        }
+        load_rows(ConstMatrixView<T>{update.data(), rows, sc, sc}, dead, sb, r0, rb);
+      },
+      [&](const Superblock<T>& sb, Index r0, Index rb) {
+        const Index sc = sb.s2 - sb.s1;
+        const MatrixView<T> q = columns(out, sb.s1, sc);
+        store_rows(q, columns(mask, sb.s1, sc), sb, r0, rb);
+        if (sb.s2 == c) return;  // the last superblock's weights stay as they are
+        for (Index r = r0; r < r0 + rb; ++r) {
+          T* d = &out(r, sb.s1);
+          const T* w = &original(r, sb.s1);
+          for (Index j = 0; j < sc; ++j) d[j] = w[j] - d[j];
+          zero_dead(r, sb.s1, sb.s2);
+        }
+      },
+      [](const Superblock<T>&) {});
+  // Q = W0 − D where kept, 0 where pruned, in every superblock but the last.
+#pragma omp parallel for schedule(static) num_threads(copy_threads)
+  for (Index r = 0; r < rows; ++r) {
+    T* q = out.row(r);
+    const T* w = original.row(r);
+    const bool* kept = mask.row(r);
+    for (Index j = 0; j < last_s1; ++j) q[j] = kept[j] ? w[j] - q[j] : T(0);
+    zero_dead(r, 0, last_s1);
+  }
+  return loss;
+}
+
+#define FASTPRUNE_INSTANTIATE(T)                                                            \
+  template double inverse_hessian_factor<T>(ConstMatrixView<T>, double, int, MatrixView<T>, \
+                                            bool*);                                         \
+  template double hessian_factor<T>(ConstMatrixView<T>, double, int, MatrixView<T>, bool*); \
+  template bool invert_factor<T>(MatrixView<T>);                                            \
+  template double prune<T>(MatrixView<T>, ConstMatrixView<T>, const bool*, const Options&,  \
+                           ConstMatrixView<bool>, MatrixView<bool>);                        \
+  template double prune_from<T>(ConstMatrixView<T>, ConstMatrixView<T>, const bool*,        \
+                                const Options&, ConstMatrixView<bool>, MatrixView<T>,       \
+                                MatrixView<bool>);
+FASTPRUNE_INSTANTIATE(float)
+FASTPRUNE_INSTANTIATE(double)
+#undef FASTPRUNE_INSTANTIATE
 
 }  // namespace fastprune::sparsegpt

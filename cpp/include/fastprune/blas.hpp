@@ -52,4 +52,8 @@ bool cholesky_lower(MatrixView<T> a);
 template <class T>
 void invert_lower(MatrixView<T> a);
 
+// In place: B = B · U, U upper triangular (the strict lower triangle is not referenced).
+template <class T>
+void multiply_upper_right(ConstMatrixView<T> u, MatrixView<T> b);
+
 }  // namespace fastprune::blas

@@ -11,17 +11,27 @@
 
 namespace fastprune::sparsegpt {
 
-// U of the damped H⁻¹ without ever forming H⁻¹: with J the reversal permutation and L the lower
-// Cholesky factor of J·H·J, U = J·L⁻¹·J (one blocked factorisation, one blocked triangular
-// inverse). `hessian` (c×c) is read as (H + Hᵀ)/2 and must be symmetric to a relative 1e-4 of its
-// largest entry. Columns with H_jj == 0 are dead: dead[j] = true and H_jj = 1. Then
-// damp · mean(diag H) is added to the diagonal; when the factorisation fails the relative damping
-// is multiplied by 10 (starting from 1e-6 when it is 0) and the factorisation retried, at most
-// `max_tries` times in all. Writes U (c×c, zero below the diagonal) into `u`; returns the
-// relative damping that worked. Throws std::invalid_argument when every try fails.
+// The factors of the damped Hessian, never forming H⁻¹: with J the reversal permutation and L the
+// lower Cholesky factor of J·H·J, T = J·L·J is upper triangular with H = T·Tᵀ, and U = T⁻¹ =
+// J·L⁻¹·J is the upper Cholesky factor of H⁻¹ (H⁻¹ = Uᵀ U). `hessian` (c×c) is read as
+// (H + Hᵀ)/2 and must be symmetric to a relative 1e-4 of its largest entry. Columns with
+// H_jj == 0 are dead: dead[j] = true and H_jj = 1. Then damp · mean(diag H) is added to the
+// diagonal; when the factorisation fails the relative damping is multiplied by 10 (starting from
+// 1e-6 when it is 0) and the factorisation retried, at most `max_tries` times in all.
+// inverse_hessian_factor writes U (one blocked factorisation, one blocked triangular inverse),
+// hessian_factor writes T (the factorisation alone, kept only when 1 / T_jj is finite too), each
+// c×c and zero below the diagonal; both return the relative damping that worked and throw
+// std::invalid_argument when every try fails.
 template <class T>
 double inverse_hessian_factor(ConstMatrixView<T> hessian, double damp, int max_tries,
                               MatrixView<T> u, bool* dead);
+template <class T>
+double hessian_factor(ConstMatrixView<T> hessian, double damp, int max_tries, MatrixView<T> t,
+                      bool* dead);
+
+// In place: T (upper triangular) becomes U = T⁻¹. False when U is not finite.
+template <class T>
+bool invert_factor(MatrixView<T> t);
 
 // What to prune: `m == 0` is unstructured (in every block of columns exactly
 // int(rows · block_cols · sparsity) weights pruned jointly over all rows), else N:M with `n` of
@@ -41,5 +51,16 @@ struct Options {
 template <class T>
 double prune(MatrixView<T> weight, ConstMatrixView<T> u, const bool* dead, const Options& options,
              ConstMatrixView<bool> allowed, MatrixView<bool> mask);
+
+// The same pruning, of `original` into `out` (same shape), from T rather than U: the triangular
+// inverse is never formed. With Q the pruned weights and D = W0 − Q the total change (W0 the
+// original with dead columns zeroed), Q = W0 − Err·U, so Err = D·T, and the columns [s1, s2) of a
+// superblock receive from the columns before it W0 + D[:, :s1] · T[:s1, s1:s2] · U[s1:s2, s1:s2]:
+// one GEMM per superblock, against the growing D, which `out` holds until every superblock is
+// done. Only the diagonal blocks of U are inverted. The results equal prune's up to rounding.
+template <class T>
+double prune_from(ConstMatrixView<T> original, ConstMatrixView<T> t, const bool* dead,
+                  const Options& options, ConstMatrixView<bool> allowed, MatrixView<T> out,
+                  MatrixView<bool> mask);
 
 }  // namespace fastprune::sparsegpt
