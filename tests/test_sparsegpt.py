@@ -622,8 +622,9 @@ def test_working_memory_is_the_factor_and_a_few_column_blocks(
     try:
         fastprune.release_memory()
         fastprune.set_memory_cache_limit(1 << 30)
-        sparsegpt(w, h, 0.5, pattern)
+        result = sparsegpt(w, h, 0.5, pattern)  # alive: its arrays are not the solver's
         held = fastprune.info()["memory_cache_bytes"]
+        del result
     finally:
         fastprune.set_memory_cache_limit(limit)
     padded_rows = 2320  # 2304 rows: 144 lines of 16 floats, even, so 145 lines
@@ -631,6 +632,30 @@ def test_working_memory_is_the_factor_and_a_few_column_blocks(
     if solver_route == "from T":
         expected += _cached_size(rows * 256 * 4) + _cached_size((cols - 256) * 256 * 4)
     assert held == expected
+
+
+def test_a_freed_result_is_reused_by_the_next_solve() -> None:
+    """The pruned weights come back in scratch memory: freed, they return to the memory cache,
+    and the next solve of the same shape writes its result there rather than into memory fresh
+    from the system."""
+    rng = np.random.default_rng(34)
+    w = rng.standard_normal((1024, 1024)).astype(np.float32)  # 4 MB; the mask, 1 MB, is not kept
+    h = random_hessian(rng, 1024)
+    limit = fastprune.info()["memory_cache_limit"]
+    try:
+        fastprune.release_memory()
+        fastprune.set_memory_cache_limit(1 << 30)
+        sparsegpt(w, h, 0.5)  # its result is freed at once
+        held_after_first = fastprune.info()["memory_cache_bytes"]
+        result = sparsegpt(w, h, 0.5)
+        held_while_kept = fastprune.info()["memory_cache_bytes"]
+        del result
+        held_after_second = fastprune.info()["memory_cache_bytes"]
+    finally:
+        fastprune.set_memory_cache_limit(limit)
+    assert isinstance(held_after_first, int)
+    assert held_while_kept == held_after_first - _cached_size(w.nbytes)
+    assert held_after_second == held_after_first
 
 
 def test_a_reused_block_is_counted_at_its_full_size() -> None:

@@ -5,7 +5,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fastprune/common.hpp"
@@ -82,11 +85,30 @@ const T* vector(const py::array& a, const char* name, py::ssize_t expected_size 
   return static_cast<const T*>(a.data());
 }
 
-// A new C-contiguous array and a view of it.
+// A new C-contiguous array, uninitialised, in scratch memory (common.hpp): when NumPy frees it,
+// a block of 2 MB or more goes back to the memory cache, and the next large result of about its
+// size (a layer's pruned weights and mask, the next layer's) is written into memory that is
+// already mapped rather than memory fresh from the system, a page fault per page.
+struct ScratchOwner {
+  void operator()(ScratchBlock* block) const noexcept {
+    free_scratch(*block);
+    delete block;
+  }
+};
+
 template <class T>
 py::array_t<T> empty(std::vector<py::ssize_t> shape) {
-  return py::array_t<T>(shape);
+  std::size_t count = 1;
+  for (const py::ssize_t extent : shape) count *= static_cast<std::size_t>(extent);
+  std::unique_ptr<ScratchBlock, ScratchOwner> block(new ScratchBlock{nullptr, 0});
+  *block = allocate_scratch(std::max<std::size_t>(count, 1) * sizeof(T));
+  T* data = static_cast<T*>(block->data);
+  py::capsule owner(block.get(), [](void* p) { ScratchOwner{}(static_cast<ScratchBlock*>(p)); });
+  block.release();  // the capsule owns it now
+  return py::array_t<T>(std::move(shape), data, owner);
 }
+
+// A view of a C-contiguous 2-D array.
 
 template <class T>
 MatrixView<T> view_of(py::array_t<T>& a) {

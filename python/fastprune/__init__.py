@@ -84,9 +84,10 @@ def set_memory_cache_limit(nbytes: int) -> None:
     two halves of a split Hessian update, float16/bfloat16 batches widened for one) are kept
     when freed, up to this limit in all (1 GiB unless set), and reused by later calls that need
     buffers of about the same size, as pruning a model's layers one after another does: memory
-    fresh from the operating system costs a page fault per page when first written. Lowering the
-    limit frees the oldest kept buffers beyond it; the arrays fastprune returns are never part
-    of the cache.
+    fresh from the operating system costs a page fault per page when first written. The arrays
+    the core returns (pruned weights, masks, scores) live in the same memory: while they are
+    referenced they are the caller's, and once NumPy frees them they are kept like a buffer.
+    Lowering the limit frees the oldest kept buffers beyond it.
     """
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
         msg = f"nbytes: expected an int >= 0, got {nbytes!r}"
