@@ -95,29 +95,30 @@ def time_against_sgemm(
 ) -> tuple[float, str]:
     """Median seconds of one call of `fn`, and its rate as a share of NumPy's SGEMM rate.
 
-    Every call of `fn` is followed at once by an SGEMM timing, and the rate shown is that of
-    the pair whose share is the median: on a shared machine the rate drifts by 10-20 % within
-    seconds, so a rate measured once, or well before or after, would flatter or wrong the calls
-    timed in a slower or a faster stretch. Each SGEMM is followed by a pause: NumPy's OpenBLAS
-    threads keep spinning for about 0.1 s after a call, and a call timed inside that window
-    shares its cores with them (25-50 % slower here). The machine is slow for a while after
-    such a pause (in medians over 15 pauses, a first call took 1.4 times as long as the next
-    for a calibration update and 1.4-1.7 times for NumPy's SGEMM), so each timed call of `fn`
-    follows an untimed one, as each SGEMM timing does.
+    Every call of `fn` is followed at once by an SGEMM timing; the rate shown is `flops` over
+    the median time (the time the table shows), as a share of the median of those SGEMM rates:
+    on a shared machine the rate drifts by 10-20 % within seconds, so an SGEMM rate measured
+    once, or well before or after, would flatter or wrong the calls timed in a slower or a
+    faster stretch. Each SGEMM is followed by a pause: NumPy's OpenBLAS threads keep spinning
+    for about 0.1 s after a call, and a call timed inside that window shares its cores with
+    them (25-50 % slower here). The machine is slow for a while after such a pause (in medians
+    over 15 pauses, a first call took 1.4 times as long as the next for a calibration update and
+    1.4-1.7 times for NumPy's SGEMM), so each timed call of `fn` follows an untimed one, as each
+    SGEMM timing does.
     """
-    pairs: list[tuple[float, float]] = []  # (seconds, SGEMM GFLOP/s)
+    times: list[float] = []
+    sgemm_rates: list[float] = []
     for _ in range(repeat):
         fn()
         t0 = time.perf_counter()
         fn()
-        seconds = time.perf_counter() - t0
-        pairs.append((seconds, sgemm_gflops(repeat=3)))
+        times.append(time.perf_counter() - t0)
+        sgemm_rates.append(sgemm_gflops(repeat=3))
         time.sleep(_OPENBLAS_SPIN)
-    pairs.sort(key=lambda pair: flops / pair[0] / pair[1])
-    seconds, sgemm = pairs[len(pairs) // 2]
+    seconds, sgemm = statistics.median(times), statistics.median(sgemm_rates)
     share = flops / seconds / 1e9 / sgemm
     text = f"{gflops(flops, seconds)} ({100 * share:.0f} % of SGEMM at {sgemm:.0f} beside it)"
-    return statistics.median(pair[0] for pair in pairs), text
+    return seconds, text
 
 
 def gbps(nbytes: float, seconds: float) -> str:
