@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import ml_dtypes
 import numpy as np
@@ -124,7 +125,21 @@ def test_threads_round_trip() -> None:
         fastprune.set_num_threads(before)
 
 
-@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_the_thread_count_holds_in_every_thread() -> None:
+    """Set from one Python thread, the count applies to kernels called from any other."""
+    before = fastprune.get_num_threads()
+    seen: list[int] = []
+    try:
+        fastprune.set_num_threads(1)
+        worker = threading.Thread(target=lambda: seen.append(fastprune.get_num_threads()))
+        worker.start()
+        worker.join()
+    finally:
+        fastprune.set_num_threads(before)
+    assert seen == [1]
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2", 2**31, 10**10])
 def test_bad_thread_count(bad: object) -> None:
     with pytest.raises(ValueError, match="n: expected a positive int"):
         fastprune.set_num_threads(bad)  # type: ignore[arg-type]

@@ -65,9 +65,10 @@ def info() -> dict[str, object]:
 
 
 def set_num_threads(n: int) -> None:
-    """Set how many threads fastprune's kernels may use (results never depend on it)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        msg = f"n: expected a positive int, got {n!r}"
+    """Set how many threads fastprune's kernels may use, in every thread of the process
+    (results never depend on it)."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2**31 - 1:
+        msg = f"n: expected a positive int below 2**31, got {n!r}"
         raise ValueError(msg)
     _core.set_num_threads(n)
 

@@ -151,7 +151,9 @@ def _install(module: ModuleType) -> None:
 def use(level: str) -> Iterator[ModuleType]:
     """Run the enclosed code on another level's core (for comparing levels in tests)."""
     previous = globals()["impl"]
-    _install(load(level))
+    module = load(level)
+    module.set_num_threads(previous.get_num_threads())  # each level keeps its own count
+    _install(module)
     try:
         yield globals()["impl"]
     finally:
