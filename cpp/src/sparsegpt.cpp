@@ -836,8 +836,8 @@ void check_shapes(Index rows, Index c, Index factor_rows, Index factor_cols, con
   if (options.m > 0 && c % options.m != 0) invalid("pattern: in_features must be a multiple of m");
 }
 
-// Diagonal entries of the damped J·H·J go where the factorisation finds them; the rest of the
-// factor's preparation (loading, checking, the damping loop) is shared by T and U.
+// Which factor `factorise` writes: T, or U = T⁻¹ (one triangular inverse more). Loading, the
+// symmetry check and the damping loop are the same for both.
 enum class Factor { kUpper, kInverse };
 
 template <class T>

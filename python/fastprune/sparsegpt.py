@@ -31,27 +31,24 @@ Reference semantics (DESIGN.md, "Algorithms"):
 - N:M (``n`` KEPT of every ``m``): each group of ``m`` columns is chosen per row when the block
   reaches it, on the already-updated weights.
 
-Performance (``python -m bench``, float32, 2-core AVX-512 Xeon, both threads; rates count
-``r·c² + ⅔c³`` flops, a share of SGEMM is that of the median of five solves, each after an
-untimed one and followed at once by a timing of numpy's SGEMM). The machine is shared and moves
-by 10-20 % within a run, more between runs: in the full suite 4096×4096 has taken 0.67-1.21 s at
-50 % and 0.70-1.06 s at 2:4 (49-78 % of SGEMM, 3.7-8.8× faster than the PyTorch loop of
-``bench/sparsegpt.py``), 11008×4096 1.37-2.28 s and 1.49-2.05 s (49-79 %, 4.3-10.6×). Much of
-that spread is memory rather than arithmetic: the virtual machine measured here hands freed
-memory back to its host, so that touching memory fresh from the OS costs system time, 0.02-0.6 s
-for the 150 MB that a 4096×4096 solve used to take afresh every call. The factor of a one-off
-solve and the solver's column blocks now live in scratch memory that later calls reuse (see
-``fastprune.set_memory_cache_limit``); only the output and the mask are new. After the first
-call, successive 4096×4096 solves at 50 % in one process took 0.76-1.02 s with at most 0.08 s of
-system time each, against 0.78-1.81 s with 0.03-0.17 s before that change (0.63 s in a process's
-first call), in the same hour; 11008×4096 took 1.52-1.95 s, mostly with 0.04-0.06 s of system
-time. The factorisation runs at 130-220 GFLOP/s and the GEMM after each 256-column superblock
-near the SGEMM rate; what is left is the work inside a superblock (Eigen GEMMs per 128-row tile,
-the per-column panel updates, the transposes to and from the column-major superblock; for N:M
-each row tile goes through all of it while its columns stay cached) and the exact-count
-selection (1.4 M scores a block at 11008 rows, recomputed from the weights by every pass rather
-than stored: bracketing the threshold from a sample, gathering the bracket and finding the
-threshold in it by histograms take about 0.05 s a solve in all). Small layers choose their
+Performance (``python -m bench``, float32, 2-core AVX-512 machine, both threads; a rate counts
+``r·c² + ⅔c³`` flops over the median of five solves, each after an untimed one, and its share is
+against the median of the SGEMM rates timed right after each solve). In the run in the README:
+4096×4096 0.69 s at 50 % and 0.72 s at 2:4 (87 % of SGEMM, 8.1× and 6.6× faster than the
+PyTorch loop of ``bench/sparsegpt.py``), 11008×4096 1.63 s and 1.52 s (74 % and 83 %, 7.3× and
+6.6×). The machine is shared and moves by 10-20 % within a run, more between runs. Where the
+time goes, 4096×4096 (from T): the Cholesky 0.17-0.19 s (about 130 GFLOP/s), the GEMM before
+each 256-column superblock 0.36-0.38 s, the work inside superblocks 0.08-0.11 s (Eigen GEMMs per
+128-row tile, the per-column panel updates, the transposes to and from the column-major
+superblock, and for unstructured masks the exact-count selection, which recomputes 0.5-1.4 M
+scores a block from the weights rather than storing them), turning the total change back into
+weights 0.03 s, and the diagonal blocks of U and their products with T 0.03 s. 11008×4096 (from
+U): the Cholesky and the triangular inverse 0.29-0.30 s, the GEMMs 0.94 s, the rest 0.23 s. The
+factor, the column blocks and the other buffers live in scratch memory that later solves reuse
+(see ``fastprune.set_memory_cache_limit``), and so do the returned weights and mask once they
+are freed: after a process's first solve, a solve takes no page faults. Before the results were
+kept that way, their 225 MB at 11008×4096 came fresh from the system every call and cost
+0.03-0.45 s of system time a solve on the virtual machine measured here. Small layers choose their
 thread count by size: 1024×1024 has run 1.1-1.6× faster on two threads than on one (but 0.96× at
 50 % in one run during a slow spell of the machine), and 384×384 runs on one thread whatever the
 setting. Results are bit-identical for every thread count: every dense routine splits its output
