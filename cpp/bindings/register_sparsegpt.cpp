@@ -98,17 +98,24 @@ py::tuple prune(py::array& weight, const py::array& u, const py::array& dead, do
   return prune_as<float>(weight, u, dead, options, keep_mask);
 }
 
+// The Hessian of a layer with `cols` inputs: (cols, cols).
+template <class T>
+ConstMatrixView<T> layer_hessian(const py::array& hessian, Index cols) {
+  const auto h = matrix<T>(hessian, "hessian");
+  if (h.rows != h.cols || h.rows != cols) {
+    throw std::invalid_argument("hessian: expected shape (" + std::to_string(cols) + ", " +
+                                std::to_string(cols) + "), got " + shape_text(hessian));
+  }
+  return h;
+}
+
 // The factor of a one-off solve lives in scratch memory, which later solves of the same width
 // reuse, rather than in a fresh array that the caller never sees.
 template <class T>
 py::tuple solve_as(py::array& weight, const py::array& hessian, double damp, int max_tries,
                    const sparsegpt::Options& options, const py::object& keep_mask) {
   const auto w = mutable_matrix<T>(weight, "weight");
-  const auto h = matrix<T>(hessian, "hessian");
-  if (h.rows != h.cols || h.rows != w.cols) {
-    throw std::invalid_argument("hessian: expected shape (" + std::to_string(w.cols) + ", " +
-                                std::to_string(w.cols) + "), got " + shape_text(hessian));
-  }
+  const auto h = layer_hessian<T>(hessian, w.cols);
   const ConstMatrixView<bool> allowed = allowed_weights(keep_mask);
   auto mask = empty<bool>({w.rows, w.cols});
   double loss = 0.0, used = 0.0;
@@ -165,11 +172,7 @@ py::tuple solve_from_as(const py::array& original, const py::array& hessian, dou
                         int max_tries, const sparsegpt::Options& options,
                         const py::object& keep_mask) {
   const auto w = matrix<T>(original, "weight");
-  const auto h = matrix<T>(hessian, "hessian");
-  if (h.rows != h.cols || h.rows != w.cols) {
-    throw std::invalid_argument("hessian: expected shape (" + std::to_string(w.cols) + ", " +
-                                std::to_string(w.cols) + "), got " + shape_text(hessian));
-  }
+  const auto h = layer_hessian<T>(hessian, w.cols);
   const ConstMatrixView<bool> allowed = allowed_weights(keep_mask);
   auto out = empty<T>({w.rows, w.cols});
   auto mask = empty<bool>({w.rows, w.cols});
