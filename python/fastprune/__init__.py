@@ -8,11 +8,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from ._errors import SetupError
+
 try:
     from . import _core
+except SetupError:  # a setting this machine or build cannot honour: its own reason says why
+    raise
 except ImportError as err:  # pragma: no cover - only reached by a broken installation
-    if "FASTPRUNE_ISA" in str(err):
-        raise
     msg = (
         "fastprune's compiled core could not be imported. Install the package with "
         "`pip install .` (a C++17 compiler is needed to build from source); "

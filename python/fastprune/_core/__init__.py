@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 from .. import _cpu
+from .._errors import SetupError
 
 LEVELS = ("avx512", "avx2", "baseline")
 SUBMODULES = ("importance", "masks", "calibration", "sparsegpt", "formats")
@@ -46,10 +47,10 @@ def _detect() -> dict[str, tuple[bool, str]]:
     if unknown:
         known = ", ".join(LEVELS)
         msg = f"FASTPRUNE_DISABLE_ISA: unknown level(s) {sorted(unknown)}; known: {known}"
-        raise ImportError(msg)
+        raise SetupError(msg)
     if "baseline" in disabled:
         msg = "FASTPRUNE_DISABLE_ISA: the baseline level cannot be disabled"
-        raise ImportError(msg)
+        raise SetupError(msg)
     detected = {name: (supported, reason) for name, supported, reason in _cpu.levels()}
     for level in disabled:
         detected[level] = (False, "disabled by FASTPRUNE_DISABLE_ISA")
@@ -69,15 +70,15 @@ def _choose() -> tuple[str, str]:
     if forced:
         if forced not in LEVELS:
             msg = f"FASTPRUNE_ISA={forced!r} is not one of {', '.join(LEVELS)}"
-            raise ImportError(msg)
+            raise SetupError(msg)
         supported, reason = detected[forced]
         if not supported:
             msg = f"FASTPRUNE_ISA={forced}: this CPU/OS cannot run it ({reason})"
-            raise ImportError(msg)
+            raise SetupError(msg)
         if forced not in compiled:
             have = ", ".join(compiled)
             msg = f"FASTPRUNE_ISA={forced}: not compiled into this build (has {have})"
-            raise ImportError(msg)
+            raise SetupError(msg)
         return forced, f"forced by FASTPRUNE_ISA={forced}"
     passed_over = []
     for level in LEVELS:
@@ -89,14 +90,14 @@ def _choose() -> tuple[str, str]:
             return level, why
         passed_over.append(f"{level} ({reason if not supported else 'not compiled'})")
     msg = "no compiled instruction-set level can run here: " + "; ".join(passed_over)
-    raise ImportError(msg)
+    raise SetupError(msg)
 
 
 def load(level: str) -> ModuleType:
     """The compiled core for one level (raises ImportError if it cannot run here)."""
     if level not in supported_levels():
         msg = f"instruction-set level {level!r} is not available here (have {supported_levels()})"
-        raise ImportError(msg)
+        raise SetupError(msg)
     return importlib.import_module(f"fastprune._core_{level}")
 
 
@@ -105,7 +106,7 @@ def _openblas() -> tuple[str, str] | None:
     choice = os.environ.get("FASTPRUNE_BLAS", "").strip() or "auto"
     if choice not in ("auto", "openblas", "eigen"):
         msg = f"FASTPRUNE_BLAS={choice!r} is not one of openblas, eigen"
-        raise ImportError(msg)
+        raise SetupError(msg)
     if choice == "eigen":
         return None
     try:
@@ -113,7 +114,7 @@ def _openblas() -> tuple[str, str] | None:
     except ImportError as err:
         if choice == "openblas":
             msg = "FASTPRUNE_BLAS=openblas but the scipy-openblas32 package is not installed"
-            raise ImportError(msg) from err
+            raise SetupError(msg) from err
         return None
     suffix = ".dylib" if sys.platform == "darwin" else ".so"
     name = f"lib{scipy_openblas32.get_library()}{suffix}"
@@ -128,7 +129,7 @@ def _install(module: ModuleType) -> None:
             module.load_openblas(*_BLAS)
         except ValueError as err:
             if os.environ.get("FASTPRUNE_BLAS", "").strip() == "openblas":
-                raise ImportError(str(err)) from err
+                raise SetupError(str(err)) from err
             module.unload_blas()
     g = globals()
     g["impl"] = module
