@@ -81,8 +81,9 @@ class HessianFactor:
 
     Attributes:
         t: ``T``, upper triangular with ``H = T Tᵀ`` for the damped Hessian ``H``, shape
-            ``(in_features, in_features)``, zero below the diagonal. The solver works from ``T``
-            and never forms its inverse.
+            ``(in_features, in_features)``, zero below the diagonal. Layers of few rows are
+            solved from ``T`` alone; the others (and ``inplace=True``) need ``u``, its inverse,
+            formed on first use and kept with the factor.
         dead: bool per input column, True where ``H_jj == 0`` (those weights are set to 0).
         damp_used: the relative damping that made the Hessian factorisable.
         precision: ``"float32"`` or ``"float64"``, the dtype of ``t``.
