@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -54,6 +57,42 @@ def test_each_supported_level_can_be_forced(level: str) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == level
     assert "forced by FASTPRUNE_ISA" in out.stdout
+
+
+def vector_instructions(path: str) -> dict[str, int]:
+    """Counts, in the disassembly of the shared object at `path`, of VEX/EVEX instructions (AVX
+    and later: mnemonics starting with v), of 256-bit and 512-bit registers and of AVX-512 mask
+    registers."""
+    listing = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", path], capture_output=True, text=True, check=True
+    ).stdout
+    return {
+        "vex": len(re.findall(r"^\s*[0-9a-f]+:\s+v[a-z0-9]+\s", listing, re.MULTILINE)),
+        "ymm": listing.count("%ymm"),
+        "zmm": listing.count("%zmm"),
+        "mask": len(re.findall(r"%k[0-7]\b", listing)),
+    }
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump is not installed")
+def test_lower_levels_hold_no_instructions_of_higher_ones() -> None:
+    """The machine code itself: the baseline module runs on a CPU without AVX (no VEX-encoded
+    instruction at all), the AVX2 one on a CPU without AVX-512 (no 512-bit or mask register);
+    the AVX-512 module, which must have both, shows that the disassembly sees them."""
+    counts = {
+        level: vector_instructions(
+            str(importlib.import_module(f"fastprune._core_{level}").__file__)
+        )
+        for level in _core.compiled_levels()
+    }
+    if "baseline" in counts:
+        assert counts["baseline"] == {"vex": 0, "ymm": 0, "zmm": 0, "mask": 0}
+    if "avx2" in counts:
+        assert counts["avx2"]["zmm"] == counts["avx2"]["mask"] == 0
+        assert counts["avx2"]["ymm"] > 0
+    if "avx512" in counts:
+        assert counts["avx512"]["zmm"] > 0 and counts["avx512"]["mask"] > 0
+    assert vector_instructions(str(fastprune._cpu.__file__))["vex"] == 0
 
 
 def test_flags_name_the_instruction_set() -> None:
