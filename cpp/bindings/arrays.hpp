@@ -109,7 +109,6 @@ py::array_t<T> empty(std::vector<py::ssize_t> shape) {
 }
 
 // A view of a C-contiguous 2-D array.
-
 template <class T>
 MatrixView<T> view_of(py::array_t<T>& a) {
   return {a.mutable_data(), a.shape(0), a.shape(1), a.shape(1)};

@@ -866,36 +866,15 @@ double factorise(ConstMatrixView<T> hessian, double damp, int max_tries, Factor 
     if (!blas::cholesky_lower(out)) continue;
     if (kind == Factor::kInverse) blas::invert_lower(out);
     if (!reverse_into_upper(out)) continue;
+    if (kind == Factor::kInverse) return relative;
     // U's diagonal is 1 / T's: T is kept only when that is finite too.
     bool reciprocals_finite = true;
-    for (Index j = 0; j < c && kind == Factor::kUpper; ++j) {
-      reciprocals_finite = reciprocals_finite && std::isfinite(T(1) / out(j, j));
-    }
+    for (Index j = 0; j < c; ++j) reciprocals_finite &= std::isfinite(T(1) / out(j, j));
     if (reciprocals_finite) return relative;
   }
   invalid("hessian: not positive definite even with damping " + number(relative) +
           " (relative to the mean diagonal " + number(mean_diagonal) + ", " +
           std::to_string(max_tries) + " tries)");
-}
-
-// inverse = J · (J · upper · J)⁻¹ · J, the inverse of an n × n upper triangle, through `work`
-// (n × n); false when it is not finite.
-template <class T>
-bool invert_upper(ConstMatrixView<T> upper, MatrixView<T> work, MatrixView<T> inverse) {
-  const Index n = upper.rows;
-  for (Index i = 0; i < n; ++i) {
-    for (Index j = 0; j <= i; ++j) work(i, j) = upper(n - 1 - i, n - 1 - j);
-  }
-  blas::invert_lower(work);
-  bool finite = true;
-  for (Index i = 0; i < n; ++i) {
-    for (Index j = 0; j < i; ++j) inverse(i, j) = T(0);
-    for (Index j = i; j < n; ++j) {
-      inverse(i, j) = work(n - 1 - i, n - 1 - j);
-      finite = finite && std::isfinite(inverse(i, j));
-    }
-  }
-  return finite;
 }
 
 }  // namespace
@@ -951,10 +930,9 @@ double prune_from(ConstMatrixView<T> original, ConstMatrixView<T> t, const bool*
   check_shapes<T>(rows, c, t.rows, t.cols, options, allowed, mask);
   if (out.rows != rows || out.cols != c) invalid("out: expected the shape of the weight");
   const Index smax = std::min(superblock_width(options), std::max<Index>(c, 1));
-  // U[s1:s2, s1:s2] and its reversal, T[:s1, s1:s2] · U[s1:s2, s1:s2], and the superblock's
-  // update from the columns before it.
+  // U[s1:s2, s1:s2], T[:s1, s1:s2] · U[s1:s2, s1:s2], and the superblock's update from the
+  // columns before it.
   const Scratch<T> u_diagonal(static_cast<size_t>(smax * smax)),
-      reversal(static_cast<size_t>(smax * smax)),
       strip(static_cast<size_t>(std::max<Index>(c - smax, 0) * smax)),
       update(static_cast<size_t>(rows * smax));
   // Dead columns are zero in W0, in Q and so in D: the passes below run along whole rows
@@ -975,8 +953,8 @@ double prune_from(ConstMatrixView<T> original, ConstMatrixView<T> t, const bool*
       [&](Index s1, Index s2) {
         const Index sc = s2 - s1;
         const MatrixView<T> u_kk{u_diagonal.data(), sc, sc, sc};
-        if (!invert_upper(ConstMatrixView<T>{&t(s1, s1), sc, sc, t.stride},
-                          MatrixView<T>{reversal.data(), sc, sc, sc}, u_kk)) {
+        for (Index i = 0; i < sc; ++i) std::copy_n(&t(s1 + i, s1), sc, u_kk.row(i));
+        if (!invert_factor(u_kk)) {
           invalid("hessian: the inverse of its factor is not finite; use more damping");
         }
         last_s1 = s1;
