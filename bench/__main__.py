@@ -1,8 +1,9 @@
 """Run fastprune's benchmarks: ``python -m bench [module ...] [--markdown FILE] [--readme]``.
 
 Every module in this folder whose name does not start with an underscore is a benchmark with
-``run(table)``. The table printed at the end compares fastprune with the strongest baseline a
-user would reach for, measured in the same run, together with the machine's own limits.
+``run(table)``, except the whole-model benchmarks in `STANDALONE`. The table printed at the end
+compares fastprune with the strongest baseline a user would reach for, measured in the same run,
+together with the machine's own limits.
 """
 
 from __future__ import annotations
@@ -19,10 +20,18 @@ import fastprune
 
 from . import _harness
 
+# Benchmarks of whole models, run on their own (``python -m bench.NAME``): they need optional
+# packages and data, take minutes, and print tables of their own.
+STANDALONE = frozenset({"decoder"})
+
 
 def available() -> list[str]:
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(here)])
+        if not m.name.startswith("_") and m.name not in STANDALONE
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -284,6 +284,72 @@ def test_prune_a_llama_directory_2_4(llama_dir, tmp_path, capsys):
 
 
 @torch_needed
+def test_a_decoder_is_calibrated_on_packed_text(llama_dir, tmp_path, capsys):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("the cat sat on the mat\nthe dog ran in the park today\n" * 40)
+    out = tmp_path / "pruned"
+    status, stdout, _ = run(
+        capsys, "prune", str(llama_dir), "--out", str(out), "--calib", str(calib), "--quiet",
+        "--samples", "5",
+    )  # fmt: skip
+    assert status == 0
+    text = json.loads((out / "manifest.json").read_text())["calibration"]["text"]
+    # the tiny model's context is 64 positions, so the packed sequences are 64 tokens long
+    assert text["packing"] == "pack"
+    assert text["seqlen"] == 64
+    assert text["sequences"] == text["samples"] == 5
+    assert text["windows"] == text["text_tokens"] // 64 > 5
+    assert "packed into 5 sequences of 64 tokens" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["calibration"]["tokens"] == 5 * 64  # no padding: every position counts
+    # plain SparseGPT for a causal language model (see the "auto" defaults)
+    assert manifest["options"]["reconstruct"] == "layer"
+    assert manifest["options"]["refit"] is False
+
+
+@torch_needed
+def test_an_encoder_is_calibrated_line_by_line(bert_dir, tmp_path, capsys):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("the cat sat on the mat\n\nthe dog ran in the park today\n")
+    out = tmp_path / "pruned"
+    status, _, _ = run(capsys, "prune", str(bert_dir), "--out", str(out), "--calib", str(calib))
+    assert status == 0
+    text = json.loads((out / "manifest.json").read_text())["calibration"]["text"]
+    assert text["packing"] == "lines"
+    assert (text["samples"], text["seqlen"]) == (2, 128)
+
+
+@torch_needed
+def test_pack_text_cuts_the_token_stream_into_whole_windows():
+    import torch
+
+    from fastprune.torch import models
+
+    def tokenizer(text: str, add_special_tokens: bool) -> dict[str, list[int]]:
+        assert not add_special_tokens
+        return {"input_ids": [WORDS.index(w) for w in text.split()]}  # a token per word
+
+    lines = [" ".join(WORDS[i : i + 6]) for i in range(0, 180, 6)]  # no window repeats
+    stream = list(range(180))
+    windows, counts = models.pack_text(tokenizer, lines, seqlen=16, samples=100, seed=0)
+    assert counts == {
+        "text_tokens": len(stream),
+        "windows": len(stream) // 16,
+        "sequences": len(stream) // 16,
+        "seqlen": 16,
+    }
+    torch.testing.assert_close(windows.flatten(), torch.tensor(stream[: windows.numel()]))
+    drawn, counts = models.pack_text(tokenizer, lines, seqlen=16, samples=3, seed=1)
+    assert counts["sequences"] == 3
+    rows = [windows.tolist().index(row) for row in drawn.tolist()]
+    assert rows == sorted(set(rows))  # distinct windows, in text order
+    short, counts = models.pack_text(tokenizer, lines[:1], seqlen=1000, samples=4, seed=0)
+    assert short.shape == (1, counts["text_tokens"]) and counts["seqlen"] < 1000
+    with pytest.raises(ValueError, match="calib: the calibration text has no token"):
+        models.pack_text(tokenizer, [""], seqlen=8, samples=1, seed=0)
+
+
+@torch_needed
 def test_padding_does_not_change_a_llama_prune(llama_dir, tmp_path, capsys):
     # One batch of lines of very different length against one line per batch: the padded
     # positions must not enter the statistics, so both runs prune alike. Plain SparseGPT: on
@@ -298,6 +364,7 @@ def test_padding_does_not_change_a_llama_prune(llama_dir, tmp_path, capsys):
         status, _, _ = run(
             capsys, "prune", str(llama_dir), "--out", str(out), "--calib", str(calib),
             "--batch-size", batch_size, "--quiet", "--reconstruct", "layer", "--no-refit",
+            "--packing", "lines",
         )  # fmt: skip
         assert status == 0
         results.append(_stored(out))

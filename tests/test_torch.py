@@ -672,7 +672,7 @@ def test_bad_arguments_are_named():
         prune_model(model, batches(), damp=-1.0)
     with pytest.raises(TypeError, match="ignore"):
         prune_model(model, batches(), ignore=[3])
-    with pytest.raises(ValueError, match="reconstruct: expected one of dense, layer"):
+    with pytest.raises(ValueError, match="reconstruct: expected one of auto, dense, layer"):
         prune_model(model, batches(), reconstruct="model")
     with pytest.raises(TypeError, match="refit: expected True or False"):
         prune_model(model, batches(), refit="yes")

