@@ -103,8 +103,9 @@ class MaskedModel:
         ignore: Sequence[str] = (),
         masks: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            msg = f"model: expected a torch.nn.Module, got {type(model).__name__}"
+        module: object = model
+        if not isinstance(module, nn.Module):
+            msg = f"model: expected a torch.nn.Module, got {type(module).__name__}"
             raise TypeError(msg)
         if isinstance(ignore, str) or not all(isinstance(name, str) for name in ignore):
             msg = f"ignore: expected a list of names or glob patterns, got {ignore!r}"
@@ -124,7 +125,8 @@ class MaskedModel:
             param = weight_of(module)
             self._by_param[id(param)] = (name, param)
             if param.requires_grad:
-                self._handles.append(param.register_hook(self._grad_hook(name)))
+                hook = param.register_hook(self._grad_hook(name))  # type: ignore[no-untyped-call]
+                self._handles.append(hook)
         self._handles.append(register_optimizer_step_pre_hook(self._before_step))
         self._handles.append(register_optimizer_step_post_hook(self._after_step))
         self._removed = False
@@ -184,8 +186,9 @@ class MaskedModel:
     def set_masks(self, masks: Mapping[str, Any]) -> None:
         """:meth:`set_mask` for several layers at once."""
         self._check_active()
-        if not isinstance(masks, Mapping):
-            msg = f"masks: expected a mapping of layer names to masks, got {type(masks).__name__}"
+        given: object = masks  # checked at run time too: callers may not be type-checked
+        if not isinstance(given, Mapping):
+            msg = f"masks: expected a mapping of layer names to masks, got {type(given).__name__}"
             raise TypeError(msg)
         converted = {self._known(name): self._as_mask(name, mask) for name, mask in masks.items()}
         self._masks.update(converted)
@@ -213,8 +216,11 @@ class MaskedModel:
         scores: Scores | None = None,
         layers: Sequence[str] | None = None,
     ) -> dict[str, float]:
-        """Choose new masks with :func:`fastprune.mask` and set them; the weights already
-        pruned stay pruned (:func:`fastprune.schedules.rank_pruned_first`).
+        """Choose new masks with :func:`fastprune.mask` and set them. The weights already
+        pruned rank below every kept one (:func:`fastprune.schedules.rank_pruned_first`), so
+        they stay pruned whenever the new pattern allows it: always for a higher unstructured
+        sparsity, a K:M after a (K+j):M, or blocks after blocks of the same shape; an N:M mask
+        after an unstructured one keeps exactly N per group, zeros included.
 
         Args:
             sparsity: the fraction of each layer to prune: one float, or one per layer name
@@ -417,8 +423,9 @@ class RewindStrategy:
     def parse(cls, spec: str | RewindStrategy) -> RewindStrategy:
         if isinstance(spec, RewindStrategy):
             return spec
-        if not isinstance(spec, str):
-            msg = f"rewind: expected a RewindStrategy or a str, got {type(spec).__name__}"
+        given: object = spec
+        if not isinstance(given, str):
+            msg = f"rewind: expected a RewindStrategy or a str, got {type(given).__name__}"
             raise TypeError(msg)
         text = spec.strip().lower()
         if text in ("init", "none"):
@@ -485,7 +492,8 @@ class LotteryConfig:
             raise ValueError(msg)
         object.__setattr__(self, "rewind", RewindStrategy.parse(self.rewind))
         object.__setattr__(self, "targets", tuple(self.targets))
-        if isinstance(self.ignore, str):
+        ignore: object = self.ignore
+        if isinstance(ignore, str):
             msg = f"ignore: expected a list of names or glob patterns, got {self.ignore!r}"
             raise TypeError(msg)
         object.__setattr__(self, "ignore", tuple(self.ignore))
@@ -690,8 +698,8 @@ class WinningTicket:
 
         fig = Figure(figsize=(6.0, 4.0), layout="constrained")
         ax = fig.subplots()
-        rows = [r for r in self.rounds if r.metric is not None]
-        ax.plot([100 * (1 - r.sparsity) for r in rows], [r.metric for r in rows], "o-")
+        points = [(100 * (1 - r.sparsity), r.metric) for r in self.rounds if r.metric is not None]
+        ax.plot([x for x, _ in points], [y for _, y in points], "o-")
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.set_xlabel("weights remaining (%)")
@@ -723,12 +731,14 @@ class LotteryTicket:
     def __init__(
         self, model: nn.Module, config: LotteryConfig | None = None, **overrides: Any
     ) -> None:
-        if not isinstance(model, nn.Module):
-            msg = f"model: expected a torch.nn.Module, got {type(model).__name__}"
+        module: object = model
+        if not isinstance(module, nn.Module):
+            msg = f"model: expected a torch.nn.Module, got {type(module).__name__}"
             raise TypeError(msg)
         base = config if config is not None else LotteryConfig()
-        if not isinstance(base, LotteryConfig):
-            msg = f"config: expected a LotteryConfig, got {type(base).__name__}"
+        given: object = base
+        if not isinstance(given, LotteryConfig):
+            msg = f"config: expected a LotteryConfig, got {type(given).__name__}"
             raise TypeError(msg)
         self.model = model
         self.config = dataclasses.replace(base, **overrides) if overrides else base
@@ -741,10 +751,12 @@ class LotteryTicket:
         *,
         progress: bool = True,
     ) -> WinningTicket:
-        if not callable(train_fn):
+        given: object = train_fn
+        if not callable(given):
             msg = f"train_fn: expected a callable taking the model, got {train_fn!r}"
             raise TypeError(msg)
-        if eval_fn is not None and not callable(eval_fn):
+        evaluate: object = eval_fn
+        if evaluate is not None and not callable(evaluate):
             msg = f"eval_fn: expected a callable taking the model, got {eval_fn!r}"
             raise TypeError(msg)
         cfg = self.config
@@ -932,8 +944,9 @@ class GradualPruner:
         targets: Sequence[type[nn.Module]] = DEFAULT_TARGETS,
         ignore: Sequence[str] = (),
     ) -> None:
-        if not isinstance(schedule, SparsitySchedule):
-            msg = f"schedule: expected a SparsitySchedule, got {type(schedule).__name__}"
+        given: object = schedule
+        if not isinstance(given, SparsitySchedule):
+            msg = f"schedule: expected a SparsitySchedule, got {type(given).__name__}"
             raise TypeError(msg)
         if isinstance(importance, str) and importance not in IMPORTANCES:
             msg = (
@@ -941,7 +954,8 @@ class GradualPruner:
                 f"got {importance!r}"
             )
             raise ValueError(msg)
-        if not isinstance(importance, str) and not callable(importance):
+        chosen: object = importance
+        if not isinstance(chosen, str) and not callable(chosen):
             msg = f"importance: expected a name or a callable, got {importance!r}"
             raise TypeError(msg)
         if scope not in ("row", "layer", "global"):
