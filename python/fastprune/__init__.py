@@ -22,7 +22,7 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     )
     raise ImportError(msg) from err
 
-from . import _cpu, importance, masks
+from . import _cpu, importance, masks, schedules
 from .calibration import Calibration
 from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
 from .io import load, save
@@ -130,6 +130,7 @@ __all__ = [
     "pattern",
     "release_memory",
     "save",
+    "schedules",
     "set_memory_cache_limit",
     "set_num_threads",
     "sparsegpt",

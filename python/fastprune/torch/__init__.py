@@ -8,12 +8,30 @@ from __future__ import annotations
 
 from .prune import DEFAULT_TARGETS, METHODS, prune_model, resolve_blocks, select_layers
 from .report import LayerReport, PruneReport
+from .training import (
+    GradualPruner,
+    LotteryConfig,
+    LotteryConfigBuilder,
+    LotteryTicket,
+    MaskedModel,
+    RewindStrategy,
+    RoundRecord,
+    WinningTicket,
+)
 
 __all__ = [
     "DEFAULT_TARGETS",
     "METHODS",
+    "GradualPruner",
     "LayerReport",
+    "LotteryConfig",
+    "LotteryConfigBuilder",
+    "LotteryTicket",
+    "MaskedModel",
     "PruneReport",
+    "RewindStrategy",
+    "RoundRecord",
+    "WinningTicket",
     "prune_model",
     "resolve_blocks",
     "select_layers",
