@@ -1,0 +1,42 @@
+"""Structural pruning: remove heads, neurons, channels and whole blocks, leaving a smaller
+dense model (`prune_width`, `block_importance`, `remove_blocks` for Hugging Face transformers).
+"""
+
+from __future__ import annotations
+
+from .importance import GroupImportance, magnitude, resolve_importance, taylor
+from .plan import Part, PruningPlan, Slice
+from .transformers import (
+    BlockImportance,
+    Layout,
+    StructureError,
+    block_importance,
+    check_saveable,
+    count_parameters,
+    flops_per_token,
+    layout,
+    prune_width,
+    remove_blocks,
+    sync_config,
+)
+
+__all__ = [
+    "BlockImportance",
+    "GroupImportance",
+    "Layout",
+    "Part",
+    "PruningPlan",
+    "Slice",
+    "StructureError",
+    "block_importance",
+    "check_saveable",
+    "count_parameters",
+    "flops_per_token",
+    "layout",
+    "magnitude",
+    "prune_width",
+    "remove_blocks",
+    "resolve_importance",
+    "sync_config",
+    "taylor",
+]
