@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .importance import GroupImportance, magnitude, resolve_importance, taylor
 from .plan import Part, PruningPlan, Slice
+from .shrink import latency, shrink
 from .transformers import (
     BlockImportance,
     Layout,
@@ -32,11 +33,13 @@ __all__ = [
     "check_saveable",
     "count_parameters",
     "flops_per_token",
+    "latency",
     "layout",
     "magnitude",
     "prune_width",
     "remove_blocks",
     "resolve_importance",
+    "shrink",
     "sync_config",
     "taylor",
 ]
