@@ -1,9 +1,11 @@
 """Structural pruning: remove heads, neurons, channels and whole blocks, leaving a smaller
-dense model (`prune_width`, `block_importance`, `remove_blocks` for Hugging Face transformers).
+dense model (`prune_width`, `block_importance`, `remove_blocks` and `shrink` for Hugging Face
+transformers; `DependencyGraph` and `prune_channels` for models torch.fx can trace, such as CNNs).
 """
 
 from __future__ import annotations
 
+from .channels import DependencyGraph, prune_channels
 from .importance import GroupImportance, magnitude, resolve_importance, taylor
 from .plan import Part, PruningPlan, Slice
 from .shrink import latency, shrink
@@ -23,6 +25,7 @@ from .transformers import (
 
 __all__ = [
     "BlockImportance",
+    "DependencyGraph",
     "GroupImportance",
     "Layout",
     "Part",
@@ -36,6 +39,7 @@ __all__ = [
     "latency",
     "layout",
     "magnitude",
+    "prune_channels",
     "prune_width",
     "remove_blocks",
     "resolve_importance",

@@ -18,14 +18,17 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Slice:
-    """One tensor of a group: channel ``c`` of the group is index ``c + offset`` on `dim`, for
-    every offset in `offsets` (a fused q/k/v projection holds each channel three times)."""
+    """One tensor of a group: channel ``c`` of the group is indices ``offset + c * span`` up to
+    ``offset + (c + 1) * span`` on `dim`, for every offset in `offsets` (a fused q/k/v
+    projection holds each channel three times; a Linear after a flatten reads ``span = H * W``
+    columns per channel)."""
 
     module: nn.Module
     name: str
     dim: int
     offsets: tuple[int, ...] = (0,)
     label: str = ""
+    span: int = 1
 
     def tensor(self) -> torch.Tensor:
         value = getattr(self.module, self.name)
@@ -37,11 +40,13 @@ class Slice:
     def rows(self, tensor: torch.Tensor, channels: int) -> torch.Tensor:
         """`tensor` viewed as ``(channels, len(offsets) * rest)``: one row per group channel."""
         moved = tensor.movedim(self.dim, 0)
-        parts = [moved[o : o + channels].reshape(channels, -1) for o in self.offsets]
+        size = channels * self.span
+        parts = [moved[o : o + size].reshape(channels, -1) for o in self.offsets]
         return torch.cat(parts, dim=1)
 
     def index(self, keep: torch.Tensor) -> torch.Tensor:
-        return torch.cat([keep + o for o in self.offsets])
+        within = (keep[:, None] * self.span + torch.arange(self.span)[None, :]).reshape(-1)
+        return torch.cat([within + o for o in self.offsets])
 
 
 @dataclass
@@ -94,16 +99,26 @@ class PruningPlan:
             # tied tensors appear once per owner: slice once; `old` stays referenced so that
             # its id is not reused while the part is applied
             done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            removed = _complement(part.keep, part.channels)
             for s in part.slices:
                 old = s.tensor()
                 if id(old) not in done:
-                    done[id(old)] = (old, _shrunk(old, s.dim, s.index(part.keep)))
+                    # a tensor may also hold other groups' channels (after a concat): keep
+                    # everything but this group's removed indices
+                    kept = _complement(s.index(removed), old.shape[s.dim])
+                    done[id(old)] = (old, _shrunk(old, s.dim, kept))
                 _put(s.module, s.name, done[id(old)][1])
         for obj, attr, value in self.fixes:
             setattr(obj, attr, value)
         for _, step in self.then:
             step()
         self.applied = True
+
+
+def _complement(index: torch.Tensor, size: int) -> torch.Tensor:
+    keep = torch.ones(size, dtype=torch.bool)
+    keep[index.long()] = False
+    return torch.nonzero(keep).reshape(-1)
 
 
 def _shrunk(old: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
