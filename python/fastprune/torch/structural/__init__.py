@@ -1,0 +1,49 @@
+"""Structural pruning: remove heads, neurons, channels and whole blocks, leaving a smaller
+dense model (`prune_width`, `block_importance`, `remove_blocks` and `shrink` for Hugging Face
+transformers; `DependencyGraph` and `prune_channels` for models torch.fx can trace, such as CNNs).
+"""
+
+from __future__ import annotations
+
+from .channels import DependencyGraph, prune_channels
+from .importance import GroupImportance, magnitude, resolve_importance, taylor
+from .plan import Part, PruningPlan, Slice
+from .shrink import latency, shrink
+from .transformers import (
+    BlockImportance,
+    Layout,
+    StructureError,
+    block_importance,
+    check_saveable,
+    count_parameters,
+    flops_per_token,
+    layout,
+    prune_width,
+    remove_blocks,
+    sync_config,
+)
+
+__all__ = [
+    "BlockImportance",
+    "DependencyGraph",
+    "GroupImportance",
+    "Layout",
+    "Part",
+    "PruningPlan",
+    "Slice",
+    "StructureError",
+    "block_importance",
+    "check_saveable",
+    "count_parameters",
+    "flops_per_token",
+    "latency",
+    "layout",
+    "magnitude",
+    "prune_channels",
+    "prune_width",
+    "remove_blocks",
+    "resolve_importance",
+    "shrink",
+    "sync_config",
+    "taylor",
+]
