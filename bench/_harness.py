@@ -31,6 +31,32 @@ def median_time(fn: Callable[[], object], *, repeat: int = 7, min_time: float = 
     return statistics.median(times)
 
 
+def paired_times(
+    ours: Callable[[], object], baseline: Callable[[], object], *, pairs: int = 9
+) -> tuple[float, float, tuple[float, float]]:
+    """Median times of `ours` and `baseline` timed in alternation, and the spread of the ratio.
+
+    Each pair times one call of each, back to back, so both see the same state of a shared
+    machine: on 2 cores a busy neighbour halves a threaded kernel but barely slows a
+    single-threaded baseline, which moved the ratio of separately timed medians by 5x between
+    runs. The spread is the (min, max) of the per-pair ratios baseline / ours.
+    """
+    ours()
+    baseline()
+    t_ours: list[float] = []
+    t_base: list[float] = []
+    for _ in range(pairs):
+        t0 = time.perf_counter()
+        ours()
+        t1 = time.perf_counter()
+        baseline()
+        t2 = time.perf_counter()
+        t_ours.append(t1 - t0)
+        t_base.append(t2 - t1)
+    ratios = [b / o for o, b in zip(t_ours, t_base, strict=True)]
+    return statistics.median(t_ours), statistics.median(t_base), (min(ratios), max(ratios))
+
+
 @dataclass
 class Row:
     operation: str
@@ -40,10 +66,16 @@ class Row:
     baseline_name: str
     baseline: float | None
     rate: str = ""
+    spread: tuple[float, float] | None = None  # (min, max) of paired ratios, when paired
 
     @property
     def ratio(self) -> str:
-        return "" if self.baseline is None else f"{self.baseline / self.ours:.2f}x"
+        if self.baseline is None:
+            return ""
+        text = f"{self.baseline / self.ours:.2f}x"
+        if self.spread is not None:
+            text += f" ({self.spread[0]:.1f}-{self.spread[1]:.1f})"
+        return text
 
 
 @dataclass

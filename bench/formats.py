@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 import fastprune as fp
 
-from ._harness import Row, Table, gbps, gflops, median_time, torch_or_none
+from ._harness import Row, Table, gbps, gflops, median_time, paired_times, torch_or_none
 
 N = 4096
 KS = (1, 8, 128)
@@ -39,54 +39,30 @@ def _conversions(table: Table, w: np.ndarray, label: str, threads: int) -> None:
     ours = fp.CSR.from_dense(w)
     ref = sp.csr_matrix(w)
     assert np.array_equal(ours.indices, ref.indices) and np.array_equal(ours.data, ref.data)
-    t_ours = median_time(lambda: fp.CSR.from_dense(w), repeat=5)
-    t_ref = median_time(lambda: sp.csr_matrix(w), repeat=3)
+    t_ours, t_ref, spread = paired_times(lambda: fp.CSR.from_dense(w), lambda: sp.csr_matrix(w))
+    rate = gbps(w.nbytes, t_ours)
     table.add(
-        Row(
-            "dense -> CSR",
-            shape,
-            threads,
-            t_ours,
-            "scipy csr_matrix(dense)",
-            t_ref,
-            gbps(w.nbytes, t_ours),
-        )
+        Row("dense -> CSR", shape, threads, t_ours, "scipy csr_matrix(dense)", t_ref, rate, spread)
     )
-    t_ours = median_time(ours.to_dense, repeat=5)
-    t_ref = median_time(ref.toarray, repeat=3)
-    table.add(
-        Row(
-            "CSR -> dense",
-            shape,
-            threads,
-            t_ours,
-            "scipy .toarray()",
-            t_ref,
-            gbps(w.nbytes, t_ours),
-        )
-    )
+    t_ours, t_ref, spread = paired_times(ours.to_dense, ref.toarray)
+    rate = gbps(w.nbytes, t_ours)
+    table.add(Row("CSR -> dense", shape, threads, t_ours, "scipy .toarray()", t_ref, rate, spread))
     torch: Any = torch_or_none()
     if torch is not None:
         tw = torch.from_numpy(w)
         with warnings.catch_warnings():  # torch's one-time "sparse CSR is in beta" note
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             assert np.array_equal(tw.to_sparse_csr().col_indices().numpy(), ours.indices)
-        t_ref = median_time(tw.to_sparse_csr, repeat=3)
-        t_ours = median_time(lambda: fp.CSR.from_dense(w), repeat=5)
-        table.add(Row("dense -> CSR", shape, threads, t_ours, "torch .to_sparse_csr()", t_ref))
-    t_ours = median_time(lambda: fp.Bitmask.from_dense(w), repeat=5)
-    t_ref = median_time(lambda: (np.packbits(w != 0, axis=1), w[w != 0]), repeat=3)
-    table.add(
-        Row(
-            "dense -> Bitmask",
-            shape,
-            threads,
-            t_ours,
-            "numpy packbits + w[w!=0]",
-            t_ref,
-            gbps(w.nbytes, t_ours),
+        t_ours, t_ref, spread = paired_times(lambda: fp.CSR.from_dense(w), tw.to_sparse_csr)
+        table.add(
+            Row("dense -> CSR", shape, threads, t_ours, "torch .to_sparse_csr()", t_ref, "", spread)
         )
+    t_ours, t_ref, spread = paired_times(
+        lambda: fp.Bitmask.from_dense(w), lambda: (np.packbits(w != 0, axis=1), w[w != 0])
     )
+    baseline = "numpy packbits + w[w!=0]"
+    rate = gbps(w.nbytes, t_ours)
+    table.add(Row("dense -> Bitmask", shape, threads, t_ours, baseline, t_ref, rate, spread))
 
 
 def _matmuls(

@@ -18,24 +18,6 @@ namespace fastprune::masks {
 
 namespace {
 
-// --- order-preserving integer keys ----------------------------------------------------------
-// key(a) < key(b) exactly when a < b, for every non-NaN a, b; -0.0 and +0.0 get the same key.
-
-template <class T>
-using KeyOf = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-
-template <class T>
-inline KeyOf<T> key_of(T x) {
-  using U = KeyOf<T>;
-  constexpr int top = static_cast<int>(sizeof(U)) * 8 - 1;
-  x += T(0);  // -0.0 + 0.0 == +0.0 (exact in round-to-nearest)
-  U u;
-  std::memcpy(&u, &x, sizeof u);
-  // Negative numbers: flip every bit (larger magnitude = smaller); others: set the sign bit.
-  const U negative = static_cast<U>(0) - (u >> top);
-  return u ^ (negative | (static_cast<U>(1) << top));
-}
-
 // Whether all n values are finite (exponent field not all ones).
 template <class T>
 bool all_finite(const T* values, Index n) {
@@ -50,79 +32,7 @@ bool all_finite(const T* values, Index n) {
   return bad == 0;
 }
 
-template <class U>
-int bit_width(U v) {
-  int w = 0;
-  for (; v != 0; v >>= 1) ++w;
-  return w;
-}
-
 constexpr int kMaxDigitBits = 11;  // histograms of at most 2048 bins (16 KiB) stay in L1
-
-// The digit width for a radix pass over `count` candidates: bins scale with the count, so a
-// pass over a handful of candidates does not clear a large histogram.
-inline int digit_bits(Index count) {
-  return std::clamp(bit_width(static_cast<std::uint64_t>(count)), 4, kMaxDigitBits);
-}
-
-// --- radix selection over one contiguous array -------------------------------------------
-
-// Keys are kept in `scratch` (room for n values of T, a key's size) as raw bit patterns.
-template <class T>
-inline void store_key(T* slot, KeyOf<T> key) {
-  std::memcpy(slot, &key, sizeof key);
-}
-
-template <class T>
-inline KeyOf<T> load_key(const T* slot) {
-  KeyOf<T> key;
-  std::memcpy(&key, slot, sizeof key);
-  return key;
-}
-
-// The key of the k-th smallest (1-based, 1 <= k <= n) of values[0, n). The keys are computed
-// once into `scratch`; each pass histograms the candidate keys between their current minimum
-// and maximum, keeps the bucket holding the k-th and compacts those keys in place. The key
-// range shrinks by 2^digit_bits per pass, so there are a few passes and O(n) work in all.
-template <class T>
-KeyOf<T> kth_smallest_key(const T* values, Index n, Index k, T* scratch) {
-  using U = KeyOf<T>;
-  Index hist[Index(1) << kMaxDigitBits];
-  U lo = std::numeric_limits<U>::max(), hi = 0;
-  for (Index i = 0; i < n; ++i) {
-    const U key = key_of(values[i]);
-    store_key(scratch + i, key);
-    lo = std::min(lo, key);
-    hi = std::max(hi, key);
-  }
-  Index count = n;
-  while (lo != hi) {
-    const int width = bit_width(static_cast<U>(hi - lo));
-    const int shift = std::max(0, width - digit_bits(count));
-    const Index bins = static_cast<Index>((hi - lo) >> shift) + 1;
-    std::fill(hist, hist + bins, Index(0));
-    for (Index i = 0; i < count; ++i) ++hist[(load_key(scratch + i) - lo) >> shift];
-    Index bucket = 0;
-    for (; hist[bucket] < k; ++bucket) k -= hist[bucket];
-    const U bucket_lo = lo + (static_cast<U>(bucket) << shift);
-    if (shift == 0) return bucket_lo;
-    const U bucket_span = (static_cast<U>(1) << shift) - 1;
-    U next_lo = std::numeric_limits<U>::max(), next_hi = 0;
-    Index kept = 0;
-    for (Index i = 0; i < count; ++i) {
-      const U key = load_key(scratch + i);
-      if (static_cast<U>(key - bucket_lo) <= bucket_span) {
-        store_key(scratch + kept++, key);  // kept <= i: compaction in place is safe
-        next_lo = std::min(next_lo, key);
-        next_hi = std::max(next_hi, key);
-      }
-    }
-    count = kept;
-    lo = next_lo;
-    hi = next_hi;
-  }
-  return lo;
-}
 
 // Prunes every score whose key is below the threshold and the first `k - #(key < threshold)`
 // of those equal to it (lower index first). One vectorizable pass writes key > threshold and
@@ -132,14 +42,14 @@ template <class T>
 void prune_below_and_first_ties(const T* scores, Index n, Index k, KeyOf<T> threshold, bool* keep) {
   Index below = 0, equal = 0;
   for (Index i = 0; i < n; ++i) {
-    const KeyOf<T> key = key_of(scores[i]);
+    const KeyOf<T> key = order_key(scores[i]);
     keep[i] = key > threshold;
     below += key < threshold;
     equal += key == threshold;
   }
   Index tied_kept = equal - (k - below);
   for (Index i = n - 1; tied_kept > 0; --i) {
-    if (key_of(scores[i]) == threshold) {
+    if (order_key(scores[i]) == threshold) {
       keep[i] = true;
       --tied_kept;
     }
@@ -314,7 +224,7 @@ struct RowRef {
 // --- row-level primitives ------------------------------------------------------------------
 
 template <class T>
-void prune_smallest(const T* scores, Index n, Index k, bool* keep, T* scratch) {
+void prune_smallest(const T* scores, Index n, Index k, bool* keep, KeyOf<T>* scratch) {
   if (k <= 0) {
     std::fill(keep, keep + n, true);
     return;
@@ -323,7 +233,14 @@ void prune_smallest(const T* scores, Index n, Index k, bool* keep, T* scratch) {
     std::fill(keep, keep + n, false);
     return;
   }
-  const KeyOf<T> threshold = kth_smallest_key(scores, n, k, scratch);
+  KeyOf<T> lo = std::numeric_limits<KeyOf<T>>::max(), hi = 0;
+  for (Index i = 0; i < n; ++i) {
+    scratch[i] = order_key(scores[i]);
+    lo = std::min(lo, scratch[i]);
+    hi = std::max(hi, scratch[i]);
+  }
+  Index below = 0, equal = 0;
+  const KeyOf<T> threshold = select_rank(scratch, scratch + n, k - 1, lo, hi, below, equal);
   prune_below_and_first_ties(scores, n, k, threshold, keep);
 }
 
@@ -344,7 +261,7 @@ bool mask_per_row(ConstMatrixView<T> scores, Index pruned_per_row, MatrixView<bo
   const int threads = threads_for(static_cast<double>(scores.size()));
 #pragma omp parallel num_threads(threads) reduction(&& : finite)
   {
-    std::vector<T> scratch(static_cast<std::size_t>(scores.cols));
+    std::vector<KeyOf<T>> scratch(static_cast<std::size_t>(scores.cols));
 #pragma omp for schedule(static)
     for (Index r = 0; r < scores.rows; ++r) {
       const T* row = scores.row(r);
@@ -402,7 +319,7 @@ void mask_smallest_overall(const std::vector<ConstMatrixView<T>>& scores, Index 
     const RowRef<T>& row = rows[r];
     row_finite[r] = all_finite(row.scores, row.cols);
     for (Index j = 0; j < row.cols; ++j) {
-      const U key = key_of(row.scores[j]);
+      const U key = order_key(row.scores[j]);
       lo = std::min(lo, key);
       hi = std::max(hi, key);
     }
@@ -417,7 +334,7 @@ void mask_smallest_overall(const std::vector<ConstMatrixView<T>>& scores, Index 
   if (pruned > 0 && pruned < total) {
     Index k = pruned;
     while (lo != hi) {
-      const int shift = std::max(0, bit_width(static_cast<U>(hi - lo)) - kMaxDigitBits);
+      const int shift = std::max(0, detail::bit_width(static_cast<U>(hi - lo)) - kMaxDigitBits);
       const auto bins = static_cast<Index>((hi - lo) >> shift) + 1;
       std::vector<Index> hist(static_cast<std::size_t>(bins * threads), 0);
 #pragma omp parallel num_threads(threads)
@@ -427,7 +344,7 @@ void mask_smallest_overall(const std::vector<ConstMatrixView<T>>& scores, Index 
         for (Index r = 0; r < nrows; ++r) {
           const RowRef<T>& row = rows[r];
           for (Index j = 0; j < row.cols; ++j) {
-            const U offset = key_of(row.scores[j]) - lo;
+            const U offset = order_key(row.scores[j]) - lo;
             if (offset <= static_cast<U>(hi - lo)) ++mine[offset >> shift];
           }
         }
@@ -452,7 +369,7 @@ void mask_smallest_overall(const std::vector<ConstMatrixView<T>>& scores, Index 
     const RowRef<T>& row = rows[r];
     Index b = 0, e = 0;
     for (Index j = 0; j < row.cols; ++j) {
-      const U key = key_of(row.scores[j]);
+      const U key = order_key(row.scores[j]);
       b += key < threshold;
       e += key == threshold;
     }
@@ -475,7 +392,7 @@ void mask_smallest_overall(const std::vector<ConstMatrixView<T>>& scores, Index 
     }
     Index ties = ties_in_row[r];
     for (Index j = 0; j < row.cols; ++j) {
-      const U key = key_of(row.scores[j]);
+      const U key = order_key(row.scores[j]);
       const bool tie_pruned = key == threshold && ties > 0;
       ties -= tie_pruned;
       row.keep[j] = key >= threshold && !tie_pruned;
@@ -548,7 +465,7 @@ bool mask_blocks(ConstMatrixView<T> scores, Index h, Index w, Index pruned_block
 }
 
 #define FASTPRUNE_MASKS_INSTANTIATE(T)                                                  \
-  template void prune_smallest<T>(const T*, Index, Index, bool*, T*);                   \
+  template void prune_smallest<T>(const T*, Index, Index, bool*, KeyOf<T>*);            \
   template void keep_n_of_m<T>(const T*, Index, int, int, bool*);                       \
   template bool mask_per_row<T>(ConstMatrixView<T>, Index, MatrixView<bool>);           \
   template bool mask_n_of_m<T>(ConstMatrixView<T>, int, int, MatrixView<bool>);         \

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "fastprune/blas.hpp"
+#include "fastprune/order_key.hpp"
 #include "fastprune/simd.hpp"
 
 namespace fastprune::sparsegpt {
@@ -307,18 +308,6 @@ void store_rows(MatrixView<T> weight, MatrixView<bool> mask, const Superblock<T>
 
 // --- exact-count selection, in parallel --------------------------------------------------
 
-// An unsigned key of the same order as the float: flip every bit of a negative number, only the
-// sign bit of a positive one (−inf < finite < +inf; −0 and +0 are told apart, but saliencies are
-// never −0).
-template <class T>
-auto order_key(T x) {
-  using Key = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-  Key bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  constexpr Key sign = Key(1) << (8 * sizeof(Key) - 1);
-  return (bits & sign) ? Key(~bits) : Key(bits | sign);
-}
-
 // Unstructured: the mask of a block, one exact-count selection over all rows × block columns by
 // saliency w² / U_jj²: the k smallest by (score, row-major index within the block) are pruned,
 // the rule of masks::prune_smallest; weights that may not be kept rank below every other.
@@ -369,9 +358,6 @@ struct Cut {
     return (key < threshold) | ((key == threshold) & (position < tie_end));
   }
 };
-
-template <class T>
-using KeyOf = decltype(order_key(T(0)));
 
 // The selection keys of rows [r0, r0 + count) of superblock column `col`: order_key(w² / U_jj²),
 // and the key of −inf where the weight may not be kept.
@@ -449,43 +435,6 @@ Key* gather_between(const Superblock<T>& sb, ConstMatrixView<bool> allowed, Inde
     last = std::copy(gathered + j0 * rows, gathered + part_end[static_cast<size_t>(t)], last);
   }
   return last;
-}
-
-// The key of rank `rank` (from 0) among [first, last), all of them in [lo, hi], with the number
-// of keys below it (`below`) and equal to it (`equal`); the keys are reordered and overwritten.
-// A radix selection: a histogram of the keys' offsets from lo, in 2048 bins, finds the bin of
-// the rank, and the search goes on among the keys of that bin alone, until few are left.
-template <class Key>
-Key select_rank(Key* first, Key* last, Index rank, Key lo, Key hi, Index& below, Index& equal) {
-  constexpr int kBits = 11;
-  constexpr Index kFew = 2048;
-  below = 0;
-  while (last - first > kFew && lo < hi) {
-    int shift = 0;
-    while (Key(hi - lo) >> shift >= (Key(1) << kBits)) ++shift;
-    Index bins[Index(1) << kBits] = {};
-    for (const Key* k = first; k != last; ++k) ++bins[Key(*k - lo) >> shift];
-    Index bin = 0;
-    while (rank >= bins[bin]) {
-      rank -= bins[bin];
-      below += bins[bin];
-      ++bin;
-    }
-    Key* kept = first;
-    for (const Key* k = first; k != last; ++k) {
-      const Key key = *k;
-      *kept = key;
-      kept += Index(Key(key - lo) >> shift) == bin ? 1 : 0;
-    }
-    last = kept;
-    lo = Key(lo + (Key(bin) << shift));  // the bin's range, within the old one
-    hi = Key(lo + std::min<Key>(Key(hi - lo), (Key(1) << shift) - 1));
-  }
-  std::nth_element(first, first + rank, last);
-  const Key key = first[rank];
-  below += std::count_if(first, last, [&](Key k) { return k < key; });
-  equal = std::count(first, last, key);
-  return key;
 }
 
 template <class T>

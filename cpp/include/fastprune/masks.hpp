@@ -15,15 +15,17 @@
 #include <vector>
 
 #include "fastprune/common.hpp"
+#include "fastprune/order_key.hpp"
 
 namespace fastprune::masks {
 
 // --- row-level primitives (also used by the SparseGPT solver) ---------------------------
 
 // keep[i] = false for the k smallest of the n scores by (score, index), true for the rest.
-// O(n): one partial selection on `scratch` (room for n values) and one pass. 0 <= k <= n.
+// O(n): a radix selection of the threshold on the scores' keys in `scratch` (room for n keys)
+// and one pass. 0 <= k <= n.
 template <class T>
-void prune_smallest(const T* scores, Index n, Index k, bool* keep, T* scratch);
+void prune_smallest(const T* scores, Index n, Index k, bool* keep, KeyOf<T>* scratch);
 
 // N:M along one row of `cols` scores (cols % m == 0, 1 <= n <= m): in every group of m
 // consecutive scores the n largest are kept and the m - n smallest pruned.
