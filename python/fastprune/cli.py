@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 import fastprune as fp
+from fastprune.io import read_header
 
 _DTYPES: dict[str, tuple[str, int]] = {
     # safetensors dtype -> (unsigned integer view, sign-bit shift or -1 for integers)
@@ -456,28 +457,23 @@ def _inspect_table(rows: list[dict[str, Any]], patterns: list[str]) -> str:
 def _read_safetensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], np.ndarray[Any, Any]]]:
     """Per tensor: dtype name, shape and a bool array of its nonzero entries (-0.0 is zero).
 
-    Reads the file format directly (an 8-byte header length, a JSON header, raw little-endian
-    data) through a memory map, so any dtype, bfloat16 included, is inspected without torch.
+    The header is read and checked by :func:`fastprune.io.read_header`, the reader
+    :func:`fastprune.load` uses, so every malformed file is refused the same way; the data is
+    read through a memory map, so any dtype, bfloat16 included, is inspected without torch.
     """
     try:
-        with path.open("rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(length))
+        entries, _ = read_header(path)
     except (OSError, ValueError) as err:
-        raise CommandError(f"{str(path)!r} is not a readable safetensors file ({err})") from err
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + length)
+        raise CommandError(f"not a readable safetensors file: {err}") from err
+    data = np.memmap(path, dtype=np.uint8, mode="r") if entries else None
     tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = entry["dtype"]
-        if dtype not in _DTYPES:
-            raise CommandError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
-        view, sign_bit = _DTYPES[dtype]
-        begin, end = entry["data_offsets"]
-        bits = data[begin:end].view(view)
+    for name, entry in entries.items():
+        if entry.code not in _DTYPES:
+            raise CommandError(f"{path.name}: tensor {name!r} has unsupported dtype {entry.code}")
+        assert data is not None
+        view, sign_bit = _DTYPES[entry.code]
+        bits = data[entry.begin : entry.end].view(view)
         if sign_bit >= 0:
             bits = bits & ~(np.array(1, dtype=view) << sign_bit)  # -0.0 counts as zero
-        shape = tuple(int(n) for n in entry["shape"])
-        tensors[name] = (dtype, shape, (bits != 0).reshape(shape))
+        tensors[name] = (entry.code, entry.shape, (bits != 0).reshape(entry.shape))
     return tensors
