@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 import fastprune as fp
+from fastprune._files import atomic_write_text, incomplete_marker
 from fastprune.io import read_header
 
 _DTYPES: dict[str, tuple[str, int]] = {
@@ -190,9 +191,7 @@ def _run_shrink(args: argparse.Namespace) -> int:
     for name in ("samples", "seqlen", "batch_size"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
-        raise CommandError(f"--out: {args.out!r} exists and is not empty (use --overwrite)")
+    out = _output_directory(args)
     try:
         import torch  # noqa: F401
 
@@ -248,10 +247,11 @@ def _run_shrink(args: argparse.Namespace) -> int:
         },
     }
     _say(args, f"writing {out}")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
-    (out / "manifest.json").write_text(json.dumps(report["manifest"], indent=1) + "\n")
+    with incomplete_marker(out):
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=1) + "\n")
+        atomic_write_text(out / "manifest.json", json.dumps(report["manifest"], indent=1) + "\n")
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -288,9 +288,7 @@ def _run_prune(args: argparse.Namespace) -> int:
             fp.masks.pattern(args.pattern)
         except (TypeError, ValueError) as err:
             raise CommandError(f"--pattern: {err}") from err
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
-        raise CommandError(f"--out: {args.out!r} exists and is not empty (use --overwrite)")
+    out = _output_directory(args)
     try:
         import torch  # noqa: F401
 
@@ -370,8 +368,9 @@ def _run_prune(args: argparse.Namespace) -> int:
         "described": described,
     }
     _say(args, f"writing {out}")
-    models.save_pretrained_like(model, source, out, [layer.name for layer in report.layers])
-    report.save(out)
+    with incomplete_marker(out):
+        models.save_pretrained_like(model, source, out, [layer.name for layer in report.layers])
+        report.save(out)
     if not args.quiet:
         print(report.table())
     print(
@@ -379,6 +378,18 @@ def _run_prune(args: argparse.Namespace) -> int:
         f"({args.method}, {args.pattern}); calibration: {described}; wrote {out}"
     )
     return 0
+
+
+def _output_directory(args: argparse.Namespace) -> Path:
+    """``--out`` as a directory that may be written: absent, empty, or (with ``--overwrite``)
+    holding files. While it is written it holds ``.fastprune-incomplete``, removed once every
+    file is in place, so a directory left with it by a crash or an interrupt is known partial."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out: {args.out!r} is a file, not a directory; name a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise CommandError(f"--out: {args.out!r} exists and is not empty (use --overwrite)")
+    return out
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
