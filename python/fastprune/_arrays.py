@@ -48,7 +48,7 @@ def to_numpy(x: object, name: str) -> np.ndarray[Any, Any]:
         raise TypeError(msg) from err
 
 
-def _torch_bfloat16_bits(x: object) -> object | None:
+def _torch_bfloat16_bits(x: object) -> Any:
     """The int16 view of a torch bfloat16 tensor (same memory), or None for anything else."""
     torch = sys.modules.get("torch")  # a torch tensor means torch is imported already
     if torch is None or not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16:
@@ -62,7 +62,8 @@ def _bfloat16(name: str) -> np.dtype[Any]:
     except ImportError as err:
         msg = f"{name}: a bfloat16 tensor needs the ml_dtypes package (pip install ml_dtypes)"
         raise TypeError(msg) from err
-    return np.dtype(ml_dtypes.bfloat16)
+    bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return bfloat16
 
 
 def bool_array(x: object, name: str) -> BoolArray:

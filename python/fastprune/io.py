@@ -22,6 +22,7 @@ and renamed over the target.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -141,7 +142,7 @@ def save(path: str | os.PathLike[str], tensors: object) -> None:
         header["__metadata__"] = {_SPARSE_KEY: json.dumps(sparse, sort_keys=True)}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    chunks = [len(text).to_bytes(8, "little"), text, *payload]
+    chunks: list[Any] = [len(text).to_bytes(8, "little"), text, *payload]
 
     def write(f: IO[bytes]) -> None:
         for chunk in chunks:
@@ -208,7 +209,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Entry], dict[st
     }, metadata
 
 
-def _open(source: Path) -> IO[bytes]:
+def _open(source: Path) -> io.BufferedReader:
     if source.is_dir():
         msg = f"{source}: is a directory, expected a safetensors file"
         raise IsADirectoryError(msg)
