@@ -599,3 +599,21 @@ def test_cli_bad_input_is_one_line_naming_the_option(tmp_path, capsys, argv, nam
     err = capsys.readouterr().err
     assert re.search(named, err), err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_output_directory_is_marked_incomplete_until_written(tmp_path):
+    from fastprune._files import INCOMPLETE, incomplete_marker
+
+    out = tmp_path / "model"
+
+    def write_then_crash() -> None:
+        with incomplete_marker(out):
+            (out / "config.json").write_text("{}")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_then_crash()
+    assert (out / INCOMPLETE).exists()  # a crash leaves the directory marked partial
+    with incomplete_marker(out):
+        assert (out / INCOMPLETE).exists()
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
