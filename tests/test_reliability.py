@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastprune as fp
 from fastprune import importance, masks, schedules
@@ -617,3 +619,40 @@ def test_an_output_directory_is_marked_incomplete_until_written(tmp_path):
     with incomplete_marker(out):
         assert (out / INCOMPLETE).exists()
     assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+
+
+ENTRY_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from(["F32", "F16", "BF16", "I8", "BOOL", "F128", ""]),
+    st.lists(st.integers(-2, 2**65), max_size=3),
+)
+ENTRIES = st.dictionaries(
+    st.sampled_from(["dtype", "shape", "data_offsets", "extra"]), ENTRY_VALUES, max_size=4
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    header=st.dictionaries(st.sampled_from(["a", "b", "__metadata__"]), ENTRIES, max_size=2),
+    data=st.binary(max_size=24),
+)
+def test_any_header_is_read_or_refused_alike_by_load_and_inspect(tmp_path, capsys, header, data):
+    path = header_file(tmp_path / "fuzz.safetensors", header, data)
+    refused: str | None = None
+    try:
+        loaded = fp.load(path)
+    except ValueError as err:
+        refused = str(err)
+    if refused is not None:
+        assert refused.startswith(f"{path}: not a valid safetensors file")
+        assert main(["inspect", str(path)]) == 1
+        assert refused in capsys.readouterr().err
+        return
+    status = main(["inspect", str(path), "--json"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert {row["tensor"] for row in json.loads(out)} == set(loaded)
