@@ -124,8 +124,8 @@ def test_a_failure_part_way_leaves_the_model_as_it_was(sequential):
     with pytest.raises(ValueError, match="NaN") as info:
         prune_model(m, data(), method="sparsegpt", sequential=sequential, progress=False)
     message = str(info.value)
-    assert "layer inner.layers.3.up (block 3)" in message
-    assert "NaN" in message
+    assert message.startswith("layer inner.layers.3.up (block 3): its calibration input contains")
+    assert "x:" not in message  # not the name of an argument the user never passed
     after = weights(m)
     for name, value in before.items():
         np.testing.assert_array_equal(after[name], value)  # NaN compares equal here

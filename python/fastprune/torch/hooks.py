@@ -348,10 +348,11 @@ class Group:
 class LayerInputError(ValueError):
     """A layer's calibration input was refused (NaN or Inf in it): says which layer."""
 
-    def __init__(self, layer: str, reason: ValueError) -> None:
-        super().__init__(f"{layer}: its calibration input was refused ({reason})")
+    def __init__(self, layer: str, error: ValueError) -> None:
+        # Calibration.update names its argument `x`: here that is the layer's input
+        self.reason = str(error).removeprefix("x: ")
+        super().__init__(f"{layer}: its calibration input {self.reason}")
         self.layer = layer
-        self.reason = reason
 
 
 class Calibrator:

@@ -504,7 +504,7 @@ class _Pruner:
                     calibrator.new_batch(token_mask, dense_inputs)
         except LayerInputError as err:
             where = _where(err.layer, blocks.get(err.layer))
-            msg = f"{where}: its calibration input was refused ({err.reason})"
+            msg = f"{where}: its calibration input {err.reason}"
             raise ValueError(msg) from err
         rows: list[LayerReport] = []
         order = {name: i for i, (_, name, _, _) in enumerate(layers)}
