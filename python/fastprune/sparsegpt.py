@@ -8,7 +8,9 @@ calibration inputs changes as little as possible.
 
 Reference semantics (DESIGN.md, "Algorithms"):
 
-- Columns with ``H_jj == 0`` are dead: their weights are set to 0 and ``H_jj`` to 1.
+- Columns with ``H_jj == 0`` are dead: their weights are set to 0 (and marked pruned in the
+  mask) and ``H_jj`` to 1. A Hessian with every column dead (no input reached the layer) is
+  refused: every weight would become 0.
 - Damping is relative: ``damp · mean(diag H)`` is added to the diagonal. When the Cholesky
   factorisation fails the damping is multiplied by 10 and the factorisation retried (at most
   ``MAX_TRIES`` tries in all); ``damp_used`` reports the value that worked.
