@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _core
-from ._arrays import FloatArray, all_finite, check_finite, float_dtype, rows_contiguous, to_numpy
+from ._arrays import FloatArray, check_finite, float_dtype, rows_contiguous, to_numpy
 from .sparsegpt import saliency as sparsegpt
 
 __all__ = [
@@ -320,11 +320,11 @@ def _scores(
     even float64 are a ValueError naming the arguments.
     """
     scores = kernel(*arrays)
-    if all_finite(scores):
+    if _finite_scores(scores):
         return scores
     if arrays[0].dtype == np.float32:
         scores = kernel(*(a.astype(np.float64) for a in arrays))
-        if all_finite(scores):
+        if _finite_scores(scores):
             return scores
     largest = max(float(np.max(np.abs(a))) for a in arrays)
     msg = (
@@ -332,6 +332,12 @@ def _scores(
         f"scale {' and '.join(names)} down"
     )
     raise ValueError(msg)
+
+
+def _finite_scores(scores: FloatArray) -> bool:
+    # Scores of finite arguments are >= 0 and never NaN, so an overflow shows in the maximum,
+    # which NumPy finds several times faster than a full finiteness scan.
+    return scores.size == 0 or bool(np.isfinite(np.max(scores)))
 
 
 def _work_dtype(*arrays: np.ndarray[Any, Any]) -> type[np.floating[Any]]:
