@@ -441,6 +441,12 @@ def test_a_directory_or_a_missing_file_is_named(tmp_path):
         fp.Calibration.load(tmp_path / "x.npz")
     with pytest.raises(IsADirectoryError, match=r"^path: "):
         fp.save(tmp_path / "x.npz", {"a": W})
+    (tmp_path / "c.safetensors").mkdir()
+    for target in (tmp_path / "x.npz", tmp_path / "c.safetensors"):
+        with pytest.raises(IsADirectoryError, match=r"^path: .*is a directory"):
+            calibrated().save(target)
+    with pytest.raises(FileNotFoundError, match=r"^path: the directory of .* does not exist"):
+        calibrated().save(tmp_path / "no" / "c.npz")
 
 
 # --- files: atomic, permissions kept, symlinks written through --------------------------------
@@ -493,7 +499,7 @@ def test_an_interrupted_save_leaves_the_previous_file_whole(tmp_path, monkeypatc
         raise KeyboardInterrupt
 
     monkeypatch.setattr(np, "savez", interrupted)
-    monkeypatch.setattr("safetensors.numpy.save", interrupted)
+    monkeypatch.setattr("safetensors.numpy.save_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         calibrated().save(path)
     assert path.read_bytes() == before

@@ -25,14 +25,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     IsADirectoryError when `path` is a directory and FileNotFoundError when its directory does
     not exist; on any failure, the interrupt included, `path` is left as it was.
     """
-    target = resolve_target(path)
-    if target.is_dir():
-        msg = f"path: {str(path)!r} is a directory, expected a file name"
-        raise IsADirectoryError(msg)
+    target = _writable_target(path)
     directory = target.parent
-    if not directory.is_dir():
-        msg = f"path: the directory of {str(path)!r} does not exist"
-        raise FileNotFoundError(msg)
     mode = _mode_for(target)
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -54,7 +48,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that wants a file name (a library's
     ``save_file``): when the body finishes, the file there is synced and moved onto `path`
     atomically, as :func:`atomic_write` does; when it fails, it is removed."""
-    target = resolve_target(path)
+    target = _writable_target(path)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     temporary = Path(name)
@@ -107,6 +101,18 @@ def incomplete_marker(directory: str | os.PathLike[str]) -> Iterator[Path]:
     yield d
     marker.unlink()
     _sync_directory(d)
+
+
+def _writable_target(path: str | os.PathLike[str]) -> Path:
+    """The file a write to `path` replaces, after checking that it can be a file."""
+    target = resolve_target(path)
+    if target.is_dir():
+        msg = f"path: {str(path)!r} is a directory, expected a file name"
+        raise IsADirectoryError(msg)
+    if not target.parent.is_dir():
+        msg = f"path: the directory of {str(path)!r} does not exist"
+        raise FileNotFoundError(msg)
+    return target
 
 
 def _mode_for(target: Path) -> int:

@@ -34,7 +34,7 @@ from ._arrays import (
     rows_contiguous,
     to_numpy,
 )
-from ._files import atomic_write
+from ._files import atomic_path, atomic_write
 
 __all__ = ["Calibration"]
 
@@ -226,16 +226,13 @@ class Calibration:
             def write(f: IO[bytes]) -> None:
                 np.savez(f, gram=gram, count=counts, format_version=version)
 
+            atomic_write(p, write)
         else:
-            from safetensors.numpy import save
+            from safetensors.numpy import save_file
 
             tensors = {"gram": gram, "count": counts, "format_version": version}
-            data = save(tensors, metadata={"format": _FILE_FORMAT})
-
-            def write(f: IO[bytes]) -> None:
-                f.write(data)
-
-        atomic_write(p, write)
+            with atomic_path(p) as temporary:
+                save_file(tensors, str(temporary), metadata={"format": _FILE_FORMAT})
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> Calibration:
