@@ -159,7 +159,7 @@ def test_factor_reads_the_symmetric_part(precision: str, tolerance: float) -> No
     h = random_hessian(rng, 40)
     skewed = h + 1e-7 * np.abs(h).max() * rng.standard_normal(h.shape)
     expected, _ = textbook_u((skewed + skewed.T) / 2, 0.01)
-    factor = sparsegpt_factor(skewed.astype(precision), precision=precision)  # type: ignore[arg-type]
+    factor = sparsegpt_factor(skewed.astype(precision), precision=precision)
     assert_weights_close(factor.u, expected, tolerance)
 
 
@@ -171,9 +171,9 @@ def test_asymmetry_is_found_anywhere(precision: str, where: tuple[int, int]) -> 
     skewed = h.copy()
     skewed[where] += 1e-3 * np.abs(h).max()
     with pytest.raises(ValueError, match="hessian: not symmetric"):
-        sparsegpt_factor(skewed, precision=precision)  # type: ignore[arg-type]
+        sparsegpt_factor(skewed, precision=precision)
     with pytest.raises(ValueError, match="hessian: not symmetric"):
-        sparsegpt_factor(skewed.T.copy(), precision=precision)  # type: ignore[arg-type]
+        sparsegpt_factor(skewed.T.copy(), precision=precision)
 
 
 # --- the solver against the reference ---------------------------------------------------------
@@ -343,8 +343,8 @@ def test_large_block_selection_is_exact(precision: str, kind: str, sparsity: flo
     rng = np.random.default_rng(23)
     w = large_block_weights(kind, rng, (rows, cols)).astype(dtype)
     h = np.diag(rng.uniform(0.5, 2.0, cols))
-    factor = sparsegpt_factor(h, precision=precision)  # type: ignore[arg-type]
-    res = sparsegpt(w, factor, sparsity, blocksize=128, precision=precision)  # type: ignore[arg-type]
+    factor = sparsegpt_factor(h, precision=precision)
+    res = sparsegpt(w, factor, sparsity, blocksize=128, precision=precision)
     diag = np.diagonal(factor.u)
     expected = np.ones((rows, cols), dtype=bool)
     for i1 in (0, 128):
@@ -399,11 +399,38 @@ def test_dead_columns() -> None:
     assert_weights_close(res.weight, ref_w, 1e-9)
 
 
-def test_all_dead_hessian() -> None:
+def test_all_dead_hessian_is_refused() -> None:
+    # Every column dead would zero every weight while the mask kept half and the loss said 0:
+    # a silent wrong answer. No input reached the layer, so there is nothing to solve.
     w = np.arange(12, dtype=np.float64).reshape(3, 4) + 1
-    res = sparsegpt(w, np.zeros((4, 4)), 0.5, blocksize=4)
-    assert np.all(res.weight == 0)
-    assert np.count_nonzero(~res.mask) == 6
+    with pytest.raises(ValueError, match=r"hessian: .*all zero"):
+        sparsegpt(w, np.zeros((4, 4)), 0.5, blocksize=4)
+    # a float64 Hessian that underflows to zero in the float32 solve says so
+    with pytest.raises(ValueError, match=r"hessian: .*underflows to 0 in float32"):
+        sparsegpt(w, 1e-46 * np.eye(4), 0.5, blocksize=4)
+    with pytest.raises(ValueError, match=r"hessian: .*all zero"):
+        sparsegpt_factor(np.zeros((4, 4)))
+    # in float64 the same Hessian is fine
+    res = sparsegpt(w, 1e-46 * np.eye(4), 0.5, blocksize=4, precision="float64")
+    assert np.count_nonzero(res.weight) == 6
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.5])
+def test_dead_columns_agree_in_weight_mask_and_sparsity(pattern: str, sparsity: float) -> None:
+    # Dead columns outnumbering the budget: their weights are 0, so the mask marks them pruned
+    # and the sparsity counts them, whichever route and precision.
+    rng = np.random.default_rng(61)
+    x = rng.standard_normal((100, 16))
+    x[:, 3:9] = 0
+    h = 2 / 100 * (x.T @ x)
+    w = rng.standard_normal((8, 16))
+    for precision in ("float32", "float64"):
+        for source in (h, sparsegpt_factor(h, precision=precision)):
+            res = sparsegpt(w, source, sparsity, pattern, blocksize=8, precision=precision)
+            assert np.array_equal(res.mask, res.weight != 0)
+            assert not res.mask[:, 3:9].any()
+            assert res.sparsity == pytest.approx(float(np.mean(res.weight == 0)))
 
 
 def test_damping_escalates_until_the_factorisation_succeeds() -> None:
@@ -493,7 +520,7 @@ def test_factor_arguments() -> None:
     with pytest.raises(ValueError, match="precision: 'float64' does not match"):
         sparsegpt(np.ones((2, 8)), factor, precision="float64")
     with pytest.raises(ValueError, match="precision"):
-        sparsegpt_factor(h, precision="half")  # type: ignore[arg-type]
+        sparsegpt_factor(h, precision="half")
     with pytest.raises(ValueError, match="damp"):
         sparsegpt_factor(h, damp=-1)
 

@@ -10,6 +10,7 @@ public functions say when that happens.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,18 @@ _ACCEPTED = "float16, bfloat16, float32 or float64"
 
 
 def to_numpy(x: object, name: str) -> np.ndarray[Any, Any]:
-    """A NumPy view of `x` (an ndarray, a buffer, or a DLPack-exporting tensor) without copying."""
+    """A NumPy view of `x` (an ndarray, a buffer, or a DLPack-exporting tensor) without copying.
+
+    A torch bfloat16 tensor, which DLPack cannot hand to NumPy (NumPy has no bfloat16), is
+    viewed through its bits as int16 and then as ml_dtypes' bfloat16: still no copy.
+    """
     if isinstance(x, np.ndarray):
         return x
     if hasattr(x, "__dlpack__"):
         try:
+            bits = _torch_bfloat16_bits(x)
+            if bits is not None:
+                return np.from_dlpack(bits).view(_bfloat16(name))
             return np.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError) as err:
             msg = f"{name}: cannot view this tensor as a NumPy array ({err})"
@@ -38,6 +46,24 @@ def to_numpy(x: object, name: str) -> np.ndarray[Any, Any]:
     except (TypeError, ValueError) as err:
         msg = f"{name}: expected an array, got {type(x).__name__}"
         raise TypeError(msg) from err
+
+
+def _torch_bfloat16_bits(x: object) -> Any:
+    """The int16 view of a torch bfloat16 tensor (same memory), or None for anything else."""
+    torch = sys.modules.get("torch")  # a torch tensor means torch is imported already
+    if torch is None or not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16:
+        return None
+    return x.detach().view(torch.int16)
+
+
+def _bfloat16(name: str) -> np.dtype[Any]:
+    try:
+        import ml_dtypes
+    except ImportError as err:
+        msg = f"{name}: a bfloat16 tensor needs the ml_dtypes package (pip install ml_dtypes)"
+        raise TypeError(msg) from err
+    bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return bfloat16
 
 
 def bool_array(x: object, name: str) -> BoolArray:
@@ -195,6 +221,49 @@ def positive_int(value: object, name: str) -> int:
     return int(value)
 
 
-def restore_dtype(a: FloatArray, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
-    """`a` converted back to the caller's dtype (no copy when it already is)."""
-    return a if a.dtype == dtype else a.astype(dtype)
+def restore_dtype(a: FloatArray, dtype: np.dtype[Any], name: str) -> np.ndarray[Any, Any]:
+    """`a` converted back to the caller's dtype (no copy when it already is).
+
+    A value beyond the range of a narrower dtype (float16 above 65504) would become Inf: that is
+    a ValueError naming `name`, the argument whose result it is, never a silent Inf.
+    """
+    if a.dtype == dtype:
+        return a
+    with np.errstate(over="ignore"):
+        out = a.astype(dtype)
+    if not all_finite(out):
+        largest = float(np.max(np.abs(a)))
+        msg = (
+            f"{name}: the result reaches {largest:.4g}, beyond the range of {dtype.name}; "
+            f"pass {name} as float32 to get it"
+        )
+        raise ValueError(msg)
+    return out
+
+
+def calibration_statistic(source: object, attribute: str, name: str) -> object:
+    """`source.<attribute>` of a calibration object (or `source` itself when it has no such
+    attribute: an array given directly).
+
+    A calibration that has seen no token (``count == 0``) has no statistics, only zeros that
+    would prune arbitrary weights while reporting no error, and one whose sums overflowed its
+    dtype holds Inf: either is a ValueError naming `name`, the argument the user passed.
+    """
+    if not hasattr(source, attribute):
+        return source
+    count = getattr(source, "count", None)
+    if count is not None and int(count) == 0:
+        msg = (
+            f"{name}: the calibration has seen no tokens (count=0); update it with the layer's "
+            "inputs before pruning"
+        )
+        raise ValueError(msg)
+    value = getattr(source, attribute)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not all_finite(value):
+        msg = (
+            f"{name}: the calibration's sums of squares overflowed {value.dtype} (its "
+            f"{attribute} holds Inf); collect it with Calibration(..., dtype=np.float64) or "
+            "scale the activations"
+        )
+        raise ValueError(msg)
+    return value

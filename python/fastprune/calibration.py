@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,7 @@ from ._arrays import (
     rows_contiguous,
     to_numpy,
 )
+from ._files import atomic_path, atomic_write
 
 __all__ = ["Calibration"]
 
@@ -129,6 +130,10 @@ class Calibration:
                 False one that is left out (padding). Left-out tokens have no effect at all,
                 not even when they hold NaN.
 
+        Finite activations whose squares exceed the accumulation dtype (about 1.8e19 for
+        float32) are added, and the sums they reach become Inf: the pruning functions then
+        refuse the calibration with a clear error, and :meth:`save` refuses to write it.
+
         Raises:
             ValueError: a last dimension other than ``in_features``, a mask of the wrong shape,
                 or NaN/Inf in a counted token. Nothing is accumulated then.
@@ -191,7 +196,15 @@ class Calibration:
         """Write the statistics to `path`: ``.npz`` (NumPy) or ``.safetensors`` by suffix.
 
         The file holds ``gram`` (the full symmetric ``Σ x xᵀ``, in the accumulation dtype),
-        ``count`` (int64, shape ``(1,)``) and the format version; it contains no code.
+        ``count`` (int64, shape ``(1,)``) and the format version; it contains no code. The
+        file is replaced atomically (an interrupted save leaves the previous file whole), keeps
+        the permissions of the file it replaces (the umask's for a new file), and is written
+        through a symbolic link (the link stays, the file it points to is replaced).
+
+        Raises:
+            ValueError: a suffix other than ``.npz``/``.safetensors``, or statistics that
+                overflowed the accumulation dtype (finite activations whose squares exceed it,
+                see :meth:`update`): :meth:`load` would refuse such a file, so none is written.
         """
         p = Path(path)
         kind = _file_kind(p)
@@ -200,14 +213,26 @@ class Calibration:
             count = self._count
         counts = np.array([count], np.int64)
         version = np.array([_FORMAT_VERSION], np.int64)
+        if not all_finite(gram):
+            j = int(np.argmin(np.isfinite(np.diagonal(gram))))
+            msg = (
+                f"path: not written: the sums of squares overflowed {self.dtype} (feature {j} "
+                "is Inf), and such a file could not be loaded; collect the statistics with "
+                "Calibration(..., dtype=np.float64) or scale the activations"
+            )
+            raise ValueError(msg)
         if kind == "npz":
-            with p.open("wb") as f:
+
+            def write(f: IO[bytes]) -> None:
                 np.savez(f, gram=gram, count=counts, format_version=version)
+
+            atomic_write(p, write)
         else:
             from safetensors.numpy import save_file
 
             tensors = {"gram": gram, "count": counts, "format_version": version}
-            save_file(tensors, str(p), metadata={"format": _FILE_FORMAT})
+            with atomic_path(p) as temporary:
+                save_file(tensors, str(temporary), metadata={"format": _FILE_FORMAT})
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> Calibration:
@@ -217,6 +242,9 @@ class Calibration:
         holds only tensors). A file that is not a valid calibration is a ValueError saying why.
         """
         p = Path(path)
+        if p.is_dir():
+            msg = f"path: {p} is a directory, expected a calibration file"
+            raise IsADirectoryError(msg)
         kind = _file_kind(p)
         if not p.is_file():
             msg = f"path: no such file: {p}"

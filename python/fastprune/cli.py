@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 import fastprune as fp
+from fastprune._files import atomic_write_text, incomplete_marker
+from fastprune.io import read_header
 
 _DTYPES: dict[str, tuple[str, int]] = {
     # safetensors dtype -> (unsigned integer view, sign-bit shift or -1 for integers)
@@ -189,9 +191,7 @@ def _run_shrink(args: argparse.Namespace) -> int:
     for name in ("samples", "seqlen", "batch_size"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
-        raise CommandError(f"--out: {args.out!r} exists and is not empty (use --overwrite)")
+    out = _output_directory(args)
     try:
         import torch  # noqa: F401
 
@@ -247,10 +247,11 @@ def _run_shrink(args: argparse.Namespace) -> int:
         },
     }
     _say(args, f"writing {out}")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
-    (out / "manifest.json").write_text(json.dumps(report["manifest"], indent=1) + "\n")
+    with incomplete_marker(out):
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        atomic_write_text(out / REPORT_FILE, json.dumps(report, indent=1) + "\n")
+        atomic_write_text(out / "manifest.json", json.dumps(report["manifest"], indent=1) + "\n")
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -287,9 +288,7 @@ def _run_prune(args: argparse.Namespace) -> int:
             fp.masks.pattern(args.pattern)
         except (TypeError, ValueError) as err:
             raise CommandError(f"--pattern: {err}") from err
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
-        raise CommandError(f"--out: {args.out!r} exists and is not empty (use --overwrite)")
+    out = _output_directory(args)
     try:
         import torch  # noqa: F401
 
@@ -369,8 +368,9 @@ def _run_prune(args: argparse.Namespace) -> int:
         "described": described,
     }
     _say(args, f"writing {out}")
-    models.save_pretrained_like(model, source, out, [layer.name for layer in report.layers])
-    report.save(out)
+    with incomplete_marker(out):
+        models.save_pretrained_like(model, source, out, [layer.name for layer in report.layers])
+        report.save(out)
     if not args.quiet:
         print(report.table())
     print(
@@ -378,6 +378,18 @@ def _run_prune(args: argparse.Namespace) -> int:
         f"({args.method}, {args.pattern}); calibration: {described}; wrote {out}"
     )
     return 0
+
+
+def _output_directory(args: argparse.Namespace) -> Path:
+    """``--out`` as a directory that may be written: absent, empty, or (with ``--overwrite``)
+    holding files. While it is written it holds ``.fastprune-incomplete``, removed once every
+    file is in place, so a directory left with it by a crash or an interrupt is known partial."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out: {args.out!r} is a file, not a directory; name a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise CommandError(f"--out: {args.out!r} exists and is not empty (use --overwrite)")
+    return out
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
@@ -456,28 +468,23 @@ def _inspect_table(rows: list[dict[str, Any]], patterns: list[str]) -> str:
 def _read_safetensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], np.ndarray[Any, Any]]]:
     """Per tensor: dtype name, shape and a bool array of its nonzero entries (-0.0 is zero).
 
-    Reads the file format directly (an 8-byte header length, a JSON header, raw little-endian
-    data) through a memory map, so any dtype, bfloat16 included, is inspected without torch.
+    The header is read and checked by :func:`fastprune.io.read_header`, the reader
+    :func:`fastprune.load` uses, so every malformed file is refused the same way; the data is
+    read through a memory map, so any dtype, bfloat16 included, is inspected without torch.
     """
     try:
-        with path.open("rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(length))
+        entries, _ = read_header(path)
     except (OSError, ValueError) as err:
-        raise CommandError(f"{str(path)!r} is not a readable safetensors file ({err})") from err
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + length)
+        raise CommandError(f"not a readable safetensors file: {err}") from err
+    data = np.memmap(path, dtype=np.uint8, mode="r") if entries else None
     tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = entry["dtype"]
-        if dtype not in _DTYPES:
-            raise CommandError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
-        view, sign_bit = _DTYPES[dtype]
-        begin, end = entry["data_offsets"]
-        bits = data[begin:end].view(view)
+    for name, entry in entries.items():
+        if entry.code not in _DTYPES:
+            raise CommandError(f"{path.name}: tensor {name!r} has unsupported dtype {entry.code}")
+        assert data is not None
+        view, sign_bit = _DTYPES[entry.code]
+        bits = data[entry.begin : entry.end].view(view)
         if sign_bit >= 0:
             bits = bits & ~(np.array(1, dtype=view) << sign_bit)  # -0.0 counts as zero
-        shape = tuple(int(n) for n in entry["shape"])
-        tensors[name] = (dtype, shape, (bits != 0).reshape(shape))
+        tensors[name] = (entry.code, entry.shape, (bits != 0).reshape(entry.shape))
     return tensors

@@ -9,7 +9,9 @@ per-channel vectors of :func:`reduce_group` and
 :func:`normalize` are handled in NumPy.
 
 dtypes: float16, bfloat16, float32 and float64 are accepted. Scores are float64 when any array
-argument is float64, else float32. Every score is identical on every instruction-set level and
+argument is float64, else float32, except that scores a float32 result cannot hold (``w²`` of
+``|w| > 1.8e19``) come back in float64 rather than as Inf; scores beyond even float64 are a
+ValueError naming the arguments. Every score is identical on every instruction-set level and
 thread count (sums run in double in a fixed order).
 
 Errors: a wrong kind of object or dtype is a TypeError; a wrong shape, a NaN/Inf value or an
@@ -18,7 +20,7 @@ unknown option is a ValueError naming the argument.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -83,9 +85,13 @@ def magnitude(weight: object, norm: Norm = "l1", group: object = None) -> FloatA
     w_in = to_numpy(weight, "weight")
     w = _matrix(w_in, "weight", _work_dtype(w_in))
     if group is None:
-        return _core.importance.magnitude(w, norm_name)
+        return _scores(lambda a: _core.importance.magnitude(a, norm_name), ("weight",), w)
     block_rows, block_cols = _group_shape(group, w.shape)
-    scores = _core.importance.block_norms(w, block_rows, block_cols, norm_name)
+    scores = _scores(
+        lambda a: _core.importance.block_norms(a, block_rows, block_cols, norm_name),
+        ("weight",),
+        w,
+    )
     return scores.reshape(_group_result_shape(group, w.shape, block_rows, block_cols))
 
 
@@ -109,7 +115,7 @@ def wanda(weight: object, act_sq: object) -> FloatArray:
     if (a < 0).any():
         msg = f"act_sq: must be >= 0 (a sum of squares), got minimum {a.min()}"
         raise ValueError(msg)
-    return _core.importance.wanda(w, a)
+    return _scores(_core.importance.wanda, ("weight", "act_sq"), w, a)
 
 
 def taylor(
@@ -142,12 +148,17 @@ def taylor(
     w = _matrix(w_in, "weight", work, allow_vector=allow_vector)
     g = _matrix(g_in, "grad", work, allow_vector=allow_vector)
     if per == "element":
-        return _core.importance.taylor(w, g)
+        return _scores(_core.importance.taylor, ("weight", "grad"), w, g)
     flag: object = multivariable
     if not isinstance(flag, (bool, np.bool_)):
         msg = f"multivariable: expected a bool, got {flag!r}"
         raise TypeError(msg)
-    return _core.importance.taylor_channels(w, g, bool(multivariable))
+    return _scores(
+        lambda a, b: _core.importance.taylor_channels(a, b, bool(multivariable)),
+        ("weight", "grad"),
+        w,
+        g,
+    )
 
 
 # --- combining the channel scores of a dependency group (Torch-Pruning) ---------------------
@@ -296,6 +307,37 @@ def _choice(value: Any, options: Sequence[object], name: str) -> Any:
 
 def _listing(options: Sequence[object]) -> str:
     return ", ".join(repr(o) for o in options)
+
+
+def _scores(
+    kernel: Callable[..., FloatArray], names: Sequence[str], *arrays: FloatArray
+) -> FloatArray:
+    """`kernel(*arrays)`, recomputed in float64 when a float32 score overflows to Inf.
+
+    The arguments are finite, so a score that overflows float32 is finite in float64 (every
+    score is at most a product of two finite float32 values, or a norm of them): the float64
+    scores are returned then, rather than an Inf that would rank wrongly. Scores that overflow
+    even float64 are a ValueError naming the arguments.
+    """
+    scores = kernel(*arrays)
+    if _finite_scores(scores):
+        return scores
+    if arrays[0].dtype == np.float32:
+        scores = kernel(*(a.astype(np.float64) for a in arrays))
+        if _finite_scores(scores):
+            return scores
+    largest = max(float(np.max(np.abs(a))) for a in arrays)
+    msg = (
+        f"{' and '.join(names)}: the scores overflow float64 (values up to {largest:.4g}); "
+        f"scale {' and '.join(names)} down"
+    )
+    raise ValueError(msg)
+
+
+def _finite_scores(scores: FloatArray) -> bool:
+    # Scores of finite arguments are >= 0 and never NaN, so an overflow shows in the maximum,
+    # which NumPy finds several times faster than a full finiteness scan.
+    return scores.size == 0 or bool(np.isfinite(np.max(scores)))
 
 
 def _work_dtype(*arrays: np.ndarray[Any, Any]) -> type[np.floating[Any]]:

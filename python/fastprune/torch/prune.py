@@ -69,13 +69,16 @@ from .hooks import (
     Calibrator,
     DenseTwin,
     Group,
+    LayerInputError,
     TokenMask,
+    blocks_are_chained,
     call_model,
     capture_block_inputs,
     in_features,
     run_block,
     token_mask_of,
     weight_matrix,
+    weight_of,
     with_hidden_states,
     write_weight,
 )
@@ -156,11 +159,32 @@ def prune_model(
         progress: show a progress bar (when tqdm is installed).
         seed: recorded in the manifest (the pruning itself is deterministic).
 
+    Failure leaves the model as it was: when anything fails part-way (a NaN in a layer's
+    input, a layer SparseGPT cannot solve, an interrupt), every layer already pruned gets its
+    original weight back before the exception propagates, and the message names the layer and
+    its block. For that, each pruned layer's original weight is kept in CPU memory until the
+    call returns (as much memory as the pruned weights).
+
+    Sequential modes calibrate block k+1 on what the model's own forward pass hands it: on
+    block k's output replayed directly when one dense forward pass shows that is what the
+    model passes on, otherwise (a model that scales or normalises between blocks) on the
+    inputs a forward pass of the whole model, already pruned up to block k, delivers to it.
+
     Raises:
+        TypeError: `model` is not a ``torch.nn.Module``.
         ValueError: an unknown method, a bad sparsity, a pattern that does not divide a layer's
-            input width, no calibration data, or a layer the calibration never reached.
+            input width, no calibration data, a layer the calibration never reached, a layer
+            whose calibration input holds NaN or Inf, or ``reconstruct="dense"`` for a model
+            that transforms the hidden states between its blocks.
     """
     start = time.perf_counter()
+    given: object = model
+    if not isinstance(given, nn.Module):
+        msg = (
+            f"model: expected a torch.nn.Module, got {type(given).__name__} (load the model "
+            "first, e.g. with transformers' AutoModel.from_pretrained)"
+        )
+        raise TypeError(msg)
     if method not in METHODS:
         msg = f"method: expected one of {', '.join(METHODS)}, got {method!r}"
         raise ValueError(msg)
@@ -174,6 +198,7 @@ def prune_model(
         msg = f"reconstruct: expected one of {', '.join(RECONSTRUCT)}, got {reconstruct!r}"
         raise ValueError(msg)
     follow_paper = generates_text(model)
+    requested_reconstruct = reconstruct
     if reconstruct == "auto":
         reconstruct = "layer" if follow_paper else "dense"
     fp_refit = (not follow_paper) if refit is None else _flag(refit, "refit")
@@ -214,6 +239,7 @@ def prune_model(
         "refit": fp_refit,
     }
     pruner = _Pruner(method, pattern, fp_blocksize, fp_damp, refit=fp_refit)
+    requested_dense = reconstruct == "dense" and requested_reconstruct == "dense"
     # only true-sequential mode calibrates a layer after every layer before it was pruned; in
     # whole-block mode all layers of a block would correct the same earlier error at once
     dense_target = method == "sparsegpt" and reconstruct == "dense" and sequential is True
@@ -238,9 +264,14 @@ def prune_model(
                     progress,
                     by_group=sequential is True,
                     dense_target=dense_target,
+                    dense_requested=requested_dense,
+                    options=options,
                 )
             else:
                 reports = _prune_in_one_pass(model, calibration_batches, plan, pruner, digest)
+    except BaseException:
+        pruner.restore()  # the model is left as it was, whatever failed (an interrupt too)
+        raise
     finally:
         model.train(was_training)
 
@@ -333,11 +364,27 @@ def _prune_sequential(
     progress: bool,
     by_group: bool,
     dense_target: bool,
+    dense_requested: bool,
+    options: dict[str, Any],
 ) -> list[LayerReport]:
-    inputs = capture_block_inputs(model, blocks[0], batches, digest)
+    batch_list = list(batches)  # run again when the model works between its blocks
+    inputs = capture_block_inputs(model, blocks[0], batch_list, digest)
     if not inputs:
         msg = "calibration_batches: no batches were given"
         raise ValueError(msg)
+    # Block k+1 is calibrated on block k's output replayed where that is what the model hands
+    # it; otherwise on what the model's own forward hands it, captured by a pre-hook.
+    chained = len(blocks) == 1 or blocks_are_chained(model, blocks, batch_list[0])
+    if dense_target and not chained:
+        if dense_requested:
+            msg = (
+                "reconstruct: 'dense' replays a dense copy of each block on the previous "
+                "block's output, but this model transforms the hidden states between its "
+                "blocks; use reconstruct='layer'"
+            )
+            raise ValueError(msg)
+        dense_target = False
+        options["reconstruct"] = "layer"  # what "auto" comes to for such a model
     dense_inputs = list(inputs) if dense_target else None  # the dense model's, block by block
     reports: list[LayerReport] = []
     for index in _progress(range(len(blocks)), progress, "pruning blocks"):
@@ -359,7 +406,9 @@ def _prune_sequential(
             reports += sorted(rows, key=lambda row: order[row.name])
         elif layers:
             reports += pruner.prune_calibrated(layers, passes)  # never a dense target here
-        if index + 1 < len(blocks):
+        if index + 1 < len(blocks) and not chained:
+            inputs = capture_block_inputs(model, blocks[index + 1], batch_list)
+        elif index + 1 < len(blocks):
             inputs = [with_hidden_states(item, run_block(block, item)) for item in inputs]
             if twin is not None and dense_inputs is not None:
                 dense_inputs = [with_hidden_states(item, twin.run(item)) for item in dense_inputs]
@@ -422,6 +471,15 @@ class _Pruner:
         self.refit = refit
         self.tokens = 0
         self._groups_seen = 0
+        # every layer written so far and a CPU copy of its weight before: restored on failure
+        self._originals: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def restore(self) -> None:
+        """Put back the original weight of every layer pruned so far (last first)."""
+        with torch.no_grad():
+            for param, original in reversed(self._originals):
+                param.data.copy_(original)
+        self._originals.clear()
 
     def prune_calibrated(
         self,
@@ -439,9 +497,15 @@ class _Pruner:
         or ValueError). With `cross`, SparseGPT reconstructs the dense model's outputs.
         """
         modules = {name: module for _, name, module, _ in layers}
-        with Calibrator(modules, first_group_only=first_group_only, cross=cross) as calibrator:
-            for token_mask, dense_inputs in passes():
-                calibrator.new_batch(token_mask, dense_inputs)
+        blocks = {name: block for block, name, _, _ in layers}
+        try:
+            with Calibrator(modules, first_group_only=first_group_only, cross=cross) as calibrator:
+                for token_mask, dense_inputs in passes():
+                    calibrator.new_batch(token_mask, dense_inputs)
+        except LayerInputError as err:
+            where = _where(err.layer, blocks.get(err.layer))
+            msg = f"{where}: its calibration input {err.reason}"
+            raise ValueError(msg) from err
         rows: list[LayerReport] = []
         order = {name: i for i, (_, name, _, _) in enumerate(layers)}
         for group in calibrator.groups:
@@ -506,6 +570,19 @@ class _Pruner:
         layer_sparsity: float,
         shared: _SharedInput | None,
     ) -> LayerReport:
+        try:
+            return self._prune_layer_as_is(block, name, module, layer_sparsity, shared)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{_where(name, block)}: {err}") from err
+
+    def _prune_layer_as_is(
+        self,
+        block: int | None,
+        name: str,
+        module: nn.Module,
+        layer_sparsity: float,
+        shared: _SharedInput | None,
+    ) -> LayerReport:
         t0 = time.perf_counter()
         weight = weight_matrix(module)
         if self.method == "sparsegpt":
@@ -547,6 +624,8 @@ class _Pruner:
         if shared is not None:  # before the write: `weight` may be a view of the parameter
             error = output_error(weight, result.weight, shared.hessian)
             seconds += shared.seconds
+        param = weight_of(module)
+        self._originals.append((param, param.detach().to("cpu", copy=True)))
         write_weight(module, result.weight)
         return LayerReport(
             name=name,
@@ -653,6 +732,11 @@ def output_error(
     """Mean over the calibration tokens of ``‖(W − Ŵ) x‖²``, from ``H = 2/N Σ x xᵀ``."""
     delta = dense.astype(np.float32) - pruned.astype(np.float32)
     return float(np.einsum("ij,ij->", delta @ hessian.astype(np.float32), delta)) / 2.0
+
+
+def _where(name: str, block: int | None) -> str:
+    """A layer in the user's terms: its name in the model and, inside blocks, its block."""
+    return f"layer {name}" if block is None else f"layer {name} (block {block})"
 
 
 def _group_size(pattern: object) -> int:

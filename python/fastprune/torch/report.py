@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write, atomic_write_text
+
 REPORT_FILE = "prune_report.json"
 MANIFEST_FILE = "manifest.json"
 PLOT_FILE = "prune_report.png"
@@ -165,12 +167,14 @@ class PruneReport:
         return cls(layers, data["manifest"], data["totals"]["seconds"], data["skipped"])
 
     def save(self, directory: str | Path) -> list[Path]:
-        """Write the report, the manifest and (with matplotlib) the plot into `directory`."""
+        """Write the report, the manifest and (with matplotlib) the plot into `directory`.
+
+        Each file is written atomically (complete, or the previous one left as it was)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         written = [out / REPORT_FILE, out / MANIFEST_FILE]
-        written[0].write_text(self.to_json() + "\n", encoding="utf-8")
-        written[1].write_text(json.dumps(self.manifest, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(written[0], self.to_json() + "\n")
+        atomic_write_text(written[1], json.dumps(self.manifest, indent=2) + "\n")
         with contextlib.suppress(ImportError):
             written.append(self.plot(out / PLOT_FILE))
         return written
@@ -198,7 +202,7 @@ class PruneReport:
             bottom.set_yscale("log")
         bottom.set_xticks(list(positions), names, rotation=90, fontsize=6)
         target = Path(path)
-        fig.savefig(target, dpi=120)
+        atomic_write(target, lambda f: fig.savefig(f, dpi=120, format="png"))
         return target
 
 

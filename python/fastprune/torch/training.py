@@ -48,6 +48,7 @@ from torch.optim.optimizer import (
 
 import fastprune as fp
 from fastprune._arrays import check_sparsity
+from fastprune._files import atomic_write, atomic_write_text
 from fastprune.schedules import (
     SparsitySchedule,
     kept_per_group,
@@ -648,7 +649,7 @@ class WinningTicket:
         tensors.update({f"weight/{key}": value for key, value in self.weights.items()})
         written = [out / TICKET_TENSORS, out / TICKET_JSON]
         fp.save(written[0], tensors)
-        written[1].write_text(self.to_json() + "\n", encoding="utf-8")
+        atomic_write_text(written[1], self.to_json() + "\n")
         with contextlib.suppress(ImportError):
             written.append(self.plot(out / TICKET_PLOT))
         return written
@@ -706,7 +707,7 @@ class WinningTicket:
         ax.set_ylabel("metric")
         ax.set_title(f"lottery ticket, rewind: {self.config.get('rewind', '')}")
         target = Path(path)
-        fig.savefig(target, dpi=120)
+        atomic_write(target, lambda f: fig.savefig(f, dpi=120, format="png"))
         return target
 
 
