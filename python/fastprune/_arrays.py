@@ -195,16 +195,18 @@ def same_shape(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any], name_a: str, na
         raise ValueError(msg)
 
 
-def check_sparsity(sparsity: object, name: str = "sparsity") -> float:
-    """A sparsity (fraction of weights set to zero) in [0, 1)."""
+def check_sparsity(sparsity: object, name: str = "sparsity", where: str = "") -> float:
+    """A sparsity (fraction of weights set to zero) in [0, 1): the one check of that range,
+    used by the array functions, the torch layer (`where` names the layer) and the CLI."""
+    suffix = f" for {where}" if where else ""
     if isinstance(sparsity, bool) or not isinstance(
         sparsity, (int, float, np.floating, np.integer)
     ):
-        msg = f"{name}: expected a number in [0, 1), got {sparsity!r}"
+        msg = f"{name}: expected a number in [0, 1){suffix}, got {sparsity!r}"
         raise TypeError(msg)
     s = float(sparsity)
     if not (0.0 <= s < 1.0) or math.isnan(s):
-        msg = f"{name}: must be in [0, 1), got {s}"
+        msg = f"{name}: must be in [0, 1), got {s}{suffix}"
         raise ValueError(msg)
     return s
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 import fastprune as fp
+from fastprune._arrays import check_sparsity
 from fastprune._files import atomic_write_text, incomplete_marker
 from fastprune.io import read_header
 
@@ -279,8 +280,10 @@ def _run_prune(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
-    if not 0.0 <= args.sparsity < 1.0:
-        raise CommandError(f"--sparsity: must be in [0, 1), got {args.sparsity}")
+    try:
+        check_sparsity(args.sparsity, "--sparsity")
+    except ValueError as err:
+        raise CommandError(str(err)) from err
     if args.damp < 0:
         raise CommandError(f"--damp: must be non-negative, got {args.damp}")
     if args.pattern != "unstructured":

@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 import fastprune as fp
+from fastprune._arrays import check_sparsity
 
 from .hooks import (
     Batch,
@@ -786,13 +787,7 @@ def _sparsity_for(spec: SparsitySpec, name: str, module: nn.Module) -> float | N
         value = spec
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        msg = f"sparsity: expected a number in [0, 1) for {name}, got {value!r}"
-        raise TypeError(msg)
-    if not 0.0 <= float(value) < 1.0:
-        msg = f"sparsity: must be in [0, 1), got {float(value)} for {name}"
-        raise ValueError(msg)
-    return float(value)
+    return check_sparsity(value, "sparsity", where=name)
 
 
 def _describe_sparsity(spec: SparsitySpec) -> Any:
