@@ -129,6 +129,19 @@ def test_prune_channels_global_and_steps() -> None:
     assert total < 8 + 6 + 12
 
 
+def test_prune_channels_taylor_reads_gradients_and_skips_statistics() -> None:
+    model = net()
+    model(X).square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    plans = prune_channels(model, X, 0.5, importance="taylor", steps=2)
+    assert len(plans) == 2 and model(X).shape == (2, 5)
+    # the kept channels' gradients were sliced along with the weights, step after step
+    first, second = (plan.parts[0] for plan in plans)
+    assert first.what.startswith("channels of stem") and second.what == first.what
+    expected = grads["stem.weight"][first.keep][second.keep]
+    torch.testing.assert_close(model.stem.weight.grad, expected)
+
+
 def test_prune_channels_ignore_and_mapping() -> None:
     model = net()
     prune_channels(model, X, {"side": 0.5}, ignore=["fc"])

@@ -45,15 +45,16 @@ def taylor(
     multivariable: bool = False,
     bias: bool = False,
 ) -> GroupImportance:
-    """Torch-Pruning's GroupTaylorImportance from the ``.grad`` of the group's tensors (run
-    ``loss.backward()`` first). Biases count only with ``bias=True``, as there."""
+    """Torch-Pruning's GroupTaylorImportance from the ``.grad`` of the group's parameters (run
+    ``loss.backward()`` first; buffers such as BatchNorm statistics are skipped). Biases count
+    only with ``bias=True``, as there."""
 
     def score(part: Part) -> np.ndarray[Any, Any]:
         pairs = []
         for s in part.slices:
-            if s.name == "bias" and not bias:
-                continue
             t = s.tensor()
+            if (s.name == "bias" and not bias) or not isinstance(t, torch.nn.Parameter):
+                continue  # buffers (BatchNorm running statistics) have no gradient
             if t.grad is None:
                 msg = f"importance: {s.label}.{s.name} has no .grad; run loss.backward() first"
                 raise ValueError(msg)

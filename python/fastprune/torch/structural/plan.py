@@ -132,7 +132,10 @@ def _complement(index: torch.Tensor, size: int) -> torch.Tensor:
 def _shrunk(old: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     data = old.detach().index_select(dim, index.to(old.device)).clone()
     if isinstance(old, nn.Parameter):
-        return nn.Parameter(data, requires_grad=old.requires_grad)
+        new = nn.Parameter(data, requires_grad=old.requires_grad)
+        if old.grad is not None:  # the kept entries' gradients stay (Taylor scores read them)
+            new.grad = old.grad.index_select(dim, index.to(old.device)).clone()
+        return new
     return data
 
 
