@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from fastprune.torch.structural import StructureError  # noqa: E402
+from fastprune.torch.structural import StructureError, taylor  # noqa: E402
 from fastprune.torch.structural.channels import DependencyGraph, prune_channels  # noqa: E402
 
 
@@ -140,6 +140,43 @@ def test_prune_channels_taylor_reads_gradients_and_skips_statistics() -> None:
     assert first.what.startswith("channels of stem") and second.what == first.what
     expected = grads["stem.weight"][first.keep][second.keep]
     torch.testing.assert_close(model.stem.weight.grad, expected)
+
+
+@pytest.mark.parametrize("multivariable", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(("reduction", "normalizer"), [("mean", "mean"), ("max", None)])
+def test_group_taylor_follows_torch_pruning(
+    multivariable: bool, bias: bool, reduction: Any, normalizer: Any
+) -> None:
+    """The `side` group (concatenated at offset 8 into bn2 and, after a 2x2 pool and flatten,
+    into fc's columns 32..55) against a direct float64 computation: per layer
+    sum |w * g| over a channel's entries (|sum w * g| if multivariable), biases only with
+    bias=True, BatchNorm statistics never; layers reduced, then normalized."""
+    model = net()
+    model(X).square().sum().backward()
+    graph = DependencyGraph.build(model, X)
+    part = graph.group(model.side, []).parts[0]
+    score = taylor(reduction, normalizer, multivariable, bias)(part)
+
+    def per_channel(w: Any, g: Any) -> Any:
+        prod = (w.double() * g.double()).reshape(6, -1)
+        return prod.sum(1).abs() if multivariable else prod.abs().sum(1)
+
+    fc_w = model.fc.weight.detach().double()[:, 32:56].reshape(12, 6, 4).transpose(0, 1)
+    fc_g = model.fc.weight.grad.double()[:, 32:56].reshape(12, 6, 4).transpose(0, 1)
+    layers = [
+        per_channel(model.side.weight.detach(), model.side.weight.grad),
+        per_channel(model.bn2.weight.detach()[8:], model.bn2.weight.grad[8:]),
+        per_channel(fc_w, fc_g),
+    ]
+    if bias:
+        layers.append(per_channel(model.side.bias.detach(), model.side.bias.grad))
+        layers.append(per_channel(model.bn2.bias.detach()[8:], model.bn2.bias.grad[8:]))
+    stacked = torch.stack(layers)
+    expected = stacked.mean(0) if reduction == "mean" else stacked.max(0).values
+    if normalizer == "mean":
+        expected = expected / expected.mean()
+    torch.testing.assert_close(torch.as_tensor(score), expected, rtol=1e-10, atol=1e-12)
 
 
 def test_prune_channels_ignore_and_mapping() -> None:
