@@ -73,7 +73,8 @@ X = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
 
 def zero_removed(plan: Any) -> None:
     for part in plan.parts:
-        removed = torch.tensor(sorted(set(range(part.channels)) - set(part.keep.tolist())))
+        removed = sorted(set(range(part.channels)) - set(part.keep.tolist()))
+        removed = torch.tensor(removed, dtype=torch.long)
         for s in part.slices:
             if s.name in ("running_var",):
                 continue  # a zero variance would divide by ~0; the channel is zero anyway
@@ -203,7 +204,7 @@ def test_grouped_conv_prunes_the_same_channels_from_every_group() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="ratio"):
+    with pytest.raises(ValueError, match=r"ratio: 1\.0 would remove every channel"):
         prune_channels(net(), X, 1.0)
     model = net()
     graph = DependencyGraph.build(model, X)
@@ -219,8 +220,12 @@ def test_bad_arguments() -> None:
         prune_channels(model, X, 0.5, ignore=["nope"])
     with pytest.raises(StructureError, match="ratio: bn produces no channels"):
         prune_channels(model, X, {"bn": 0.5})
-    with pytest.raises(ValueError, match="indices: 8 out of range"):
+    with pytest.raises(ValueError, match="indices: 8 is not a prunable output channel of stem"):
         graph.group(model.stem, [8])
+    with pytest.raises(ValueError, match="dim"):
+        graph.group(model.stem, [0], dim="sideways")  # type: ignore[arg-type]
+    with pytest.raises(StructureError, match="input channels of stem are not prunable"):
+        graph.group(model.stem, [0], dim="in")  # reads the model's input
 
 
 # ---- randomly built CNNs: every kind of coupling, zero then remove -----------------------------
@@ -534,5 +539,43 @@ def test_an_untraceable_model_names_the_failure() -> None:
             y = self.conv(x)
             return y if y.sum() > 0 else -y  # data-dependent control flow
 
-    with pytest.raises(StructureError, match=r"torch\.fx cannot trace Branchy"):
+    with pytest.raises(StructureError, match=r"torch\.fx cannot trace Branchy at .*y\.sum\(\)"):
         DependencyGraph.build(Branchy(), X)
+
+
+def test_group_by_input_channels() -> None:
+    """Input channels of fc after the flatten: feature 33 is channel 0 of `side` (offset 32,
+    4 features per channel); input channel 3 of `b` is channel 3 of the residual space."""
+    model = net()
+    graph = DependencyGraph.build(model, X)
+    plan = graph.group(model.fc, [33, 34, 4 * 14 - 1], dim="in")
+    removed = {p.what: sorted(set(range(p.channels)) - set(p.keep.tolist())) for p in plan.parts}
+    assert removed["channels of side"] == [0, 5]
+    assert all(r == [] for w, r in removed.items() if w != "channels of side")
+    zero_removed(plan)
+    with torch.no_grad():
+        before = model(X)
+    plan.apply()
+    assert model.side.out_channels == 4 and model.fc.in_features == 12 * 4
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), before, rtol=1e-5, atol=1e-6)
+    model = net()
+    graph = DependencyGraph.build(model, X)
+    residual = graph.group(model.b, [3], dim="in").parts
+    assert [p.what for p in residual] == ["channels of a"]
+    assert graph.group(model.a, [3], dim="in").parts[0].what.startswith("channels of stem")
+
+
+def test_a_hugging_face_model_is_pointed_to_prune_width() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    with pytest.raises(StructureError, match=r"cannot trace LlamaForCausalLM.*use prune_width"):
+        DependencyGraph.build(model, torch.zeros(1, 4, dtype=torch.long))

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -48,7 +50,7 @@ import fastprune.importance as fpi
 
 from .importance import GroupImportance, resolve_importance
 from .plan import Part, PruningPlan, Slice
-from .transformers import StructureError
+from .transformers import StructureError, layout
 
 _PASS_MODULES = (
     nn.ReLU,
@@ -146,8 +148,7 @@ class DependencyGraph:
         try:
             traced = fx.symbolic_trace(model)
         except Exception as err:  # torch.fx raises many kinds for untraceable code
-            msg = f"model: torch.fx cannot trace {type(model).__name__}: {err}"
-            raise StructureError(msg) from err
+            raise StructureError(_trace_failure(model, err)) from err
         inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         with torch.no_grad():
             ShapeProp(traced).propagate(*inputs)
@@ -197,29 +198,50 @@ class DependencyGraph:
         its channel ``j`` is channel ``j`` of every piece."""
         return [part for _, part, _ in self._parts()]
 
-    def group(self, module: nn.Module, indices: Sequence[int]) -> PruningPlan:
-        """The plan that removes output channels `indices` of `module` and all coupled slices.
+    def group(
+        self, module: nn.Module, indices: Sequence[int], dim: Literal["out", "in"] = "out"
+    ) -> PruningPlan:
+        """The plan that removes channels `indices` of `module` and all coupled slices:
+        its output channels (``dim="out"``), or the input channels it reads (``dim="in"``,
+        counted along its weight's input dimension; after a flatten a channel is several
+        features, and removing any of them removes the channel).
 
-        Where the graph needs equal pieces of the output (a grouped convolution's groups, a
-        chunk's pieces), removing channel ``j`` of one piece removes it from every piece.
+        Where the graph needs equal pieces (a grouped convolution's groups, a chunk's pieces),
+        removing channel ``j`` of one piece removes it from every piece.
         """
         name = _name_of(self.model, module)
-        if name in self.blocked:
-            raise StructureError(f"module: {name} cannot be pruned: {self.blocked[name]}")
-        if name not in self.owners:
-            raise StructureError(f"module: {name} produces no channel space in the graph")
-        parts = {r: p for r, p, _ in self._parts()}
-        leaves = [
-            (_root(self.parent, s), first, self.spaces[s].size)
-            for s, first in _leaves(self.spaces, self.owners[name])
-        ]
-        total = sum(size for _, _, size in leaves)
-        drops: dict[int, set[int]] = {root: set() for root, _, _ in leaves}
+        if dim not in ("out", "in"):
+            raise ValueError(f"dim: expected 'out' or 'in', got {dim!r}")
+        found = self._parts()
+        parts = {r: p for r, p, _ in found}
+        # (root, first index, channels, features per channel) covering the chosen dimension
+        covers: list[tuple[int, int, int, int]] = []
+        if dim == "out":
+            if name in self.blocked:
+                raise StructureError(f"module: {name} cannot be pruned: {self.blocked[name]}")
+            if name not in self.owners:
+                raise StructureError(f"module: {name} produces no channel space in the graph")
+            covers = [
+                (_root(self.parent, s), first, self.spaces[s].size, 1)
+                for s, first in _leaves(self.spaces, self.owners[name])
+            ]
+        else:
+            in_dim = 0 if isinstance(module, _TRANSPOSED) else 1
+            covers = [
+                (root, s.offsets[0], part.channels, s.span)
+                for root, part, _ in found
+                for s in part.slices
+                if s.module is module and s.name == "weight" and s.dim == in_dim
+            ]
+            if not covers:
+                msg = f"module: the input channels of {name} are not prunable (see graph.blocked)"
+                raise StructureError(msg)
+        drops: dict[int, set[int]] = {root: set() for root, _, _, _ in covers}
         for i in indices:
-            if not 0 <= int(i) < total:
-                raise ValueError(f"indices: {i} out of range for {total} channels")
-            root, first, _ = next(leaf for leaf in leaves if leaf[1] <= int(i) < leaf[1] + leaf[2])
-            drops[root].add(int(i) - first)
+            hit = [(r, (int(i) - f) // span) for r, f, n, span in covers if f <= i < f + n * span]
+            if not hit:
+                raise ValueError(f"indices: {i} is not a prunable {dim}put channel of {name}")
+            drops[hit[0][0]].add(hit[0][1])
         chosen = []
         for root, drop in drops.items():
             part = parts[root]
@@ -237,6 +259,26 @@ class DependencyGraph:
             lines.append(f"  group: {p.what} ({p.channels} channels, {len(p.slices)} tensors)")
         lines += [f"  not prunable: {n} ({why})" for n, why in self.blocked.items()]
         return "\n".join(lines)
+
+
+def _trace_failure(model: nn.Module, err: Exception) -> str:
+    """Say where tracing stopped: the model's own source line that torch.fx could not follow
+    (the last frame outside torch), and point Hugging Face transformers to `prune_width`."""
+    msg = f"model: torch.fx cannot trace {type(model).__name__}"
+    frames = [
+        f
+        for f in traceback.extract_tb(err.__traceback__)
+        if f"{os.sep}torch{os.sep}" not in f.filename and f.filename != __file__
+    ]
+    if frames:
+        f = frames[-1]
+        msg += f" at {os.path.basename(f.filename)}:{f.lineno} ({f.name}: {(f.line or '').strip()})"
+    msg += f": {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    try:
+        layout(model)
+    except StructureError:
+        return msg
+    return msg + "; for Hugging Face transformers use prune_width / block_importance"
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str:
@@ -750,6 +792,8 @@ def prune_channels(
     ratios = dict(ratio) if isinstance(ratio, Mapping) else None
     uniform = 0.0 if isinstance(ratio, Mapping) else float(ratio)
     for r in ratios.values() if ratios is not None else [ratio]:
+        if isinstance(r, (int, float)) and float(r) >= 1:
+            raise ValueError(f"ratio: {r!r} would remove every channel; expected a fraction < 1")
         if not isinstance(r, (int, float)) or not 0 <= float(r) < 1:
             raise ValueError(f"ratio: expected a fraction in [0, 1), got {r!r}")
     graph = DependencyGraph.build(model, example_inputs)
