@@ -180,6 +180,26 @@ def test_group_taylor_follows_torch_pruning(
     torch.testing.assert_close(torch.as_tensor(score), expected, rtol=1e-10, atol=1e-12)
 
 
+def test_activation_importance_is_mean_output_magnitude() -> None:
+    """Keeps the channels with the largest mean |output| on the example inputs; a residual
+    group averages over its producers (stem, b, the depthwise dw)."""
+    model = net()
+    with torch.no_grad():
+        x1 = torch.relu(model.bn(model.stem(X)))
+        b_out = model.b(torch.relu(model.a(x1)))
+        x2 = x1 + b_out
+        side = model.side(x2).abs().mean(dim=(0, 2, 3))
+        residual = torch.stack(
+            [m.abs().mean(dim=(0, 2, 3)) for m in (model.stem(X), b_out, model.dw(x2))]
+        ).mean(0)
+    plans = prune_channels(model, X, 0.5, importance="activation")
+    kept = {p.what: p.keep.tolist() for p in plans[0].parts}
+    top = torch.argsort(-side.double(), stable=True)[:3]
+    assert kept["channels of side"] == sorted(top.tolist())
+    top = torch.argsort(-residual.double(), stable=True)[:4]
+    assert kept["channels of stem, dw, b"] == sorted(top.tolist())
+
+
 def test_prune_channels_ignore_and_mapping() -> None:
     model = net()
     prune_channels(model, X, {"side": 0.5}, ignore=["fc"])

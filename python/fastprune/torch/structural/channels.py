@@ -770,8 +770,9 @@ def prune_channels(
     Args:
         ratio: the fraction of channels to remove from every group, or ``{module name: ratio}``
             for the groups those modules produce (others untouched).
-        importance: ``"magnitude"``, ``"taylor"`` (reads ``.grad``) or a callable
-            ``part -> one score per channel``.
+        importance: ``"magnitude"``, ``"taylor"`` (reads ``.grad``), ``"activation"`` (mean
+            |output| of each channel on `example_inputs`, which then serve as calibration
+            data) or a callable ``part -> one score per channel``.
         scope: ``"layer"`` removes `ratio` of every group; ``"global"`` ranks the channels of
             all groups together (scores divided by their group's mean) and removes `ratio` of
             all of them, keeping at least `round_to` channels per group.
@@ -779,9 +780,6 @@ def prune_channels(
         ignore: module names whose groups are left whole.
         steps: prune in this many equal steps, re-scoring in between.
     """
-    if importance == "activation":
-        msg = "importance: 'activation' is for transformers (prune_width); use magnitude/taylor"
-        raise ValueError(msg)
     score = resolve_importance(importance)
     if scope not in ("layer", "global"):
         raise ValueError(f"scope: expected 'layer' or 'global', got {scope!r}")
@@ -811,7 +809,9 @@ def prune_channels(
     for step in range(1, steps + 1):
         graph = DependencyGraph.build(model, example_inputs) if step > 1 else graph
         chosen = []
+        producers = {}
         for key, part, names in _keyed(graph):
+            producers[id(part)] = names
             if set(names) & set(ignore):
                 continue
             wanted = (
@@ -828,7 +828,11 @@ def prune_channels(
             chosen.append((part, min(keep, part.channels)))
         if not chosen:
             break
-        scores = [torch.as_tensor(np.asarray(score(p), dtype=np.float64)) for p, _ in chosen]
+        if importance == "activation":
+            parts = [p for p, _ in chosen]
+            scores = _activation_scores(model, example_inputs, parts, producers)
+        else:
+            scores = [torch.as_tensor(np.asarray(score(p), dtype=np.float64)) for p, _ in chosen]
         if scope == "global":
             _global_keep(chosen, scores, uniform if ratios is None else None, round_to)
         decided = []
@@ -844,6 +848,45 @@ def prune_channels(
             plan.apply()
             plans.append(plan)
     return plans
+
+
+def _activation_scores(
+    model: nn.Module, example_inputs: Any, parts: list[Part], producers: dict[int, list[str]]
+) -> list[torch.Tensor]:
+    """Minitron's activation importance for channels: the mean |output| of each channel over
+    the example inputs (all positions), averaged over the group's producing modules."""
+    modules = dict(model.named_modules())
+    wanted = {n for p in parts for n in producers[id(p)]}
+    means: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def record(_: nn.Module, __: Any, out: torch.Tensor) -> None:
+            dims = [d for d in range(out.dim()) if d != 1]
+            means[name] = out.detach().double().abs().mean(dim=dims)
+
+        return record
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in sorted(wanted)]
+    try:
+        with torch.no_grad():
+            model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for part in parts:
+        # a producer's slices index its output channels (a transposed grouped conv's weight
+        # slice is its first group, whose indices are output indices too); weight and bias
+        # of one piece are the same outputs, counted once
+        rows = {
+            (s.label, s.offsets): means[s.label][s.index(torch.arange(part.channels))]
+            .reshape(len(s.offsets), -1)
+            .sum(0)
+            for s in part.slices
+            if s.label in producers[id(part)] and s.name in ("weight", "bias")
+        }
+        out.append(torch.stack(list(rows.values())).mean(0))
+    return out
 
 
 def _keyed(graph: DependencyGraph) -> list[tuple[tuple[Any, ...], Part, list[str]]]:
