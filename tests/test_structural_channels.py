@@ -523,6 +523,8 @@ class Unfollowable(nn.Module):
             y = y + self.pos
         elif self.how == "index":
             y = torch.cat([y[:, :4], y[:, 4:]], dim=1)
+        elif self.how == "channel_sum":
+            y = y * y.sum(1, keepdim=True)
         return self.out(y)
 
 
@@ -535,6 +537,7 @@ class Unfollowable(nn.Module):
         ("roll", r"\(roll\), which is not followed"),
         ("parameter", "combines the channels with pos"),
         ("index", r"\(getitem\), which is not followed"),
+        ("channel_sum", r"\(sum\) reduces over the channels"),
     ],
 )
 def test_operations_the_graph_cannot_follow_are_named(how: str, reason: str) -> None:
@@ -599,3 +602,29 @@ def test_a_hugging_face_model_is_pointed_to_prune_width() -> None:
     model = transformers.LlamaForCausalLM(config).eval()
     with pytest.raises(StructureError, match=r"cannot trace LlamaForCausalLM.*use prune_width"):
         DependencyGraph.build(model, torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_global_pooling_by_mean_keeps_channels_apart() -> None:
+    class MeanPool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x: Any) -> Any:
+            y = torch.relu(self.bn(self.conv(x)))
+            return self.fc(y.mean(dim=(2, 3)) + torch.amax(y, dim=-1).sum(-1))
+
+    torch.manual_seed(0)
+    model = MeanPool().eval()
+    graph = DependencyGraph.build(model, X)
+    assert "conv" not in graph.blocked
+    plan = graph.group(model.conv, [2, 6])
+    zero_removed(plan)
+    with torch.no_grad():
+        before = model(X)
+    plan.apply()
+    assert model.fc.in_features == 6
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), before, rtol=1e-5, atol=1e-6)

@@ -5,7 +5,8 @@ inputs to learn every tensor's shape. Each Conv / ConvTranspose / Linear output 
 *channel space*; the graph follows how a space travels along dimension 1:
 
 - through BatchNorm (whose statistics and affine parameters go with it), activations, pooling,
-  dropout and other shape-keeping operations unchanged;
+  dropout, ``mean``/``sum``/``amax`` over spatial dims and other operations that keep each
+  channel apart, unchanged;
 - into a convolution's input (weight dim 1; dim 0 for a transposed convolution, whose weight is
   ``(in, out / groups, ...)``);
 - into a depthwise convolution (``groups == in_channels == out_channels``), whose output is the
@@ -86,8 +87,17 @@ _PASS_FUNCTIONS = {
     nn.functional.max_pool2d,
     nn.functional.avg_pool2d,
     nn.functional.adaptive_avg_pool2d,
+    nn.functional.adaptive_max_pool2d,
+    nn.functional.max_pool1d,
+    nn.functional.avg_pool1d,
     nn.functional.dropout,
+    nn.functional.relu6,
+    nn.functional.leaky_relu,
+    nn.functional.hardswish,
+    nn.functional.elu,
+    nn.functional.interpolate,
 }
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 _PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone"}
 _SHAPE_METHODS = {"size", "dim"}
 _SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim"}
@@ -524,6 +534,8 @@ class _Builder:
             return self.reshape(node, args[0])
         if target in (torch.split, torch.chunk) or (method and target in ("split", "chunk")):
             return self.split(node, args[0])
+        if target in _REDUCTIONS and (method or not isinstance(target, str)):
+            return self.reduction(node, args[0], label)
         self.nodes.append((node.name, f"unknown operation {label}"))
         for value in args:
             self.block_value(value, f"it reaches {node.name} ({label}), which is not followed")
@@ -619,6 +631,19 @@ class _Builder:
         else:
             why = f"{node.name} reshapes {before} to {after}, which mixes the channels"
         self.block_value(segs, why)
+        return None
+
+    def reduction(self, node: fx.Node, segs: Segments | None, label: str) -> Segments | None:
+        """``mean``/``sum``/``amax`` over dims other than 0 and 1 (global pooling) keep every
+        channel apart; over the channels they mix them."""
+        self.nodes.append((node.name, label))
+        dims: Any = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        rank = len(_meta_shape(node.all_input_nodes[0]) or ())
+        dims = [dims] if isinstance(dims, int) else dims
+        if rank > 2 and dims and all(isinstance(d, int) and d % rank > 1 for d in dims):
+            self.edge(node, f"{label} over dims {tuple(dims)}: channels unchanged")
+            return segs
+        self.block_value(segs, f"{node.name} ({label}) reduces over the channels")
         return None
 
     def split(self, node: fx.Node, segs: Segments | None) -> Segments | None:
