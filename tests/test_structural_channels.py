@@ -259,6 +259,7 @@ KINDS = (
     "transposed_grouped",
     "transposed_depthwise",
     "concat",
+    "concat_input",
     "chunk",
     "split",
     "reshape",
@@ -301,6 +302,8 @@ class RandomCNN(nn.Module):
                 block["conv"] = nn.ConvTranspose2d(c, c, 3, padding=1, groups=c)
             elif kind == "concat":
                 block["side"] = nn.Conv2d(c, c2, 1)
+            elif kind == "concat_input":  # 3 image channels + c2 + 1
+                block["side"] = nn.Conv2d(c, c2 + 1, 1)
             elif kind in ("chunk", "split"):
                 block["conv"] = nn.Conv2d(c, 2 * c2, 1)
             elif kind == "reshape":
@@ -315,13 +318,14 @@ class RandomCNN(nn.Module):
                 "transposed_depthwise": c,
                 "squeeze_excite": c,
                 "concat": c + c2,
+                "concat_input": c2 + 4,
             }.get(kind, c2)
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.fc = nn.Linear(c * 4, 10)
         self.head = nn.Linear(10, 5)
 
-    def forward(self, x: Any) -> Any:
-        x = torch.relu(self.stem(x))
+    def forward(self, image: Any) -> Any:
+        x = torch.relu(self.stem(image))
         for kind, block in zip(self.kinds, self.blocks, strict=True):
             if kind in ("conv", "grouped"):
                 x = torch.relu(block["bn"](block["conv"](x)))
@@ -329,6 +333,8 @@ class RandomCNN(nn.Module):
                 x = x + block["b"](torch.relu(block["a"](x)))
             elif kind == "concat":
                 x = torch.cat([x, block["side"](x)], dim=1)
+            elif kind == "concat_input":
+                x = torch.cat([image, block["side"](x)], dim=1)
             elif kind == "chunk":
                 a, b = block["conv"](x).chunk(2, dim=1)
                 x = a * torch.sigmoid(b)

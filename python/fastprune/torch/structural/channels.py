@@ -464,7 +464,7 @@ class _Builder:
             return self.produce(m, name, c_out, out_dim)
         if segs:
             self.edge(node, f"grouped: {g} input pieces lose the same channels")
-            pieces = self.equal_pieces(segs, g, name)
+            pieces = self.equal_pieces(segs, int(conv.in_channels), g, name)
             whole = self.resolve(segs) or []  # cut into the pieces now
             for s, off, span in (whole if transposed else pieces[0]) if pieces else []:
                 self.spaces[s].consumers.append(Slice(m, "weight", in_dim, (off,), name, span))
@@ -473,13 +473,13 @@ class _Builder:
         if transposed:  # bias is whole, weight dim 1 one group's outputs
             if bias:
                 self.spaces[s].producers.append(Slice(m, "bias", 0, label=name))
-            first = (self.equal_pieces([(s, 0, 1)], g, name) or [[(s, 0, 1)]])[0][0][0]
+            first = (self.equal_pieces([(s, 0, 1)], c_out, g, name) or [[(s, 0, 1)]])[0][0][0]
             self.spaces[first].producers.append(Slice(m, "weight", 1, label=name))
         else:
             self.spaces[s].producers.append(Slice(m, "weight", 0, label=name))
             if bias:
                 self.spaces[s].producers.append(Slice(m, "bias", 0, label=name))
-            self.equal_pieces([(s, 0, 1)], g, name)
+            self.equal_pieces([(s, 0, 1)], c_out, g, name)
         return [(s, 0, 1)]
 
     def produce(self, m: nn.Module, name: str, size: int, dim: int = 0) -> Segments:
@@ -580,7 +580,7 @@ class _Builder:
         dim = dim % rank if rank else dim
         self.nodes.append((node.name, "concat"))
         values = [self.resolve(self.values.get(getattr(x, "name", ""))) for x in inputs]
-        if dim != 1 or not all(values):
+        if dim != 1:
             for value in values:
                 self.block_value(value, f"{node.name} concatenates on dim {dim}")
             return None
@@ -588,6 +588,7 @@ class _Builder:
         out: Segments = []
         offset = 0
         for x, value in zip(inputs, values, strict=True):
+            # an input without a channel space (the model's input) just takes its place
             out += [(s, offset + off, span) for s, off, span in value or []]
             offset += (_meta_shape(x) or (0, 0))[1]
         return out
@@ -669,7 +670,8 @@ class _Builder:
             why = f"{node.name} ({label}) cuts the channels into fixed sizes {sizes}"
             self.block_value(segs, why)
             return None
-        pieces = self.equal_pieces(segs or [], len(sizes), node.name)
+        total = (_meta_shape(node.all_input_nodes[0]) or (0, 0))[1]
+        pieces = self.equal_pieces(segs or [], total, len(sizes), node.name)
         if pieces is not None:
             self.edge(node, f"{label}: {len(pieces)} equal pieces, pruned alike")
             self.pieces[node.name] = list(pieces)
@@ -698,11 +700,11 @@ class _Builder:
                 return False
             self.cut(s, (b - off) // span, why)
 
-    def equal_pieces(self, segs: Segments, n: int, why: str) -> list[Segments] | None:
-        """`segs` cut into `n` equal pieces along dim 1 whose channels are coupled (each piece
-        loses the same ones, so they stay equal); None (and `segs` blocked) where the pieces
-        are laid out differently."""
-        width = sum(w for _, w in self.extents(segs)) // n
+    def equal_pieces(self, segs: Segments, total: int, n: int, why: str) -> list[Segments] | None:
+        """`segs` (a tensor of `total` features along dim 1) cut into `n` equal pieces whose
+        channels are coupled (each piece loses the same ones, so they stay equal); None (and
+        `segs` blocked) where the pieces are laid out differently."""
+        width = total // n
         if not self.cut_at(segs, {i * width for i in range(1, n)}, why):
             return None
         whole = self.resolve(segs) or []
