@@ -4,8 +4,8 @@
 (`Slice.rows`); ``taylor`` reuses `fastprune.importance.group_taylor` (Torch-Pruning's
 GroupTaylorImportance: abs-then-sum per channel unless ``multivariable``, reductions and
 normalizers from `fastprune.importance`). The Minitron ``activation`` importance needs the model
-run on calibration data and is computed by the caller (see `transformers.prune_width`); here it
-only names itself.
+run on calibration data and is computed by the caller (`transformers.prune_width`,
+`channels.prune_channels`); here it only names itself.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def taylor(
 
 
 def _activation_marker(part: Part) -> Any:
-    msg = "activation importance is computed from calibration data by prune_width"
+    msg = "activation importance is computed from calibration data by prune_width/prune_channels"
     raise RuntimeError(msg)
 
 
