@@ -1,20 +1,30 @@
 """Channel pruning for plain PyTorch models (CNNs): a dependency graph from one traced run.
 
 `DependencyGraph.build` traces the model with ``torch.fx`` and runs it once on the example
-inputs to learn every tensor's shape. Each Conv / Linear output opens a *channel space*; the
-graph follows how a space travels along dimension 1:
+inputs to learn every tensor's shape. Each Conv / ConvTranspose / Linear output opens a
+*channel space*; the graph follows how a space travels along dimension 1:
 
 - through BatchNorm (whose statistics and affine parameters go with it), activations, pooling,
-  dropout and other shape-keeping operations unchanged;
+  dropout, ``mean``/``sum``/``amax`` over spatial dims and other operations that keep each
+  channel apart, unchanged;
+- into a convolution's input (weight dim 1; dim 0 for a transposed convolution, whose weight is
+  ``(in, out / groups, ...)``);
 - into a depthwise convolution (``groups == in_channels == out_channels``), whose output is the
   same space;
+- into a grouped convolution with ``g`` groups, plain or transposed: its weight holds one
+  group's channels, so its input and output spaces are split into ``g`` equal groups from
+  which the same channels go;
 - into ``+ - *`` of two tensors (residual coupling: both spaces become one);
-- into ``torch.cat(dim=1)`` at an offset;
-- into ``flatten`` of an ``(N, C, H, W)`` tensor, after which a channel is ``H * W`` consecutive
-  features of the next Linear.
+- into ``torch.cat(dim=1)`` at an offset, and out of ``split``/``chunk`` along dim 1 (offsets
+  into the input's channels; the pieces must stay equal, so each piece loses the same
+  channels);
+- into ``flatten`` (or a ``reshape``/``view`` to ``(N, -1)``) of an ``(N, C, H, W)`` tensor,
+  after which a channel is ``H * W`` consecutive features of the next Linear, and through a
+  ``reshape``/``view`` that keeps dims 0 and 1.
 
-A space is prunable unless it reaches the model's output, a grouped convolution other than a
-depthwise one, or an operation the graph does not know (those are listed in
+A space is prunable unless it reaches the model's output or an operation the graph cannot
+follow: an unknown module or function, a reshape to a constant channel count or one that splits
+the channels into groups, a split at constant sizes (those are listed in
 `DependencyGraph.blocked`, with the reason). Every prunable space is one group: its producers'
 output rows and biases, the BatchNorms on it, and its consumers' input columns.
 
@@ -24,9 +34,12 @@ handled by `fastprune.torch.structural.transformers` instead.
 
 from __future__ import annotations
 
+import math
 import operator
+import os
+import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -38,7 +51,7 @@ import fastprune.importance as fpi
 
 from .importance import GroupImportance, resolve_importance
 from .plan import Part, PruningPlan, Slice
-from .transformers import StructureError
+from .transformers import StructureError, layout
 
 _PASS_MODULES = (
     nn.ReLU,
@@ -59,6 +72,10 @@ _PASS_MODULES = (
     nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
+    nn.ELU,
+    nn.Mish,
+    nn.Softplus,
+    nn.Upsample,
 )
 _PASS_FUNCTIONS = {
     torch.relu,
@@ -70,10 +87,25 @@ _PASS_FUNCTIONS = {
     nn.functional.max_pool2d,
     nn.functional.avg_pool2d,
     nn.functional.adaptive_avg_pool2d,
+    nn.functional.adaptive_max_pool2d,
+    nn.functional.max_pool1d,
+    nn.functional.avg_pool1d,
     nn.functional.dropout,
+    nn.functional.relu6,
+    nn.functional.leaky_relu,
+    nn.functional.hardswish,
+    nn.functional.elu,
+    nn.functional.interpolate,
 }
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 _PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone"}
+_SHAPE_METHODS = {"size", "dim"}
+_SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim"}
+_RESHAPE_METHODS = {"view", "reshape"}
 _ELEMENTWISE = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul}
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @dataclass
@@ -81,11 +113,27 @@ class _Space:
     size: int
     producers: list[Slice] = field(default_factory=list)
     consumers: list[Slice] = field(default_factory=list)
-    modules: list[tuple[nn.Module, str]] = field(default_factory=list)  # to fix sizes
     blocked: list[str] = field(default_factory=list)
+    # once cut (by a chunk, a grouped convolution, a residual with joined channels): the
+    # spaces it became, with their first channel
+    pieces: list[tuple[int, int]] | None = None
 
 
 Segments = list[tuple[int, int, int]]  # (space id, offset along dim 1, span per channel)
+
+
+def _root(parent: list[int], s: int) -> int:
+    while parent[s] != s:
+        s = parent[s]
+    return s
+
+
+def _leaves(spaces: list[_Space], s: int) -> list[tuple[int, int]]:
+    """The live spaces space `s` was cut into, with their first channel in `s`."""
+    pieces = spaces[s].pieces
+    if pieces is None:
+        return [(s, 0)]
+    return [(leaf, start + first) for p, start in pieces for leaf, first in _leaves(spaces, p)]
 
 
 @dataclass
@@ -110,8 +158,7 @@ class DependencyGraph:
         try:
             traced = fx.symbolic_trace(model)
         except Exception as err:  # torch.fx raises many kinds for untraceable code
-            msg = f"model: torch.fx cannot trace {type(model).__name__}: {err}"
-            raise StructureError(msg) from err
+            raise StructureError(_trace_failure(model, err)) from err
         inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         with torch.no_grad():
             ShapeProp(traced).propagate(*inputs)
@@ -127,50 +174,92 @@ class DependencyGraph:
             builder.blocked_modules(),
         )
 
-    def root(self, s: int) -> int:
-        while self.parent[s] != s:
-            s = self.parent[s]
-        return s
-
-    def groups(self) -> list[Part]:
-        """One `Part` per prunable channel space (all channels kept)."""
+    def _parts(self) -> list[tuple[int, Part, list[str]]]:
+        """(root space, its `Part`, the modules producing it) per prunable channel space."""
         merged: dict[int, list[_Space]] = {}
         for i, space in enumerate(self.spaces):
-            merged.setdefault(self.root(i), []).append(space)
-        parts = []
-        for _, members in sorted(merged.items()):
-            if any(m.blocked for m in members):
+            if space.pieces is None:
+                merged.setdefault(_root(self.parent, i), []).append(space)
+        out = []
+        for root, members in sorted(merged.items()):
+            if any(m.blocked for m in members) or not any(m.producers for m in members):
                 continue
-            slices = [s for m in members for s in (*m.producers, *m.consumers)]
-            if not any(m.producers for m in members):
-                continue
-            names = [s.label for m in members for s in m.producers]
             size = members[0].size
-            part = Part(
-                f"channels of {', '.join(dict.fromkeys(names))}", size, torch.arange(size), slices
-            )
-            parts.append(part)
-        return parts
+            slices = [s for m in members for s in (*m.producers, *m.consumers)]
+            names = list(dict.fromkeys(s.label for m in members for s in m.producers))
+            weights = [s for m in members for s in m.producers if s.name == "weight"]
+            where = []
+            for label in dict.fromkeys(s.label for s in weights):
+                mine = [s for s in weights if s.label == label]
+                first = mine[0]
+                if len(mine) > 1:  # pieces pruned alike (groups, chunks)
+                    where.append(f"{label} ({len(mine)} equal pieces)")
+                elif first.offsets == (0,) and size == first.tensor().shape[first.dim]:
+                    where.append(label)
+                else:
+                    where.append(f"{label}[{first.offsets[0]}:{first.offsets[0] + size}]")
+            what = f"channels of {', '.join(where)}"
+            out.append((root, Part(what, size, torch.arange(size), slices), names))
+        return out
 
-    def group(self, module: nn.Module, indices: Sequence[int]) -> PruningPlan:
-        """The plan that removes output channels `indices` of `module` and all coupled slices."""
+    def groups(self) -> list[Part]:
+        """One `Part` per prunable channel space (all channels kept). Where grouped
+        convolutions or a chunk need equal pieces of an output, the pieces form one part:
+        its channel ``j`` is channel ``j`` of every piece."""
+        return [part for _, part, _ in self._parts()]
+
+    def group(
+        self, module: nn.Module, indices: Sequence[int], dim: Literal["out", "in"] = "out"
+    ) -> PruningPlan:
+        """The plan that removes channels `indices` of `module` and all coupled slices:
+        its output channels (``dim="out"``), or the input channels it reads (``dim="in"``,
+        counted along its weight's input dimension; after a flatten a channel is several
+        features, and removing any of them removes the channel).
+
+        Where the graph needs equal pieces (a grouped convolution's groups, a chunk's pieces),
+        removing channel ``j`` of one piece removes it from every piece.
+        """
         name = _name_of(self.model, module)
-        if name in self.blocked:
-            raise StructureError(f"module: {name} cannot be pruned: {self.blocked[name]}")
-        if name not in self.owners:
-            raise StructureError(f"module: {name} produces no channel space in the graph")
-        part = next(
-            p
-            for p in self.groups()
-            if any(s.module is module and s.dim == 0 and s.name == "weight" for s in p.slices)
-        )
-        drop = sorted({int(i) for i in indices})
-        if any(not 0 <= i < part.channels for i in drop):
-            raise ValueError(f"indices: out of range for {part.channels} channels")
-        if len(drop) == part.channels:
-            raise ValueError("indices: removing every channel would leave nothing")
-        part.keep = torch.tensor([i for i in range(part.channels) if i not in set(drop)])
-        return _plan([part], self.model)
+        if dim not in ("out", "in"):
+            raise ValueError(f"dim: expected 'out' or 'in', got {dim!r}")
+        found = self._parts()
+        parts = {r: p for r, p, _ in found}
+        # (root, first index, channels, features per channel) covering the chosen dimension
+        covers: list[tuple[int, int, int, int]] = []
+        if dim == "out":
+            if name in self.blocked:
+                raise StructureError(f"module: {name} cannot be pruned: {self.blocked[name]}")
+            if name not in self.owners:
+                raise StructureError(f"module: {name} produces no channel space in the graph")
+            covers = [
+                (_root(self.parent, s), first, self.spaces[s].size, 1)
+                for s, first in _leaves(self.spaces, self.owners[name])
+            ]
+        else:
+            in_dim = 0 if isinstance(module, _TRANSPOSED) else 1
+            covers = [
+                (root, s.offsets[0], part.channels, s.span)
+                for root, part, _ in found
+                for s in part.slices
+                if s.module is module and s.name == "weight" and s.dim == in_dim
+            ]
+            if not covers:
+                msg = f"module: the input channels of {name} are not prunable (see graph.blocked)"
+                raise StructureError(msg)
+        drops: dict[int, set[int]] = {root: set() for root, _, _, _ in covers}
+        for i in indices:
+            hit = [(r, (int(i) - f) // span) for r, f, n, span in covers if f <= i < f + n * span]
+            if not hit:
+                raise ValueError(f"indices: {i} is not a prunable {dim}put channel of {name}")
+            drops[hit[0][0]].add(hit[0][1])
+        chosen = []
+        for root, drop in drops.items():
+            part = parts[root]
+            if len(drop) == part.channels:
+                raise ValueError("indices: removing every channel would leave nothing")
+            part.keep = torch.tensor([c for c in range(part.channels) if c not in drop])
+            chosen.append(part)
+        return _plan(chosen, self.model)
 
     def __str__(self) -> str:
         lines = [f"DependencyGraph of {type(self.model).__name__}: {len(self.nodes)} nodes"]
@@ -182,11 +271,37 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
+def _trace_failure(model: nn.Module, err: Exception) -> str:
+    """Say where tracing stopped: the model's own source line that torch.fx could not follow
+    (the last frame outside torch), and point Hugging Face transformers to `prune_width`."""
+    msg = f"model: torch.fx cannot trace {type(model).__name__}"
+    frames = [
+        f
+        for f in traceback.extract_tb(err.__traceback__)
+        if f"{os.sep}torch{os.sep}" not in f.filename and f.filename != __file__
+    ]
+    if frames:
+        f = frames[-1]
+        msg += f" at {os.path.basename(f.filename)}:{f.lineno} ({f.name}: {(f.line or '').strip()})"
+    msg += f": {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    try:
+        layout(model)
+    except StructureError:
+        return msg
+    return msg + "; for Hugging Face transformers use prune_width / block_importance"
+
+
 def _name_of(model: nn.Module, module: nn.Module) -> str:
     for name, m in model.named_modules():
         if m is module:
             return name
     raise ValueError("module: not a submodule of the graph's model")
+
+
+def _meta_shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return None if shape is None else tuple(int(x) for x in shape)
 
 
 class _Builder:
@@ -198,20 +313,17 @@ class _Builder:
         self.parent: list[int] = []
         self.owners: dict[str, int] = {}
         self.values: dict[str, Segments | None] = {}
+        self.pieces: dict[str, list[Segments | None]] = {}  # split node -> its outputs
         self.nodes: list[tuple[str, str]] = []
         self.edges: list[tuple[str, str, str]] = []
-        self.module_of_space: dict[int, str] = {}
 
-    def new_space(self, size: int, name: str) -> int:
+    def new_space(self, size: int) -> int:
         self.spaces.append(_Space(size))
         self.parent.append(len(self.parent))
-        self.module_of_space[len(self.spaces) - 1] = name
         return len(self.spaces) - 1
 
     def root(self, s: int) -> int:
-        while self.parent[s] != s:
-            s = self.parent[s]
-        return s
+        return _root(self.parent, s)
 
     def union(self, a: int, b: int, why: str) -> None:
         ra, rb = self.root(a), self.root(b)
@@ -229,13 +341,31 @@ class _Builder:
         if segs:
             self.block([s for s, _, _ in segs], why)
 
+    def resolve(self, segs: Segments | None) -> Segments | None:
+        """`segs` with every space a chunk has cut since replaced by its pieces."""
+        if segs is None:
+            return None
+        return [
+            (leaf, off + first * span, span)
+            for s, off, span in segs
+            for leaf, first in _leaves(self.spaces, s)
+        ]
+
+    def alike(self, a: Segments, b: Segments) -> bool:
+        """Whether `a` and `b` hold their channels at the same places (so can be coupled)."""
+        return len(a) == len(b) and all(
+            x[1:] == y[1:] and self.spaces[x[0]].size == self.spaces[y[0]].size
+            for x, y in zip(a, b, strict=True)
+        )
+
     def blocked_modules(self) -> dict[str, str]:
         out = {}
         for name, s in self.owners.items():
+            roots = {self.root(leaf) for leaf, _ in _leaves(self.spaces, s)}
             reasons = [
                 r
                 for i, sp in enumerate(self.spaces)
-                if self.root(i) == self.root(s)
+                if sp.pieces is None and self.root(i) in roots
                 for r in sp.blocked
             ]
             if reasons:
@@ -247,7 +377,7 @@ class _Builder:
             self.values[node.name] = self.visit(node)
 
     def arg_segments(self, node: fx.Node) -> list[Segments | None]:
-        return [self.values.get(a.name) for a in node.all_input_nodes]
+        return [self.resolve(self.values.get(a.name)) for a in node.all_input_nodes]
 
     def visit(self, node: fx.Node) -> Segments | None:
         if node.op == "placeholder":
@@ -271,46 +401,27 @@ class _Builder:
 
     def visit_module(self, node: fx.Node, m: nn.Module, name: str) -> Segments | None:
         (segs,) = self.arg_segments(node)[:1] or [None]
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-            self.nodes.append(
-                (
-                    name,
-                    "depthwise conv" if depthwise else ("grouped conv" if m.groups > 1 else "conv"),
-                )
-            )
-            if depthwise and segs:
-                self.edge(node, "depthwise: output channel c is input channel c")
-                for s, off, span in segs:
-                    sp = self.spaces[s]
-                    sp.producers.append(Slice(m, "weight", 0, (off,), name, span))
-                    if m.bias is not None:
-                        sp.producers.append(Slice(m, "bias", 0, (off,), name, span))
-                    sp.modules.append((m, "depthwise"))
-                return segs
-            if m.groups > 1:
-                self.block_value(segs, f"{name} is a grouped convolution")
-            else:
-                self.consume(segs, m, "weight", 1, name, node)
-            return self.produce(m, name, int(m.out_channels))
+        if isinstance(m, (*_CONVS, *_TRANSPOSED)):
+            return self.visit_conv(node, m, name, segs)
         if isinstance(m, nn.Linear):
             self.nodes.append((name, "linear"))
-            shape = node.all_input_nodes[0].meta.get("tensor_meta")
-            if shape is not None and len(shape.shape) != 2:
-                self.block_value(segs, f"{name} reads a tensor of rank {len(shape.shape)}")
+            shape = _meta_shape(node.all_input_nodes[0])
+            if shape is not None and len(shape) != 2:
+                self.block_value(segs, f"{name} reads a tensor of rank {len(shape)}")
             else:
-                self.consume(segs, m, "weight", 1, name, node)
+                self.consume(segs, m, 1, name, node)
             return self.produce(m, name, m.out_features)
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        if isinstance(m, _BATCHNORMS):
             self.nodes.append((name, "batchnorm"))
             self.edge(node, "norm coupling: statistics and affine go with the channel")
             for s, off, span in segs or []:
-                sp = self.spaces[s]
                 for t in ("weight", "bias", "running_mean", "running_var"):
                     if getattr(m, t, None) is not None:
-                        sp.consumers.append(Slice(m, t, 0, (off,), name, span))
-                sp.modules.append((m, "batchnorm"))
+                        self.spaces[s].consumers.append(Slice(m, t, 0, (off,), name, span))
             return segs
+        if isinstance(m, nn.Flatten):
+            self.nodes.append((name, "flatten"))
+            return self.flatten(node, segs, m.start_dim, m.end_dim)
         if isinstance(m, _PASS_MODULES):
             self.nodes.append((name, type(m).__name__))
             self.edge(node, "unchanged")
@@ -320,76 +431,323 @@ class _Builder:
             self.block_value(value, f"it reaches {name} ({type(m).__name__}), not followed")
         return None
 
-    def produce(self, m: nn.Module, name: str, size: int) -> Segments:
-        s = self.new_space(size, name)
+    def visit_conv(
+        self, node: fx.Node, m: nn.Module, name: str, segs: Segments | None
+    ) -> Segments | None:
+        """Convolutions, transposed ones included. A plain one reads its input channels on
+        weight dim 1 and writes its outputs on dim 0; a transposed one the other way round.
+        With ``g`` groups the weight holds one group's channels on the dimension of size
+        ``channels / g``, so input and output are cut into ``g`` equal pieces that lose the
+        same channels (the first piece's slice stands for all); a depthwise one
+        (``g == in == out``) passes each channel through."""
+        transposed = isinstance(m, _TRANSPOSED)
+        conv: Any = m
+        g, c_out = int(conv.groups), int(conv.out_channels)
+        depthwise = g > 1 and g == conv.in_channels == c_out
+        kind = "depthwise conv" if depthwise else ("grouped conv" if g > 1 else "conv")
+        self.nodes.append((name, f"transposed {kind}" if transposed else kind))
+        bias = m.bias is not None
+        if depthwise:
+            if segs:
+                self.edge(node, "depthwise: output channel c is input channel c")
+                for s, off, span in segs:
+                    self.spaces[s].producers.append(Slice(m, "weight", 0, (off,), name, span))
+                    if bias:
+                        self.spaces[s].producers.append(Slice(m, "bias", 0, (off,), name, span))
+                return segs
+            out = self.produce(m, name, c_out)
+            self.block_value(out, f"{name} is depthwise and its input channels are not pruned")
+            return out
+        in_dim, out_dim = (0, 1) if transposed else (1, 0)
+        if g == 1:
+            self.consume(segs, m, in_dim, name, node)
+            return self.produce(m, name, c_out, out_dim)
+        if segs:
+            self.edge(node, f"grouped: {g} input pieces lose the same channels")
+            pieces = self.equal_pieces(segs, int(conv.in_channels), g, name)
+            whole = self.resolve(segs) or []  # cut into the pieces now
+            for s, off, span in (whole if transposed else pieces[0]) if pieces else []:
+                self.spaces[s].consumers.append(Slice(m, "weight", in_dim, (off,), name, span))
+        s = self.new_space(c_out)
+        self.owners[name] = s
+        if transposed:  # bias is whole, weight dim 1 one group's outputs
+            if bias:
+                self.spaces[s].producers.append(Slice(m, "bias", 0, label=name))
+            first = (self.equal_pieces([(s, 0, 1)], c_out, g, name) or [[(s, 0, 1)]])[0][0][0]
+            self.spaces[first].producers.append(Slice(m, "weight", 1, label=name))
+        else:
+            self.spaces[s].producers.append(Slice(m, "weight", 0, label=name))
+            if bias:
+                self.spaces[s].producers.append(Slice(m, "bias", 0, label=name))
+            self.equal_pieces([(s, 0, 1)], c_out, g, name)
+        return [(s, 0, 1)]
+
+    def produce(self, m: nn.Module, name: str, size: int, dim: int = 0) -> Segments:
+        s = self.new_space(size)
         self.owners[name] = s
         sp = self.spaces[s]
-        sp.producers.append(Slice(m, "weight", 0, label=name))
+        sp.producers.append(Slice(m, "weight", dim, label=name))
         if getattr(m, "bias", None) is not None:
             sp.producers.append(Slice(m, "bias", 0, label=name))
-        sp.modules.append((m, "producer"))
         return [(s, 0, 1)]
 
     def consume(
-        self, segs: Segments | None, m: nn.Module, t: str, dim: int, name: str, node: fx.Node
+        self, segs: Segments | None, m: nn.Module, dim: int, name: str, node: fx.Node
     ) -> None:
         self.edge(node, "output to input")
         for s, off, span in segs or []:
-            self.spaces[s].consumers.append(Slice(m, t, dim, (off,), name, span))
-            self.spaces[s].modules.append((m, "consumer"))
+            self.spaces[s].consumers.append(Slice(m, "weight", dim, (off,), name, span))
 
     def visit_function(self, node: fx.Node) -> Segments | None:
         target = node.target
         args = self.arg_segments(node)
         label = getattr(target, "__name__", str(target))
-        if (node.op == "call_method" and target in _PASS_METHODS) or target in _PASS_FUNCTIONS:
+        method = node.op == "call_method"
+        if (method and target in _SHAPE_METHODS) or (
+            target is getattr and node.args[1] in _SHAPE_ATTRIBUTES
+        ):
+            self.nodes.append((node.name, "shape query"))
+            return None
+        if target is operator.getitem and isinstance(node.args[0], fx.Node):
+            outputs = self.pieces.get(node.args[0].name)
+            if outputs is not None:
+                self.nodes.append((node.name, "piece"))
+                index: Any = node.args[1]
+                return outputs[int(index)]
+        if not any(args):  # no channel space flows through: nothing to follow
+            self.nodes.append((node.name, label))
+            return None
+        if (method and target in _PASS_METHODS) or target in _PASS_FUNCTIONS:
             self.nodes.append((node.name, label))
             self.edge(node, "unchanged")
-            return args[0] if args else None
+            return args[0]
         if target in _ELEMENTWISE:
-            self.nodes.append((node.name, f"elementwise {label}"))
-            tensors = [a for a in args if a is not None]
-            if len(tensors) == 2:
-                a, b = tensors
-                if len(a) == len(b) == 1 and a[0][1:] == b[0][1:] == (0, 1):
-                    self.edge(node, "residual coupling: one channel space")
-                    self.union(a[0][0], b[0][0], f"{node.name}")
-                    return a
-                self.block_value(a, f"{node.name} combines concatenated channels")
-                self.block_value(b, f"{node.name} combines concatenated channels")
-                return None
-            return tensors[0] if tensors else None
+            return self.elementwise(node, label)
         if target is torch.cat:
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            inputs: Any = node.args[0]
-            self.nodes.append((node.name, "concat"))
-            if dim != 1 or not all(self.values.get(getattr(x, "name", "")) for x in inputs):
-                for value in args:
-                    self.block_value(value, f"{node.name} concatenates on dim {dim}")
-                return None
-            self.edge(node, "concat: channels at offsets")
-            out: Segments = []
-            offset = 0
-            for x in inputs:
-                for s, off, span in self.values[x.name] or []:
-                    out.append((s, offset + off, span))
-                offset += int(x.meta["tensor_meta"].shape[1])
-            return out
-        if target is torch.flatten or (node.op == "call_method" and target == "flatten"):
+            return self.concat(node)
+        if target is torch.flatten or (method and target == "flatten"):
             self.nodes.append((node.name, "flatten"))
             start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
-            shape = node.all_input_nodes[0].meta["tensor_meta"].shape
-            segs = args[0]
-            if start != 1 or segs is None:
-                self.block_value(segs, f"{node.name} flattens from dim {start}")
-                return None
-            stride = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-            self.edge(node, f"flatten: a channel is {stride} features")
-            return [(s, off * stride, span * stride) for s, off, span in segs]
+            end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
+            return self.flatten(node, args[0], start, end)
+        if (method and target in _RESHAPE_METHODS) or target is torch.reshape:
+            return self.reshape(node, args[0])
+        if target in (torch.split, torch.chunk) or (method and target in ("split", "chunk")):
+            return self.split(node, args[0])
+        if target in _REDUCTIONS and (method or not isinstance(target, str)):
+            return self.reduction(node, args[0], label)
         self.nodes.append((node.name, f"unknown operation {label}"))
         for value in args:
             self.block_value(value, f"it reaches {node.name} ({label}), which is not followed")
         return None
+
+    def elementwise(self, node: fx.Node, label: str) -> Segments | None:
+        """``+ - *``: two channel-carrying tensors become one space (a residual); a tensor the
+        graph does not prune may only broadcast along the channels."""
+        self.nodes.append((node.name, f"elementwise {label}"))
+        carried = [(a, self.resolve(self.values.get(a.name))) for a in node.all_input_nodes]
+        tensors = [segs for _, segs in carried if segs]
+        if len(tensors) == 2:
+            a, b = tensors
+            bounds = {x for off, width in self.extents(a + b) for x in (off, off + width)}
+            if self.cut_at(a + b, bounds, node.name):
+                a, b = self.resolve(a) or [], self.resolve(b) or []
+                if self.alike(a, b):
+                    self.edge(node, "residual coupling: one channel space")
+                    for x, y in zip(a, b, strict=True):
+                        self.union(x[0], y[0], node.name)
+                    return a
+            why = f"{node.name} combines channels held at different places"
+            self.block_value(self.resolve(a), why)
+            self.block_value(self.resolve(b), why)
+            return None
+        rank = len(_meta_shape(node) or ())
+        for other, segs in carried:
+            shape = _meta_shape(other)
+            at = 1 - (rank - len(shape)) if shape is not None else -1
+            if not segs and shape is not None and 0 <= at < len(shape) and shape[at] != 1:
+                why = f"{node.name} combines the channels with {other.name}"
+                for value in tensors:
+                    self.block_value(value, why)
+                return None
+        self.edge(node, "unchanged")
+        return tensors[0]
+
+    def concat(self, node: fx.Node) -> Segments | None:
+        inputs: Any = node.args[0]
+        dim: Any = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        rank = len(_meta_shape(node) or ())
+        dim = dim % rank if rank else dim
+        self.nodes.append((node.name, "concat"))
+        values = [self.resolve(self.values.get(getattr(x, "name", ""))) for x in inputs]
+        if dim != 1:
+            for value in values:
+                self.block_value(value, f"{node.name} concatenates on dim {dim}")
+            return None
+        self.edge(node, "concat: channels at offsets")
+        out: Segments = []
+        offset = 0
+        for x, value in zip(inputs, values, strict=True):
+            # an input without a channel space (the model's input) just takes its place
+            out += [(s, offset + off, span) for s, off, span in value or []]
+            offset += (_meta_shape(x) or (0, 0))[1]
+        return out
+
+    def flatten(
+        self, node: fx.Node, segs: Segments | None, start: Any, end: Any
+    ) -> Segments | None:
+        shape = _meta_shape(node.all_input_nodes[0]) or ()
+        if start != 1 or end not in (-1, len(shape) - 1):
+            self.block_value(segs, f"{node.name} flattens dims {start}..{end}")
+            return None
+        stride = math.prod(shape[2:])
+        self.edge(node, f"flatten: a channel is {stride} features")
+        return [(s, off * stride, span * stride) for s, off, span in segs or []]
+
+    def reshape(self, node: fx.Node, segs: Segments | None) -> Segments | None:
+        """A reshape keeps the channels when it keeps dims 0 and 1 or flattens all from dim 1,
+        and its target size for dim 1 is not a constant (``-1`` or read from ``x.size()``):
+        a constant would no longer fit once channels go."""
+        self.nodes.append((node.name, "reshape"))
+        before = _meta_shape(node.all_input_nodes[0]) or ()
+        after = _meta_shape(node) or ()
+        sizes: Any = node.kwargs.get("shape", node.args[1:])
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes = sizes[0]
+        fixed = len(sizes) > 1 and isinstance(sizes[1], int) and sizes[1] != -1
+        keeps = len(before) >= 2 and after[:2] == before[:2]
+        flattens = len(before) > 2 and after == (before[0], math.prod(before[1:]))
+        if (keeps or flattens) and not fixed:
+            if keeps:
+                self.edge(node, "reshape: channel dim kept")
+                return segs
+            return self.flatten(node, segs, 1, -1)
+        if keeps or flattens:
+            why = f"{node.name} reshapes to the constant size {sizes[1]} on the channel dim"
+        elif len(after) > len(before) and after[0] == before[0] and after[1] < before[1]:
+            why = (
+                f"{node.name} splits the channels into groups {after[1:3]}, after which they are "
+                "not followed"
+            )
+        else:
+            why = f"{node.name} reshapes {before} to {after}, which mixes the channels"
+        self.block_value(segs, why)
+        return None
+
+    def reduction(self, node: fx.Node, segs: Segments | None, label: str) -> Segments | None:
+        """``mean``/``sum``/``amax`` over dims other than 0 and 1 (global pooling) keep every
+        channel apart; over the channels they mix them."""
+        self.nodes.append((node.name, label))
+        dims: Any = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        rank = len(_meta_shape(node.all_input_nodes[0]) or ())
+        dims = [dims] if isinstance(dims, int) else dims
+        if rank > 2 and dims and all(isinstance(d, int) and d % rank > 1 for d in dims):
+            self.edge(node, f"{label} over dims {tuple(dims)}: channels unchanged")
+            return segs
+        self.block_value(segs, f"{node.name} ({label}) reduces over the channels")
+        return None
+
+    def split(self, node: fx.Node, segs: Segments | None) -> Segments | None:
+        """``split``/``chunk``: along dim 1 the pieces are offsets into the input's channels.
+        They must stay equal (a chunk recomputes equal sizes; constant split sizes would not
+        change), so piece k's channels are coupled to piece 0's: every piece loses the same."""
+        chunk = node.target is torch.chunk or node.target == "chunk"
+        label = "chunk" if chunk else "split"
+        outputs = node.meta.get("tensor_meta")
+        shapes = [tuple(int(x) for x in t.shape) for t in outputs or ()]
+        self.pieces[node.name] = [None] * len(shapes)
+        how = node.args[1] if len(node.args) > 1 else next(iter(node.kwargs.values()), None)
+        dim: Any = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        rank = len(_meta_shape(node.all_input_nodes[0]) or ())
+        dim = dim % rank if rank else dim
+        self.nodes.append((node.name, label))
+        if dim != 1:
+            self.edge(node, f"{label} along dim {dim}: channels unchanged")
+            self.pieces[node.name] = [segs] * len(shapes)
+            return None
+        sizes = [shape[1] for shape in shapes]
+        if not (chunk or isinstance(how, fx.Node)) or len(set(sizes)) != 1:
+            why = f"{node.name} ({label}) cuts the channels into fixed sizes {sizes}"
+            self.block_value(segs, why)
+            return None
+        total = (_meta_shape(node.all_input_nodes[0]) or (0, 0))[1]
+        pieces = self.equal_pieces(segs or [], total, len(sizes), node.name)
+        if pieces is not None:
+            self.edge(node, f"{label}: {len(pieces)} equal pieces, pruned alike")
+            self.pieces[node.name] = list(pieces)
+        return None
+
+    def extents(self, segs: Segments) -> list[tuple[int, int]]:
+        """(offset, width) along dim 1 of every segment of `segs`."""
+        return [(off, self.spaces[s].size * span) for s, off, span in segs]
+
+    def cut_at(self, segs: Segments, bounds: set[int], why: str) -> bool:
+        """Cut the spaces of `segs` so that no channel straddles a position in `bounds`;
+        false (and `segs` blocked) where a bound falls inside one channel."""
+        while True:
+            current = self.resolve(segs) or []
+            inside = [
+                (s, off, span, b)
+                for s, off, span in current
+                for b in sorted(bounds)
+                if off < b < off + self.spaces[s].size * span
+            ]
+            if not inside:
+                return True
+            s, off, span, b = inside[0]
+            if (b - off) % span:
+                self.block_value(current, f"{why} cuts through a channel")
+                return False
+            self.cut(s, (b - off) // span, why)
+
+    def equal_pieces(self, segs: Segments, total: int, n: int, why: str) -> list[Segments] | None:
+        """`segs` (a tensor of `total` features along dim 1) cut into `n` equal pieces whose
+        channels are coupled (each piece loses the same ones, so they stay equal); None (and
+        `segs` blocked) where the pieces are laid out differently."""
+        width = total // n
+        if not self.cut_at(segs, {i * width for i in range(1, n)}, why):
+            return None
+        whole = self.resolve(segs) or []
+        pieces = [
+            [
+                (s, off - i * width, span)
+                for s, off, span in whole
+                if i * width <= off < (i + 1) * width
+            ]
+            for i in range(n)
+        ]
+        if not all(self.alike(pieces[0], p) for p in pieces[1:]):
+            self.block_value(whole, f"{why} gives {n} pieces laid out differently")
+            return None
+        for p in pieces[1:]:
+            for x, y in zip(pieces[0], p, strict=True):
+                self.union(x[0], y[0], why)
+        return pieces
+
+    def cut(self, s: int, at: int, why: str) -> None:
+        """Cut space `s`, and every space coupled to it, into channels ``[0, at)`` and
+        ``[at, size)``; slices move with their channels."""
+        root = self.root(s)
+        members = [
+            i for i, sp in enumerate(self.spaces) if sp.pieces is None and self.root(i) == root
+        ]
+        heads, tails = [], []
+        for i in members:
+            sp = self.spaces[i]
+            head, tail = self.new_space(at), self.new_space(sp.size - at)
+            for src, dst in ((sp.producers, "producers"), (sp.consumers, "consumers")):
+                for sl in src:
+                    getattr(self.spaces[head], dst).append(sl)
+                    moved = tuple(o + at * sl.span for o in sl.offsets)
+                    getattr(self.spaces[tail], dst).append(replace(sl, offsets=moved))
+            self.spaces[head].blocked += sp.blocked
+            self.spaces[tail].blocked += sp.blocked
+            sp.pieces = [(head, 0), (tail, at)]
+            heads.append(head)
+            tails.append(tail)
+        for a, b in zip(heads[1:], tails[1:], strict=True):
+            self.union(heads[0], a, why)
+            self.union(tails[0], b, why)
 
 
 def _plan(parts: list[Part], model: nn.Module) -> PruningPlan:
@@ -407,12 +765,16 @@ class _FixSizes:
         for m in self.modules:
             if isinstance(m, nn.Linear):
                 m.out_features, m.in_features = (int(x) for x in m.weight.shape)
-            elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                if m.groups > 1:  # depthwise: one channel per group
-                    m.groups = m.in_channels = m.out_channels = int(m.weight.shape[0])
+            elif isinstance(m, (*_CONVS, *_TRANSPOSED)):
+                # the attributes still hold the sizes the graph was built from
+                w = [int(x) for x in m.weight.shape[:2]]
+                if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise
+                    m.groups = m.in_channels = m.out_channels = w[0]
+                elif isinstance(m, _TRANSPOSED):
+                    m.in_channels, m.out_channels = w[0], w[1] * m.groups
                 else:
-                    m.out_channels, m.in_channels = (int(x) for x in m.weight.shape[:2])
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+                    m.out_channels, m.in_channels = w[0], w[1] * m.groups
+            elif isinstance(m, _BATCHNORMS):
                 if m.running_mean is not None:
                     m.num_features = int(m.running_mean.shape[0])
                 else:
@@ -435,8 +797,9 @@ def prune_channels(
     Args:
         ratio: the fraction of channels to remove from every group, or ``{module name: ratio}``
             for the groups those modules produce (others untouched).
-        importance: ``"magnitude"``, ``"taylor"`` (reads ``.grad``) or a callable
-            ``part -> one score per channel``.
+        importance: ``"magnitude"``, ``"taylor"`` (reads ``.grad``), ``"activation"`` (mean
+            |output| of each channel on `example_inputs`, which then serve as calibration
+            data) or a callable ``part -> one score per channel``.
         scope: ``"layer"`` removes `ratio` of every group; ``"global"`` ranks the channels of
             all groups together (scores divided by their group's mean) and removes `ratio` of
             all of them, keeping at least `round_to` channels per group.
@@ -444,9 +807,6 @@ def prune_channels(
         ignore: module names whose groups are left whole.
         steps: prune in this many equal steps, re-scoring in between.
     """
-    if importance == "activation":
-        msg = "importance: 'activation' is for transformers (prune_width); use magnitude/taylor"
-        raise ValueError(msg)
     score = resolve_importance(importance)
     if scope not in ("layer", "global"):
         raise ValueError(f"scope: expected 'layer' or 'global', got {scope!r}")
@@ -457,17 +817,29 @@ def prune_channels(
     ratios = dict(ratio) if isinstance(ratio, Mapping) else None
     uniform = 0.0 if isinstance(ratio, Mapping) else float(ratio)
     for r in ratios.values() if ratios is not None else [ratio]:
+        if isinstance(r, (int, float)) and float(r) >= 1:
+            raise ValueError(f"ratio: {r!r} would remove every channel; expected a fraction < 1")
         if not isinstance(r, (int, float)) or not 0 <= float(r) < 1:
             raise ValueError(f"ratio: expected a fraction in [0, 1), got {r!r}")
     graph = DependencyGraph.build(model, example_inputs)
-    originals = {p.what: p.channels for p in graph.groups()}
+    known = dict(model.named_modules())
+    for what, names in (("ratio", list(ratios or ())), ("ignore", list(ignore))):
+        for name in names:
+            if name not in known:
+                raise ValueError(f"{what}: the model has no module {name!r}")
+            if what == "ratio" and name in graph.blocked:
+                raise StructureError(f"ratio: {name} cannot be pruned: {graph.blocked[name]}")
+            if what == "ratio" and name not in graph.owners:
+                raise StructureError(f"ratio: {name} produces no channels of its own")
+    originals = {key: p.channels for key, p, _ in _keyed(graph)}
     plans = []
     for step in range(1, steps + 1):
         graph = DependencyGraph.build(model, example_inputs) if step > 1 else graph
         chosen = []
-        for part in graph.groups():
-            names = {s.label for s in part.slices if s.dim == 0 and s.name == "weight"}
-            if names & set(ignore):
+        producers = {}
+        for key, part, names in _keyed(graph):
+            producers[id(part)] = names
+            if set(names) & set(ignore):
                 continue
             wanted = (
                 uniform
@@ -476,31 +848,83 @@ def prune_channels(
             )
             if wanted == 0:
                 continue
-            total = originals.get(part.what, part.channels)
+            total = originals.get(key, part.channels)
             keep = max(
                 round_to, -(-round(total * (1 - wanted * step / steps)) // round_to) * round_to
             )
             chosen.append((part, min(keep, part.channels)))
         if not chosen:
             break
-        scores = [torch.as_tensor(np.asarray(score(p), dtype=np.float64)) for p, _ in chosen]
+        if importance == "activation":
+            parts = [p for p, _ in chosen]
+            scores = _activation_scores(model, example_inputs, parts, producers)
+        else:
+            scores = [torch.as_tensor(np.asarray(score(p), dtype=np.float64)) for p, _ in chosen]
         if scope == "global":
             _global_keep(chosen, scores, uniform if ratios is None else None, round_to)
-        decided = {}
+        decided = []
         for (part, keep), s in zip(chosen, scores, strict=True):
             if keep < part.channels:
                 order = torch.argsort(-s, stable=True)
-                decided[part.what] = torch.sort(order[:keep]).values
-        # one group at a time: removing one group's channels from a concatenated tensor moves
-        # the offsets of the others, so the graph is rebuilt in between
-        for what, keep_index in decided.items():
-            current = DependencyGraph.build(model, example_inputs)
-            part = next(p for p in current.groups() if p.what == what)
-            part.keep = keep_index
-            plan = _plan([part], model)
+                part.keep = torch.sort(order[:keep]).values
+                decided.append(part)
+        if decided:
+            # one plan: every index is relative to the model as it is now, so groups that
+            # share a tensor (pieces of a concat, of a grouped convolution) apply together
+            plan = _plan(decided, model)
             plan.apply()
             plans.append(plan)
     return plans
+
+
+def _activation_scores(
+    model: nn.Module, example_inputs: Any, parts: list[Part], producers: dict[int, list[str]]
+) -> list[torch.Tensor]:
+    """Minitron's activation importance for channels: the mean |output| of each channel over
+    the example inputs (all positions), averaged over the group's producing modules."""
+    modules = dict(model.named_modules())
+    wanted = {n for p in parts for n in producers[id(p)]}
+    means: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def record(_: nn.Module, __: Any, out: torch.Tensor) -> None:
+            dims = [d for d in range(out.dim()) if d != 1]
+            means[name] = out.detach().double().abs().mean(dim=dims)
+
+        return record
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in sorted(wanted)]
+    try:
+        with torch.no_grad():
+            model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
+    finally:
+        for h in handles:
+            h.remove()
+    out = []
+    for part in parts:
+        # a producer's slices index its output channels (a transposed grouped conv's weight
+        # slice is its first group, whose indices are output indices too); weight and bias
+        # of one piece are the same outputs, counted once
+        rows = {
+            (s.label, s.offsets): means[s.label][s.index(torch.arange(part.channels))]
+            .reshape(len(s.offsets), -1)
+            .sum(0)
+            for s in part.slices
+            if s.label in producers[id(part)] and s.name in ("weight", "bias")
+        }
+        out.append(torch.stack(list(rows.values())).mean(0))
+    return out
+
+
+def _keyed(graph: DependencyGraph) -> list[tuple[tuple[Any, ...], Part, list[str]]]:
+    """The graph's parts with a key that survives pruning: the producing modules and, for
+    pieces of the same outputs, their order."""
+    seen: dict[tuple[str, ...], int] = {}
+    out = []
+    for _, part, names in graph._parts():
+        n = seen[tuple(names)] = seen.get(tuple(names), -1) + 1
+        out.append(((*names, n), part, names))
+    return out
 
 
 def _global_keep(

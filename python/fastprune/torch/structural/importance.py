@@ -4,8 +4,8 @@
 (`Slice.rows`); ``taylor`` reuses `fastprune.importance.group_taylor` (Torch-Pruning's
 GroupTaylorImportance: abs-then-sum per channel unless ``multivariable``, reductions and
 normalizers from `fastprune.importance`). The Minitron ``activation`` importance needs the model
-run on calibration data and is computed by the caller (see `transformers.prune_width`); here it
-only names itself.
+run on calibration data and is computed by the caller (`transformers.prune_width`,
+`channels.prune_channels`); here it only names itself.
 """
 
 from __future__ import annotations
@@ -45,15 +45,16 @@ def taylor(
     multivariable: bool = False,
     bias: bool = False,
 ) -> GroupImportance:
-    """Torch-Pruning's GroupTaylorImportance from the ``.grad`` of the group's tensors (run
-    ``loss.backward()`` first). Biases count only with ``bias=True``, as there."""
+    """Torch-Pruning's GroupTaylorImportance from the ``.grad`` of the group's parameters (run
+    ``loss.backward()`` first; buffers such as BatchNorm statistics are skipped). Biases count
+    only with ``bias=True``, as there."""
 
     def score(part: Part) -> np.ndarray[Any, Any]:
         pairs = []
         for s in part.slices:
-            if s.name == "bias" and not bias:
-                continue
             t = s.tensor()
+            if (s.name == "bias" and not bias) or not isinstance(t, torch.nn.Parameter):
+                continue  # buffers (BatchNorm running statistics) have no gradient
             if t.grad is None:
                 msg = f"importance: {s.label}.{s.name} has no .grad; run loss.backward() first"
                 raise ValueError(msg)
@@ -66,7 +67,7 @@ def taylor(
 
 
 def _activation_marker(part: Part) -> Any:
-    msg = "activation importance is computed from calibration data by prune_width"
+    msg = "activation importance is computed from calibration data by prune_width/prune_channels"
     raise RuntimeError(msg)
 
 

@@ -95,19 +95,27 @@ class PruningPlan:
         if self.applied:
             msg = "plan: already applied"
             raise RuntimeError(msg)
+        # every index is relative to the tensors as they are now: collect what each part
+        # removes from each tensor (and dimension) first, then shrink every tensor once, so
+        # that parts sharing a tensor (pieces of one producer, a fused projection, tied
+        # weights) never see each other's shifted offsets
+        tensors: dict[int, torch.Tensor] = {}
+        owners: dict[int, list[tuple[nn.Module, str]]] = {}
+        removals: dict[int, dict[int, list[torch.Tensor]]] = {}
         for part in self.parts:
-            # tied tensors appear once per owner: slice once; `old` stays referenced so that
-            # its id is not reused while the part is applied
-            done: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
             removed = _complement(part.keep, part.channels)
             for s in part.slices:
                 old = s.tensor()
-                if id(old) not in done:
-                    # a tensor may also hold other groups' channels (after a concat): keep
-                    # everything but this group's removed indices
-                    kept = _complement(s.index(removed), old.shape[s.dim])
-                    done[id(old)] = (old, _shrunk(old, s.dim, kept))
-                _put(s.module, s.name, done[id(old)][1])
+                tensors[id(old)] = old
+                if (s.module, s.name) not in owners.setdefault(id(old), []):
+                    owners[id(old)].append((s.module, s.name))
+                removals.setdefault(id(old), {}).setdefault(s.dim, []).append(s.index(removed))
+        for key, old in tensors.items():
+            new = old
+            for dim, indices in removals[key].items():
+                new = _shrunk(new, dim, _complement(torch.cat(indices), old.shape[dim]))
+            for module, name in owners[key]:
+                _put(module, name, new)
         for obj, attr, value in self.fixes:
             setattr(obj, attr, value)
         for _, step in self.then:
@@ -124,7 +132,10 @@ def _complement(index: torch.Tensor, size: int) -> torch.Tensor:
 def _shrunk(old: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     data = old.detach().index_select(dim, index.to(old.device)).clone()
     if isinstance(old, nn.Parameter):
-        return nn.Parameter(data, requires_grad=old.requires_grad)
+        new = nn.Parameter(data, requires_grad=old.requires_grad)
+        if old.grad is not None:  # the kept entries' gradients stay (Taylor scores read them)
+            new.grad = old.grad.index_select(dim, index.to(old.device)).clone()
+        return new
     return data
 
 
