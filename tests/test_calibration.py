@@ -301,20 +301,37 @@ def test_a_16_bit_batch_longer_than_one_widening_chunk(half: Any) -> None:
 
 
 @pytest.mark.usefixtures("backend")
-def test_finite_values_whose_squares_overflow_are_added() -> None:
-    # A finite batch is added whatever its squares do: an infinite sum of squares is not a NaN
-    # or an Inf in the input, long batch or short.
+def test_finite_values_whose_squares_overflow_are_refused() -> None:
+    # A finite batch whose sum of squares would pass float32's range is refused before anything
+    # is added, masked or not, long batch or short; float64 accumulation takes it exactly.
     rng = np.random.default_rng(13)
     for tokens in (4096, 30):
         x = random_tokens(rng, (tokens, 64)).astype(np.float32)
         x[tokens // 2, 7] = 3e19  # its square, 9e38, is beyond float32
-        cal = Calibration(64)
-        cal.update(x)
-        assert cal.count == tokens
-        act_sq = cal.act_sq
-        assert np.isposinf(act_sq[7])
+        for mask in (None, np.ones(tokens, bool)):
+            cal = Calibration(64)
+            cal.update(x[:3])
+            before = cal.hessian
+            with pytest.raises(ValueError, match="x: the sum of squares of feature 7 would reach"):
+                cal.update(x, mask=mask)
+            assert cal.count == 3
+            np.testing.assert_array_equal(cal.hessian, before)
+        cal64 = Calibration(64, dtype=np.float64)
+        cal64.update(x)
         expected = np.square(x.astype(np.float64)).sum(0)
-        np.testing.assert_allclose(np.delete(act_sq, 7), np.delete(expected, 7), rtol=1e-5)
+        np.testing.assert_allclose(cal64.act_sq, expected, rtol=1e-12)
+    # The same value in a masked-out token is no problem, and a sum that only the bound
+    # from the extremes would exceed is added.
+    x = np.ones((8, 4), np.float32)
+    x[0, 1] = 3e19
+    cal = Calibration(4)
+    cal.update(x, mask=np.arange(8) > 0)
+    assert cal.count == 7
+    y = np.ones((4, 4), np.float32)
+    y[0, 0] = y[1, 1] = 8e18  # squares 6.4e37 each: 4 tokens x 6.4e37 is past the bound
+    cal = Calibration(4)
+    cal.update(y)
+    np.testing.assert_allclose(cal.act_sq, np.square(y.astype(np.float64)).sum(0), rtol=1e-6)
 
 
 def test_bad_arguments_name_the_argument() -> None:

@@ -309,10 +309,18 @@ CASES: list[Case] = [
 
 
 def overflowed() -> fp.Calibration:
-    cal = fp.Calibration(16)
+    # update and merge refuse to get here; a calibration whose sums overflowed anyway (loaded
+    # by other code, or built from its parts) must still be refused by every method.
     x = np.ones((4, 16), np.float32)
-    x[0, 3] = 3e19  # finite, but its square is not
-    cal.update(x)
+    x[0, 3] = 3e19  # finite, but its square is not in float32
+    wide = fp.Calibration(16, dtype=np.float64)
+    wide.update(x)
+    with pytest.raises(ValueError, match=r"^other: merged, the sum of squares of feature 3"):
+        fp.Calibration(16).merge(wide)
+    cal = fp.Calibration(16)
+    with np.errstate(over="ignore"):
+        cal._gram = wide._gram.astype(np.float32)
+    cal._count = wide.count
     return cal
 
 

@@ -130,13 +130,15 @@ class Calibration:
                 False one that is left out (padding). Left-out tokens have no effect at all,
                 not even when they hold NaN.
 
-        Finite activations whose squares exceed the accumulation dtype (about 1.8e19 for
-        float32) are added, and the sums they reach become Inf: the pruning functions then
-        refuse the calibration with a clear error, and :meth:`save` refuses to write it.
+        A batch that would take a feature's sum of squares past half the accumulation
+        dtype's range (finite activations of about 1.3e19 and more in float32) is refused
+        before anything is added: the statistics stay finite, so every pruning function can use
+        them and :meth:`save` can write them. Accumulate in float64 for such activations.
 
         Raises:
             ValueError: a last dimension other than ``in_features``, a mask of the wrong shape,
-                or NaN/Inf in a counted token. Nothing is accumulated then.
+                NaN/Inf in a counted token, or sums of squares that would overflow the
+                accumulation dtype. Nothing is accumulated then.
             TypeError: a dtype other than the four accepted, a non-bool mask.
         """
         a = to_numpy(x, "x")
@@ -151,6 +153,7 @@ class Calibration:
             # a by-product of the update or of widening where it can, and adds nothing if any.
             tokens = pieces[0][0]
             with self._lock:
+                self._refuse_overflow(pieces)
                 if not add():
                     raise _not_finite_error(_count_not_finite(tokens, None, self._chunk_tokens()))
                 self._count += tokens.shape[0]
@@ -159,9 +162,51 @@ class Calibration:
             _check_finite(tokens, piece_mask, self._chunk_tokens())
         counted = sum(t.shape[0] if pm is None else int(np.count_nonzero(pm)) for t, pm in pieces)
         with self._lock:
+            self._refuse_overflow(pieces)
             for tokens, piece_mask in pieces:
                 self._accumulate(tokens, piece_mask)
             self._count += counted
+
+    def _refuse_overflow(
+        self, pieces: list[tuple[np.ndarray[Any, Any], npt.NDArray[np.bool_] | None]]
+    ) -> None:
+        """ValueError naming ``x`` when adding `pieces` would take a sum of squares (the
+        Hessian's diagonal, which bounds every other entry) past half the dtype's range.
+
+        A bound from each piece's extreme values settles it in one cheap pass (min and max, no
+        temporary array); only when the bound fails are the counted tokens' sums of squares
+        computed exactly, in float64 and in chunks. NaN/Inf in counted tokens is left to the
+        finiteness check, which reports it.
+        """
+        limit = float(np.finfo(self.dtype).max) / 2
+        current = np.diagonal(self._gram).astype(np.float64)
+        bound = float(current.max(initial=0.0))
+        for tokens, _ in pieces:
+            if tokens.size:
+                peak = max(abs(float(np.max(tokens))), abs(float(np.min(tokens))))
+                bound += tokens.shape[0] * peak * peak
+        if bound < limit:  # also False for a NaN bound: then look closer
+            return
+        sums = current.copy()
+        step = self._chunk_tokens()
+        for tokens, piece_mask in pieces:
+            for start in range(0, tokens.shape[0], step):
+                chunk = tokens[start : start + step]
+                if piece_mask is not None:
+                    chunk = chunk[piece_mask[start : start + step]]
+                wide = chunk.astype(np.float64)
+                if not np.isfinite(wide).all():
+                    return  # the finiteness check names the NaN or Inf
+                sums += np.einsum("ij,ij->j", wide, wide)
+        over = np.flatnonzero(sums >= limit)
+        if over.size:
+            j = int(over[0])
+            msg = (
+                f"x: the sum of squares of feature {j} would reach {sums[j]:.3g}, beyond the "
+                f"range of {self.dtype} (the accumulation dtype); use "
+                "Calibration(in_features, dtype=np.float64) or scale the activations down"
+            )
+            raise ValueError(msg)
 
     def merge(self, other: Calibration) -> None:
         """Add another calibration's tokens to this one, in place (data-parallel collection).
@@ -171,7 +216,8 @@ class Calibration:
 
         Raises:
             TypeError: `other` is not a Calibration.
-            ValueError: different in_features.
+            ValueError: different in_features, or sums of squares that would overflow this
+                calibration's dtype (nothing is merged then).
         """
         given: object = other
         if not isinstance(given, Calibration):
@@ -184,9 +230,21 @@ class Calibration:
             )
             raise ValueError(msg)
         with other._lock:
-            gram = other._gram.astype(self.dtype, copy=True)
+            wide = np.diagonal(other._gram).astype(np.float64)
+            with np.errstate(over="ignore"):  # refused just below
+                gram = other._gram.astype(self.dtype, copy=True)
             count = other._count
         with self._lock:
+            sums = np.diagonal(self._gram).astype(np.float64) + wide
+            over = np.flatnonzero(~(sums < float(np.finfo(self.dtype).max) / 2))
+            if over.size:
+                j = int(over[0])
+                msg = (
+                    f"other: merged, the sum of squares of feature {j} would reach "
+                    f"{sums[j]:.3g}, beyond the range of {self.dtype} (this calibration's "
+                    "dtype); merge into a float64 Calibration"
+                )
+                raise ValueError(msg)
             self._gram += gram
             self._count += count
 
