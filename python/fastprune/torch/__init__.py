@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .prune import DEFAULT_TARGETS, METHODS, prune_model, resolve_blocks, select_layers
 from .report import LayerReport, PruneReport
+from .sparse import LayerDecision, SparseLinear, SparsifyReport, densify, sparsify
 from .training import (
     GradualPruner,
     LotteryConfig,
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_TARGETS",
     "METHODS",
     "GradualPruner",
+    "LayerDecision",
     "LayerReport",
     "LotteryConfig",
     "LotteryConfigBuilder",
@@ -31,8 +33,12 @@ __all__ = [
     "PruneReport",
     "RewindStrategy",
     "RoundRecord",
+    "SparseLinear",
+    "SparsifyReport",
     "WinningTicket",
+    "densify",
     "prune_model",
     "resolve_blocks",
     "select_layers",
+    "sparsify",
 ]
