@@ -29,7 +29,8 @@ std::pair<ConstMatrixView<std::uint16_t>, const std::int64_t*> layout(const py::
                                                                       Index cols) {
   require(cols >= 0, "cols: must be >= 0");
   const auto mv = matrix<std::uint16_t>(mask, "mask");
-  require(mv.cols == sl::blocks_for(cols), "mask: expected " + std::to_string(sl::blocks_for(cols)) +
+  require(mv.cols == sl::blocks_for(cols), "mask: expected " +
+                                               std::to_string(sl::blocks_for(cols)) +
                                                " words per row, got " + std::to_string(mv.cols));
   const std::int64_t* o = vector<std::int64_t>(offsets, "offsets", mv.rows + 1);
   return {mv, o};
@@ -58,18 +59,18 @@ std::int64_t check(const py::array& mask, const py::array& offsets, Index cols) 
 }
 
 void linear(const py::array& mask, const py::array& offsets, const py::array& values, Index cols,
-            const py::array& x, py::array& out) {
+            const py::array& x, py::array& out, Index gemm_from) {
   auto [mv, o] = layout(mask, offsets, cols);
   const auto xv = matrix<float>(x, "x");
   auto yv = mutable_matrix<float>(out, "out");
-  require(xv.cols == cols, "x: has " + std::to_string(xv.cols) + " features, the weight " +
-                               std::to_string(cols));
+  require(xv.cols == cols,
+          "x: has " + std::to_string(xv.cols) + " features, the weight " + std::to_string(cols));
   require(yv.rows == xv.rows && yv.cols == mv.rows, "out: wrong shape");
   with_values(values, o, mv.rows, [&](const auto* v, Index total) {
     bool ok;
     {
       py::gil_scoped_release release;
-      ok = sl::linear(mv, o, v, total, cols, xv, yv);
+      ok = sl::linear(mv, o, v, total, cols, xv, yv, gemm_from);
     }
     require(ok, "mask: does not match offsets (changed after it was checked?)");
   });
@@ -98,8 +99,9 @@ void register_sparse_linear(py::module_ m) {
   m.attr("GEMM_COLUMNS") = sl::kGemmColumns;
   m.def("check", &check, py::arg("mask"), py::arg("offsets"), py::arg("cols"),
         "-1, or the first row whose mask and offsets disagree.");
-  m.def("linear", &linear, py::arg("mask"), py::arg("offsets"), py::arg("values"),
-        py::arg("cols"), py::arg("x"), py::arg("out"), "out = x @ W.T for a packed-bitmask W.");
+  m.def("linear", &linear, py::arg("mask"), py::arg("offsets"), py::arg("values"), py::arg("cols"),
+        py::arg("x"), py::arg("out"), py::arg("gemm_from") = sl::kGemmColumns,
+        "out = x @ W.T for a packed-bitmask W; from gemm_from rows of x on, by tiles and GEMM.");
   m.def("to_dense", &to_dense, py::arg("mask"), py::arg("offsets"), py::arg("values"),
         py::arg("out"), "out = W as dense float32.");
 }

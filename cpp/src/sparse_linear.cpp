@@ -13,6 +13,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "fastprune/blas.hpp"
 
@@ -24,6 +25,8 @@ namespace fastprune::sparse_linear {
 
 namespace {
 
+constexpr int kSets = 4;  // accumulator sets, taking consecutive blocks in turn
+
 inline float bf16_to_float(std::uint16_t h) {
   const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
   float f;
@@ -32,6 +35,10 @@ inline float bf16_to_float(std::uint16_t h) {
 }
 
 inline int popcount(std::uint32_t m) { return __builtin_popcount(m); }
+inline int popcount64(std::uint64_t m) { return __builtin_popcountll(m); }
+inline std::uint32_t field(std::uint64_t q, int j) {
+  return static_cast<std::uint32_t>((q >> (16 * j)) & 0xffffu);
+}
 
 #if defined(__AVX512F__)
 
@@ -39,8 +46,13 @@ struct Lanes {
   __m512 v;
 };
 inline Lanes zero() { return {_mm512_setzero_ps()}; }
+// Expanding from a register: the memory form of vexpandps is slow on some CPUs (on AMD Zen 4 a
+// block took several times as long). The empty asm keeps the compiler from folding the load
+// back into the expand.
 inline Lanes expand(std::uint32_t m, const float* p) {
-  return {_mm512_maskz_expandloadu_ps(static_cast<__mmask16>(m), p)};
+  __m512 packed = _mm512_loadu_ps(p);
+  asm("" : "+v"(packed));
+  return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), packed)};
 }
 inline Lanes expand(std::uint32_t m, const std::uint16_t* p) {
   const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -65,7 +77,7 @@ inline float reduce(Lanes a) {
   const __m128 r2 = _mm_add_ps(r4, _mm_movehl_ps(r4, r4));
   return _mm_cvtss_f32(_mm_add_ss(r2, _mm_shuffle_ps(r2, r2, 1)));
 }
-constexpr int kMaxTile = 8;  // right-hand sides per pass: 2 x 8 accumulators of 32 registers
+constexpr int kMaxTile = 4;  // right-hand sides per pass: 4 x 4 accumulators of 32 registers
 
 #elif defined(__AVX2__)
 
@@ -119,7 +131,9 @@ inline Lanes load_first(const float* p, Index n) {
 inline Lanes fma(Lanes a, Lanes b, Lanes c) {
   return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
 }
-inline Lanes add(Lanes a, Lanes b) { return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)}; }
+inline Lanes add(Lanes a, Lanes b) {
+  return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
+}
 inline void store(float* p, Lanes a) {
   _mm256_storeu_ps(p, a.lo);
   _mm256_storeu_ps(p + 8, a.hi);
@@ -134,7 +148,7 @@ inline float reduce(Lanes a) {
   const __m128 r2 = _mm_add_ps(r4, _mm_movehl_ps(r4, r4));
   return _mm_cvtss_f32(_mm_add_ss(r2, _mm_shuffle_ps(r2, r2, 1)));
 }
-constexpr int kMaxTile = 2;  // 2 x 2 x 2 accumulators of 16 registers
+constexpr int kMaxTile = 1;  // 4 x 2 accumulators of 16 registers
 
 #else
 
@@ -176,7 +190,7 @@ inline float reduce(Lanes a) {
   }
   return a.v[0];
 }
-constexpr int kMaxTile = 2;
+constexpr int kMaxTile = 1;
 
 #endif
 
@@ -196,30 +210,61 @@ struct Row {
 template <int T, class S>
 bool dot_rows(const Row<S>& row, Index cols, const float* x, Index x_stride, float* y,
               Index y_stride) {
-  Lanes acc[2][T];
+  Lanes acc[kSets][T];
   for (auto& set : acc) {
     for (auto& a : set) a = zero();
   }
   const Index full = cols / kBlock, tail = cols % kBlock;
+  const std::uint16_t* mask = row.mask;
+  const S* values = row.values;
   Index pos = row.begin;
-  auto block = [&](Index b, auto&& load_x) {
-    const std::uint32_t m = row.mask[b];
-    if (m == 0) return true;
-    if (pos > row.total) return false;
-    const Lanes w = expand(m, row.values + pos);
-    pos += popcount(m);
-    Lanes* a = acc[b & 1];
+  // Block b goes to accumulator set b % kSets; the set is a template argument so that the
+  // accumulators stay in registers (an index known only at run time would put them in memory).
+  // Four blocks read at most 4 * 16 values from pos: checking pos <= total before every four
+  // keeps every load inside the values and their kSlack.
+  auto block = [&](auto set, Index b, std::uint32_t m, int count, auto&& load_x) {
+    const Lanes w = expand(m, values + pos);
+    pos += count;
+    Lanes* a = acc[decltype(set)::value];
     for (int t = 0; t < T; ++t) a[t] = fma(w, load_x(x + t * x_stride + b * kBlock), a[t]);
-    return true;
   };
-  for (Index b = 0; b < full; ++b) {
-    if (!block(b, [](const float* p) { return load(p); })) return false;
+  const std::integral_constant<int, 0> s0;
+  const std::integral_constant<int, 1> s1;
+  const std::integral_constant<int, 2> s2;
+  const std::integral_constant<int, 3> s3;
+  auto whole = [](const float* p) { return load(p); };
+  Index b = 0;
+  for (; b + kSets <= full; b += kSets) {
+    if (pos > row.total) return false;
+    // The four mask words in one 64-bit register, each counted in place: a 16-bit popcount
+    // would merge into its destination register and chain every block to the one before.
+    std::uint64_t q;
+    std::memcpy(&q, mask + b, sizeof q);
+    block(s0, b, field(q, 0), popcount64(q & 0xffffull), whole);
+    block(s1, b + 1, field(q, 1), popcount64(q & 0xffff0000ull), whole);
+    block(s2, b + 2, field(q, 2), popcount64(q & 0xffff00000000ull), whole);
+    block(s3, b + 3, field(q, 3), popcount64(q & 0xffff000000000000ull), whole);
   }
-  if (tail != 0 && !block(full, [tail](const float* p) { return load_first(p, tail); })) {
-    return false;
-  }
+  // At most three whole blocks and the tail are left: b % kSets == 0 here.
+  if (pos > row.total) return false;
+  auto part = [tail](const float* p) { return load_first(p, tail); };
+  const Index left = full - b + (tail != 0 ? 1 : 0);
+  auto rest = [&](auto set, Index c) {
+    const std::uint32_t m = mask[c];
+    if (c < full) {
+      block(set, c, m, popcount(m), whole);
+    } else {
+      block(set, c, m, popcount(m), part);
+    }
+  };
+  if (left > 0) rest(s0, b);
+  if (left > 1) rest(s1, b + 1);
+  if (left > 2) rest(s2, b + 2);
+  if (left > 3) rest(s3, b + 3);
   if (pos != row.end) return false;
-  for (int t = 0; t < T; ++t) y[t * y_stride] = reduce(add(acc[0][t], acc[1][t]));
+  for (int t = 0; t < T; ++t) {
+    y[t * y_stride] = reduce(add(add(acc[0][t], acc[1][t]), add(acc[2][t], acc[3][t])));
+  }
   return true;
 }
 
@@ -251,7 +296,7 @@ Row<S> row_of(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, 
           total};
 }
 
-// All k right-hand sides of one row, in passes of kMaxTile, 4, 2 and 1.
+// All k right-hand sides of one row, in passes of kMaxTile, 2 and 1.
 template <class S>
 bool one_row(const Row<S>& row, Index cols, ConstMatrixView<float> x, float* y, Index y_stride) {
   if (!row.valid()) return false;
@@ -266,7 +311,6 @@ bool one_row(const Row<S>& row, Index cols, ConstMatrixView<float> x, float* y, 
     }
   };
   pass(std::integral_constant<int, kMaxTile>{});
-  pass(std::integral_constant<int, 4>{});
   pass(std::integral_constant<int, 2>{});
   pass(std::integral_constant<int, 1>{});
   return ok;
@@ -293,10 +337,11 @@ std::int64_t check_layout(ConstMatrixView<std::uint16_t> mask, const std::int64_
 
 template <class S>
 bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, const S* values,
-            Index total, Index cols, ConstMatrixView<float> x, MatrixView<float> y) {
+            Index total, Index cols, ConstMatrixView<float> x, MatrixView<float> y,
+            Index gemm_from) {
   const Index rows = mask.rows, k = x.rows;
   bool ok = true;
-  if (k >= kGemmColumns) {
+  if (k >= gemm_from && cols > 0) {
     const Index tiles = (rows + kTileRows - 1) / kTileRows;
     const int threads = static_cast<int>(
         std::min<Index>(tiles, threads_for(static_cast<double>(rows * cols * k), 1 << 20)));
@@ -322,8 +367,8 @@ bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, co
     }
     return ok;
   }
-  const double work = static_cast<double>(total) * static_cast<double>(k) +
-                      static_cast<double>(rows * mask.cols);
+  const double work =
+      static_cast<double>(total) * static_cast<double>(k) + static_cast<double>(rows * mask.cols);
 #pragma omp parallel for schedule(dynamic, 16) reduction(&& : ok) \
     num_threads(threads_for(work, 1 << 17))
   for (Index i = 0; i < rows; ++i) {
@@ -348,10 +393,10 @@ bool to_dense(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, 
 }
 
 template bool linear<float>(ConstMatrixView<std::uint16_t>, const std::int64_t*, const float*,
-                            Index, Index, ConstMatrixView<float>, MatrixView<float>);
+                            Index, Index, ConstMatrixView<float>, MatrixView<float>, Index);
 template bool linear<std::uint16_t>(ConstMatrixView<std::uint16_t>, const std::int64_t*,
                                     const std::uint16_t*, Index, Index, ConstMatrixView<float>,
-                                    MatrixView<float>);
+                                    MatrixView<float>, Index);
 template bool to_dense<float>(ConstMatrixView<std::uint16_t>, const std::int64_t*, const float*,
                               Index, MatrixView<float>);
 template bool to_dense<std::uint16_t>(ConstMatrixView<std::uint16_t>, const std::int64_t*,

@@ -3,20 +3,20 @@
 // Layout ("packed bitmask"): the columns of W are cut into blocks of 16. mask (rows x blocks,
 // uint16) has bit l of block b set when column 16 b + l of the row is kept; values holds the
 // kept weights of every row in row-major order, row i from offsets[i] (rows + 1 entries). The
-// values array carries 16 slack elements after the last kept weight so that vector loads of a
-// block never read past it. Per kept weight this reads the value plus 1/density bits of mask:
+// values array carries kSlack (64) slack elements after the last kept weight so that vector loads
+// of a block never read past it. Per kept weight this reads the value plus 1/density bits of mask:
 // a 2:4 matrix costs exactly what 2-bit in-group positions would (0.125 B per weight), and an
 // unstructured one needs no column indices. Values are float32 or bfloat16 (raw bits, uint16),
 // computed in float32.
 //
 // Decoding reads each weight once: a block's mask expands its packed values into 16 lanes that
 // multiply 16 consecutive inputs. Every output element is the sum over the row's blocks taken
-// in order into two 16-lane accumulators (even and odd blocks), added lane by lane and then
-// reduced by the fixed tree (l, l + 8), (l, l + 4), (l, l + 2), (l, l + 1), with fused
-// multiply-adds on every instruction-set level (the baseline level through std::fma): the
-// result does not depend on the level nor on the thread count.
+// in order into four 16-lane accumulators (block b into accumulator b % 4), added lane by lane
+// as (0 + 1) + (2 + 3) and then reduced by the fixed tree (l, l + 8), (l, l + 4), (l, l + 2),
+// (l, l + 1), with fused multiply-adds on every instruction-set level (the baseline level
+// through std::fma): the result depends neither on the level nor on the thread count.
 //
-// For many right-hand sides (k >= kGemmColumns) the product is compute bound and the kernel
+// For many right-hand sides (k >= gemm_from) the product is compute bound and the kernel
 // instead decodes fixed tiles of rows into dense scratch and multiplies each tile with one
 // single-threaded GEMM (blas.hpp); results then still do not depend on the thread count.
 #pragma once
@@ -27,9 +27,9 @@
 
 namespace fastprune::sparse_linear {
 
-inline constexpr Index kBlock = 16;   // columns per mask word
-inline constexpr Index kSlack = 16;   // values past the last kept weight a load may touch
-inline constexpr Index kGemmColumns = 48;  // from here on: decode tiles + GEMM
+inline constexpr Index kBlock = 16;       // columns per mask word
+inline constexpr Index kSlack = 64;       // values past the last kept weight loads may touch
+inline constexpr Index kGemmColumns = 8;  // default gemm_from: decode tiles + GEMM from here on
 
 inline Index blocks_for(Index cols) { return (cols + kBlock - 1) / kBlock; }
 
@@ -46,7 +46,8 @@ std::int64_t check_layout(ConstMatrixView<std::uint16_t> mask, const std::int64_
 // arrays disagree (they may have been changed since check_layout passed).
 template <class S>
 bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, const S* values,
-            Index total, Index cols, ConstMatrixView<float> x, MatrixView<float> y);
+            Index total, Index cols, ConstMatrixView<float> x, MatrixView<float> y,
+            Index gemm_from = kGemmColumns);
 
 // out (rows x cols, overwritten) = W as a dense float32 matrix; false as for linear.
 template <class S>
