@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for label, sparsity, pattern in PATTERNS:
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        model.eval()
+        model.eval()  # type: ignore[no-untyped-call]
         t0 = time.perf_counter()
         prune_model(
             model,
@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             row["speedup"] = row["sparse_tokens_per_s"] / row["dense_tokens_per_s"]
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print("| pattern | threads | layers swapped | same 128 tokens | max logit diff | dense tok/s "
-          "| sparse tok/s | speed-up |")
+    print(
+        "| pattern | threads | layers swapped | same 128 tokens | max logit diff | dense tok/s "
+        "| sparse tok/s | speed-up |"
+    )
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
         print(

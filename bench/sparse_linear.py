@@ -44,7 +44,9 @@ def interleaved(fns: list[Callable[[], object]], *, rounds: int, min_time: float
         fn()
     times: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
-    while len(times[0]) < rounds or (time.perf_counter() - start < min_time and len(times[0]) < 200):
+    while len(times[0]) < rounds or (
+        time.perf_counter() - start < min_time and len(times[0]) < 200
+    ):
         for fn, bucket in zip(fns, times, strict=True):
             t0 = time.perf_counter()
             fn()
@@ -68,7 +70,9 @@ def run(table: Table) -> None:
                 x = rng.standard_normal((k, shape[1]), dtype=np.float32)
                 y = packed.linear(x)
                 expected = x.astype(np.float64) @ w.T.astype(np.float64)
-                assert np.allclose(y, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+                assert np.allclose(
+                    y, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max())
+                )
                 fns: list[Callable[[], object]] = [lambda: packed.linear(x), lambda: x @ w.T]  # noqa: B023
                 if tw is not None:
                     tx = torch.from_numpy(x)
@@ -76,13 +80,19 @@ def run(table: Table) -> None:
                 with _inference(torch):
                     t = interleaved(fns, rounds=9, min_time=0.3)
                 label = f"{shape[0]}x{shape[1]} {pattern} x {k}"
-                for name, base in zip(("torch F.linear", "numpy x @ W.T"), t[2:] + t[1:2], strict=False):
+                for name, base in zip(
+                    ("torch F.linear", "numpy x @ W.T"), t[2:] + t[1:2], strict=False
+                ):
                     share = base / t[0] / limit
                     rate = (
                         f"{gbps(packed.nbytes, t[0])}, limit {limit:.2f}x, "
                         f"{100 * share:.0f} % of it"
                     )
-                    table.add(Row("PackedLinear.linear", label, threads, t[0], f"{name} dense", base, rate))
+                    table.add(
+                        Row(
+                            "PackedLinear.linear", label, threads, t[0], f"{name} dense", base, rate
+                        )
+                    )
 
 
 class _inference:

@@ -223,7 +223,14 @@ def test_changed_arrays_are_caught_by_the_kernel() -> None:
     for k in (1, GEMM):
         with pytest.raises(ValueError, match="mask:"):
             _core.sparse_linear.linear(
-                p.mask, offsets, p.values, 40, np.ones((k, 40), np.float32), np.empty((k, 40), np.float32)
+                p.mask,
+                offsets,
+                p.values,
+                40,
+                np.ones((k, 40), np.float32),
+                np.empty((k, 40), np.float32),
             )
     with pytest.raises(ValueError, match="values:"):
-        _core.sparse_linear.linear(p.mask, p.offsets, p.values[:-2], 40, x, np.empty((1, 40), np.float32))
+        _core.sparse_linear.linear(
+            p.mask, p.offsets, p.values[:-2], 40, x, np.empty((1, 40), np.float32)
+        )

@@ -25,10 +25,10 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
 from . import _cpu, importance, masks, schedules
 from .calibration import Calibration
 from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
-from .sparse import PackedLinear
 from .io import load, save
 from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
 from .pruners import magnitude_prune, wanda
+from .sparse import PackedLinear
 from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
 
 

@@ -9,7 +9,7 @@ values (``2 * density`` for bfloat16) plus 1/8 byte of mask. A 2:4 weight thus r
 70 % sparse one 1.325 B: no column indices, however unstructured the pattern.
 
 :meth:`PackedLinear.linear` computes ``x @ W.T`` (``x`` of shape ``(..., in_features)``) in
-float32. Up to ``_core.sparse_linear.GEMM_COLUMNS - 1`` rows of ``x`` (the tokens of decoding
+float32. Up to ``_core.sparse_linear.GEMM_COLUMNS - 1`` (63) rows of ``x`` (the tokens of decoding
 and small batches) stream the weight once through vector expand instructions; more rows (prefill)
 are compute bound, and the kernel then decodes tiles of 64 weight rows into dense scratch and
 multiplies each with one GEMM, which costs little more than the dense product. Results are the
@@ -137,7 +137,7 @@ class PackedLinear:
         return cls(mask, offsets, values, (rows, cols), dtype)
 
     @classmethod
-    def from_format(cls, a: SparseMatrix, dtype: str | None = None) -> PackedLinear:
+    def from_format(cls, a: object, dtype: str | None = None) -> PackedLinear:
         """The packed layout of any fastprune sparse format (CSR, Bitmask, NMCompressed, ...)."""
         if not isinstance(a, SparseMatrix):
             msg = f"a: expected a fastprune SparseMatrix, got {type(a).__name__}"
@@ -177,7 +177,8 @@ class PackedLinear:
         check_finite(flat, "x")
         out = np.empty((flat.shape[0], self.shape[0]), np.float32)
         _core.sparse_linear.linear(self.mask, self.offsets, self.values, self.shape[1], flat, out)
-        return out.reshape(*lead, self.shape[0])
+        result: npt.NDArray[np.float32] = out.reshape(*lead, self.shape[0])
+        return result
 
     def __matmul__(self, x: object) -> npt.NDArray[np.float32]:
         """``W @ x`` for `x` of shape (in_features,) or (in_features, k)."""
@@ -187,7 +188,8 @@ class PackedLinear:
             raise ValueError(msg)
         if a.ndim == 1:
             return self.linear(a)
-        return self.linear(a.T).T
+        columns: npt.NDArray[np.float32] = self.linear(a.T).T
+        return columns
 
     def __repr__(self) -> str:
         rows, cols = self.shape
