@@ -69,4 +69,6 @@ PYBIND11_MODULE(FASTPRUNE_MODULE_NAME, m) {
   register_calibration(m.def_submodule("calibration", "Streaming calibration statistics."));
   register_sparsegpt(m.def_submodule("sparsegpt", "The SparseGPT solver."));
   register_formats(m.def_submodule("formats", "Sparse storage formats and sparse matmul."));
+  register_sparse_linear(
+      m.def_submodule("sparse_linear", "Linear layers with packed-bitmask sparse weights."));
 }

@@ -10,5 +10,6 @@ void register_masks(pybind11::module_ m);
 void register_calibration(pybind11::module_ m);
 void register_sparsegpt(pybind11::module_ m);
 void register_formats(pybind11::module_ m);
+void register_sparse_linear(pybind11::module_ m);
 
 }  // namespace fastprune::bindings

@@ -28,6 +28,7 @@ from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
 from .io import load, save
 from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
 from .pruners import magnitude_prune, wanda
+from .sparse import PackedLinear
 from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
 
 
@@ -114,6 +115,7 @@ __all__ = [
     "Column",
     "HessianFactor",
     "NMCompressed",
+    "PackedLinear",
     "Pattern",
     "Row",
     "SparseMatrix",

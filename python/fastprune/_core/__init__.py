@@ -30,7 +30,7 @@ from .. import _cpu
 from .._errors import SetupError
 
 LEVELS = ("avx512", "avx2", "baseline")
-SUBMODULES = ("importance", "masks", "calibration", "sparsegpt", "formats")
+SUBMODULES = ("importance", "masks", "calibration", "sparsegpt", "formats", "sparse_linear")
 
 
 def compiled_levels() -> tuple[str, ...]:

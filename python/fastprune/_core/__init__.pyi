@@ -5,6 +5,7 @@ from . import calibration as calibration
 from . import formats as formats
 from . import importance as importance
 from . import masks as masks
+from . import sparse_linear as sparse_linear
 from . import sparsegpt as sparsegpt
 
 LEVELS: tuple[str, ...]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .prune import DEFAULT_TARGETS, METHODS, prune_model, resolve_blocks, select_layers
 from .report import LayerReport, PruneReport
+from .sparse import LayerDecision, SparseLinear, SparsifyReport, densify, sparsify
 from .training import (
     GradualPruner,
     LotteryConfig,
@@ -90,6 +91,7 @@ __all__ = [
     "DependencyGraph",
     "GradualPruner",
     "GroupImportance",
+    "LayerDecision",
     "LayerReport",
     "Layout",
     "LotteryConfig",
@@ -102,11 +104,14 @@ __all__ = [
     "RewindStrategy",
     "RoundRecord",
     "Slice",
+    "SparseLinear",
+    "SparsifyReport",
     "StructureError",
     "WinningTicket",
     "block_importance",
     "check_saveable",
     "count_parameters",
+    "densify",
     "flops_per_token",
     "layout",
     "prune_channels",
@@ -116,5 +121,6 @@ __all__ = [
     "resolve_blocks",
     "select_layers",
     "shrink",
+    "sparsify",
     "sync_config",
 ]

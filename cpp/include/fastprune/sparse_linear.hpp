@@ -1,0 +1,57 @@
+// y = x W^T with W stored compressed: the product of a linear layer whose weight is sparse.
+//
+// Layout ("packed bitmask"): the columns of W are cut into blocks of 16. mask (rows x blocks,
+// uint16) has bit l of block b set when column 16 b + l of the row is kept; values holds the
+// kept weights of every row in row-major order, row i from offsets[i] (rows + 1 entries). The
+// values array carries kSlack (64) slack elements after the last kept weight so that vector loads
+// of a block never read past it. Per kept weight this reads the value plus 1/density bits of mask:
+// a 2:4 matrix costs exactly what 2-bit in-group positions would (0.125 B per weight), and an
+// unstructured one needs no column indices. Values are float32 or bfloat16 (raw bits, uint16),
+// computed in float32.
+//
+// Decoding reads each weight once: a block's mask expands its packed values into 16 lanes that
+// multiply 16 consecutive inputs. Every output element is the sum over the row's blocks taken
+// in order into four 16-lane accumulators (block b into accumulator b % 4), added lane by lane
+// as (0 + 1) + (2 + 3) and then reduced by the fixed tree (l, l + 8), (l, l + 4), (l, l + 2),
+// (l, l + 1), with fused multiply-adds on every instruction-set level (the baseline level
+// through std::fma): the result depends neither on the level nor on the thread count.
+//
+// For many right-hand sides (k >= gemm_from) the product is compute bound and the kernel
+// instead decodes fixed tiles of rows into dense scratch and multiplies each tile with one
+// single-threaded GEMM (blas.hpp); results then still do not depend on the thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "fastprune/common.hpp"
+
+namespace fastprune::sparse_linear {
+
+inline constexpr Index kBlock = 16;        // columns per mask word
+inline constexpr Index kSlack = 64;        // values past the last kept weight loads may touch
+inline constexpr Index kGemmColumns = 64;  // default gemm_from: decode tiles + GEMM from here on
+
+inline Index blocks_for(Index cols) { return (cols + kBlock - 1) / kBlock; }
+
+// Checks that offsets match the mask: offsets[0] == 0 and offsets[i + 1] - offsets[i] is the
+// number of set bits of mask row i, and no bit at or beyond `cols` is set. Returns -1 or the
+// first offending row.
+std::int64_t check_layout(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets,
+                          Index cols);
+
+// y (k x rows, overwritten) = x (k x cols) W^T for W in the layout above. `S` is float (float32
+// values) or std::uint16_t (bfloat16 bits); values holds `total` kept weights plus kSlack. x must
+// be finite (a pruned weight is skipped, not multiplied). Every row is checked against offsets
+// and `total` as it is read (a few comparisons per block): returns false, y unspecified, if the
+// arrays disagree (they may have been changed since check_layout passed).
+template <class S>
+bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, const S* values,
+            Index total, Index cols, ConstMatrixView<float> x, MatrixView<float> y,
+            Index gemm_from = kGemmColumns);
+
+// out (rows x cols, overwritten) = W as a dense float32 matrix; false as for linear.
+template <class S>
+bool to_dense(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, const S* values,
+              Index total, MatrixView<float> out);
+
+}  // namespace fastprune::sparse_linear

@@ -1,0 +1,405 @@
+// Kernels of sparse_linear.hpp.
+//
+// Everything is written against `Lanes`, sixteen float32 lanes: one AVX-512 register, two AVX2
+// registers, or sixteen scalars on the baseline level. A block's mask word expands its packed
+// values into the lanes (vexpandps on AVX-512; a permutation from a 256-entry table per byte on
+// AVX2; a loop on the baseline), and the same lane-wise fused multiply-adds and the same
+// reduction tree run on every level, so all levels give identical results.
+#include "fastprune/sparse_linear.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "fastprune/blas.hpp"
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace fastprune::sparse_linear {
+
+namespace {
+
+constexpr int kSets = 4;  // accumulator sets, taking consecutive blocks in turn
+
+inline float bf16_to_float(std::uint16_t h) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline int popcount(std::uint32_t m) { return __builtin_popcount(m); }
+inline int popcount64(std::uint64_t m) { return __builtin_popcountll(m); }
+inline std::uint32_t field(std::uint64_t q, int j) {
+  return static_cast<std::uint32_t>((q >> (16 * j)) & 0xffffu);
+}
+
+#if defined(__AVX512F__)
+
+struct Lanes {
+  __m512 v;
+};
+inline Lanes zero() { return {_mm512_setzero_ps()}; }
+// Expanding from a register: the memory form of vexpandps is slow on some CPUs (on AMD Zen 4 a
+// block took several times as long). The empty asm keeps the compiler from folding the load
+// back into the expand.
+inline Lanes expand(std::uint32_t m, const float* p) {
+  __m512 packed = _mm512_loadu_ps(p);
+  asm("" : "+v"(packed));
+  return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), packed)};
+}
+inline Lanes expand(std::uint32_t m, const std::uint16_t* p) {
+  const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16);
+  return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), _mm512_castsi512_ps(bits))};
+}
+inline Lanes load(const float* p) { return {_mm512_loadu_ps(p)}; }
+inline Lanes load_first(const float* p, Index n) {
+  return {_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p)};
+}
+inline Lanes fma(Lanes a, Lanes b, Lanes c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline Lanes add(Lanes a, Lanes b) { return {_mm512_add_ps(a.v, b.v)}; }
+inline void store(float* p, Lanes a) { _mm512_storeu_ps(p, a.v); }
+inline void store_first(float* p, Lanes a, Index n) {
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), a.v);
+}
+inline float reduce(Lanes a) {
+  const __m256 lo = _mm512_castps512_ps256(a.v);
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1));
+  const __m256 r8 = _mm256_add_ps(lo, hi);
+  const __m128 r4 = _mm_add_ps(_mm256_castps256_ps128(r8), _mm256_extractf128_ps(r8, 1));
+  const __m128 r2 = _mm_add_ps(r4, _mm_movehl_ps(r4, r4));
+  return _mm_cvtss_f32(_mm_add_ss(r2, _mm_shuffle_ps(r2, r2, 1)));
+}
+constexpr int kMaxTile = 4;  // right-hand sides per pass: 4 x 4 accumulators of 32 registers
+
+#elif defined(__AVX2__)
+
+// perm[b][l] = which of the packed values lane l takes when mask byte b is set at l.
+struct PermutationTable {
+  alignas(32) std::int32_t perm[256][8];
+};
+constexpr PermutationTable make_table() {
+  PermutationTable t{};
+  for (int b = 0; b < 256; ++b) {
+    int next = 0;
+    for (int l = 0; l < 8; ++l) {
+      t.perm[b][l] = (b >> l) & 1 ? next++ : 0;
+    }
+  }
+  return t;
+}
+constexpr PermutationTable kTable = make_table();
+
+struct Lanes {
+  __m256 lo, hi;
+};
+inline Lanes zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+inline __m256 expand8(std::uint32_t byte, __m256 packed) {
+  const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.perm[byte]));
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i kept =
+      _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(byte)), bit), bit);
+  return _mm256_and_ps(_mm256_permutevar8x32_ps(packed, perm), _mm256_castsi256_ps(kept));
+}
+inline __m256 widen(const std::uint16_t* p) {
+  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+}
+inline Lanes expand(std::uint32_t m, const float* p) {
+  const std::uint32_t low = m & 0xffu;
+  return {expand8(low, _mm256_loadu_ps(p)), expand8(m >> 8, _mm256_loadu_ps(p + popcount(low)))};
+}
+inline Lanes expand(std::uint32_t m, const std::uint16_t* p) {
+  const std::uint32_t low = m & 0xffu;
+  return {expand8(low, widen(p)), expand8(m >> 8, widen(p + popcount(low)))};
+}
+inline Lanes load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline __m256i first_lanes(Index n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline Lanes load_first(const float* p, Index n) {
+  return {_mm256_maskload_ps(p, first_lanes(n)), _mm256_maskload_ps(p + 8, first_lanes(n - 8))};
+}
+inline Lanes fma(Lanes a, Lanes b, Lanes c) {
+  return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+}
+inline Lanes add(Lanes a, Lanes b) {
+  return {_mm256_add_ps(a.lo, b.lo), _mm256_add_ps(a.hi, b.hi)};
+}
+inline void store(float* p, Lanes a) {
+  _mm256_storeu_ps(p, a.lo);
+  _mm256_storeu_ps(p + 8, a.hi);
+}
+inline void store_first(float* p, Lanes a, Index n) {
+  _mm256_maskstore_ps(p, first_lanes(n), a.lo);
+  _mm256_maskstore_ps(p + 8, first_lanes(n - 8), a.hi);
+}
+inline float reduce(Lanes a) {
+  const __m256 r8 = _mm256_add_ps(a.lo, a.hi);
+  const __m128 r4 = _mm_add_ps(_mm256_castps256_ps128(r8), _mm256_extractf128_ps(r8, 1));
+  const __m128 r2 = _mm_add_ps(r4, _mm_movehl_ps(r4, r4));
+  return _mm_cvtss_f32(_mm_add_ss(r2, _mm_shuffle_ps(r2, r2, 1)));
+}
+constexpr int kMaxTile = 1;  // 4 x 2 accumulators of 16 registers
+
+#else
+
+struct Lanes {
+  float v[16];
+};
+inline Lanes zero() { return {}; }
+inline float value_of(float v) { return v; }
+inline float value_of(std::uint16_t v) { return bf16_to_float(v); }
+template <class S>
+inline Lanes expand(std::uint32_t m, const S* p) {
+  Lanes r{};
+  for (int l = 0; l < 16; ++l) {
+    if ((m >> l) & 1u) r.v[l] = value_of(*p++);
+  }
+  return r;
+}
+inline Lanes load_first(const float* p, Index n) {
+  Lanes r{};
+  for (Index l = 0; l < n; ++l) r.v[l] = p[l];
+  return r;
+}
+inline Lanes load(const float* p) { return load_first(p, 16); }
+inline Lanes fma(Lanes a, Lanes b, Lanes c) {
+  for (int l = 0; l < 16; ++l) c.v[l] = std::fma(a.v[l], b.v[l], c.v[l]);
+  return c;
+}
+inline Lanes add(Lanes a, Lanes b) {
+  for (int l = 0; l < 16; ++l) a.v[l] += b.v[l];
+  return a;
+}
+inline void store_first(float* p, Lanes a, Index n) {
+  for (Index l = 0; l < n; ++l) p[l] = a.v[l];
+}
+inline void store(float* p, Lanes a) { store_first(p, a, 16); }
+inline float reduce(Lanes a) {
+  for (int width = 8; width >= 1; width /= 2) {
+    for (int l = 0; l < width; ++l) a.v[l] += a.v[l + width];
+  }
+  return a.v[0];
+}
+constexpr int kMaxTile = 1;
+
+#endif
+
+// One row of the mask and where its values lie; `reads` checks each block's load against the
+// end of the values before it happens.
+template <class S>
+struct Row {
+  const std::uint16_t* mask;
+  const S* values;
+  Index begin, end, total;
+
+  bool valid() const { return 0 <= begin && begin <= end && end <= total; }
+};
+
+// y[t * y_stride] = row . x[t * x_stride + (0 .. cols)] for t < T. Returns false, y untouched,
+// when the row's mask and offsets disagree.
+template <int T, class S>
+bool dot_rows(const Row<S>& row, Index cols, const float* x, Index x_stride, float* y,
+              Index y_stride) {
+  Lanes acc[kSets][T];
+  for (auto& set : acc) {
+    for (auto& a : set) a = zero();
+  }
+  const Index full = cols / kBlock, tail = cols % kBlock;
+  const std::uint16_t* mask = row.mask;
+  const S* values = row.values;
+  Index pos = row.begin;
+  // Block b goes to accumulator set b % kSets; the set is a template argument so that the
+  // accumulators stay in registers (an index known only at run time would put them in memory).
+  // Four blocks read at most 4 * 16 values from pos: checking pos <= total before every four
+  // keeps every load inside the values and their kSlack.
+  auto block = [&](auto set, Index b, std::uint32_t m, int count, auto&& load_x) {
+    const Lanes w = expand(m, values + pos);
+    pos += count;
+    Lanes* a = acc[decltype(set)::value];
+    for (int t = 0; t < T; ++t) a[t] = fma(w, load_x(x + t * x_stride + b * kBlock), a[t]);
+  };
+  const std::integral_constant<int, 0> s0;
+  const std::integral_constant<int, 1> s1;
+  const std::integral_constant<int, 2> s2;
+  const std::integral_constant<int, 3> s3;
+  auto whole = [](const float* p) { return load(p); };
+  Index b = 0;
+  for (; b + kSets <= full; b += kSets) {
+    if (pos > row.total) return false;
+    // The four mask words in one 64-bit register, each counted in place: a 16-bit popcount
+    // would merge into its destination register and chain every block to the one before.
+    std::uint64_t q;
+    std::memcpy(&q, mask + b, sizeof q);
+    block(s0, b, field(q, 0), popcount64(q & 0xffffull), whole);
+    block(s1, b + 1, field(q, 1), popcount64(q & 0xffff0000ull), whole);
+    block(s2, b + 2, field(q, 2), popcount64(q & 0xffff00000000ull), whole);
+    block(s3, b + 3, field(q, 3), popcount64(q & 0xffff000000000000ull), whole);
+  }
+  // At most three whole blocks and the tail are left: b % kSets == 0 here.
+  if (pos > row.total) return false;
+  auto part = [tail](const float* p) { return load_first(p, tail); };
+  const Index left = full - b + (tail != 0 ? 1 : 0);
+  auto rest = [&](auto set, Index c) {
+    const std::uint32_t m = mask[c];
+    if (c < full) {
+      block(set, c, m, popcount(m), whole);
+    } else {
+      block(set, c, m, popcount(m), part);
+    }
+  };
+  if (left > 0) rest(s0, b);
+  if (left > 1) rest(s1, b + 1);
+  if (left > 2) rest(s2, b + 2);
+  if (left > 3) rest(s3, b + 3);
+  if (pos != row.end) return false;
+  for (int t = 0; t < T; ++t) {
+    y[t * y_stride] = reduce(add(add(acc[0][t], acc[1][t]), add(acc[2][t], acc[3][t])));
+  }
+  return true;
+}
+
+// out[0 .. cols) = the row as dense float32.
+template <class S>
+bool decode_row(const Row<S>& row, Index cols, float* out) {
+  const Index full = cols / kBlock, tail = cols % kBlock;
+  Index pos = row.begin;
+  for (Index b = 0; b <= full; ++b) {
+    const Index width = b < full ? kBlock : tail;
+    if (width == 0) break;
+    const std::uint32_t m = row.mask[b];
+    if (pos > row.total) return false;
+    const Lanes w = m == 0 ? zero() : expand(m, row.values + pos);
+    pos += popcount(m);
+    if (width == kBlock) {
+      store(out + b * kBlock, w);
+    } else {
+      store_first(out + b * kBlock, w, width);
+    }
+  }
+  return pos == row.end;
+}
+
+template <class S>
+Row<S> row_of(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, const S* values,
+              Index total, Index i) {
+  return {mask.row(i), values, static_cast<Index>(offsets[i]), static_cast<Index>(offsets[i + 1]),
+          total};
+}
+
+// All k right-hand sides of one row, in passes of kMaxTile, 2 and 1.
+template <class S>
+bool one_row(const Row<S>& row, Index cols, ConstMatrixView<float> x, float* y, Index y_stride) {
+  if (!row.valid()) return false;
+  Index t = 0;
+  bool ok = true;
+  auto pass = [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    if constexpr (W <= kMaxTile) {
+      for (; ok && t + W <= x.rows; t += W) {
+        ok = dot_rows<W>(row, cols, x.row(t), x.stride, y + t * y_stride, y_stride);
+      }
+    }
+  };
+  pass(std::integral_constant<int, kMaxTile>{});
+  pass(std::integral_constant<int, 2>{});
+  pass(std::integral_constant<int, 1>{});
+  return ok;
+}
+
+constexpr Index kTileRows = 64;  // rows decoded per GEMM on the compute-bound path
+
+}  // namespace
+
+std::int64_t check_layout(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets,
+                          Index cols) {
+  if (offsets[0] != 0) return 0;
+  const Index tail = cols % kBlock;
+  const std::uint32_t padding = tail == 0 ? 0u : 0xffffu & ~((1u << tail) - 1u);
+  for (Index i = 0; i < mask.rows; ++i) {
+    const std::uint16_t* m = mask.row(i);
+    std::int64_t count = 0;
+    for (Index b = 0; b < mask.cols; ++b) count += popcount(m[b]);
+    if (mask.cols > 0 && (m[mask.cols - 1] & padding) != 0) return i;
+    if (offsets[i + 1] - offsets[i] != count) return i;
+  }
+  return -1;
+}
+
+template <class S>
+bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, const S* values,
+            Index total, Index cols, ConstMatrixView<float> x, MatrixView<float> y,
+            Index gemm_from) {
+  const Index rows = mask.rows, k = x.rows;
+  bool ok = true;
+  if (k >= gemm_from && cols > 0) {
+    const Index tiles = (rows + kTileRows - 1) / kTileRows;
+    const int threads = static_cast<int>(
+        std::min<Index>(tiles, threads_for(static_cast<double>(rows * cols * k), 1 << 20)));
+    Scratch<float> scratch(static_cast<std::size_t>(threads * kTileRows * cols));
+#pragma omp parallel num_threads(threads) reduction(&& : ok)
+    {
+      float* tile = scratch.data() + omp_get_thread_num() * kTileRows * cols;
+#pragma omp for schedule(dynamic, 1)
+      for (Index b = 0; b < tiles; ++b) {
+        const Index r0 = b * kTileRows, n = std::min(kTileRows, rows - r0);
+        bool tile_ok = true;
+        for (Index r = 0; r < n && tile_ok; ++r) {
+          const Row<S> row = row_of(mask, offsets, values, total, r0 + r);
+          tile_ok = row.valid() && decode_row(row, cols, tile + r * cols);
+        }
+        if (!tile_ok) {
+          ok = false;
+          continue;
+        }
+        blas::gemm<float>(false, true, 1.0f, x, ConstMatrixView<float>{tile, n, cols, cols}, 0.0f,
+                          MatrixView<float>{y.data + r0, k, n, y.stride});
+      }
+    }
+    return ok;
+  }
+  const double work =
+      static_cast<double>(total) * static_cast<double>(k) + static_cast<double>(rows * mask.cols);
+#pragma omp parallel for schedule(dynamic, 16) reduction(&& : ok) \
+    num_threads(threads_for(work, 1 << 17))
+  for (Index i = 0; i < rows; ++i) {
+    if (!one_row(row_of(mask, offsets, values, total, i), cols, x, y.data + i, y.stride)) {
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+template <class S>
+bool to_dense(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, const S* values,
+              Index total, MatrixView<float> out) {
+  bool ok = true;
+#pragma omp parallel for schedule(static) reduction(&& : ok) \
+    num_threads(threads_for(static_cast<double>(out.size())))
+  for (Index i = 0; i < out.rows; ++i) {
+    const Row<S> row = row_of(mask, offsets, values, total, i);
+    if (!row.valid() || !decode_row(row, out.cols, out.row(i))) ok = false;
+  }
+  return ok;
+}
+
+template bool linear<float>(ConstMatrixView<std::uint16_t>, const std::int64_t*, const float*,
+                            Index, Index, ConstMatrixView<float>, MatrixView<float>, Index);
+template bool linear<std::uint16_t>(ConstMatrixView<std::uint16_t>, const std::int64_t*,
+                                    const std::uint16_t*, Index, Index, ConstMatrixView<float>,
+                                    MatrixView<float>, Index);
+template bool to_dense<float>(ConstMatrixView<std::uint16_t>, const std::int64_t*, const float*,
+                              Index, MatrixView<float>);
+template bool to_dense<std::uint16_t>(ConstMatrixView<std::uint16_t>, const std::int64_t*,
+                                      const std::uint16_t*, Index, MatrixView<float>);
+
+}  // namespace fastprune::sparse_linear

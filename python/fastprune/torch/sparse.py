@@ -1,0 +1,302 @@
+"""Sparse execution of pruned models on CPU: SparseLinear, sparsify and densify.
+
+:func:`sparsify` replaces every pruned ``nn.Linear`` whose weight multiplies faster in
+fastprune's packed-bitmask layout (:class:`fastprune.PackedLinear`) with a :class:`SparseLinear`;
+the decision is a quick measurement on that layer's own shape against ``F.linear``, so layers
+that would not win stay dense. :func:`densify` puts the ``nn.Linear`` layers back, bit for bit.
+
+The product runs through the custom operator ``fastprune::packed_linear`` registered with
+``torch.library``: it works under ``torch.inference_mode`` and ``torch.no_grad``, has a fake
+(meta) implementation so ``torch.compile`` traces it as one opaque call, and its backward raises
+a clear error (the packed weight is for inference; train on the dense, masked model).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import _core
+from ..sparse import PackedLinear
+
+_FORMATS = ("auto", "packed")
+
+
+@torch.library.custom_op("fastprune::packed_linear", mutates_args=())
+def packed_linear(
+    x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """``x @ W.T`` (float32) for W in the packed-bitmask layout held by the other tensors.
+
+    mask is int16 holding the uint16 mask words, values float32 or int16 holding bfloat16 bits.
+    """
+    cols = x.shape[-1]
+    flat = x.detach().reshape(-1, cols).to(torch.float32).contiguous()
+    out = torch.empty((flat.shape[0], rows), dtype=torch.float32)
+    if not bool(torch.isfinite(flat).all()):
+        msg = "x: contains NaN or Inf values"
+        raise ValueError(msg)
+    stored = values.numpy()
+    _core.sparse_linear.linear(
+        mask.numpy().view(np.uint16),
+        offsets.numpy(),
+        stored if stored.dtype == np.float32 else stored.view(np.uint16),
+        cols,
+        flat.numpy(),
+        out.numpy(),
+    )
+    return out.reshape(*x.shape[:-1], rows)
+
+
+@packed_linear.register_fake
+def _packed_linear_fake(
+    x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], rows), dtype=torch.float32)
+
+
+def _no_backward(ctx: Any, grad: torch.Tensor) -> None:
+    msg = (
+        "SparseLinear has no backward: its packed weight is for inference. Train the dense "
+        "masked model (fastprune.torch.densify undoes sparsify) and sparsify it afterwards."
+    )
+    raise RuntimeError(msg)
+
+
+packed_linear.register_autograd(_no_backward)
+
+
+class SparseLinear(nn.Module):
+    """An ``nn.Linear`` whose weight is held in fastprune's packed-bitmask layout.
+
+    The mask, offsets and values are buffers (they move with ``state_dict``); the bias stays the
+    original parameter. Inputs of any float dtype are multiplied in float32 and the result is
+    returned in the input's dtype.
+    """
+
+    mask: torch.Tensor
+    offsets: torch.Tensor
+    values: torch.Tensor
+
+    def __init__(
+        self, packed: PackedLinear, bias: torch.Tensor | None, weight_dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.out_features, self.in_features = packed.shape
+        self.weight_dtype = weight_dtype
+        values = torch.from_numpy(packed.values.copy())
+        if packed.dtype == "bfloat16":
+            values = values.view(torch.int16)
+        self.register_buffer("mask", torch.from_numpy(packed.mask.view(np.int16).copy()))
+        self.register_buffer("offsets", torch.from_numpy(packed.offsets.copy()))
+        self.register_buffer("values", values)
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
+        self.weight_requires_grad = False
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> SparseLinear:
+        """The SparseLinear of `linear` (float32, bfloat16 or float16 weight; exact)."""
+        weight = linear.weight.detach()
+        if weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            msg = f"linear: weight dtype {weight.dtype} is not float32, bfloat16 or float16"
+            raise TypeError(msg)
+        if weight.dtype == torch.bfloat16:
+            packed = PackedLinear.from_dense(weight.view(torch.int16).numpy().view(_bf16()))
+        else:
+            packed = PackedLinear.from_dense(weight.to(torch.float32).numpy())
+        module = cls(packed, linear.bias, weight.dtype)
+        module.weight_requires_grad = linear.weight.requires_grad
+        return module
+
+    def packed(self) -> PackedLinear:
+        """The weight as a :class:`fastprune.PackedLinear` (copies of the buffers)."""
+        values: Any = self.values.numpy()
+        bf16 = values.dtype == np.int16
+        return PackedLinear(
+            self.mask.numpy().view(np.uint16),
+            self.offsets.numpy(),
+            values.view(np.uint16) if bf16 else values,
+            (self.out_features, self.in_features),
+            "bfloat16" if bf16 else "float32",
+        )
+
+    def to_linear(self) -> nn.Linear:
+        """The equivalent ``nn.Linear``, its weight equal to the original bit for bit."""
+        linear = nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device="cpu"
+        )
+        dense = torch.from_numpy(self.packed().to_dense()).to(self.weight_dtype)
+        linear.weight = nn.Parameter(dense, requires_grad=self.weight_requires_grad)
+        if self.bias is not None:
+            linear.bias = self.bias
+        return linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.fastprune.packed_linear(
+            x, self.mask, self.offsets, self.values, self.out_features
+        )
+        if self.bias is not None:
+            y = y + self.bias.to(torch.float32)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        density = int(self.offsets[-1]) / max(1, self.in_features * self.out_features)
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, density={density:.3f}"
+        )
+
+
+def _bf16() -> Any:
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
+@dataclass
+class LayerDecision:
+    """What sparsify did with one pruned nn.Linear."""
+
+    name: str
+    shape: tuple[int, int]
+    density: float
+    dense_seconds: float
+    sparse_seconds: float
+    swapped: bool
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_seconds / self.sparse_seconds
+
+
+@dataclass
+class SparsifyReport:
+    """Per-layer decisions of :func:`sparsify` (measured at `tokens` rows of input)."""
+
+    tokens: int
+    layers: list[LayerDecision] = field(default_factory=list)
+
+    @property
+    def swapped(self) -> list[str]:
+        return [d.name for d in self.layers if d.swapped]
+
+    def __str__(self) -> str:
+        lines = [f"sparsify: {len(self.swapped)} of {len(self.layers)} pruned layers swapped"]
+        for d in self.layers:
+            rows, cols = d.shape
+            lines.append(
+                f"  {d.name:<40} {rows}x{cols} density {d.density:.2f} "
+                f"speed-up {d.speedup:.2f}x {'sparse' if d.swapped else 'dense'}"
+            )
+        return "\n".join(lines)
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _measure(
+    linear: nn.Linear, sparse: SparseLinear, tokens: int, repeat: int
+) -> tuple[float, float]:
+    """Median seconds of F.linear and of the sparse layer on one input, calls interleaved."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(tokens, linear.in_features, generator=generator).to(linear.weight.dtype)
+    dense_times: list[float] = []
+    sparse_times: list[float] = []
+    with torch.inference_mode():
+        F.linear(x, linear.weight, linear.bias)
+        sparse(x)
+        for _ in range(repeat):
+            dense_times.append(_timed(lambda: F.linear(x, linear.weight, linear.bias)))
+            sparse_times.append(_timed(lambda: sparse(x)))
+    return statistics.median(dense_times), statistics.median(sparse_times)
+
+
+def _pruned_linears(model: nn.Module, max_density: float) -> Iterator[tuple[str, nn.Linear]]:
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear and module.weight.device.type == "cpu":
+            weight = module.weight.detach()
+            density = float(torch.count_nonzero(weight)) / max(1, weight.numel())
+            if density <= max_density and weight.dtype in (
+                torch.float32,
+                torch.bfloat16,
+                torch.float16,
+            ):
+                yield name, module
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def sparsify(
+    model: object,
+    format: str = "auto",
+    min_speedup: float = 1.1,
+    *,
+    tokens: int = 1,
+    max_density: float = 0.75,
+    repeat: int = 15,
+) -> SparsifyReport:
+    """Replaces the pruned ``nn.Linear`` layers of `model` (in place) with SparseLinear.
+
+    A layer counts as pruned when at most `max_density` of its weights are non-zero. With
+    `format` "auto" each such layer is timed against ``F.linear`` on an input of `tokens` rows
+    (the calls interleaved, medians of `repeat`), and swapped only when it is at least
+    `min_speedup` times faster; "packed" swaps every pruned layer unmeasured. Returns the report
+    of every pruned layer: shape, density, measured times (0 when unmeasured) and whether it
+    was swapped.
+    """
+    if format not in _FORMATS:
+        msg = f"format: expected one of {_FORMATS}, got {format!r}"
+        raise ValueError(msg)
+    if not isinstance(model, nn.Module):
+        msg = f"model: expected a torch.nn.Module, got {type(model).__name__}"
+        raise TypeError(msg)
+    if not 0.0 < max_density <= 1.0:
+        msg = f"max_density: expected a value in (0, 1], got {max_density}"
+        raise ValueError(msg)
+    if tokens < 1 or repeat < 1:
+        msg = "tokens, repeat: must be >= 1"
+        raise ValueError(msg)
+    report = SparsifyReport(tokens=tokens)
+    for name, linear in list(_pruned_linears(model, max_density)):
+        sparse = SparseLinear.from_linear(linear)
+        density = int(sparse.offsets[-1]) / max(1, linear.weight.numel())
+        if format == "auto":
+            dense_s, sparse_s = _measure(linear, sparse, tokens, repeat)
+            swap = dense_s >= min_speedup * sparse_s
+        else:
+            dense_s = sparse_s = 0.0
+            swap = True
+        shape = (linear.out_features, linear.in_features)
+        report.layers.append(LayerDecision(name, shape, density, dense_s, sparse_s, swap))
+        if swap:
+            _set_module(model, name, sparse)
+    return report
+
+
+def densify(model: object) -> int:
+    """Replaces every SparseLinear of `model` (in place) by its exact ``nn.Linear``.
+
+    Returns the number of layers replaced.
+    """
+    if not isinstance(model, nn.Module):
+        msg = f"model: expected a torch.nn.Module, got {type(model).__name__}"
+        raise TypeError(msg)
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, SparseLinear)]
+    for name, module in found:
+        _set_module(model, name, module.to_linear())
+    return len(found)
