@@ -30,7 +30,7 @@ from ..sparse import PackedLinear
 _FORMATS = ("auto", "packed")
 
 
-@torch.library.custom_op("fastprune::packed_linear", mutates_args=())
+@torch.library.custom_op("fastprune::packed_linear", mutates_args=())  # type: ignore[untyped-decorator]
 def packed_linear(
     x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
 ) -> torch.Tensor:
@@ -56,7 +56,7 @@ def packed_linear(
     return out.reshape(*x.shape[:-1], rows)
 
 
-@packed_linear.register_fake
+@packed_linear.register_fake  # type: ignore[untyped-decorator]
 def _packed_linear_fake(
     x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
 ) -> torch.Tensor:
@@ -74,7 +74,7 @@ def _no_backward(ctx: Any, grad: torch.Tensor) -> None:
 packed_linear.register_autograd(_no_backward)
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(nn.Module):  # type: ignore[misc]
     """An ``nn.Linear`` whose weight is held in fastprune's packed-bitmask layout.
 
     The mask, offsets and values are buffers (they move with ``state_dict``); the bias stays the
