@@ -36,7 +36,7 @@ def to_numpy(x: object, name: str) -> np.ndarray[Any, Any]:
         try:
             bits = _torch_bfloat16_bits(x)
             if bits is not None:
-                return np.from_dlpack(bits).view(_bfloat16(name))
+                return np.from_dlpack(bits).view(bfloat16_dtype(name))
             return np.from_dlpack(x)
         except (BufferError, RuntimeError, TypeError) as err:
             msg = f"{name}: cannot view this tensor as a NumPy array ({err})"
@@ -56,11 +56,12 @@ def _torch_bfloat16_bits(x: object) -> Any:
     return x.detach().view(torch.int16)
 
 
-def _bfloat16(name: str) -> np.dtype[Any]:
+def bfloat16_dtype(name: str) -> np.dtype[Any]:
+    """NumPy's bfloat16 dtype (from ml_dtypes); a TypeError naming `name` without ml_dtypes."""
     try:
         import ml_dtypes
     except ImportError as err:
-        msg = f"{name}: a bfloat16 tensor needs the ml_dtypes package (pip install ml_dtypes)"
+        msg = f"{name}: bfloat16 needs the ml_dtypes package (pip install ml_dtypes)"
         raise TypeError(msg) from err
     bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
     return bfloat16

@@ -88,7 +88,14 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import float_dtype, is_bfloat16, positive_int, rows_contiguous, to_numpy
+from ._arrays import (
+    bfloat16_dtype,
+    float_dtype,
+    is_bfloat16,
+    positive_int,
+    rows_contiguous,
+    to_numpy,
+)
 
 __all__ = ["BSR", "COO", "CSR", "Bitmask", "NMCompressed", "SparseMatrix"]
 
@@ -201,13 +208,6 @@ def _check_csr_structure(indptr: Array, indices: Array, rows: int, cols: int, wh
 
 def _working(dtype: np.dtype[Any]) -> type[np.floating[Any]]:
     return np.float64 if dtype == np.float64 else np.float32
-
-
-def _bfloat16() -> np.dtype[Any]:
-    import ml_dtypes
-
-    bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-    return bfloat16
 
 
 # --- the common interface --------------------------------------------------------------------
@@ -990,7 +990,7 @@ def _torch_values(torch: Any, data: Array) -> Any:
 
 def _numpy_values(torch: Any, values: Any) -> Array:
     if values.dtype == torch.bfloat16:
-        return np.asarray(values.view(torch.int16).numpy()).view(_bfloat16())
+        return np.asarray(values.view(torch.int16).numpy()).view(bfloat16_dtype("values"))
     if values.dtype not in (torch.float16, torch.float32, torch.float64):
         msg = f"t: expected float16, bfloat16, float32 or float64 values, got {values.dtype}"
         raise TypeError(msg)

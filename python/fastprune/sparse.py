@@ -24,19 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._arrays import check_finite, float_dtype, is_bfloat16, to_numpy
+from ._arrays import bfloat16_dtype, check_finite, float_dtype, is_bfloat16, to_numpy
 from .formats import SparseMatrix
 
 Array = npt.NDArray[Any]
 
 _DTYPES = ("float32", "bfloat16")
-
-
-def _bfloat16() -> np.dtype[Any]:
-    import ml_dtypes
-
-    bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-    return bfloat16
 
 
 def _read_only(a: Array) -> Array:
@@ -120,7 +113,7 @@ class PackedLinear:
         if dtype not in _DTYPES:
             msg = f"dtype: expected one of {_DTYPES}, got {dtype!r}"
             raise ValueError(msg)
-        stored = a.astype(np.float32 if dtype == "float32" else _bfloat16(), copy=False)
+        stored = a.astype(np.float32 if dtype == "float32" else bfloat16_dtype("dtype"), copy=False)
         kept = stored != 0
         rows, cols = a.shape
         block = _core.sparse_linear.BLOCK
