@@ -25,29 +25,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     IsADirectoryError when `path` is a directory and FileNotFoundError when its directory does
     not exist; on any failure, the interrupt included, `path` is left as it was.
     """
-    target = _writable_target(path)
-    directory = target.parent
-    mode = _mode_for(target)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _sync_directory(directory)
-    return target
+    with atomic_path(path) as temporary, temporary.open("wb") as f:
+        write(f)
+    return resolve_target(path)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside `path` for a writer that wants a file name (a library's
-    ``save_file``): when the body finishes, the file there is synced and moved onto `path`
-    atomically, as :func:`atomic_write` does; when it fails, it is removed."""
+    ``save_file``): when the body finishes, the file there is synced, given the permissions
+    `path` has (or the umask's for a new file) and moved onto `path` atomically; when it
+    fails, it is removed and `path` is left as it was."""
     target = _writable_target(path)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
