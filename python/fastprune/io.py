@@ -9,9 +9,11 @@ here.
 
 A sparse matrix is stored as its component arrays, named ``<name>.<component>`` (``indptr``,
 ``indices``, ``data`` for CSR and BSR; ``row``, ``col``, ``data`` for COO; ``values``,
-``indices`` for N:M; ``mask``, ``data`` for bitmasks), and the metadata entry
+``indices`` for N:M; ``mask``, ``data`` for bitmasks; ``mask``, ``offsets``, ``values`` for a
+:class:`~fastprune.PackedLinear`, format ``packed``), and the metadata entry
 ``"fastprune.sparse"`` holds a JSON map from each sparse name to its ``format``, ``shape``,
-``dtype`` and, for N:M, ``n`` and ``m``. Other tools see plain arrays.
+``dtype`` and, for N:M, ``n`` and ``m``. Other tools see plain arrays. Other metadata entries
+(strings) may be written alongside and are returned by :func:`read_header`.
 
 Loading never executes code: the header is parsed as JSON and every field is checked (header
 length, JSON, dtypes, shapes, offsets inside the data and not overlapping, sizes matching), and
@@ -38,11 +40,12 @@ import numpy.typing as npt
 
 from ._files import atomic_write
 from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
+from .sparse import PackedLinear
 
 __all__ = ["load", "save"]
 
 Array = npt.NDArray[Any]
-Tensor = Array | SparseMatrix
+Tensor = Array | SparseMatrix | PackedLinear
 
 _SPARSE_KEY = "fastprune.sparse"
 _MAX_HEADER = 100 * 2**20  # the limit safetensors itself enforces
@@ -75,13 +78,19 @@ _ML_DTYPES = ("BF16", "F8_E4M3", "F8_E5M2")  # NumPy dtypes that the ml_dtypes p
 # NumPy's own limits on an array's rank and on its size in bytes
 _MAX_DIMS = 64
 _MAX_BYTES = 2**63 - 1
-_FORMATS: dict[str, type[SparseMatrix]] = {
-    cls.format: cls for cls in (CSR, COO, BSR, NMCompressed, Bitmask)
+_FORMATS: dict[str, type[SparseMatrix] | type[PackedLinear]] = {
+    cls.format: cls for cls in (CSR, COO, BSR, NMCompressed, Bitmask, PackedLinear)
 }
 
 
-def save(path: str | os.PathLike[str], tensors: object) -> None:
+def save(
+    path: str | os.PathLike[str], tensors: object, metadata: Mapping[str, str] | None = None
+) -> None:
     """Write a mapping of names to dense arrays and sparse matrices to a safetensors file.
+
+    `tensors` maps names to ndarrays, fastprune sparse matrices and :class:`PackedLinear`
+    weights. `metadata` adds string entries to the header's ``__metadata__`` (the key
+    ``"fastprune.sparse"`` is fastprune's own and may not be given).
 
     The file is replaced atomically: a temporary file beside it is written, flushed to disk and
     renamed over it, so a crash never leaves a half-written file under `path`. The new file keeps
@@ -92,6 +101,7 @@ def save(path: str | os.PathLike[str], tensors: object) -> None:
     if not isinstance(tensors, Mapping):
         msg = f"tensors: expected a mapping of names to arrays, got {type(tensors).__name__}"
         raise TypeError(msg)
+    extra = _user_metadata(metadata)
     arrays: dict[str, Array] = {}
     sparse: dict[str, dict[str, object]] = {}
 
@@ -105,11 +115,11 @@ def save(path: str | os.PathLike[str], tensors: object) -> None:
         if not isinstance(name, str) or not name or name == "__metadata__":
             msg = f"tensors: invalid tensor name {name!r}"
             raise ValueError(msg)
-        if isinstance(tensor, SparseMatrix):
+        if isinstance(tensor, SparseMatrix | PackedLinear):
             spec: dict[str, object] = {
                 "format": tensor.format,
                 "shape": list(tensor.shape),
-                "dtype": tensor.dtype.name,
+                "dtype": tensor.dtype if isinstance(tensor, PackedLinear) else tensor.dtype.name,
             }
             if isinstance(tensor, NMCompressed):
                 spec.update(n=tensor.n, m=tensor.m)
@@ -139,7 +149,9 @@ def save(path: str | os.PathLike[str], tensors: object) -> None:
         offset += raw.size
         payload.append(raw)
     if sparse:
-        header["__metadata__"] = {_SPARSE_KEY: json.dumps(sparse, sort_keys=True)}
+        extra[_SPARSE_KEY] = json.dumps(sparse, sort_keys=True)
+    if extra:
+        header["__metadata__"] = extra
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     chunks: list[Any] = [len(text).to_bytes(8, "little"), text, *payload]
@@ -149,6 +161,20 @@ def save(path: str | os.PathLike[str], tensors: object) -> None:
             f.write(chunk)
 
     atomic_write(target, write)
+
+
+def _user_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        msg = "metadata: expected a mapping of strings to strings"
+        raise TypeError(msg)
+    if _SPARSE_KEY in metadata:
+        msg = f"metadata: the key {_SPARSE_KEY!r} is written by fastprune itself"
+        raise ValueError(msg)
+    return dict(metadata)
 
 
 def _little_endian_bytes(array: Array) -> Array:
@@ -354,8 +380,9 @@ def _assemble_sparse(
             matrix = _build(cls, parts, spec)
         except (ValueError, TypeError) as err:
             _corrupt(source, f"sparse tensor {name!r}: {err}")
-        if matrix.dtype.name != spec.get("dtype"):
-            _corrupt(source, f"sparse tensor {name!r}: dtype {matrix.dtype} != {spec.get('dtype')}")
+        dtype = matrix.dtype if isinstance(matrix, PackedLinear) else matrix.dtype.name
+        if dtype != spec.get("dtype"):
+            _corrupt(source, f"sparse tensor {name!r}: dtype {dtype} != {spec.get('dtype')}")
         out[name] = matrix
     for name, array in dense.items():
         if name not in used:
@@ -369,15 +396,24 @@ _COMPONENTS = {
     "bsr": ("indptr", "indices", "data"),
     "nm": ("values", "indices"),
     "bitmask": ("mask", "data"),
+    "packed": ("mask", "offsets", "values"),
 }
 
 
-def _build(cls: type[SparseMatrix], parts: dict[str, Array], spec: dict[str, Any]) -> SparseMatrix:
+def _build(
+    cls: type[SparseMatrix] | type[PackedLinear], parts: dict[str, Array], spec: dict[str, Any]
+) -> SparseMatrix | PackedLinear:
     shape = spec.get("shape")
     if not isinstance(shape, list) or len(shape) != 2 or not all(_is_int(s) for s in shape):
         msg = f"shape {shape!r} is not two integers"
         raise ValueError(msg)
     rows, cols = shape
+    if cls is PackedLinear:
+        dtype = spec.get("dtype")
+        if not isinstance(dtype, str):
+            msg = f"dtype {dtype!r} is not a string"
+            raise ValueError(msg)
+        return PackedLinear(parts["mask"], parts["offsets"], parts["values"], (rows, cols), dtype)
     if cls is NMCompressed:
         n, m = spec.get("n"), spec.get("m")
         if not (isinstance(n, int) and isinstance(m, int) and _is_int(n) and _is_int(m)):

@@ -52,6 +52,8 @@ class PackedLinear:
             by ``_core.sparse_linear.SLACK`` zeros that vector loads may touch.
     """
 
+    format = "packed"  # its name in fastprune.io's safetensors metadata
+
     def __init__(
         self, mask: object, offsets: object, values: object, shape: object, dtype: str = "float32"
     ) -> None:
@@ -151,6 +153,10 @@ class PackedLinear:
     def nbytes(self) -> int:
         """Bytes a product reads: mask, offsets and values (slack included)."""
         return int(self.mask.nbytes + self.offsets.nbytes + self.values.nbytes)
+
+    def components(self) -> dict[str, Array]:
+        """The arrays that define the weight, by name (what :func:`fastprune.io.save` stores)."""
+        return {"mask": self.mask, "offsets": self.offsets, "values": self.values}
 
     def to_dense(self) -> npt.NDArray[np.float32]:
         """W as a dense float32 array."""

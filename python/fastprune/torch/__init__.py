@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .checkpoint import SavedSparse, load_sparse, save_sparse
 from .prune import DEFAULT_TARGETS, METHODS, prune_model, resolve_blocks, select_layers
 from .report import LayerReport, PruneReport
 from .sparse import LayerDecision, SparseLinear, SparsifyReport, densify, sparsify
@@ -103,6 +104,7 @@ __all__ = [
     "PruningPlan",
     "RewindStrategy",
     "RoundRecord",
+    "SavedSparse",
     "Slice",
     "SparseLinear",
     "SparsifyReport",
@@ -114,11 +116,13 @@ __all__ = [
     "densify",
     "flops_per_token",
     "layout",
+    "load_sparse",
     "prune_channels",
     "prune_model",
     "prune_width",
     "remove_blocks",
     "resolve_blocks",
+    "save_sparse",
     "select_layers",
     "shrink",
     "sparsify",

@@ -259,6 +259,18 @@ def save_pretrained_like(
         model.save_pretrained(dst, safe_serialization=True)  # type: ignore[operator]
         written += sorted(dst.glob("*.safetensors"))
         skip_index = True
+    written += copy_companion_files(src, dst, skip_index=skip_index, replace=all_found)
+    return written
+
+
+def copy_companion_files(
+    source: str | Path, out: str | Path, *, skip_index: bool = True, replace: bool = True
+) -> list[Path]:
+    """Copies every file of the model directory `source` but its weights (config, tokenizer,
+    pooling settings, ...) to `out`; a weights index only without `skip_index`, and files
+    already in `out` only with `replace`. Returns the files written."""
+    src, dst = Path(source), Path(out)
+    written = []
     for item in src.rglob("*"):
         relative = item.relative_to(src)
         if item.is_dir() or item.suffix in _WEIGHT_SUFFIXES or relative.parts[0].startswith("."):
@@ -266,7 +278,7 @@ def save_pretrained_like(
         if skip_index and item.name.endswith(".index.json"):
             continue
         target = dst / relative
-        if all_found or not target.exists():
+        if replace or not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(item, target)
             written.append(target)

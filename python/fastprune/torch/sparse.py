@@ -235,10 +235,11 @@ def _pruned_linears(model: nn.Module, max_density: float) -> Iterator[tuple[str,
                 yield name, module
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_dotted(model: nn.Module, name: str, value: object) -> None:
+    """Sets the submodule, parameter or buffer that the dotted `name` names in `model`."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+    setattr(parent, child, value)
 
 
 def sparsify(
@@ -284,7 +285,7 @@ def sparsify(
         shape = (linear.out_features, linear.in_features)
         report.layers.append(LayerDecision(name, shape, density, dense_s, sparse_s, swap))
         if swap:
-            _set_module(model, name, sparse)
+            set_dotted(model, name, sparse)
     return report
 
 
@@ -298,5 +299,5 @@ def densify(model: object) -> int:
         raise TypeError(msg)
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, SparseLinear)]
     for name, module in found:
-        _set_module(model, name, module.to_linear())
+        set_dotted(model, name, module.to_linear())
     return len(found)
