@@ -30,18 +30,15 @@ from ..sparse import PackedLinear
 _FORMATS = ("auto", "packed")
 
 
-@torch.library.custom_op("fastprune::packed_linear", mutates_args=())  # type: ignore[untyped-decorator]
-def packed_linear(
+def _packed_product(
     x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
 ) -> torch.Tensor:
-    """``x @ W.T`` (float32) for W in the packed-bitmask layout held by the other tensors.
-
-    mask is int16 holding the uint16 mask words, values float32 or int16 holding bfloat16 bits.
-    """
+    """``x @ W.T`` in float32 through the C++ kernel, on NumPy views of the tensors."""
     cols = x.shape[-1]
     flat = x.detach().reshape(-1, cols).to(torch.float32).contiguous()
     out = torch.empty((flat.shape[0], rows), dtype=torch.float32)
-    if not bool(torch.isfinite(flat).all()):
+    x_numpy = flat.numpy()
+    if not np.isfinite(x_numpy).all():
         msg = "x: contains NaN or Inf values"
         raise ValueError(msg)
     stored = values.numpy()
@@ -50,10 +47,21 @@ def packed_linear(
         offsets.numpy(),
         stored if stored.dtype == np.float32 else stored.view(np.uint16),
         cols,
-        flat.numpy(),
+        x_numpy,
         out.numpy(),
     )
     return out.reshape(*x.shape[:-1], rows)
+
+
+@torch.library.custom_op("fastprune::packed_linear", mutates_args=())  # type: ignore[untyped-decorator]
+def packed_linear(
+    x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """``x @ W.T`` (float32) for W in the packed-bitmask layout held by the other tensors.
+
+    mask is int16 holding the uint16 mask words, values float32 or int16 holding bfloat16 bits.
+    """
+    return _packed_product(x, mask, offsets, values, rows)
 
 
 @packed_linear.register_fake  # type: ignore[untyped-decorator]
@@ -140,9 +148,14 @@ class SparseLinear(nn.Module):  # type: ignore[misc]
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.fastprune.packed_linear(
-            x, self.mask, self.offsets, self.values, self.out_features
-        )
+        args = (x, self.mask, self.offsets, self.values, self.out_features)
+        if x.requires_grad or x.device.type != "cpu" or torch.compiler.is_compiling():
+            # the registered operator: a clear error on backward, one opaque node when compiled
+            y = torch.ops.fastprune.packed_linear(*args)
+        else:
+            # eager inference: the same product without the operator's dispatch, whose cost
+            # (tens of microseconds) is as large as the product itself on a small layer
+            y = _packed_product(*args)
         if self.bias is not None:
             y = y + self.bias.to(torch.float32)
         return y.to(x.dtype)
