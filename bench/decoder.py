@@ -19,7 +19,6 @@ import argparse
 import csv
 import importlib.util
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -79,31 +78,17 @@ def calibration_lines(lines: int, pairs_per_line: int) -> list[str]:
 
 def evaluation_windows(tokenizer: Any, windows: int) -> Any:
     """The first `windows` non-overlapping windows of 1,024 tokens of WikiText-2 test."""
-    import torch
+    from fastprune.torch.evaluate import token_windows
 
-    text = WIKITEXT_TEST.read_text(encoding="utf-8").replace("\r\n", "\n")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    ids = ids[: windows * EVAL_SEQLEN]
-    if len(ids) < windows * EVAL_SEQLEN:
-        msg = f"WikiText-2 test has fewer than {windows} windows of {EVAL_SEQLEN} tokens"
-        raise ValueError(msg)
-    return torch.tensor(ids).reshape(windows, EVAL_SEQLEN)
+    text = WIKITEXT_TEST.read_text(encoding="utf-8")
+    return token_windows(tokenizer, text, seqlen=EVAL_SEQLEN, windows=windows)
 
 
 def perplexity(model: Any, windows: Any) -> float:
     """exp of the mean next-token loss over every predicted position of every window."""
-    import torch
+    from fastprune.torch.evaluate import perplexity as measure
 
-    model.eval()
-    total = 0.0
-    count = 0
-    with torch.no_grad():
-        for row in windows:
-            logits = model(row[None], use_cache=False).logits[0, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum")
-            total += float(loss)
-            count += row.numel() - 1
-    return math.exp(total / count)
+    return measure(model, windows).value
 
 
 def load(folder: Path) -> Any:

@@ -3,6 +3,7 @@
     fastprune prune [MODEL_DIR] --out DIR [--method sparsegpt|wanda|magnitude] [--sparsity 0.5]
                     [--pattern unstructured|N:M] [--calib FILE] [--samples N] [--seqlen L] ...
     fastprune generate MODEL_DIR [--prompt TEXT] [--max-new-tokens N] [--compare-dense]
+    fastprune eval MODEL_DIR --text FILE [--seqlen 1024] [--windows N]
     fastprune inspect PATH [--pattern N:M ...]
     fastprune info
 
@@ -12,7 +13,8 @@ sentences shipped with fastprune by default), prunes it with `fastprune.torch`, 
 pruned model in the input's layout (or, with ``--save-format sparse``, its pruned layers packed
 into ``model.sparse.safetensors``) plus ``prune_report.json``, ``manifest.json`` and (with
 matplotlib) ``prune_report.png``. ``generate`` decodes a prompt greedily with a dense or sparse
-model directory and prints tokens/s. ``inspect`` reads safetensors files without torch.
+model directory and prints tokens/s; ``eval`` measures a causal LM's perplexity over a text
+file in windows. ``inspect`` reads safetensors files without torch.
 
 How the text becomes calibration sequences (``--packing``, printed and kept in the manifest):
 a causal language model (a decoder) reads the text as the papers calibrate one, packed: all
@@ -166,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.set_defaults(run=_run_prune)
 
     _add_generate_parser(commands)
+    _add_eval_parser(commands)
 
     inspect = commands.add_parser(
         "inspect",
@@ -224,7 +227,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         import torch
 
         from .torch import densify, sparsify
-        from .torch.generate import compare, greedy, load_for_generation
+        from .torch.generate import compare, greedy, load_causal_lm
     except ImportError as err:
         msg = f'generating text needs the torch extra: pip install "fastprune[torch]" ({err})'
         raise CommandError(msg) from err
@@ -232,7 +235,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
         fp.set_num_threads(args.threads)
     try:
-        model, tokenizer = load_for_generation(args.model_dir)
+        model, tokenizer = load_causal_lm(args.model_dir)
     except (OSError, ValueError) as err:
         raise CommandError(str(err)) from err
     report: dict[str, Any] = {"model": args.model_dir, "prompt": args.prompt}
@@ -273,6 +276,58 @@ def _run_generate(args: argparse.Namespace) -> int:
             f"dense twin: {c['reference_tokens_per_second']:.1f} tokens/s; sparse "
             f"{c['tokens_per_second']:.1f} tokens/s ({c['speedup']:.2f}x, medians of "
             f"{args.rounds}); {agree}"
+        )
+    return 0
+
+
+def _add_eval_parser(commands: Any) -> None:
+    evaluate = commands.add_parser(
+        "eval",
+        help="perplexity of a causal LM directory (dense or sparse) over a text file",
+        description="Tokenize the text as one stream, cut it into non-overlapping windows of "
+        "--seqlen tokens and report exp of the mean next-token loss, as the papers do.",
+    )
+    evaluate.add_argument("model_dir", help="model directory (dense, or sparse from prune)")
+    evaluate.add_argument("--text", required=True, help="the evaluation text file")
+    evaluate.add_argument("--seqlen", type=int, default=1024, help="tokens per window (1024)")
+    evaluate.add_argument("--windows", type=int, help="the first N windows (default: all)")
+    evaluate.add_argument("--batch-size", type=int, default=1, help="windows per forward (1)")
+    evaluate.add_argument("--threads", type=int, help="threads for torch and fastprune")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    for name in ("seqlen", "windows", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (2 if name == "seqlen" else 1):
+            raise CommandError(f"--{name.replace('_', '-')}: too small ({value})")
+    try:
+        import torch
+
+        from .torch.evaluate import perplexity, token_windows
+        from .torch.generate import load_causal_lm
+    except ImportError as err:
+        msg = f'evaluating a model needs the torch extra: pip install "fastprune[torch]" ({err})'
+        raise CommandError(msg) from err
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        fp.set_num_threads(args.threads)
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+        model, tokenizer = load_causal_lm(args.model_dir)
+        windows = token_windows(tokenizer, text, seqlen=args.seqlen, windows=args.windows)
+        result = perplexity(model, windows, batch_size=args.batch_size)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    report = {"model": args.model_dir, "text": Path(args.text).name, "seqlen": args.seqlen}
+    report.update(result.as_dict())
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"perplexity {result.value:.3f} over {result.windows} windows of {args.seqlen} tokens "
+            f"of {Path(args.text).name} ({result.tokens} predicted tokens)"
         )
     return 0
 

@@ -115,7 +115,7 @@ def compare(
     )
 
 
-def load_for_generation(directory: str | Path, *, progress: bool = False) -> tuple[nn.Module, Any]:
+def load_causal_lm(directory: str | Path, *, progress: bool = False) -> tuple[nn.Module, Any]:
     """The causal LM in `directory` and its tokenizer: a sparse checkpoint (written by
     :func:`fastprune.torch.save_sparse`) with its packed layers, else the dense model."""
     import transformers
