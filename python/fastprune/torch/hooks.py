@@ -217,9 +217,17 @@ def with_hidden_states(inputs: BlockInput, output: Any) -> BlockInput:
     raise ValueError(msg)
 
 
+def is_transposed(module: nn.Module) -> bool:
+    """Whether the layer stores its weight as (in, out): transformers' ``Conv1D`` (GPT-2 style
+    models), recognised without importing transformers."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
 def weight_matrix(module: nn.Module) -> np.ndarray[Any, Any]:
     """The layer's weight as an (out, in) NumPy array: a view for float32/float64 CPU weights."""
     weight = weight_of(module).detach()
+    if is_transposed(module):
+        return tensor_to_numpy(weight).T
     return tensor_to_numpy(weight.reshape(weight.shape[0], -1))
 
 
@@ -239,6 +247,8 @@ def write_weight(module: nn.Module, weight: np.ndarray[Any, Any]) -> None:
         values = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     else:
         values = torch.from_numpy(array)
+    if is_transposed(module):
+        values = values.T
     param.data.copy_(values.reshape(param.shape))
 
 
@@ -260,6 +270,8 @@ def tensor_to_numpy(t: torch.Tensor) -> np.ndarray[Any, Any]:
 
 def in_features(module: nn.Module) -> int:
     """Width of the input rows the layer's weight multiplies (in * kh * kw for convolutions)."""
+    if is_transposed(module):
+        return int(weight_of(module).shape[0])
     return int(weight_of(module)[0].numel())
 
 

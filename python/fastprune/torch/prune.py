@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -218,6 +219,13 @@ def prune_model(
             skipped.append(name)
         else:
             plan.append((block, name, module, layer_sparsity))
+    if not plan:
+        kinds = ", ".join(t.__name__ for t in targets)
+        msg = f"model: nothing to prune: {len(candidates)} layers ({kinds}) in {block_names}"
+        if skipped:
+            msg += f", and `sparsity` leaves every one of them dense ({skipped[0]}, ...)"
+        msg += "; check `targets`, `ignore`, `blocks` and `sparsity`"
+        raise ValueError(msg)
     for _, name, module, _ in plan:
         width = in_features(module)
         if group_size and width % group_size:
@@ -331,8 +339,14 @@ def select_layers(
     targets: Sequence[type[nn.Module]],
     ignore: Sequence[str],
 ) -> list[tuple[int | None, str, nn.Module]]:
-    """The prunable layers inside `blocks`, in model order, as (block index, name, module)."""
+    """The prunable layers inside `blocks`, in model order, as (block index, name, module).
+
+    The default `targets` also take transformers' ``Conv1D`` (the projections of GPT-2 style
+    models, weights stored transposed) when transformers is loaded.
+    """
     target_types = tuple(targets)
+    if targets is DEFAULT_TARGETS:
+        target_types += _loaded_conv1d()
     if not target_types or not all(
         isinstance(t, type) and issubclass(t, nn.Module) for t in target_types
     ):
@@ -353,6 +367,12 @@ def select_layers(
             continue
         chosen.append((block_of[id(module)], name, module))
     return chosen
+
+
+def _loaded_conv1d() -> tuple[type[nn.Module], ...]:
+    utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(utils, "Conv1D", None)
+    return (conv1d,) if isinstance(conv1d, type) and issubclass(conv1d, nn.Module) else ()
 
 
 def _prune_sequential(
