@@ -1,7 +1,9 @@
 """Sparse linear layers: PackedLinear.linear (x @ W.T) against dense torch F.linear and NumPy.
 
-LLM-layer shapes 4096 x 4096 and 11008 x 4096, float32, at 2:4 and at 70 % and 90 %
-unstructured sparsity, for k = 1, 4, 16 and 128 rows of x (decoding, small batches, prefill).
+LLM-layer shapes 4096 x 4096 and 11008 x 4096 at 2:4 and at 70 % and 90 % unstructured
+sparsity: float32 weights for k = 1, 4, 16 and 128 rows of x (decoding, small batches,
+prefill), and bfloat16 weights (float32 products) for k = 1, 4 and 16 against torch's bfloat16
+``F.linear`` (NumPy has no bfloat16 product).
 The three products are timed in turns (ours, torch, NumPy, ours, ...) and each time is the
 median of its own calls: the machine may be shared, and interleaving gives every contender the
 same stretches of load. The rate column gives our bandwidth (bytes of the packed weight over
@@ -24,6 +26,7 @@ from ._harness import Row, Table, gbps, torch_or_none
 
 SHAPES = ((4096, 4096), (11008, 4096))
 KS = (1, 4, 16, 128)
+BF16_KS = (1, 4, 16)
 PATTERNS = ("2:4", "70%", "90%")
 
 
@@ -63,36 +66,69 @@ def run(table: Table) -> None:
     for shape in SHAPES:
         for pattern in PATTERNS:
             w = weight(rng, shape, pattern)
-            packed = fp.PackedLinear.from_dense(w)
-            limit = w.nbytes / packed.nbytes
-            tw = None if torch is None else torch.from_numpy(w)
-            for k in KS:
-                x = rng.standard_normal((k, shape[1]), dtype=np.float32)
-                y = packed.linear(x)
-                expected = x.astype(np.float64) @ w.T.astype(np.float64)
-                assert np.allclose(
-                    y, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max())
-                )
-                fns: list[Callable[[], object]] = [lambda: packed.linear(x), lambda: x @ w.T]  # noqa: B023
-                if tw is not None:
-                    tx = torch.from_numpy(x)
-                    fns.append(lambda: torch.nn.functional.linear(tx, tw))  # noqa: B023
-                with _inference(torch):
-                    t = interleaved(fns, rounds=9, min_time=0.3)
-                label = f"{shape[0]}x{shape[1]} {pattern} x {k}"
-                for name, base in zip(
-                    ("torch F.linear", "numpy x @ W.T"), t[2:] + t[1:2], strict=False
-                ):
-                    share = base / t[0] / limit
-                    rate = (
-                        f"{gbps(packed.nbytes, t[0])}, limit {limit:.2f}x, "
-                        f"{100 * share:.0f} % of it"
-                    )
-                    table.add(
-                        Row(
-                            "PackedLinear.linear", label, threads, t[0], f"{name} dense", base, rate
-                        )
-                    )
+            _float32_rows(table, torch, rng, w, f"{shape[0]}x{shape[1]} {pattern}", threads)
+            if torch is not None:
+                _bfloat16_rows(table, torch, rng, w, f"{shape[0]}x{shape[1]} {pattern}", threads)
+
+
+def _float32_rows(
+    table: Table, torch: Any, rng: np.random.Generator, w: np.ndarray, label: str, threads: int
+) -> None:
+    packed = fp.PackedLinear.from_dense(w)
+    limit = w.nbytes / packed.nbytes
+    tw = None if torch is None else torch.from_numpy(w)
+    for k in KS:
+        x = rng.standard_normal((k, w.shape[1]), dtype=np.float32)
+        _check(packed.linear(x), x, w)
+        fns: list[Callable[[], object]] = [lambda: packed.linear(x), lambda: x @ w.T]  # noqa: B023
+        if tw is not None:
+            tx = torch.from_numpy(x)
+            fns.append(lambda: torch.nn.functional.linear(tx, tw))  # noqa: B023
+        with _inference(torch):
+            t = interleaved(fns, rounds=9, min_time=0.3)
+        for name, base in zip(("torch F.linear", "numpy x @ W.T"), t[2:] + t[1:2], strict=False):
+            _add(table, f"{label} x {k}", threads, t[0], f"{name} dense", base, packed, limit)
+
+
+def _bfloat16_rows(
+    table: Table, torch: Any, rng: np.random.Generator, w: np.ndarray, label: str, threads: int
+) -> None:
+    packed = fp.PackedLinear.from_dense(w, "bfloat16")
+    tw = torch.from_numpy(w).to(torch.bfloat16)
+    limit = w.size * 2 / packed.nbytes
+    rounded = tw.float().numpy()
+    for k in BF16_KS:
+        x = rng.standard_normal((k, w.shape[1]), dtype=np.float32)
+        _check(packed.linear(x), x, rounded)
+        tx = torch.from_numpy(x).to(torch.bfloat16)
+        fns: list[Callable[[], object]] = [
+            lambda: packed.linear(x),  # noqa: B023
+            lambda: torch.nn.functional.linear(tx, tw),  # noqa: B023
+        ]
+        with _inference(torch):
+            t = interleaved(fns, rounds=9, min_time=0.3)
+        row_label = f"{label} bf16 x {k}"
+        _add(table, row_label, threads, t[0], "torch F.linear bf16 dense", t[1], packed, limit)
+
+
+def _check(y: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    expected = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert np.allclose(y, expected, rtol=1e-4, atol=1e-4 * float(np.abs(expected).max()))
+
+
+def _add(
+    table: Table,
+    label: str,
+    threads: int,
+    ours: float,
+    baseline: str,
+    base: float,
+    packed: fp.PackedLinear,
+    limit: float,
+) -> None:
+    share = base / ours / limit
+    rate = f"{gbps(packed.nbytes, ours)}, limit {limit:.2f}x, {100 * share:.0f} % of it"
+    table.add(Row("PackedLinear.linear", label, threads, ours, baseline, base, rate))
 
 
 class _inference:
