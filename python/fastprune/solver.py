@@ -316,7 +316,7 @@ def refit_kept(
     hessian = np.ascontiguousarray(damped, dtype=np.float64)
     target_rhs = np.asarray(gram_target, dtype=np.float64)
     inverse_diagonal = 1.0 / np.diagonal(hessian)
-    weights = np.asarray(start, dtype=np.float64) * live
+    weights: FloatArray = np.asarray(start, dtype=np.float64) * live
     residual = (target_rhs - weights @ hessian) * live
     preconditioned = residual * inverse_diagonal
     direction = preconditioned.copy()

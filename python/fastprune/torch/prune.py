@@ -48,6 +48,7 @@ of the task) and not for causal language models, which follow the paper.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import platform
@@ -62,6 +63,7 @@ from torch import nn
 
 import fastprune as fp
 from fastprune._arrays import check_sparsity
+from fastprune.solver import damped_hessian, dense_target_start, refit_kept
 
 from .hooks import (
     Batch,
@@ -538,7 +540,7 @@ class _Pruner:
         cross = None
         if self.method == "sparsegpt":
             source = fp.sparsegpt_factor(hessian, damp=self.damp)
-            damped, shift = damped_hessian(hessian, source.dead, source.damp_used)
+            damped, shift = damped_hessian(hessian, source)
             if group.cross is not None:
                 cross = group.cross.value
                 cross[np.diag_indices_from(cross)] += shift
@@ -571,77 +573,69 @@ class _Pruner:
         layer_sparsity: float,
         shared: _SharedInput | None,
     ) -> LayerReport:
-        try:
-            return self._prune_layer_as_is(block, name, module, layer_sparsity, shared)
-        except (ValueError, TypeError) as err:
-            raise type(err)(f"{_where(name, block)}: {err}") from err
-
-    def _prune_layer_as_is(
-        self,
-        block: int | None,
-        name: str,
-        module: nn.Module,
-        layer_sparsity: float,
-        shared: _SharedInput | None,
-    ) -> LayerReport:
-        t0 = time.perf_counter()
-        weight = weight_matrix(module)
-        if self.method == "sparsegpt":
-            assert shared is not None and shared.damped is not None
-            start_from: np.ndarray[Any, Any] = weight
-            gram_target = None  # W·C, the right-hand side of the least-squares problem
-            if shared.cross is not None:
-                gram_target = weight.astype(np.float64) @ shared.cross
-                start_from = dense_target_start(gram_target, shared.source.u, weight.dtype)
-            result = fp.sparsegpt(
-                start_from,
-                shared.source,
-                sparsity=layer_sparsity,
-                pattern=self.pattern,
-                blocksize=self.blocksize,
-                damp=self.damp,
-            )
-            if self.refit:
-                if gram_target is None:
-                    gram_target = weight.astype(np.float64) @ shared.damped
-                refitted = refit_kept(
-                    result.mask, shared.damped, gram_target, shared.source.dead, result.weight
+        with _in_layer(name, block):
+            t0 = time.perf_counter()
+            weight = weight_matrix(module)
+            if self.method == "sparsegpt":
+                assert shared is not None and shared.damped is not None
+                start_from: np.ndarray[Any, Any] = weight
+                gram_target = None  # W·C, the right-hand side of the least-squares problem
+                if shared.cross is not None:
+                    gram_target = weight.astype(np.float64) @ shared.cross
+                    start_from = dense_target_start(gram_target, shared.source, weight.dtype)
+                result = fp.sparsegpt(
+                    start_from,
+                    shared.source,
+                    sparsity=layer_sparsity,
+                    pattern=self.pattern,
+                    blocksize=self.blocksize,
+                    damp=self.damp,
                 )
-                result = dataclasses.replace(result, weight=refitted.astype(result.weight.dtype))
-        elif self.method == "wanda":
-            assert shared is not None
-            result = fp.wanda(weight, shared.source, sparsity=layer_sparsity, pattern=self.pattern)
-        else:
-            # the whole layer is ranked together; N:M patterns select within each group
-            whole_layer = self.pattern == "unstructured"
-            result = fp.magnitude_prune(
-                weight,
-                sparsity=layer_sparsity,
+                if self.refit:
+                    if gram_target is None:
+                        gram_target = weight.astype(np.float64) @ shared.damped
+                    refitted = refit_kept(
+                        result.mask, shared.damped, gram_target, shared.source.dead, result.weight
+                    )
+                    result = dataclasses.replace(
+                        result, weight=refitted.astype(result.weight.dtype)
+                    )
+            elif self.method == "wanda":
+                assert shared is not None
+                result = fp.wanda(
+                    weight, shared.source, sparsity=layer_sparsity, pattern=self.pattern
+                )
+            else:
+                # the whole layer is ranked together; N:M patterns select within each group
+                whole_layer = self.pattern == "unstructured"
+                result = fp.magnitude_prune(
+                    weight,
+                    sparsity=layer_sparsity,
+                    pattern=self.pattern,
+                    scope="layer" if whole_layer else "row",
+                )
+            seconds = time.perf_counter() - t0
+            error = None
+            if shared is not None:  # before the write: `weight` may be a view of the parameter
+                error = output_error(weight, result.weight, shared.hessian)
+                seconds += shared.seconds
+            param = weight_of(module)
+            self._originals.append((param, param.detach().to("cpu", copy=True)))
+            write_weight(module, result.weight)
+            return LayerReport(
+                name=name,
+                block=block,
+                shape=(int(weight.shape[0]), int(weight.shape[1])),
                 pattern=self.pattern,
-                scope="layer" if whole_layer else "row",
+                target_sparsity=layer_sparsity,
+                sparsity=result.sparsity,
+                loss=float(result.loss),
+                error=error,
+                damp_used=None if result.damp_used is None else float(result.damp_used),
+                seconds=seconds,
+                group=None if shared is None else shared.index,
+                tokens=0 if shared is None else shared.tokens,
             )
-        seconds = time.perf_counter() - t0
-        error = None
-        if shared is not None:  # before the write: `weight` may be a view of the parameter
-            error = output_error(weight, result.weight, shared.hessian)
-            seconds += shared.seconds
-        param = weight_of(module)
-        self._originals.append((param, param.detach().to("cpu", copy=True)))
-        write_weight(module, result.weight)
-        return LayerReport(
-            name=name,
-            block=block,
-            shape=(int(weight.shape[0]), int(weight.shape[1])),
-            pattern=self.pattern,
-            target_sparsity=layer_sparsity,
-            sparsity=result.sparsity,
-            loss=float(result.loss),
-            error=error,
-            damp_used=None if result.damp_used is None else float(result.damp_used),
-            seconds=seconds,
-            group=None if shared is None else shared.index,
-            tokens=0 if shared is None else shared.tokens,
-        )
 
 
 @dataclass(frozen=True)
@@ -657,82 +651,21 @@ class _SharedInput:
     cross: np.ndarray[Any, Any] | None  # C = 2/N X₀Xᵀ + λI when reconstructing the dense output
 
 
-def damped_hessian(
-    hessian: np.ndarray[Any, Any], dead: np.ndarray[Any, Any], damp_used: float
-) -> tuple[np.ndarray[Any, Any], float]:
-    """The matrix SparseGPT factorises, in float64: the diagonal of dead columns set to 1, then
-    λ = ``damp_used · mean(diag)`` added to the diagonal; and λ."""
-    damped = hessian.astype(np.float64)
-    damped[dead, dead] = 1.0
-    shift = damp_used * float(np.mean(np.diagonal(damped))) if damped.size else 0.0
-    damped[np.diag_indices_from(damped)] += shift
-    return damped, shift
-
-
-def dense_target_start(
-    gram_target: np.ndarray[Any, Any], u: np.ndarray[Any, Any], dtype: np.dtype[Any]
-) -> np.ndarray[Any, Any]:
-    """``W* = (W·C)·H⁻¹`` from SparseGPT's factor ``H⁻¹ = Uᵀ U``, in float32 (float64 for
-    float64 weights): the unconstrained minimiser that SparseGPT then prunes."""
-    work = np.float64 if dtype == np.float64 else np.float32
-    u64 = u.astype(np.float64)
-    return np.ascontiguousarray((gram_target @ u64.T) @ u64, dtype=work)
-
-
-# Refitting stops when every row's preconditioned residual is below this fraction of its
-# right-hand side's, or after this many steps.
-REFIT_TOLERANCE = 1e-6
-REFIT_MAX_STEPS = 100
-
-
-def refit_kept(
-    mask: np.ndarray[Any, Any],
-    damped: np.ndarray[Any, Any],
-    gram_target: np.ndarray[Any, Any],
-    dead: np.ndarray[Any, Any],
-    start: np.ndarray[Any, Any],
-) -> np.ndarray[Any, Any]:
-    """Per row r, the kept weights minimising ``(ŵ − w*) H (ŵ − w*)ᵀ`` with ``w* H = g_r``, that
-    is ``ŵ_S H_SS = g_S`` over the row's kept, live columns S, zero elsewhere (float64).
-
-    Conjugate gradients preconditioned by H's diagonal, on all rows at once from SparseGPT's
-    weights `start`: each step is one GEMM with H (restricted to each row's columns by the mask),
-    so the cost grows like SparseGPT's own, and well-conditioned rows converge in a few steps.
-    """
-    live = (np.asarray(mask, dtype=bool) & ~np.asarray(dead, dtype=bool)[None, :]).astype(
-        np.float64
-    )
-    hessian = np.ascontiguousarray(damped, dtype=np.float64)
-    inverse_diagonal = 1.0 / np.diagonal(hessian)
-    weights = np.asarray(start, dtype=np.float64) * live
-    residual = (gram_target - weights @ hessian) * live
-    preconditioned = residual * inverse_diagonal
-    direction = preconditioned.copy()
-    rz = np.einsum("ij,ij->i", residual, preconditioned)
-    target = gram_target * live
-    scale = np.einsum("ij,ij,j->i", target, target, inverse_diagonal)
-    for _ in range(REFIT_MAX_STEPS):
-        if np.all(rz <= REFIT_TOLERANCE**2 * scale):
-            break
-        product = (direction @ hessian) * live
-        curvature = np.einsum("ij,ij->i", direction, product)
-        alpha = np.divide(rz, curvature, out=np.zeros_like(rz), where=curvature > 0)
-        weights += alpha[:, None] * direction
-        residual -= alpha[:, None] * product
-        preconditioned = residual * inverse_diagonal
-        rz_next = np.einsum("ij,ij->i", residual, preconditioned)
-        beta = np.divide(rz_next, rz, out=np.zeros_like(rz), where=rz > 0)
-        direction = preconditioned + beta[:, None] * direction
-        rz = rz_next
-    return weights
-
-
 def output_error(
     dense: np.ndarray[Any, Any], pruned: np.ndarray[Any, Any], hessian: np.ndarray[Any, Any]
 ) -> float:
     """Mean over the calibration tokens of ``‖(W − Ŵ) x‖²``, from ``H = 2/N Σ x xᵀ``."""
     delta = dense.astype(np.float32) - pruned.astype(np.float32)
     return float(np.einsum("ij,ij->", delta @ hessian.astype(np.float32), delta)) / 2.0
+
+
+@contextlib.contextmanager
+def _in_layer(name: str, block: int | None) -> Iterator[None]:
+    """Prefixes a ValueError or TypeError raised inside with the layer it concerns."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{_where(name, block)}: {err}") from err
 
 
 def _where(name: str, block: int | None) -> str:
