@@ -34,6 +34,15 @@ decltype(auto) with_index(const py::array& a, const char* name, F&& f) {
   return with_dtype<std::int32_t, std::int64_t>(a, name, f);
 }
 
+// Calls f(Tag<S>{}, Tag<I>{}) for the storage type of `values` and the type of `index`.
+template <class F>
+decltype(auto) with_storage_index(const py::array& values, const char* values_name,
+                                  const py::array& index, const char* index_name, F&& f) {
+  return with_storage(values, values_name, [&](auto s) {
+    return with_index(index, index_name, [&](auto i) { return f(s, i); });
+  });
+}
+
 // Calls f(Tag<Codec>{}) for a value kind named by the Python layer.
 template <class F>
 decltype(auto) with_codec(const std::string& kind, F&& f) {
@@ -42,6 +51,13 @@ decltype(auto) with_codec(const std::string& kind, F&& f) {
   if (kind == "float16") return f(Tag<fmt::Float16>{});
   if (kind == "bfloat16") return f(Tag<fmt::BFloat16>{});
   throw std::invalid_argument("kind: expected float16, bfloat16, float32 or float64, got " + kind);
+}
+
+// Calls f(Tag<Codec>{}, Tag<I>{}) for a value kind and the type of `index`.
+template <class F>
+void with_codec_index(const std::string& kind, const py::array& index, const char* index_name,
+                      F&& f) {
+  with_codec(kind, [&](auto c) { with_index(index, index_name, [&](auto i) { f(c, i); }); });
 }
 
 // Throws std::invalid_argument(message) when !ok; the message is built only on failure.
@@ -85,34 +101,30 @@ const I* valid_indptr(const py::array& indptr, Index rows, py::ssize_t nnz) {
 
 void dense_to_csr(const py::array& x, const py::array& indptr, py::array& indices,
                   py::array& data) {
-  with_storage(x, "x", [&](auto s) {
+  with_storage_index(x, "x", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      const auto xv = matrix<S>(x, "x");
-      const I* p = valid_indptr<I>(indptr, xv.rows, length(data));
-      I* idx = out_vector<I>(indices, "indices", p[xv.rows]);
-      S* d = out_vector<S>(data, "data", p[xv.rows]);
-      py::gil_scoped_release release;
-      fmt::dense_to_csr<S, I>(xv, p, idx, d);
-    });
+    using I = typename decltype(i)::type;
+    const auto xv = matrix<S>(x, "x");
+    const I* p = valid_indptr<I>(indptr, xv.rows, length(data));
+    I* idx = out_vector<I>(indices, "indices", p[xv.rows]);
+    S* d = out_vector<S>(data, "data", p[xv.rows]);
+    py::gil_scoped_release release;
+    fmt::dense_to_csr<S, I>(xv, p, idx, d);
   });
 }
 
 void csr_to_dense(const py::array& indptr, const py::array& indices, const py::array& data,
                   py::array& out) {
-  with_storage(data, "data", [&](auto s) {
+  with_storage_index(data, "data", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      auto ov = mutable_matrix<S>(out, "out");
-      const I* p = valid_indptr<I>(indptr, ov.rows, length(data));
-      const I* idx = vector<I>(indices, "indices", p[ov.rows]);
-      const S* d = vector<S>(data, "data");
-      py::gil_scoped_release release;
-      fmt::check_columns(idx, p[ov.rows], ov.cols);
-      fmt::csr_to_dense<S, I>(p, idx, d, ov);
-    });
+    using I = typename decltype(i)::type;
+    auto ov = mutable_matrix<S>(out, "out");
+    const I* p = valid_indptr<I>(indptr, ov.rows, length(data));
+    const I* idx = vector<I>(indices, "indices", p[ov.rows]);
+    const S* d = vector<S>(data, "data");
+    py::gil_scoped_release release;
+    fmt::check_columns(idx, p[ov.rows], ov.cols);
+    fmt::csr_to_dense<S, I>(p, idx, d, ov);
   });
 }
 
@@ -186,81 +198,73 @@ py::array_t<std::int64_t> block_row_nonzeros(const py::array& x, Index h, Index 
 
 void dense_to_bsr(const py::array& x, Index h, Index w, const py::array& indptr, py::array& indices,
                   py::array& blocks) {
-  with_storage(x, "x", [&](auto s) {
+  with_storage_index(x, "x", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      const auto xv = matrix<S>(x, "x");
-      require_blocks(xv.rows, xv.cols, h, w);
-      const I* p = valid_indptr<I>(indptr, xv.rows / h, length(indices));
-      I* idx = out_vector<I>(indices, "indices", p[xv.rows / h]);
-      S* b = out_vector<S>(blocks, "blocks", p[xv.rows / h] * h * w);
-      py::gil_scoped_release release;
-      fmt::dense_to_bsr<S, I>(xv, h, w, p, idx, b);
-    });
+    using I = typename decltype(i)::type;
+    const auto xv = matrix<S>(x, "x");
+    require_blocks(xv.rows, xv.cols, h, w);
+    const I* p = valid_indptr<I>(indptr, xv.rows / h, length(indices));
+    I* idx = out_vector<I>(indices, "indices", p[xv.rows / h]);
+    S* b = out_vector<S>(blocks, "blocks", p[xv.rows / h] * h * w);
+    py::gil_scoped_release release;
+    fmt::dense_to_bsr<S, I>(xv, h, w, p, idx, b);
   });
 }
 
 void bsr_to_dense(const py::array& indptr, const py::array& indices, const py::array& blocks,
                   Index h, Index w, py::array& out) {
-  with_storage(blocks, "blocks", [&](auto s) {
+  with_storage_index(blocks, "blocks", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      auto ov = mutable_matrix<S>(out, "out");
-      require_blocks(ov.rows, ov.cols, h, w);
-      const I* p = valid_indptr<I>(indptr, ov.rows / h, length(indices));
-      const I* idx = vector<I>(indices, "indices");
-      const S* b = vector<S>(blocks, "blocks", p[ov.rows / h] * h * w);
-      py::gil_scoped_release release;
-      fmt::check_columns(idx, p[ov.rows / h], ov.cols / w);
-      fmt::bsr_to_dense<S, I>(p, idx, b, h, w, ov);
-    });
+    using I = typename decltype(i)::type;
+    auto ov = mutable_matrix<S>(out, "out");
+    require_blocks(ov.rows, ov.cols, h, w);
+    const I* p = valid_indptr<I>(indptr, ov.rows / h, length(indices));
+    const I* idx = vector<I>(indices, "indices");
+    const S* b = vector<S>(blocks, "blocks", p[ov.rows / h] * h * w);
+    py::gil_scoped_release release;
+    fmt::check_columns(idx, p[ov.rows / h], ov.cols / w);
+    fmt::bsr_to_dense<S, I>(p, idx, b, h, w, ov);
   });
 }
 
 py::array_t<std::int64_t> bsr_row_nonzeros(const py::array& indptr, const py::array& blocks,
                                            Index h, Index w) {
-  return with_storage(blocks, "blocks", [&](auto s) {
+  return with_storage_index(blocks, "blocks", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    return with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      require(h >= 1 && w >= 1, "block: must be positive");
-      const Index block_rows = length(indptr) - 1;
-      require(block_rows >= 0, "indptr: expected a 1-D array");
-      const I* p = valid_indptr<I>(indptr, block_rows, length(blocks) / (h * w));
-      const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
-      auto counts = new_counts(block_rows * h);
-      std::int64_t* c = counts.mutable_data();
-      py::gil_scoped_release release;
-      fmt::count_bsr_row_nonzeros<S, I>(p, b, block_rows, h, w, c);
-      return counts;
-    });
+    using I = typename decltype(i)::type;
+    require(h >= 1 && w >= 1, "block: must be positive");
+    const Index block_rows = length(indptr) - 1;
+    require(block_rows >= 0, "indptr: expected a 1-D array");
+    const I* p = valid_indptr<I>(indptr, block_rows, length(blocks) / (h * w));
+    const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
+    auto counts = new_counts(block_rows * h);
+    std::int64_t* c = counts.mutable_data();
+    py::gil_scoped_release release;
+    fmt::count_bsr_row_nonzeros<S, I>(p, b, block_rows, h, w, c);
+    return counts;
   });
 }
 
 void bsr_to_csr(const py::array& indptr, const py::array& indices, const py::array& blocks, Index h,
                 Index w, Index cols, const py::array& csr_indptr, py::array& csr_indices,
                 py::array& csr_data) {
-  with_storage(blocks, "blocks", [&](auto s) {
+  with_storage_index(blocks, "blocks", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      with_index(csr_indptr, "csr_indptr", [&](auto j) {
-        using J = typename decltype(j)::type;
-        require(h >= 1 && w >= 1, "block: must be positive");
-        const Index block_rows = length(indptr) - 1;
-        require(block_rows >= 0, "indptr: expected a 1-D array");
-        const I* p = valid_indptr<I>(indptr, block_rows, length(indices));
-        const I* idx = vector<I>(indices, "indices");
-        const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
-        const J* cp = valid_indptr<J>(csr_indptr, block_rows * h, length(csr_indices));
-        J* ci = out_vector<J>(csr_indices, "csr_indices", cp[block_rows * h]);
-        S* cd = out_vector<S>(csr_data, "csr_data", cp[block_rows * h]);
-        py::gil_scoped_release release;
-        fmt::check_columns(idx, p[block_rows], cols / w);
-        fmt::bsr_to_csr<S, I, J>(p, idx, b, block_rows, h, w, cp, ci, cd);
-      });
+    using I = typename decltype(i)::type;
+    with_index(csr_indptr, "csr_indptr", [&](auto j) {
+      using J = typename decltype(j)::type;
+      require(h >= 1 && w >= 1, "block: must be positive");
+      const Index block_rows = length(indptr) - 1;
+      require(block_rows >= 0, "indptr: expected a 1-D array");
+      const I* p = valid_indptr<I>(indptr, block_rows, length(indices));
+      const I* idx = vector<I>(indices, "indices");
+      const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
+      const J* cp = valid_indptr<J>(csr_indptr, block_rows * h, length(csr_indices));
+      J* ci = out_vector<J>(csr_indices, "csr_indices", cp[block_rows * h]);
+      S* cd = out_vector<S>(csr_data, "csr_data", cp[block_rows * h]);
+      py::gil_scoped_release release;
+      fmt::check_columns(idx, p[block_rows], cols / w);
+      fmt::bsr_to_csr<S, I, J>(p, idx, b, block_rows, h, w, cp, ci, cd);
     });
   });
 }
@@ -402,44 +406,40 @@ std::pair<ConstMatrixView<C>, MatrixView<C>> matmul_operands(const py::array& x,
 
 void csr_matmul(const py::array& indptr, const py::array& indices, const py::array& data,
                 const std::string& kind, Index cols, const py::array& x, py::array& out) {
-  with_codec(kind, [&](auto c) {
+  with_codec_index(kind, indptr, "indptr", [&](auto c, auto i) {
     using V = typename decltype(c)::type;
     using S = typename V::Storage;
     using C = typename V::Compute;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      const Index rows = length(indptr) - 1;
-      require(rows >= 0, "indptr: expected a 1-D array");
-      auto [xv, yv] = matmul_operands<C>(x, out, rows, cols);
-      const I* p = valid_indptr<I>(indptr, rows, length(indices));
-      const I* idx = vector<I>(indices, "indices");
-      const S* d = vector<S>(data, "data", p[rows]);
-      py::gil_scoped_release release;
-      require(fmt::csr_matmul<V, I>(p, idx, d, xv, yv), "indices: column index out of range");
-    });
+    using I = typename decltype(i)::type;
+    const Index rows = length(indptr) - 1;
+    require(rows >= 0, "indptr: expected a 1-D array");
+    auto [xv, yv] = matmul_operands<C>(x, out, rows, cols);
+    const I* p = valid_indptr<I>(indptr, rows, length(indices));
+    const I* idx = vector<I>(indices, "indices");
+    const S* d = vector<S>(data, "data", p[rows]);
+    py::gil_scoped_release release;
+    require(fmt::csr_matmul<V, I>(p, idx, d, xv, yv), "indices: column index out of range");
   });
 }
 
 void bsr_matmul(const py::array& indptr, const py::array& indices, const py::array& blocks, Index h,
                 Index w, const std::string& kind, Index cols, const py::array& x, py::array& out) {
-  with_codec(kind, [&](auto c) {
+  with_codec_index(kind, indptr, "indptr", [&](auto c, auto i) {
     using V = typename decltype(c)::type;
     using S = typename V::Storage;
     using C = typename V::Compute;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      require(h >= 1 && w >= 1, "block: must be positive");
-      const Index block_rows = length(indptr) - 1;
-      require(block_rows >= 0, "indptr: expected a 1-D array");
-      require_blocks(block_rows * h, cols, h, w);
-      auto [xv, yv] = matmul_operands<C>(x, out, block_rows * h, cols);
-      const I* p = valid_indptr<I>(indptr, block_rows, length(indices));
-      const I* idx = vector<I>(indices, "indices");
-      const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
-      py::gil_scoped_release release;
-      fmt::check_columns(idx, p[block_rows], cols / w);
-      fmt::bsr_matmul<V, I>(p, idx, b, h, w, xv, yv);
-    });
+    using I = typename decltype(i)::type;
+    require(h >= 1 && w >= 1, "block: must be positive");
+    const Index block_rows = length(indptr) - 1;
+    require(block_rows >= 0, "indptr: expected a 1-D array");
+    require_blocks(block_rows * h, cols, h, w);
+    auto [xv, yv] = matmul_operands<C>(x, out, block_rows * h, cols);
+    const I* p = valid_indptr<I>(indptr, block_rows, length(indices));
+    const I* idx = vector<I>(indices, "indices");
+    const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
+    py::gil_scoped_release release;
+    fmt::check_columns(idx, p[block_rows], cols / w);
+    fmt::bsr_matmul<V, I>(p, idx, b, h, w, xv, yv);
   });
 }
 
