@@ -17,7 +17,8 @@ Reference semantics (DESIGN.md, "Algorithms"):
 - ``U`` is computed without forming ``H⁻¹``: with ``J`` the reversal permutation and ``L`` the
   Cholesky factor of ``J·H·J``, ``T = J·L·J`` is upper triangular with ``H = T·Tᵀ`` and
   ``U = T⁻¹ = J·L⁻¹·J``.
-- Two routes give the same result up to rounding. From ``U`` (``inplace=True``, tall layers,
+- Two routes give the same result up to rounding; the core chooses (``kFromTRows`` in
+  ``cpp/include/fastprune/sparsegpt.hpp``). From ``U`` (``inplace=True``, tall layers,
   weights that need a working copy): the weights are pruned in place and each superblock's
   errors reach the columns after it as ``W[:, s2:] −= Err·U[s1:s2, s2:]``. From ``T`` (layers
   with fewer than about ``c²/2048`` rows, read where they lie): since the pruned weights are
@@ -33,29 +34,13 @@ Reference semantics (DESIGN.md, "Algorithms"):
 - N:M (``n`` KEPT of every ``m``): each group of ``m`` columns is chosen per row when the block
   reaches it, on the already-updated weights.
 
-Performance (``python -m bench``, float32, 2-core AVX-512 machine, both threads; a rate counts
-``r·c² + ⅔c³`` flops over the median of five solves, each after an untimed one, and its share is
-against the median of the SGEMM rates timed right after each solve). In the run in the README:
-4096×4096 0.69 s at 50 % and 0.72 s at 2:4 (87 % of SGEMM, 8.1× and 6.6× faster than the
-PyTorch loop of ``bench/sparsegpt.py``), 11008×4096 1.63 s and 1.52 s (74 % and 83 %, 7.3× and
-6.6×). The machine is shared and moves by 10-20 % within a run, more between runs. Where the
-time goes, 4096×4096 (from T): the Cholesky 0.17-0.19 s (about 130 GFLOP/s), the GEMM before
-each 256-column superblock 0.36-0.38 s, the work inside superblocks 0.08-0.11 s (Eigen GEMMs per
-128-row tile, the per-column panel updates, the transposes to and from the column-major
-superblock, and for unstructured masks the exact-count selection, which recomputes 0.5-1.4 M
-scores a block from the weights rather than storing them), turning the total change back into
-weights 0.03 s, and the diagonal blocks of U and their products with T 0.03 s. 11008×4096 (from
-U): the Cholesky and the triangular inverse 0.29-0.30 s, the GEMMs 0.94 s, the rest 0.23 s. The
-factor, the column blocks and the other buffers live in scratch memory that later solves reuse
-(see ``fastprune.set_memory_cache_limit``), and so do the returned weights and mask once they
-are freed: after a process's first solve, a solve takes no page faults. Before the results were
-kept that way, their 225 MB at 11008×4096 came fresh from the system every call and cost
-0.03-0.45 s of system time a solve on the virtual machine measured here. Small layers choose their
-thread count by size: 1024×1024 has run 1.1-1.6× faster on two threads than on one (but 0.96× at
-50 % in one run during a slow spell of the machine), and 384×384 runs on one thread whatever the
-setting. Results are bit-identical for every thread count: every dense routine splits its output
-into tiles of a fixed size and computes each tile with one single-threaded call (OpenBLAS or
-Eigen), whichever thread runs it.
+The factor, the column blocks and the other buffers live in the memory cache, which later solves
+reuse (see ``fastprune.set_memory_cache_limit``), and so do the returned weights and mask once
+they are freed: after a process's first solve, a solve takes no page faults. Small layers choose
+their thread count by size. Results are bit-identical for every thread count: every dense routine
+splits its output into tiles of a fixed size and computes each tile with one single-threaded call
+(OpenBLAS or Eigen), whichever thread runs it. Timings, and where the time goes, are in the
+README ("Benchmarks").
 """
 
 from __future__ import annotations
