@@ -84,7 +84,7 @@ sparsegpt::Route parse_route(const std::string& route) {
 // `source` is the Hessian (an array) or a factor's (t, dead, u or None).
 py::tuple solve(py::array& weight, const py::object& source, double damp, int max_tries,
                 double sparsity, int n, int m, Index blocksize, const py::object& keep_mask,
-                bool inplace, const std::string& route) {
+                bool inplace, bool check_weight, const std::string& route) {
   const sparsegpt::Options options{sparsity, n, m, blocksize};
   const sparsegpt::Route chosen = parse_route(route);
   return with_float(weight, "weight", [&](auto tag) -> py::tuple {
@@ -127,10 +127,11 @@ py::tuple solve(py::array& weight, const py::object& source, double damp, int ma
     sparsegpt::Outcome outcome;
     {
       py::gil_scoped_release release;
-      outcome = sparsegpt::solve(original, from, options, chosen, allowed, target, view_of(mask));
+      outcome = sparsegpt::solve(original, from, options, chosen, allowed, target, view_of(mask),
+                                 check_weight);
     }
     return py::make_tuple(out, mask, outcome.loss, outcome.damp_used,
-                          outcome.formed_u ? u_array : py::none());
+                          outcome.formed_u ? u_array : py::none(), outcome.weight_finite);
   });
 }
 
@@ -147,11 +148,14 @@ void register_sparsegpt(pybind11::module_ m) {
   m.def("invert_factor", &invert_factor, py::arg("t"), "U = T^-1, a new array.");
   m.def("solve", &solve, py::arg("weight"), py::arg("source"), py::arg("damp"),
         py::arg("max_tries"), py::arg("sparsity"), py::arg("n"), py::arg("m"), py::arg("blocksize"),
-        py::arg("keep_mask"), py::arg("inplace"), py::arg("route") = "automatic",
-        "(pruned, mask, loss, damp_used, u): SparseGPT on `weight` from the Hessian `source` or a "
+        py::arg("keep_mask"), py::arg("inplace"), py::arg("check_weight"),
+        py::arg("route") = "automatic",
+        "(pruned, mask, loss, damp_used, u, finite): SparseGPT on `weight` from the Hessian "
+        "`source` or a "
         "factor's (t, dead, u or None), the route (from T or from U) chosen by the core; "
         "`pruned` is `weight` itself when `inplace`, else a new array; `u` is U when the solve "
-        "formed it from the factor's T (to keep with the factor), else None. m == 0 is "
+        "formed it from the factor's T (to keep with the factor), else None; with check_weight, "
+        "finite is False (and nothing pruned) when the weight holds a NaN or an Inf. m == 0 is "
         "unstructured, else n kept of every m.");
 }
 

@@ -302,7 +302,7 @@ void test_solve_routes(std::mt19937& rng) {
     const fastprune::MatrixView<double> out{outs.back().data(), rows, c, c};
     const fastprune::ConstMatrixView<double> from =
         in_place ? fastprune::ConstMatrixView<double>{out.data, rows, c, c} : wv;
-    sg::solve(from, source, options, route, {}, out, {masks.back().get(), rows, c, c});
+    sg::solve(from, source, options, route, {}, out, {masks.back().get(), rows, c, c}, true);
   }
   long long differ = 0, dead_kept = 0;
   double worst = 0.0;
@@ -314,6 +314,16 @@ void test_solve_routes(std::mt19937& rng) {
   check(differ == 0, "solve routes choose the same mask", differ);
   check(worst <= 1e-9, "solve routes give the same weights", static_cast<long long>(worst * 1e12));
   check(dead_kept == 0, "dead columns pruned and zero", dead_kept);
+  // a NaN in the weight: found on either route when asked, and nothing pruned
+  w[7 * c + 30] = std::numeric_limits<double>::quiet_NaN();
+  for (const auto route : {sg::Route::from_u, sg::Route::from_t}) {
+    std::vector<double> out(w.size(), 3.0);
+    std::unique_ptr<bool[]> mask(new bool[w.size()]);
+    const auto outcome = sg::solve(wv, source, options, route, {}, {out.data(), rows, c, c},
+                                   {mask.get(), rows, c, c}, true);
+    check(!outcome.weight_finite && outcome.loss == 0.0, "a NaN weight is refused",
+          static_cast<long long>(route));
+  }
 }
 
 }  // namespace

@@ -190,9 +190,23 @@ def sparsegpt(
         factor = None
         source = _layer_hessian(calibration_or_hessian, cols, dtype)
         damp_value = _damping(damp)
-    pruned, mask, loss, damp_used, u = _core.sparsegpt.solve(
-        work, source, damp_value, MAX_TRIES, sparsity, n, m, blocksize, allowed, writable, _ROUTE
+    # a weight read where it lies is checked for NaN/Inf by the core, in the pass that reads it
+    pruned, mask, loss, damp_used, u, finite = _core.sparsegpt.solve(
+        work,
+        source,
+        damp_value,
+        MAX_TRIES,
+        sparsity,
+        n,
+        m,
+        blocksize,
+        allowed,
+        writable,
+        not writable,
+        _ROUTE,
     )
+    if not finite:
+        _arrays.check_finite(work, "weight")  # raises, with the count
     if factor is not None:
         damp_used = factor.damp_used
         if u is not None:
@@ -373,7 +387,8 @@ def _solver_weight(
     With `inplace`, `weight` itself (written). Otherwise `weight` itself when it is already a 2-D
     array of the solve's dtype with contiguous rows (read where it lies: the core then writes the
     pruned weights into a new array, and a short layer is solved from ``T`` without ever copying
-    it), else a fresh copy in that dtype (written, no second copy made).
+    it), else a fresh copy in that dtype (written, no second copy made). Finite, or ValueError,
+    except the array read where it lies: the core checks that one in the pass that reads it.
     """
     if inplace:
         ok = (
@@ -398,8 +413,7 @@ def _solver_weight(
         msg = f"weight: expected a 2-D array (out_features, in_features), got shape {a.shape}"
         raise ValueError(msg)
     if a.dtype == dtype and _arrays.rows_contiguous(a):
-        _arrays.check_finite(a, "weight")
-        return a, original, False
+        return a, original, False  # checked for NaN/Inf by the core as it reads it
     return _arrays.finite_copy(a, dtype, "weight"), original, True
 
 

@@ -108,17 +108,21 @@ struct Source {
 };
 
 struct Outcome {
-  double loss = 0.0;       // Σ (w − q)² / U_jj² / 2
-  double damp_used = 0.0;  // the relative damping that worked (a Hessian source only)
-  bool formed_u = false;   // U was written into source.u
+  double loss = 0.0;          // Σ (w − q)² / U_jj² / 2
+  double damp_used = 0.0;     // the relative damping that worked (a Hessian source only)
+  bool formed_u = false;      // U was written into source.u
+  bool weight_finite = true;  // false: the weight holds a NaN or an Inf, and nothing was pruned
 };
 
 // SparseGPT on `weight` (rows×c) into `out` (the same memory: in place), with the route chosen
 // here: from T (prune_from, reading `weight` where it lies) for a short layer pruned into a new
 // output, else from U (prune, on `out` after a copy of the weight when not in place). The mask
-// marks the weights of dead columns pruned, whatever the budget said: they are set to 0.
+// marks the weights of dead columns pruned, whatever the budget said: they are set to 0. With
+// `check_weight`, the weight is checked for NaN and Inf in the pass that copies or first reads
+// it: when it holds one, nothing is factorised or pruned and the outcome says so.
 template <class T>
 Outcome solve(ConstMatrixView<T> weight, const Source<T>& source, const Options& options,
-              Route route, ConstMatrixView<bool> allowed, MatrixView<T> out, MatrixView<bool> mask);
+              Route route, ConstMatrixView<bool> allowed, MatrixView<T> out, MatrixView<bool> mask,
+              bool check_weight);
 
 }  // namespace fastprune::sparsegpt

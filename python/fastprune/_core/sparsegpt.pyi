@@ -22,6 +22,7 @@ def solve(
     blocksize: int,
     keep_mask: npt.NDArray[np.bool_] | None,
     inplace: bool,
+    check_weight: bool,
     route: str = "automatic",
 ) -> tuple[
     npt.NDArray[np.floating[Any]],
@@ -29,4 +30,5 @@ def solve(
     float,
     float,
     npt.NDArray[np.floating[Any]] | None,
+    bool,
 ]: ...
