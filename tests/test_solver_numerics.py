@@ -46,7 +46,7 @@ def test_damped_hessian_is_the_matrix_the_factor_factorises(
     dtype = np.float32 if precision == "float32" else np.float64
     h = hessian_with_dead(rng, 40, dead, tokens=90).astype(dtype)
     before = h.copy()
-    factor = sparsegpt_factor(h, damp=0.01, precision=precision)  # type: ignore[arg-type]
+    factor = sparsegpt_factor(h, damp=0.01, precision=precision)
     damped, shift = damped_hessian(h, factor)
     expected, expected_shift = reference_damped(h, factor.dead, factor.damp_used)
     assert damped.dtype == np.float64
