@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import fastprune
 from fastprune import _core
-from fastprune.sparsegpt import HessianFactor, saliency, sparsegpt, sparsegpt_factor
+from fastprune.solver import HessianFactor, saliency, sparsegpt, sparsegpt_factor
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
@@ -23,8 +23,8 @@ def solver_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """Every test runs on both of the solver's routes, whatever the layer's shape would choose:
     from U (a working copy pruned in place, the route of inplace=True) and from T (the weight
     read where it lies, the triangular inverse never formed)."""
-    module = sys.modules["fastprune.sparsegpt"]
-    monkeypatch.setattr(module, "FROM_T_ROWS", 0 if request.param == "from T" else 2**62)
+    module = sys.modules["fastprune.solver"]
+    monkeypatch.setattr(module, "_ROUTE", "from_t" if request.param == "from T" else "from_u")
     return str(request.param)
 
 

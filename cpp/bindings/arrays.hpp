@@ -33,6 +33,60 @@ bool has_dtype(const py::array& a) {
   return py::array_t<T>::check_(a);
 }
 
+// The dtype names of Ts, as a message lists them: "float32", "float32 or float64", ...
+template <class... Ts>
+std::string dtype_names() {
+  const std::string names[] = {std::string(py::str(py::dtype::of<Ts>()))...};
+  std::string text;
+  for (std::size_t i = 0; i < sizeof...(Ts); ++i) {
+    if (i > 0) text += i + 1 == sizeof...(Ts) ? " or " : ", ";
+    text += names[i];
+  }
+  return text;
+}
+
+template <class T>
+struct Tag {
+  using type = T;
+};
+
+template <class... Ts>
+struct Dispatch {
+  template <class F>
+  static decltype(auto) call(const py::array& a, const char* name, F& f) {
+    return step<Ts...>(a, name, f);
+  }
+
+ private:
+  template <class T, class... Rest, class F>
+  static decltype(auto) step(const py::array& a, const char* name, F& f) {
+    if constexpr (sizeof...(Rest) == 0) {
+      if (!has_dtype<T>(a)) {
+        throw py::type_error(std::string(name) + ": expected dtype " + dtype_names<Ts...>() +
+                             ", got " + std::string(py::str(a.dtype())));
+      }
+      return f(Tag<T>{});
+    } else {
+      if (has_dtype<T>(a)) return f(Tag<T>{});
+      return step<Rest...>(a, name, f);
+    }
+  }
+};
+
+// The one dtype dispatch of the bindings: calls f(Tag<T>{}) for the first T of Ts that `a`
+// holds (`typename decltype(tag)::type` inside f), so that a binding is written once for every
+// instantiation of its kernel; any other dtype is a TypeError naming `name`.
+template <class... Ts, class F>
+decltype(auto) with_dtype(const py::array& a, const char* name, F&& f) {
+  return Dispatch<Ts...>::call(a, name, f);
+}
+
+// The kernels' float instantiations.
+template <class F>
+decltype(auto) with_float(const py::array& a, const char* name, F&& f) {
+  return with_dtype<float, double>(a, name, f);
+}
+
 template <class T>
 void require_dtype(const py::array& a, const char* name) {
   if (!has_dtype<T>(a)) {
@@ -85,13 +139,13 @@ const T* vector(const py::array& a, const char* name, py::ssize_t expected_size 
   return static_cast<const T*>(a.data());
 }
 
-// A new C-contiguous array, uninitialised, in scratch memory (common.hpp): when NumPy frees it,
+// A new C-contiguous array, uninitialised, from the memory cache (common.hpp): when NumPy frees it,
 // a block of 2 MB or more goes back to the memory cache, and the next large result of about its
 // size (a layer's pruned weights and mask, the next layer's) is written into memory that is
 // already mapped rather than memory fresh from the system, a page fault per page.
-struct ScratchOwner {
-  void operator()(ScratchBlock* block) const noexcept {
-    free_scratch(*block);
+struct CachedOwner {
+  void operator()(CachedBlock* block) const noexcept {
+    free_cached(*block);
     delete block;
   }
 };
@@ -100,10 +154,10 @@ template <class T>
 py::array_t<T> empty(std::vector<py::ssize_t> shape) {
   std::size_t count = 1;
   for (const py::ssize_t extent : shape) count *= static_cast<std::size_t>(extent);
-  std::unique_ptr<ScratchBlock, ScratchOwner> block(new ScratchBlock{nullptr, 0});
-  *block = allocate_scratch(std::max<std::size_t>(count, 1) * sizeof(T));
+  std::unique_ptr<CachedBlock, CachedOwner> block(new CachedBlock{nullptr, 0});
+  *block = allocate_cached(std::max<std::size_t>(count, 1) * sizeof(T));
   T* data = static_cast<T*>(block->data);
-  py::capsule owner(block.get(), [](void* p) { ScratchOwner{}(static_cast<ScratchBlock*>(p)); });
+  py::capsule owner(block.get(), [](void* p) { CachedOwner{}(static_cast<CachedBlock*>(p)); });
   block.release();  // the capsule owns it now
   return py::array_t<T>(std::move(shape), data, owner);
 }

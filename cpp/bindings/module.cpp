@@ -51,17 +51,17 @@ PYBIND11_MODULE(FASTPRUNE_MODULE_NAME, m) {
         "Run the single-threaded dense kernels on the OpenBLAS library at `path`.");
   m.def("unload_blas", &fastprune::blas::unload, "Use Eigen for all dense linear algebra.");
   m.def("get_num_threads", &fastprune::get_num_threads, "The number of threads kernels may use.");
-  m.def("set_scratch_cache_limit", &fastprune::set_scratch_cache_limit, py::arg("bytes"),
-        "Keep at most `bytes` of freed scratch blocks for reuse (0 keeps none).");
-  m.def("release_scratch_cache", &fastprune::release_scratch_cache,
-        "Free every kept scratch block.");
+  m.def("set_memory_cache_limit", &fastprune::set_memory_cache_limit, py::arg("bytes"),
+        "Keep at most `bytes` of freed memory-cache blocks for reuse (0 keeps none).");
+  m.def("release_memory_cache", &fastprune::release_memory_cache,
+        "Free every block the memory cache holds.");
   m.def(
-      "scratch_cache",
+      "memory_cache",
       [] {
-        const auto c = fastprune::scratch_cache();
+        const auto c = fastprune::memory_cache();
         return py::make_tuple(c.held, c.limit);
       },
-      "(bytes held, limit) of the kept scratch blocks.");
+      "(bytes held, limit) of the memory cache.");
 
   using namespace fastprune::bindings;
   register_importance(m.def_submodule("importance", "Importance-score kernels."));

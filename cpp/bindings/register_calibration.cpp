@@ -77,10 +77,9 @@ bool add_gram_lower_typed(py::array& gram, const py::array& x, bool if_finite) {
 }
 
 bool add_gram_lower_dispatch(py::array gram, const py::array& x, bool if_finite) {
-  if (has_dtype<float>(gram)) return add_gram_lower_typed<float>(gram, x, if_finite);
-  if (has_dtype<double>(gram)) return add_gram_lower_typed<double>(gram, x, if_finite);
-  throw py::type_error("gram: expected dtype float32 or float64, got " +
-                       std::string(py::str(gram.dtype())));
+  return with_float(gram, "gram", [&](auto tag) {
+    return add_gram_lower_typed<typename decltype(tag)::type>(gram, x, if_finite);
+  });
 }
 
 void add_gram_lower(py::array gram, const py::array& x) { add_gram_lower_dispatch(gram, x, false); }
@@ -97,10 +96,8 @@ bool all_finite_typed(const py::array& x) {
 }
 
 bool all_finite(const py::array& x) {
-  if (has_dtype<float>(x)) return all_finite_typed<float>(x);
-  if (has_dtype<double>(x)) return all_finite_typed<double>(x);
-  throw py::type_error("x: expected dtype float32 or float64, got " +
-                       std::string(py::str(x.dtype())));
+  return with_float(x, "x",
+                    [&](auto tag) { return all_finite_typed<typename decltype(tag)::type>(x); });
 }
 
 template <class T>
@@ -117,10 +114,8 @@ py::tuple copy_finite_typed(const py::array& x) {
 }
 
 py::tuple copy_finite(const py::array& x) {
-  if (has_dtype<float>(x)) return copy_finite_typed<float>(x);
-  if (has_dtype<double>(x)) return copy_finite_typed<double>(x);
-  throw py::type_error("x: expected dtype float32 or float64, got " +
-                       std::string(py::str(x.dtype())));
+  return with_float(x, "x",
+                    [&](auto tag) { return copy_finite_typed<typename decltype(tag)::type>(x); });
 }
 
 bool halves_finite(const py::array& bits, bool brain) {
@@ -164,12 +159,9 @@ py::array symmetric_from_lower_typed(py::array gram, double scale) {
 }
 
 py::array symmetric_from_lower(py::array gram, double scale) {
-  if (has_dtype<float>(gram)) return symmetric_from_lower_typed<float>(gram, scale);
-  if (has_dtype<double>(gram)) {
-    return symmetric_from_lower_typed<double>(gram, scale);
-  }
-  throw py::type_error("gram: expected dtype float32 or float64, got " +
-                       std::string(py::str(gram.dtype())));
+  return with_float(gram, "gram", [&](auto tag) {
+    return symmetric_from_lower_typed<typename decltype(tag)::type>(gram, scale);
+  });
 }
 
 }  // namespace

@@ -2,8 +2,9 @@
 //
 // The Python layer (python/fastprune/formats.py) allocates every output array and hands over
 // arrays of exact dtypes: values as float32, float64 or, for float16/bfloat16, their raw bits
-// viewed as uint16; indices as int32 or int64. Sizes are checked here again, so that no call can
-// make a kernel read or write out of bounds.
+// viewed as uint16; indices as int32 or int64. Sizes are checked here again, and the index arrays
+// by the core's checks (formats.hpp), so that no call can make a kernel read or write out of
+// bounds.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -21,30 +22,25 @@ namespace {
 
 namespace fmt = fastprune::formats;
 
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-// Calls f(Tag<S>{}) for the storage type of a value array.
+// Value arrays: float32, float64, or 16-bit floats as their bits (uint16).
 template <class F>
 decltype(auto) with_storage(const py::array& a, const char* name, F&& f) {
-  if (has_dtype<float>(a)) return f(Tag<float>{});
-  if (has_dtype<double>(a)) return f(Tag<double>{});
-  if (has_dtype<std::uint16_t>(a)) return f(Tag<std::uint16_t>{});
-  throw py::type_error(std::string(name) +
-                       ": expected float32, float64 or uint16 (16-bit float "
-                       "bits), got " +
-                       std::string(py::str(a.dtype())));
+  return with_dtype<float, double, std::uint16_t>(a, name, f);
 }
 
-// Calls f(Tag<I>{}) for the dtype of an index array.
+// Index arrays.
 template <class F>
 decltype(auto) with_index(const py::array& a, const char* name, F&& f) {
-  if (has_dtype<std::int32_t>(a)) return f(Tag<std::int32_t>{});
-  if (has_dtype<std::int64_t>(a)) return f(Tag<std::int64_t>{});
-  throw py::type_error(std::string(name) + ": expected int32 or int64, got " +
-                       std::string(py::str(a.dtype())));
+  return with_dtype<std::int32_t, std::int64_t>(a, name, f);
+}
+
+// Calls f(Tag<S>{}, Tag<I>{}) for the storage type of `values` and the type of `index`.
+template <class F>
+decltype(auto) with_storage_index(const py::array& values, const char* values_name,
+                                  const py::array& index, const char* index_name, F&& f) {
+  return with_storage(values, values_name, [&](auto s) {
+    return with_index(index, index_name, [&](auto i) { return f(s, i); });
+  });
 }
 
 // Calls f(Tag<Codec>{}) for a value kind named by the Python layer.
@@ -55,6 +51,13 @@ decltype(auto) with_codec(const std::string& kind, F&& f) {
   if (kind == "float16") return f(Tag<fmt::Float16>{});
   if (kind == "bfloat16") return f(Tag<fmt::BFloat16>{});
   throw std::invalid_argument("kind: expected float16, bfloat16, float32 or float64, got " + kind);
+}
+
+// Calls f(Tag<Codec>{}, Tag<I>{}) for a value kind and the type of `index`.
+template <class F>
+void with_codec_index(const std::string& kind, const py::array& index, const char* index_name,
+                      F&& f) {
+  with_codec(kind, [&](auto c) { with_index(index, index_name, [&](auto i) { f(c, i); }); });
 }
 
 // Throws std::invalid_argument(message) when !ok; the message is built only on failure.
@@ -87,55 +90,41 @@ py::array_t<std::int64_t> row_nonzeros(const py::array& x) {
   });
 }
 
-// The indptr, checked against the length of the arrays it indexes (an internal call only ever
-// passes a valid one; this keeps a wrong one from reaching memory).
+// The indptr (rows + 1 entries), checked against the length of the arrays it indexes (an
+// internal call only ever passes a valid one; this keeps a wrong one from reaching memory).
 template <class I>
 const I* valid_indptr(const py::array& indptr, Index rows, py::ssize_t nnz) {
   const I* p = vector<I>(indptr, "indptr", rows + 1);
-  require(p[0] == 0 && p[rows] == nnz, "indptr: does not match the number of stored entries");
-  bool ascending = true;
-  for (Index i = 0; i < rows; ++i) ascending &= p[i] <= p[i + 1];
-  require(ascending, "indptr: must be non-decreasing");
+  fmt::check_indptr(p, rows, nnz);
   return p;
 }
 
 void dense_to_csr(const py::array& x, const py::array& indptr, py::array& indices,
                   py::array& data) {
-  with_storage(x, "x", [&](auto s) {
+  with_storage_index(x, "x", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      const auto xv = matrix<S>(x, "x");
-      const I* p = valid_indptr<I>(indptr, xv.rows, length(data));
-      I* idx = out_vector<I>(indices, "indices", p[xv.rows]);
-      S* d = out_vector<S>(data, "data", p[xv.rows]);
-      py::gil_scoped_release release;
-      fmt::dense_to_csr<S, I>(xv, p, idx, d);
-    });
+    using I = typename decltype(i)::type;
+    const auto xv = matrix<S>(x, "x");
+    const I* p = valid_indptr<I>(indptr, xv.rows, length(data));
+    I* idx = out_vector<I>(indices, "indices", p[xv.rows]);
+    S* d = out_vector<S>(data, "data", p[xv.rows]);
+    py::gil_scoped_release release;
+    fmt::dense_to_csr<S, I>(xv, p, idx, d);
   });
-}
-
-template <class I>
-void require_columns_in_range(const I* indices, Index nnz, Index cols) {
-  bool ok = true;
-  for (Index k = 0; k < nnz; ++k) ok &= indices[k] >= 0 && indices[k] < cols;
-  require(ok, "indices: column index out of range");
 }
 
 void csr_to_dense(const py::array& indptr, const py::array& indices, const py::array& data,
                   py::array& out) {
-  with_storage(data, "data", [&](auto s) {
+  with_storage_index(data, "data", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      auto ov = mutable_matrix<S>(out, "out");
-      const I* p = valid_indptr<I>(indptr, ov.rows, length(data));
-      const I* idx = vector<I>(indices, "indices", p[ov.rows]);
-      const S* d = vector<S>(data, "data");
-      py::gil_scoped_release release;
-      require_columns_in_range(idx, p[ov.rows], ov.cols);
-      fmt::csr_to_dense<S, I>(p, idx, d, ov);
-    });
+    using I = typename decltype(i)::type;
+    auto ov = mutable_matrix<S>(out, "out");
+    const I* p = valid_indptr<I>(indptr, ov.rows, length(data));
+    const I* idx = vector<I>(indices, "indices", p[ov.rows]);
+    const S* d = vector<S>(data, "data");
+    py::gil_scoped_release release;
+    fmt::check_columns(idx, p[ov.rows], ov.cols);
+    fmt::csr_to_dense<S, I>(p, idx, d, ov);
   });
 }
 
@@ -209,81 +198,73 @@ py::array_t<std::int64_t> block_row_nonzeros(const py::array& x, Index h, Index 
 
 void dense_to_bsr(const py::array& x, Index h, Index w, const py::array& indptr, py::array& indices,
                   py::array& blocks) {
-  with_storage(x, "x", [&](auto s) {
+  with_storage_index(x, "x", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      const auto xv = matrix<S>(x, "x");
-      require_blocks(xv.rows, xv.cols, h, w);
-      const I* p = valid_indptr<I>(indptr, xv.rows / h, length(indices));
-      I* idx = out_vector<I>(indices, "indices", p[xv.rows / h]);
-      S* b = out_vector<S>(blocks, "blocks", p[xv.rows / h] * h * w);
-      py::gil_scoped_release release;
-      fmt::dense_to_bsr<S, I>(xv, h, w, p, idx, b);
-    });
+    using I = typename decltype(i)::type;
+    const auto xv = matrix<S>(x, "x");
+    require_blocks(xv.rows, xv.cols, h, w);
+    const I* p = valid_indptr<I>(indptr, xv.rows / h, length(indices));
+    I* idx = out_vector<I>(indices, "indices", p[xv.rows / h]);
+    S* b = out_vector<S>(blocks, "blocks", p[xv.rows / h] * h * w);
+    py::gil_scoped_release release;
+    fmt::dense_to_bsr<S, I>(xv, h, w, p, idx, b);
   });
 }
 
 void bsr_to_dense(const py::array& indptr, const py::array& indices, const py::array& blocks,
                   Index h, Index w, py::array& out) {
-  with_storage(blocks, "blocks", [&](auto s) {
+  with_storage_index(blocks, "blocks", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      auto ov = mutable_matrix<S>(out, "out");
-      require_blocks(ov.rows, ov.cols, h, w);
-      const I* p = valid_indptr<I>(indptr, ov.rows / h, length(indices));
-      const I* idx = vector<I>(indices, "indices");
-      const S* b = vector<S>(blocks, "blocks", p[ov.rows / h] * h * w);
-      py::gil_scoped_release release;
-      require_columns_in_range(idx, p[ov.rows / h], ov.cols / w);
-      fmt::bsr_to_dense<S, I>(p, idx, b, h, w, ov);
-    });
+    using I = typename decltype(i)::type;
+    auto ov = mutable_matrix<S>(out, "out");
+    require_blocks(ov.rows, ov.cols, h, w);
+    const I* p = valid_indptr<I>(indptr, ov.rows / h, length(indices));
+    const I* idx = vector<I>(indices, "indices");
+    const S* b = vector<S>(blocks, "blocks", p[ov.rows / h] * h * w);
+    py::gil_scoped_release release;
+    fmt::check_columns(idx, p[ov.rows / h], ov.cols / w);
+    fmt::bsr_to_dense<S, I>(p, idx, b, h, w, ov);
   });
 }
 
 py::array_t<std::int64_t> bsr_row_nonzeros(const py::array& indptr, const py::array& blocks,
                                            Index h, Index w) {
-  return with_storage(blocks, "blocks", [&](auto s) {
+  return with_storage_index(blocks, "blocks", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    return with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      require(h >= 1 && w >= 1, "block: must be positive");
-      const Index block_rows = length(indptr) - 1;
-      require(block_rows >= 0, "indptr: expected a 1-D array");
-      const I* p = valid_indptr<I>(indptr, block_rows, length(blocks) / (h * w));
-      const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
-      auto counts = new_counts(block_rows * h);
-      std::int64_t* c = counts.mutable_data();
-      py::gil_scoped_release release;
-      fmt::count_bsr_row_nonzeros<S, I>(p, b, block_rows, h, w, c);
-      return counts;
-    });
+    using I = typename decltype(i)::type;
+    require(h >= 1 && w >= 1, "block: must be positive");
+    const Index block_rows = length(indptr) - 1;
+    require(block_rows >= 0, "indptr: expected a 1-D array");
+    const I* p = valid_indptr<I>(indptr, block_rows, length(blocks) / (h * w));
+    const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
+    auto counts = new_counts(block_rows * h);
+    std::int64_t* c = counts.mutable_data();
+    py::gil_scoped_release release;
+    fmt::count_bsr_row_nonzeros<S, I>(p, b, block_rows, h, w, c);
+    return counts;
   });
 }
 
 void bsr_to_csr(const py::array& indptr, const py::array& indices, const py::array& blocks, Index h,
                 Index w, Index cols, const py::array& csr_indptr, py::array& csr_indices,
                 py::array& csr_data) {
-  with_storage(blocks, "blocks", [&](auto s) {
+  with_storage_index(blocks, "blocks", indptr, "indptr", [&](auto s, auto i) {
     using S = typename decltype(s)::type;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      with_index(csr_indptr, "csr_indptr", [&](auto j) {
-        using J = typename decltype(j)::type;
-        require(h >= 1 && w >= 1, "block: must be positive");
-        const Index block_rows = length(indptr) - 1;
-        require(block_rows >= 0, "indptr: expected a 1-D array");
-        const I* p = valid_indptr<I>(indptr, block_rows, length(indices));
-        const I* idx = vector<I>(indices, "indices");
-        const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
-        const J* cp = valid_indptr<J>(csr_indptr, block_rows * h, length(csr_indices));
-        J* ci = out_vector<J>(csr_indices, "csr_indices", cp[block_rows * h]);
-        S* cd = out_vector<S>(csr_data, "csr_data", cp[block_rows * h]);
-        py::gil_scoped_release release;
-        require_columns_in_range(idx, p[block_rows], cols / w);
-        fmt::bsr_to_csr<S, I, J>(p, idx, b, block_rows, h, w, cp, ci, cd);
-      });
+    using I = typename decltype(i)::type;
+    with_index(csr_indptr, "csr_indptr", [&](auto j) {
+      using J = typename decltype(j)::type;
+      require(h >= 1 && w >= 1, "block: must be positive");
+      const Index block_rows = length(indptr) - 1;
+      require(block_rows >= 0, "indptr: expected a 1-D array");
+      const I* p = valid_indptr<I>(indptr, block_rows, length(indices));
+      const I* idx = vector<I>(indices, "indices");
+      const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
+      const J* cp = valid_indptr<J>(csr_indptr, block_rows * h, length(csr_indices));
+      J* ci = out_vector<J>(csr_indices, "csr_indices", cp[block_rows * h]);
+      S* cd = out_vector<S>(csr_data, "csr_data", cp[block_rows * h]);
+      py::gil_scoped_release release;
+      fmt::check_columns(idx, p[block_rows], cols / w);
+      fmt::bsr_to_csr<S, I, J>(p, idx, b, block_rows, h, w, cp, ci, cd);
     });
   });
 }
@@ -295,10 +276,6 @@ void require_nm(Index cols, int n, int m) {
   require(n >= 1 && n <= m && cols % m == 0, "n, m: need 1 <= n <= m and m dividing cols");
 }
 
-Index packed_bytes(Index cols, int n, int m) {
-  return (cols / m * n * fmt::nm_index_bits(m) + 7) / 8;
-}
-
 std::int64_t dense_to_nm(const py::array& x, int n, int m, py::array& values, py::array& packed) {
   return with_storage(x, "x", [&](auto s) {
     using S = typename decltype(s)::type;
@@ -307,7 +284,8 @@ std::int64_t dense_to_nm(const py::array& x, int n, int m, py::array& values, py
     auto vv = mutable_matrix<S>(values, "values");
     auto pv = mutable_matrix<std::uint8_t>(packed, "indices");
     require(vv.rows == xv.rows && vv.cols == xv.cols / m * n, "values: wrong shape");
-    require(pv.rows == xv.rows && pv.cols == packed_bytes(xv.cols, n, m), "indices: wrong shape");
+    require(pv.rows == xv.rows && pv.cols == fmt::nm_row_bytes(xv.cols, n, m),
+            "indices: wrong shape");
     py::gil_scoped_release release;
     return fmt::dense_to_nm<S>(xv, n, m, vv, pv);
   });
@@ -316,7 +294,7 @@ std::int64_t dense_to_nm(const py::array& x, int n, int m, py::array& values, py
 std::int64_t check_nm(const py::array& packed, Index cols, int n, int m) {
   const auto pv = matrix<std::uint8_t>(packed, "indices");
   require_nm(cols, n, m);
-  require(pv.cols == packed_bytes(cols, n, m), "indices: wrong shape");
+  require(pv.cols == fmt::nm_row_bytes(cols, n, m), "indices: wrong shape");
   py::gil_scoped_release release;
   return fmt::check_nm(pv, cols, n, m);
 }
@@ -329,7 +307,8 @@ void nm_to_dense(const py::array& values, const py::array& packed, int n, int m,
     auto ov = mutable_matrix<S>(out, "out");
     require_nm(ov.cols, n, m);
     require(vv.rows == ov.rows && vv.cols == ov.cols / m * n, "values: wrong shape");
-    require(pv.rows == ov.rows && pv.cols == packed_bytes(ov.cols, n, m), "indices: wrong shape");
+    require(pv.rows == ov.rows && pv.cols == fmt::nm_row_bytes(ov.cols, n, m),
+            "indices: wrong shape");
     py::gil_scoped_release release;
     fmt::nm_to_dense<S>(vv, pv, n, m, ov);
   });
@@ -339,7 +318,7 @@ void nm_to_dense(const py::array& values, const py::array& packed, int n, int m,
 
 py::tuple bitmask_row_counts(const py::array& mask, Index cols) {
   const auto mv = matrix<std::uint8_t>(mask, "mask");
-  require(mv.cols == (cols + 7) / 8, "mask: wrong number of bytes per row");
+  require(mv.cols == fmt::bitmask_row_bytes(cols), "mask: wrong number of bytes per row");
   auto counts = new_counts(mv.rows);
   std::int64_t* c = counts.mutable_data();
   std::int64_t bad;
@@ -354,11 +333,7 @@ py::tuple bitmask_row_counts(const py::array& mask, Index cols) {
 const std::int64_t* valid_offsets(const py::array& offsets, ConstMatrixView<std::uint8_t> mask,
                                   py::ssize_t nnz) {
   const std::int64_t* o = valid_indptr<std::int64_t>(offsets, mask.rows, nnz);
-  for (Index i = 0; i < mask.rows; ++i) {
-    std::int64_t c = 0;
-    for (Index b = 0; b < mask.cols; ++b) c += __builtin_popcount(mask.row(i)[b]);
-    require(o[i + 1] - o[i] == c, "offsets: do not match the mask");
-  }
+  fmt::check_mask_counts(mask, o, "offsets: do not match the mask");
   return o;
 }
 
@@ -368,7 +343,7 @@ void dense_to_bitmask(const py::array& x, const py::array& offsets, py::array& m
     using S = typename decltype(s)::type;
     const auto xv = matrix<S>(x, "x");
     auto mv = mutable_matrix<std::uint8_t>(mask, "mask");
-    require(mv.rows == xv.rows && mv.cols == (xv.cols + 7) / 8, "mask: wrong shape");
+    require(mv.rows == xv.rows && mv.cols == fmt::bitmask_row_bytes(xv.cols), "mask: wrong shape");
     const std::int64_t* o = valid_indptr<std::int64_t>(offsets, xv.rows, length(data));
     S* d = out_vector<S>(data, "data", o[xv.rows]);
     py::gil_scoped_release release;
@@ -382,7 +357,7 @@ void bitmask_to_dense(const py::array& mask, const py::array& offsets, const py:
     using S = typename decltype(s)::type;
     const auto mv = matrix<std::uint8_t>(mask, "mask");
     auto ov = mutable_matrix<S>(out, "out");
-    require(mv.rows == ov.rows && mv.cols == (ov.cols + 7) / 8, "mask: wrong shape");
+    require(mv.rows == ov.rows && mv.cols == fmt::bitmask_row_bytes(ov.cols), "mask: wrong shape");
     const S* d = vector<S>(data, "data");
     const std::int64_t* o = valid_offsets(offsets, mv, length(data));
     py::gil_scoped_release release;
@@ -395,13 +370,9 @@ void bitmask_to_csr_indices(const py::array& mask, Index cols, const py::array& 
   with_index(indptr, "indptr", [&](auto i) {
     using I = typename decltype(i)::type;
     const auto mv = matrix<std::uint8_t>(mask, "mask");
-    require(mv.cols == (cols + 7) / 8, "mask: wrong number of bytes per row");
+    require(mv.cols == fmt::bitmask_row_bytes(cols), "mask: wrong number of bytes per row");
     const I* p = valid_indptr<I>(indptr, mv.rows, length(indices));
-    for (Index r = 0; r < mv.rows; ++r) {
-      std::int64_t c = 0;
-      for (Index b = 0; b < mv.cols; ++b) c += __builtin_popcount(mv.row(r)[b]);
-      require(p[r + 1] - p[r] == c, "indptr: does not match the mask");
-    }
+    fmt::check_mask_counts(mv, p, "indptr: does not match the mask");
     I* idx = out_vector<I>(indices, "indices", p[mv.rows]);
     py::gil_scoped_release release;
     fmt::bitmask_to_csr_indices<I>(mv, cols, p, idx);
@@ -415,7 +386,7 @@ void csr_to_bitmask(const py::array& indptr, const py::array& indices, py::array
     const I* p = valid_indptr<I>(indptr, mv.rows, length(indices));
     const I* idx = vector<I>(indices, "indices");
     py::gil_scoped_release release;
-    require_columns_in_range(idx, p[mv.rows], mv.cols * 8);
+    fmt::check_columns(idx, p[mv.rows], mv.cols * 8);
     fmt::csr_to_bitmask<I>(p, idx, mv.rows, mv);
   });
 }
@@ -435,44 +406,40 @@ std::pair<ConstMatrixView<C>, MatrixView<C>> matmul_operands(const py::array& x,
 
 void csr_matmul(const py::array& indptr, const py::array& indices, const py::array& data,
                 const std::string& kind, Index cols, const py::array& x, py::array& out) {
-  with_codec(kind, [&](auto c) {
+  with_codec_index(kind, indptr, "indptr", [&](auto c, auto i) {
     using V = typename decltype(c)::type;
     using S = typename V::Storage;
     using C = typename V::Compute;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      const Index rows = length(indptr) - 1;
-      require(rows >= 0, "indptr: expected a 1-D array");
-      auto [xv, yv] = matmul_operands<C>(x, out, rows, cols);
-      const I* p = valid_indptr<I>(indptr, rows, length(indices));
-      const I* idx = vector<I>(indices, "indices");
-      const S* d = vector<S>(data, "data", p[rows]);
-      py::gil_scoped_release release;
-      require(fmt::csr_matmul<V, I>(p, idx, d, xv, yv), "indices: column index out of range");
-    });
+    using I = typename decltype(i)::type;
+    const Index rows = length(indptr) - 1;
+    require(rows >= 0, "indptr: expected a 1-D array");
+    auto [xv, yv] = matmul_operands<C>(x, out, rows, cols);
+    const I* p = valid_indptr<I>(indptr, rows, length(indices));
+    const I* idx = vector<I>(indices, "indices");
+    const S* d = vector<S>(data, "data", p[rows]);
+    py::gil_scoped_release release;
+    require(fmt::csr_matmul<V, I>(p, idx, d, xv, yv), "indices: column index out of range");
   });
 }
 
 void bsr_matmul(const py::array& indptr, const py::array& indices, const py::array& blocks, Index h,
                 Index w, const std::string& kind, Index cols, const py::array& x, py::array& out) {
-  with_codec(kind, [&](auto c) {
+  with_codec_index(kind, indptr, "indptr", [&](auto c, auto i) {
     using V = typename decltype(c)::type;
     using S = typename V::Storage;
     using C = typename V::Compute;
-    with_index(indptr, "indptr", [&](auto i) {
-      using I = typename decltype(i)::type;
-      require(h >= 1 && w >= 1, "block: must be positive");
-      const Index block_rows = length(indptr) - 1;
-      require(block_rows >= 0, "indptr: expected a 1-D array");
-      require_blocks(block_rows * h, cols, h, w);
-      auto [xv, yv] = matmul_operands<C>(x, out, block_rows * h, cols);
-      const I* p = valid_indptr<I>(indptr, block_rows, length(indices));
-      const I* idx = vector<I>(indices, "indices");
-      const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
-      py::gil_scoped_release release;
-      require_columns_in_range(idx, p[block_rows], cols / w);
-      fmt::bsr_matmul<V, I>(p, idx, b, h, w, xv, yv);
-    });
+    using I = typename decltype(i)::type;
+    require(h >= 1 && w >= 1, "block: must be positive");
+    const Index block_rows = length(indptr) - 1;
+    require(block_rows >= 0, "indptr: expected a 1-D array");
+    require_blocks(block_rows * h, cols, h, w);
+    auto [xv, yv] = matmul_operands<C>(x, out, block_rows * h, cols);
+    const I* p = valid_indptr<I>(indptr, block_rows, length(indices));
+    const I* idx = vector<I>(indices, "indices");
+    const S* b = vector<S>(blocks, "blocks", p[block_rows] * h * w);
+    py::gil_scoped_release release;
+    fmt::check_columns(idx, p[block_rows], cols / w);
+    fmt::bsr_matmul<V, I>(p, idx, b, h, w, xv, yv);
   });
 }
 
@@ -487,7 +454,7 @@ void nm_matmul(const py::array& values, const py::array& packed, int n, int m,
     require_nm(cols, n, m);
     require(cols <= INT32_MAX, "cols: N:M matmul needs fewer than 2**31 columns");
     require(vv.cols == cols / m * n, "values: wrong shape");
-    require(pv.rows == vv.rows && pv.cols == packed_bytes(cols, n, m), "indices: wrong shape");
+    require(pv.rows == vv.rows && pv.cols == fmt::nm_row_bytes(cols, n, m), "indices: wrong shape");
     auto [xv, yv] = matmul_operands<C>(x, out, vv.rows, cols);
     py::gil_scoped_release release;
     // With m a power of two every packed position is < m; otherwise one could point past its
@@ -535,6 +502,8 @@ void register_formats(py::module_ m) {
         "First row with invalid packed positions, or -1.");
   m.def("nm_to_dense", &nm_to_dense, py::arg("values"), py::arg("indices"), py::arg("n"),
         py::arg("m"), py::arg("out"), "Write the dense matrix of an N:M matrix.");
+  m.def("bitmask_row_bytes", &fmt::bitmask_row_bytes, py::arg("cols"),
+        "Bytes of a bitmask row of `cols` bits.");
   m.def("bitmask_row_counts", &bitmask_row_counts, py::arg("mask"), py::arg("cols"),
         "(set bits per row, first row with padding bits set or -1).");
   m.def("dense_to_bitmask", &dense_to_bitmask, py::arg("x"), py::arg("offsets"), py::arg("mask"),

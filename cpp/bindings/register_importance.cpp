@@ -26,19 +26,10 @@ void require_same_shape(const py::array& a, const py::array& b, const char* name
   }
 }
 
-// Calls fn.template operator()<T>() with T the dtype of `a` (float32 or float64).
-template <class Fn>
-py::array by_dtype(const py::array& a, const char* name, Fn&& fn) {
-  if (has_dtype<float>(a)) return fn(float{});
-  if (has_dtype<double>(a)) return fn(double{});
-  throw py::type_error(std::string(name) + ": expected dtype float32 or float64, got " +
-                       std::string(py::str(a.dtype())));
-}
-
 py::array magnitude(const py::array& weight, const std::string& norm) {
   const auto n = parse_norm(norm);
-  return by_dtype(weight, "weight", [&](auto zero) -> py::array {
-    using T = decltype(zero);
+  return with_float(weight, "weight", [&](auto tag) -> py::array {
+    using T = typename decltype(tag)::type;
     const auto w = matrix<T>(weight, "weight");
     auto out = empty<T>({w.rows, w.cols});
     auto o = view_of(out);
@@ -51,8 +42,8 @@ py::array magnitude(const py::array& weight, const std::string& norm) {
 py::array block_norms(const py::array& weight, Index block_rows, Index block_cols,
                       const std::string& norm) {
   const auto n = parse_norm(norm);
-  return by_dtype(weight, "weight", [&](auto zero) -> py::array {
-    using T = decltype(zero);
+  return with_float(weight, "weight", [&](auto tag) -> py::array {
+    using T = typename decltype(tag)::type;
     const auto w = matrix<T>(weight, "weight");
     if (block_rows < 1 || block_cols < 1 || w.rows % block_rows != 0 || w.cols % block_cols != 0) {
       throw std::invalid_argument("block (" + std::to_string(block_rows) + ", " +
@@ -68,8 +59,8 @@ py::array block_norms(const py::array& weight, Index block_rows, Index block_col
 }
 
 py::array wanda(const py::array& weight, const py::array& act_sq) {
-  return by_dtype(weight, "weight", [&](auto zero) -> py::array {
-    using T = decltype(zero);
+  return with_float(weight, "weight", [&](auto tag) -> py::array {
+    using T = typename decltype(tag)::type;
     const auto w = matrix<T>(weight, "weight");
     const T* a = vector<T>(act_sq, "act_sq", w.cols);
     auto out = empty<T>({w.rows, w.cols});
@@ -81,8 +72,8 @@ py::array wanda(const py::array& weight, const py::array& act_sq) {
 }
 
 py::array taylor(const py::array& weight, const py::array& grad) {
-  return by_dtype(weight, "weight", [&](auto zero) -> py::array {
-    using T = decltype(zero);
+  return with_float(weight, "weight", [&](auto tag) -> py::array {
+    using T = typename decltype(tag)::type;
     const auto w = matrix<T>(weight, "weight");
     const auto g = matrix<T>(grad, "grad");
     require_same_shape(weight, grad, "weight", "grad");
@@ -95,8 +86,8 @@ py::array taylor(const py::array& weight, const py::array& grad) {
 }
 
 py::array taylor_channels(const py::array& weight, const py::array& grad, bool multivariable) {
-  return by_dtype(weight, "weight", [&](auto zero) -> py::array {
-    using T = decltype(zero);
+  return with_float(weight, "weight", [&](auto tag) -> py::array {
+    using T = typename decltype(tag)::type;
     const auto w = matrix<T>(weight, "weight");
     const auto g = matrix<T>(grad, "grad");
     require_same_shape(weight, grad, "weight", "grad");

@@ -23,8 +23,8 @@ void require_finite(bool finite, const std::string& name) {
 // Calls kernel(view, keep) with the GIL released on the scores' dtype, into a new mask.
 template <class Kernel>
 py::array_t<bool> new_mask(const py::array& scores, Kernel&& kernel) {
-  const auto run = [&](auto zero) {
-    using T = decltype(zero);
+  return with_float(scores, "scores", [&](auto tag) {
+    using T = typename decltype(tag)::type;
     const ConstMatrixView<T> view = matrix<T>(scores, "scores");
     py::array_t<bool> out = empty<bool>({view.rows, view.cols});
     const MatrixView<bool> keep = view_of(out);
@@ -35,11 +35,7 @@ py::array_t<bool> new_mask(const py::array& scores, Kernel&& kernel) {
     }
     require_finite(finite, "scores");
     return out;
-  };
-  if (has_dtype<float>(scores)) return run(float{});
-  if (has_dtype<double>(scores)) return run(double{});
-  throw py::type_error("scores: expected dtype float32 or float64, got " +
-                       std::string(py::str(scores.dtype())));
+  });
 }
 
 template <class T>
@@ -68,10 +64,9 @@ std::vector<py::array_t<bool>> smallest_overall_typed(const std::vector<py::arra
 std::vector<py::array_t<bool>> smallest_overall(const std::vector<py::array>& scores,
                                                 Index pruned) {
   if (scores.empty()) return {};
-  if (has_dtype<double>(scores[0])) {
-    return smallest_overall_typed<double>(scores, pruned);
-  }
-  return smallest_overall_typed<float>(scores, pruned);
+  return with_float(scores[0], "scores[0]", [&](auto tag) {
+    return smallest_overall_typed<typename decltype(tag)::type>(scores, pruned);
+  });
 }
 
 }  // namespace

@@ -42,14 +42,9 @@ void with_values(const py::array& values, const std::int64_t* offsets, Index row
   const Index total = offsets[rows];
   require(total >= 0 && values.ndim() == 1 && values.shape(0) == total + sl::kSlack,
           "values: expected offsets[-1] + " + std::to_string(sl::kSlack) + " elements");
-  if (has_dtype<float>(values)) {
-    f(vector<float>(values, "values"), total);
-  } else if (has_dtype<std::uint16_t>(values)) {
-    f(vector<std::uint16_t>(values, "values"), total);
-  } else {
-    throw py::type_error("values: expected float32 or uint16 (bfloat16 bits), got " +
-                         std::string(py::str(values.dtype())));
-  }
+  with_dtype<float, std::uint16_t>(values, "values", [&](auto tag) {
+    f(vector<typename decltype(tag)::type>(values, "values"), total);
+  });
 }
 
 std::int64_t check(const py::array& mask, const py::array& offsets, Index cols) {

@@ -3,6 +3,8 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <string>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define FASTPRUNE_X86 1
@@ -31,11 +33,25 @@ std::uint64_t xgetbv0() {
 
 bool bit(std::uint32_t reg, int b) { return ((reg >> b) & 1u) != 0; }
 
-void require(std::string& missing, bool have, const char* name) {
-  if (!have) {
+struct Feature {
+  bool present;
+  const char* name;
+};
+
+// `missing` followed by the names of the absent features, comma-separated.
+std::string absent(std::string missing, std::initializer_list<Feature> features) {
+  for (const Feature& f : features) {
+    if (f.present) continue;
     if (!missing.empty()) missing += ", ";
-    missing += name;
+    missing += f.name;
   }
+  return missing;
+}
+
+// A level is supported when nothing it needs is missing; `reason` says why it is.
+void settle(Level& level, const std::string& missing, const char* reason) {
+  level.supported = missing.empty();
+  level.reason = missing.empty() ? std::string(reason) : "missing " + missing;
 }
 #endif
 
@@ -55,37 +71,26 @@ std::vector<Level> detect_levels() {
   const bool os_ymm = (xcr0 & 0x6) == 0x6;    // XMM | YMM state
   const bool os_zmm = (xcr0 & 0xe6) == 0xe6;  // + opmask, ZMM_Hi256, Hi16_ZMM
 
-  std::string missing2;
-  require(missing2, bit(l1.ecx, 28), "AVX");
-  require(missing2, bit(l7.ebx, 5), "AVX2");
-  require(missing2, bit(l1.ecx, 12), "FMA");
-  require(missing2, bit(l1.ecx, 29), "F16C");
-  require(missing2, bit(l7.ebx, 3), "BMI1");
-  require(missing2, bit(l7.ebx, 8), "BMI2");
-  require(missing2, bit(e1.ecx, 5), "LZCNT");
-  require(missing2, bit(l1.ecx, 22), "MOVBE");
-  require(missing2, osxsave, "OSXSAVE");
-  require(missing2, os_ymm, "OS support for YMM state (XCR0)");
-  if (missing2.empty()) {
-    levels[1].supported = true;
-    levels[1].reason = "CPU has AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE and the OS saves YMM state";
-  } else {
-    levels[1].reason = "missing " + missing2;
-  }
-
-  std::string missing512 = missing2;
-  require(missing512, bit(l7.ebx, 16), "AVX512F");
-  require(missing512, bit(l7.ebx, 17), "AVX512DQ");
-  require(missing512, bit(l7.ebx, 28), "AVX512CD");
-  require(missing512, bit(l7.ebx, 30), "AVX512BW");
-  require(missing512, bit(l7.ebx, 31), "AVX512VL");
-  require(missing512, os_zmm, "OS support for ZMM and opmask state (XCR0)");
-  if (missing512.empty()) {
-    levels[0].supported = true;
-    levels[0].reason = "CPU has AVX-512 F/CD/BW/DQ/VL and the OS saves ZMM state";
-  } else {
-    levels[0].reason = "missing " + missing512;
-  }
+  const std::string missing2 = absent("", {{bit(l1.ecx, 28), "AVX"},
+                                           {bit(l7.ebx, 5), "AVX2"},
+                                           {bit(l1.ecx, 12), "FMA"},
+                                           {bit(l1.ecx, 29), "F16C"},
+                                           {bit(l7.ebx, 3), "BMI1"},
+                                           {bit(l7.ebx, 8), "BMI2"},
+                                           {bit(e1.ecx, 5), "LZCNT"},
+                                           {bit(l1.ecx, 22), "MOVBE"},
+                                           {osxsave, "OSXSAVE"},
+                                           {os_ymm, "OS support for YMM state (XCR0)"}});
+  settle(levels[1], missing2,
+         "CPU has AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE and the OS saves YMM state");
+  const std::string missing512 =
+      absent(missing2, {{bit(l7.ebx, 16), "AVX512F"},
+                        {bit(l7.ebx, 17), "AVX512DQ"},
+                        {bit(l7.ebx, 28), "AVX512CD"},
+                        {bit(l7.ebx, 30), "AVX512BW"},
+                        {bit(l7.ebx, 31), "AVX512VL"},
+                        {os_zmm, "OS support for ZMM and opmask state (XCR0)"}});
+  settle(levels[0], missing512, "CPU has AVX-512 F/CD/BW/DQ/VL and the OS saves ZMM state");
 #else
   levels[0].reason = "not an x86-64 CPU";
   levels[1].reason = "not an x86-64 CPU";

@@ -344,7 +344,7 @@ void syrk_lower(bool a_t_a, T alpha, ConstMatrixView<T> a, T beta, MatrixView<T>
   check_syrk_shapes(a_t_a, a, c);
   const Index n = c.rows, k = a_t_a ? a.rows : a.cols;
   if (lanes_pay(n, k, routines<T>().syrk != nullptr)) {
-    Scratch<T> second(static_cast<std::size_t>(n * n));
+    CachedBuffer<T> second(static_cast<std::size_t>(n * n));
     const MatrixView<T> other{second.data(), n, n, n};
     syrk_halves(a_t_a, alpha, a, beta, c, other);
     add_lower(c, read_only(other), static_cast<const T*>(nullptr));
@@ -371,7 +371,7 @@ bool syrk_lower_add_split_if_finite(bool a_t_a, T alpha, ConstMatrixView<T> a, M
   check_syrk_shapes(a_t_a, a, c);
   const Index n = c.rows, k = a_t_a ? a.rows : a.cols;
   if (!lanes_pay(n, k, routines<T>().syrk != nullptr)) return false;
-  Scratch<T> buffers(static_cast<std::size_t>(2 * n * n));
+  CachedBuffer<T> buffers(static_cast<std::size_t>(2 * n * n));
   const MatrixView<T> first{buffers.data(), n, n, n}, second{buffers.data() + n * n, n, n, n};
   syrk_halves(a_t_a, alpha, a, T(0), first, second);
   for (Index i = 0; i < n; ++i) {

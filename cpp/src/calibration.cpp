@@ -241,7 +241,7 @@ bool add_gram_lower_widened(MatrixView<float> gram, ConstMatrixView<std::uint16_
   // Several chunks: all of x is checked before anything is added. A single chunk is checked as
   // it is widened.
   if (chunk < x.rows && !halves_finite(tokens, brain)) return false;
-  Scratch<float> buffer(static_cast<std::size_t>(chunk * x.cols));
+  CachedBuffer<float> buffer(static_cast<std::size_t>(chunk * x.cols));
   for (Index t0 = 0; t0 < x.rows; t0 += chunk) {
     const Index n = std::min(chunk, x.rows - t0);
     const MatrixView<float> widened{buffer.data(), n, x.cols, x.cols};

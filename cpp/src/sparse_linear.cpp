@@ -345,7 +345,7 @@ bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, co
     const Index tiles = (rows + kTileRows - 1) / kTileRows;
     const int threads = static_cast<int>(
         std::min<Index>(tiles, threads_for(static_cast<double>(rows * cols * k), 1 << 20)));
-    Scratch<float> scratch(static_cast<std::size_t>(threads * kTileRows * cols));
+    CachedBuffer<float> scratch(static_cast<std::size_t>(threads * kTileRows * cols));
 #pragma omp parallel num_threads(threads) reduction(&& : ok)
     {
       float* tile = scratch.data() + omp_get_thread_num() * kTileRows * cols;

@@ -8,11 +8,15 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "fastprune/formats.hpp"
 #include "fastprune/masks.hpp"
 #include "fastprune/order_key.hpp"
+#include "fastprune/simd.hpp"
+#include "fastprune/sparsegpt.hpp"
 
 namespace {
 
@@ -163,6 +167,165 @@ void test_csr_round_trip(std::mt19937& rng) {
   check(differ == 0, "CSR round trip is exact", differ);
 }
 
+// Whether f() throws std::invalid_argument whose message starts with `prefix`.
+template <class F>
+bool throws(F&& f, const std::string& prefix) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return std::string(e.what()).rfind(prefix, 0) == 0;
+  }
+  return false;
+}
+
+void test_index_checks() {
+  namespace fmt = fastprune::formats;
+  const std::int32_t good[] = {0, 2, 2, 5};
+  const std::int32_t falling[] = {0, 3, 2, 5};
+  check(!throws([&] { fmt::check_indptr(good, 3, 5); }, ""), "check_indptr accepts", 0);
+  check(throws([&] { fmt::check_indptr(good, 3, 4); }, "indptr: does not match"),
+        "check_indptr: wrong end", 0);
+  check(throws([&] { fmt::check_indptr(falling, 3, 5); }, "indptr: must be non-decreasing"),
+        "check_indptr: decreasing", 0);
+  const std::int64_t columns[] = {0, 6, 3, -1};
+  check(!throws([&] { fmt::check_columns(columns, 3, 7); }, ""), "check_columns accepts", 0);
+  check(throws([&] { fmt::check_columns(columns, 3, 6); }, "indices: column index out of range"),
+        "check_columns: too large", 0);
+  check(throws([&] { fmt::check_columns(columns, 4, 7); }, "indices: column index out of range"),
+        "check_columns: negative", 0);
+  // two rows of 10 bits: 3 set, then 9 set
+  const std::uint8_t mask[] = {0b10100000, 0b01000000, 0xff, 0b10000000};
+  const fastprune::ConstMatrixView<std::uint8_t> m{mask, 2, 2, 2};
+  const std::int64_t offsets[] = {0, 3, 12};
+  const std::int64_t wrong[] = {0, 4, 12};
+  check(!throws([&] { fmt::check_mask_counts(m, offsets, "x"); }, ""), "mask counts accepted", 0);
+  check(throws([&] { fmt::check_mask_counts(m, wrong, "offsets: do not match the mask"); },
+               "offsets: do not match the mask"),
+        "mask counts refused", 0);
+  check(fmt::bitmask_row_bytes(0) == 0 && fmt::bitmask_row_bytes(1) == 1 &&
+            fmt::bitmask_row_bytes(8) == 1 && fmt::bitmask_row_bytes(9) == 2,
+        "bitmask_row_bytes", 0);
+}
+
+void test_transpose8(std::mt19937& rng) {
+  std::uniform_real_distribution<float> value(-1.0f, 1.0f);
+  std::vector<float> src(8 * 11), dst(8 * 13, 0.0f);
+  for (auto& x : src) x = value(rng);
+  src[3] = 0.0f;
+  fastprune::simd::transpose8(src.data(), 11, dst.data(), 13);
+  std::vector<char> bytes(8 * 9, 2);
+  fastprune::simd::transpose8_mask(src.data(), 11, reinterpret_cast<bool*>(bytes.data()), 9);
+  long long wrong = 0;
+  for (int i = 0; i < 8; ++i) {
+    for (int k = 0; k < 8; ++k) {
+      wrong += dst[k * 13 + i] != src[i * 11 + k];
+      wrong += bytes[i * 9 + k] != static_cast<char>(src[k * 11 + i] != 0.0f);
+    }
+  }
+  check(wrong == 0, "8x8 transposes", wrong);
+}
+
+// 2/N X^T X of N random tokens (rank-deficient when N < c), the listed columns dead.
+std::vector<double> gram(std::mt19937& rng, int c, int tokens, const std::vector<int>& dead) {
+  std::normal_distribution<double> normal;
+  std::vector<double> x(static_cast<std::size_t>(tokens * c));
+  for (auto& v : x) v = normal(rng);
+  for (const int j : dead) {
+    for (int t = 0; t < tokens; ++t) x[static_cast<std::size_t>(t * c + j)] = 0.0;
+  }
+  std::vector<double> h(static_cast<std::size_t>(c * c), 0.0);
+  for (int i = 0; i < c; ++i) {
+    for (int j = 0; j < c; ++j) {
+      double s = 0.0;
+      for (int t = 0; t < tokens; ++t) s += x[t * c + i] * x[t * c + j];
+      h[static_cast<std::size_t>(i * c + j)] = 2.0 * s / tokens;
+    }
+  }
+  return h;
+}
+
+void test_damping(std::mt19937& rng) {
+  namespace sg = fastprune::sparsegpt;
+  const int c = 24;
+  for (const int tokens : {60, 6}) {  // full rank, then escalated damping
+    const std::vector<double> h = gram(rng, c, tokens, {3, 11});
+    const fastprune::ConstMatrixView<double> hv{h.data(), c, c, c};
+    std::vector<double> t(h.size()), damped(h.size());
+    std::unique_ptr<bool[]> dead(new bool[c]);
+    const double used =
+        sg::hessian_factor(hv, tokens == 6 ? 0.0 : 0.01, 6, {t.data(), c, c, c}, dead.get());
+    const double shift = sg::damped_hessian(hv, dead.get(), used, {damped.data(), c, c, c});
+    // the rule written out: dead diagonal entries 1, then damp * their mean on the diagonal
+    double mean = 0.0;
+    for (int j = 0; j < c; ++j) mean += h[j * c + j] == 0.0 ? 1.0 : h[j * c + j];
+    mean /= c;
+    check(dead[3] && dead[11] && !dead[0], "dead columns marked", tokens);
+    check(std::abs(shift - used * mean) <= 1e-14 * used * mean, "damping shift", tokens);
+    check(tokens != 6 || used > 0.0, "escalated damping", tokens);
+    double worst = 0.0, largest = 0.0;
+    for (int i = 0; i < c; ++i) {
+      for (int j = 0; j < c; ++j) {
+        double expected = h[i * c + j];
+        if (i == j) expected = (h[i * c + i] == 0.0 ? 1.0 : expected) + used * mean;
+        worst = std::max(worst, std::abs(damped[i * c + j] - expected));
+        double tt = 0.0;  // (T T^T)_ij: the factor is of the damped matrix
+        for (int k = 0; k < c; ++k) tt += t[i * c + k] * t[j * c + k];
+        worst = std::max(worst, std::abs(tt - expected));
+        largest = std::max(largest, std::abs(expected));
+      }
+    }
+    check(worst <= 1e-12 * largest, "damped Hessian is T T^T", tokens);
+  }
+}
+
+// solve() from U, from T and in place agree; dead columns come back pruned.
+void test_solve_routes(std::mt19937& rng) {
+  namespace sg = fastprune::sparsegpt;
+  const int rows = 19, c = 48;
+  const std::vector<double> h = gram(rng, c, 120, {5});
+  std::normal_distribution<double> normal;
+  std::vector<double> w(static_cast<std::size_t>(rows * c));
+  for (auto& v : w) v = normal(rng);
+  const fastprune::ConstMatrixView<double> wv{w.data(), rows, c, c};
+  sg::Source<double> source;
+  source.hessian = {h.data(), c, c, c};
+  source.damp = 0.01;
+  source.max_tries = 6;
+  const sg::Options options{0.5, 0, 0, 16};
+  std::vector<std::vector<double>> outs;
+  std::vector<std::unique_ptr<bool[]>> masks;
+  for (const auto route : {sg::Route::from_u, sg::Route::from_t, sg::Route::automatic}) {
+    outs.emplace_back(w.size());
+    masks.emplace_back(new bool[w.size()]);
+    const bool in_place = route == sg::Route::automatic;
+    if (in_place) outs.back() = w;
+    const fastprune::MatrixView<double> out{outs.back().data(), rows, c, c};
+    const fastprune::ConstMatrixView<double> from =
+        in_place ? fastprune::ConstMatrixView<double>{out.data, rows, c, c} : wv;
+    sg::solve(from, source, options, route, {}, out, {masks.back().get(), rows, c, c}, true);
+  }
+  long long differ = 0, dead_kept = 0;
+  double worst = 0.0;
+  for (std::size_t k = 0; k < w.size(); ++k) {
+    differ += masks[0][k] != masks[1][k] || masks[0][k] != masks[2][k];
+    worst = std::max({worst, std::abs(outs[0][k] - outs[1][k]), std::abs(outs[0][k] - outs[2][k])});
+    dead_kept += k % c == 5 && (masks[0][k] || outs[0][k] != 0.0);
+  }
+  check(differ == 0, "solve routes choose the same mask", differ);
+  check(worst <= 1e-9, "solve routes give the same weights", static_cast<long long>(worst * 1e12));
+  check(dead_kept == 0, "dead columns pruned and zero", dead_kept);
+  // a NaN in the weight: found on either route when asked, and nothing pruned
+  w[7 * c + 30] = std::numeric_limits<double>::quiet_NaN();
+  for (const auto route : {sg::Route::from_u, sg::Route::from_t}) {
+    std::vector<double> out(w.size(), 3.0);
+    std::unique_ptr<bool[]> mask(new bool[w.size()]);
+    const auto outcome = sg::solve(wv, source, options, route, {}, {out.data(), rows, c, c},
+                                   {mask.get(), rows, c, c}, true);
+    check(!outcome.weight_finite && outcome.loss == 0.0, "a NaN weight is refused",
+          static_cast<long long>(route));
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -172,6 +335,10 @@ int main() {
   test_prune_smallest(rng);
   test_n_of_m(rng);
   test_csr_round_trip(rng);
+  test_index_checks();
+  test_transpose8(rng);
+  test_damping(rng);
+  test_solve_routes(rng);
   if (failures != 0) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return EXIT_FAILURE;

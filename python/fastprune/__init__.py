@@ -28,8 +28,8 @@ from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
 from .io import load, save
 from .masks import NM, Block, Column, Pattern, Row, Unstructured, apply_mask, mask, pattern
 from .pruners import magnitude_prune, wanda
+from .solver import HessianFactor, sparsegpt, sparsegpt_factor
 from .sparse import PackedLinear
-from .sparsegpt import HessianFactor, sparsegpt, sparsegpt_factor
 
 
 def info() -> dict[str, object]:
@@ -44,7 +44,7 @@ def info() -> dict[str, object]:
     built).
     """
     build = _core.build_info()
-    held, limit = _core.scratch_cache()
+    held, limit = _core.memory_cache()
     return {
         "version": __version__,
         "isa": _core.ISA,
@@ -96,12 +96,12 @@ def set_memory_cache_limit(nbytes: int) -> None:
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
         msg = f"nbytes: expected an int >= 0, got {nbytes!r}"
         raise ValueError(msg)
-    _core.set_scratch_cache_limit(min(nbytes, 2**63))
+    _core.set_memory_cache_limit(min(nbytes, 2**63))
 
 
 def release_memory() -> None:
     """Free the working memory kept for later calls (see :func:`set_memory_cache_limit`)."""
-    _core.release_scratch_cache()
+    _core.release_memory_cache()
 
 
 def __getattr__(name: str) -> object:

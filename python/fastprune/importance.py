@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import FloatArray, check_finite, float_dtype, rows_contiguous, to_numpy
-from .sparsegpt import saliency as sparsegpt
+from .solver import saliency as sparsegpt
 
 __all__ = [
     "NORMALIZERS",

@@ -61,8 +61,8 @@ bool add_gram_lower_if_finite(MatrixView<T> gram, const TokenMatrix<T>& x);
 // add_gram_lower of x (tokens x features, 16-bit floats as their bits: float16, or bfloat16
 // when `brain`) widened exactly to float32, when every element of x is finite; otherwise gram is
 // left as it was and the result is false. x is widened a bounded chunk of tokens at a time into
-// scratch memory that is reused between calls; a batch of one chunk is checked as it is widened,
-// a longer one is scanned first.
+// memory-cache memory that is reused between calls; a batch of one chunk is checked as it is
+// widened, a longer one is scanned first.
 bool add_gram_lower_widened(MatrixView<float> gram, ConstMatrixView<std::uint16_t> x, bool brain);
 
 // out = scale * (L + Lᵀ - diag(L)) with L the lower triangle of gram: the full symmetric

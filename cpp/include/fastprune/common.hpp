@@ -58,7 +58,7 @@ int get_num_threads();
 // on one thread, where starting a team would cost more than it saves.
 int threads_for(double work, double grain = 1 << 16);
 
-// --- scratch memory -----------------------------------------------------------------------
+// --- the memory cache -----------------------------------------------------------------------
 // Uninitialised working memory for the large temporary arrays of a kernel (every element is
 // written before it is read). Blocks of 2 MB and more are aligned to 2 MB and offered to the
 // kernel for transparent huge pages: first touching them then costs a fault per 2 MB rather than
@@ -69,40 +69,40 @@ int threads_for(double work, double grain = 1 << 16);
 // of at least half their size: a model's layers repeat a few shapes, and memory fresh from the
 // system costs a page fault per page on first touch (tens of milliseconds for the buffers of one
 // large solve, and on shared machines often far more).
-// A block of at least the bytes asked for; `bytes` is its whole size, which free_scratch takes.
-struct ScratchBlock {
+// A block of at least the bytes asked for; `bytes` is its whole size, which free_cached takes.
+struct CachedBlock {
   void* data;
   std::size_t bytes;
 };
-ScratchBlock allocate_scratch(std::size_t bytes);
-void free_scratch(ScratchBlock block) noexcept;
+CachedBlock allocate_cached(std::size_t bytes);
+void free_cached(CachedBlock block) noexcept;
 
-constexpr std::size_t kDefaultScratchCacheLimit = std::size_t(1) << 30;
+constexpr std::size_t kDefaultMemoryCacheLimit = std::size_t(1) << 30;
 // Sets the most bytes of freed blocks kept (0 keeps none), freeing the oldest beyond it.
-void set_scratch_cache_limit(std::size_t bytes);
+void set_memory_cache_limit(std::size_t bytes);
 // Frees every kept block (the limit stays).
-void release_scratch_cache();
-struct ScratchCache {
+void release_memory_cache();
+struct MemoryCacheUse {
   std::size_t held;
   std::size_t limit;
 };
-ScratchCache scratch_cache();
+MemoryCacheUse memory_cache();
 
 template <class T>
-class Scratch {
+class CachedBuffer {
   static_assert(std::is_trivially_default_constructible_v<T> &&
                 std::is_trivially_destructible_v<T>);
 
  public:
-  explicit Scratch(std::size_t size) : block_(allocate_scratch(size * sizeof(T))) {}
-  ~Scratch() { free_scratch(block_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
+  explicit CachedBuffer(std::size_t size) : block_(allocate_cached(size * sizeof(T))) {}
+  ~CachedBuffer() { free_cached(block_); }
+  CachedBuffer(const CachedBuffer&) = delete;
+  CachedBuffer& operator=(const CachedBuffer&) = delete;
 
   T* data() const { return static_cast<T*>(block_.data); }
 
  private:
-  ScratchBlock block_;
+  CachedBlock block_;
 };
 
 }  // namespace fastprune

@@ -149,6 +149,11 @@ void bsr_to_csr(const I* indptr, const I* indices, const S* blocks, Index block_
 // Bits used per in-group position for groups of m (1 <= m <= 256).
 int nm_index_bits(int m);
 
+// Bytes of a packed row of positions: cols / m groups of n positions of nm_index_bits(m) bits.
+inline Index nm_row_bytes(Index cols, int n, int m) {
+  return (cols / m * n * nm_index_bits(m) + 7) / 8;
+}
+
 // Compresses x (every group of m holding at most n non-zeros; a group with fewer is padded
 // with explicit zeros at its lowest free positions). Returns -1, or the flat index
 // (row * groups_per_row + group) of the first group holding more than n non-zeros, in which
@@ -167,6 +172,9 @@ void nm_to_dense(ConstMatrixView<S> values, ConstMatrixView<std::uint8_t> packed
                  MatrixView<S> out);
 
 // --- Bitmask (mask row i = np.packbits(x[i] != 0): MSB first, padding bits zero) ----------
+
+// Bytes of a mask row of `cols` bits (the last one padded with zero bits).
+inline Index bitmask_row_bytes(Index cols) { return (cols + 7) / 8; }
 
 // counts[i] = set bits of mask row i; returns -1 or the first row whose padding bits are set.
 std::int64_t bitmask_row_counts(ConstMatrixView<std::uint8_t> mask, Index cols,
@@ -191,6 +199,24 @@ void bitmask_to_csr_indices(ConstMatrixView<std::uint8_t> mask, Index cols, cons
 // mask of the CSR pattern (rows x ceil(cols / 8), overwritten).
 template <class I>
 void csr_to_bitmask(const I* indptr, const I* indices, Index rows, MatrixView<std::uint8_t> mask);
+
+// --- checks of arrays handed over from outside ------------------------------------------
+//
+// Each throws std::invalid_argument with the message a user sees, so that no call can make a
+// kernel read or write out of bounds.
+
+// indptr (rows + 1 entries) starts at 0, ends at nnz and never decreases.
+template <class I>
+void check_indptr(const I* indptr, Index rows, Index nnz);
+
+// Every column index of `indices` (nnz entries) is in [0, cols).
+template <class I>
+void check_columns(const I* indices, Index nnz, Index cols);
+
+// Every row i has indptr[i + 1] - indptr[i] entries, the set bits of its mask row; `message`
+// otherwise.
+template <class I>
+void check_mask_counts(ConstMatrixView<std::uint8_t> mask, const I* indptr, const char* message);
 
 // --- sparse x dense matmul: y (rows x k) = A (rows x cols) x (cols x k) ---------------------
 //

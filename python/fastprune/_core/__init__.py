@@ -137,9 +137,9 @@ def _install(module: ModuleType) -> None:
         "build_info",
         "set_num_threads",
         "get_num_threads",
-        "set_scratch_cache_limit",
-        "release_scratch_cache",
-        "scratch_cache",
+        "set_memory_cache_limit",
+        "release_memory_cache",
+        "memory_cache",
     ):
         g[name] = getattr(module, name)
     for name in SUBMODULES:

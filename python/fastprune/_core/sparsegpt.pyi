@@ -4,52 +4,31 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-def inverse_hessian_factor(
-    hessian: npt.NDArray[np.floating[Any]], damp: float, max_tries: int
-) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.bool_], float]: ...
 def hessian_factor(
     hessian: npt.NDArray[np.floating[Any]], damp: float, max_tries: int
 ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.bool_], float]: ...
+def damped_hessian(
+    hessian: npt.NDArray[np.floating[Any]], dead: npt.NDArray[np.bool_], damp: float
+) -> tuple[npt.NDArray[np.float64], float]: ...
 def invert_factor(t: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.floating[Any]]: ...
-def prune(
-    weight: npt.NDArray[np.floating[Any]],
-    u: npt.NDArray[np.floating[Any]],
-    dead: npt.NDArray[np.bool_],
-    sparsity: float,
-    n: int,
-    m: int,
-    blocksize: int,
-    keep_mask: npt.NDArray[np.bool_] | None = None,
-) -> tuple[npt.NDArray[np.bool_], float]: ...
 def solve(
     weight: npt.NDArray[np.floating[Any]],
-    hessian: npt.NDArray[np.floating[Any]],
+    source: object,
     damp: float,
     max_tries: int,
     sparsity: float,
     n: int,
     m: int,
     blocksize: int,
-    keep_mask: npt.NDArray[np.bool_] | None = None,
-) -> tuple[npt.NDArray[np.bool_], float, float]: ...
-def prune_from(
-    weight: npt.NDArray[np.floating[Any]],
-    t: npt.NDArray[np.floating[Any]],
-    dead: npt.NDArray[np.bool_],
-    sparsity: float,
-    n: int,
-    m: int,
-    blocksize: int,
-    keep_mask: npt.NDArray[np.bool_] | None = None,
-) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.bool_], float]: ...
-def solve_from(
-    weight: npt.NDArray[np.floating[Any]],
-    hessian: npt.NDArray[np.floating[Any]],
-    damp: float,
-    max_tries: int,
-    sparsity: float,
-    n: int,
-    m: int,
-    blocksize: int,
-    keep_mask: npt.NDArray[np.bool_] | None = None,
-) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.bool_], float, float]: ...
+    keep_mask: npt.NDArray[np.bool_] | None,
+    inplace: bool,
+    check_weight: bool,
+    route: str = "automatic",
+) -> tuple[
+    npt.NDArray[np.floating[Any]],
+    npt.NDArray[np.bool_],
+    float,
+    float,
+    npt.NDArray[np.floating[Any]] | None,
+    bool,
+]: ...

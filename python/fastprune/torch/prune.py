@@ -48,13 +48,11 @@ of the task) and not for causal language models, which follow the paper.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,25 +62,19 @@ from torch import nn
 import fastprune as fp
 from fastprune._arrays import check_sparsity
 
+from ._layers import Pass, Pruner
 from .hooks import (
     Batch,
     BlockInput,
     CalibrationDigest,
-    Calibrator,
     DenseTwin,
-    Group,
-    LayerInputError,
-    TokenMask,
     blocks_are_chained,
     call_model,
     capture_block_inputs,
     in_features,
     run_block,
     token_mask_of,
-    weight_matrix,
-    weight_of,
     with_hidden_states,
-    write_weight,
 )
 from .models import generates_text
 from .report import LayerReport, PruneReport
@@ -247,7 +239,7 @@ def prune_model(
         "reconstruct": reconstruct,
         "refit": fp_refit,
     }
-    pruner = _Pruner(method, pattern, fp_blocksize, fp_damp, refit=fp_refit)
+    pruner = Pruner(method, pattern, fp_blocksize, fp_damp, refit=fp_refit)
     requested_dense = reconstruct == "dense" and requested_reconstruct == "dense"
     # only true-sequential mode calibrates a layer after every layer before it was pruned; in
     # whole-block mode all layers of a block would correct the same earlier error at once
@@ -380,7 +372,7 @@ def _prune_sequential(
     blocks: list[nn.Module],
     batches: Iterable[Batch],
     plan: list[tuple[int | None, str, nn.Module, float]],
-    pruner: _Pruner,
+    pruner: Pruner,
     digest: CalibrationDigest,
     progress: bool,
     by_group: bool,
@@ -436,9 +428,6 @@ def _prune_sequential(
     return reports
 
 
-Pass = tuple[TokenMask, dict[str, list[torch.Tensor]] | None]
-
-
 def _block_passes(
     block: nn.Module,
     inputs: list[BlockInput],
@@ -463,7 +452,7 @@ def _prune_in_one_pass(
     model: nn.Module,
     batches: Iterable[Batch],
     plan: list[tuple[int | None, str, nn.Module, float]],
-    pruner: _Pruner,
+    pruner: Pruner,
     digest: CalibrationDigest,
 ) -> list[LayerReport]:
     def passes() -> Iterator[Pass]:
@@ -477,287 +466,6 @@ def _prune_in_one_pass(
         msg = "calibration_batches: no batches were given"
         raise ValueError(msg)
     return reports
-
-
-class _Pruner:
-    """Prunes layers with one method and one set of options, and keeps the reports' rows."""
-
-    def __init__(
-        self, method: str, pattern: str, blocksize: int, damp: float, *, refit: bool
-    ) -> None:
-        self.method = method
-        self.pattern = pattern
-        self.blocksize = blocksize
-        self.damp = damp
-        self.refit = refit
-        self.tokens = 0
-        self._groups_seen = 0
-        # every layer written so far and a CPU copy of its weight before: restored on failure
-        self._originals: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def restore(self) -> None:
-        """Put back the original weight of every layer pruned so far (last first)."""
-        with torch.no_grad():
-            for param, original in reversed(self._originals):
-                param.data.copy_(original)
-        self._originals.clear()
-
-    def prune_calibrated(
-        self,
-        layers: list[tuple[int | None, str, nn.Module, float]],
-        passes: Callable[[], Iterator[Pass]],
-        *,
-        first_group_only: bool = False,
-        cross: bool = False,
-    ) -> list[LayerReport]:
-        """Calibrate `layers` on the forward passes `passes` runs, then prune them.
-
-        `passes()` yields each batch's token mask (and, with `cross`, the dense model's inputs to
-        the layers) just before it runs that batch's forward pass. With `first_group_only`, only
-        the layers reading the input called first are calibrated and pruned (at least one layer,
-        or ValueError). With `cross`, SparseGPT reconstructs the dense model's outputs.
-        """
-        modules = {name: module for _, name, module, _ in layers}
-        blocks = {name: block for block, name, _, _ in layers}
-        try:
-            with Calibrator(modules, first_group_only=first_group_only, cross=cross) as calibrator:
-                for token_mask, dense_inputs in passes():
-                    calibrator.new_batch(token_mask, dense_inputs)
-        except LayerInputError as err:
-            where = _where(err.layer, blocks.get(err.layer))
-            msg = f"{where}: its calibration input {err.reason}"
-            raise ValueError(msg) from err
-        rows: list[LayerReport] = []
-        order = {name: i for i, (_, name, _, _) in enumerate(layers)}
-        for group in calibrator.groups:
-            count = int(group.calibration.count)
-            if count == 0:
-                msg = f"{group.members[0]}: every calibration token was padding"
-                raise ValueError(msg)
-            self.tokens = max(self.tokens, count)
-            rows += self._prune_group(group, layers, order)
-        missing = [name for name in modules if name not in calibrator.group_of]
-        if missing and (not first_group_only or not calibrator.groups):
-            msg = (
-                f"{missing[0]}: the calibration forward passes never reached this layer; "
-                "add it to `ignore`"
-            )
-            raise ValueError(msg)
-        return sorted(rows, key=lambda row: order[row.name])
-
-    def _prune_group(
-        self,
-        group: Group,
-        layers: list[tuple[int | None, str, nn.Module, float]],
-        order: dict[str, int],
-    ) -> list[LayerReport]:
-        t0 = time.perf_counter()
-        source: Any = group.calibration
-        hessian = group.calibration.hessian
-        damped = None
-        cross = None
-        if self.method == "sparsegpt":
-            source = fp.sparsegpt_factor(hessian, damp=self.damp)
-            damped, shift = damped_hessian(hessian, source.dead, source.damp_used)
-            if group.cross is not None:
-                cross = group.cross.value
-                cross[np.diag_indices_from(cross)] += shift
-        shared = _SharedInput(
-            index=self._groups_seen,
-            source=source,
-            hessian=hessian,
-            tokens=int(group.calibration.count),
-            seconds=(time.perf_counter() - t0) / len(group.members),
-            damped=damped,
-            cross=cross,
-        )
-        self._groups_seen += 1
-        rows = []
-        for name in group.members:
-            block, _, module, layer_sparsity = layers[order[name]]
-            rows.append(self._prune_layer(block, name, module, layer_sparsity, shared))
-        return rows
-
-    def prune_alone(
-        self, block: int | None, name: str, module: nn.Module, layer_sparsity: float
-    ) -> LayerReport:
-        return self._prune_layer(block, name, module, layer_sparsity, None)
-
-    def _prune_layer(
-        self,
-        block: int | None,
-        name: str,
-        module: nn.Module,
-        layer_sparsity: float,
-        shared: _SharedInput | None,
-    ) -> LayerReport:
-        try:
-            return self._prune_layer_as_is(block, name, module, layer_sparsity, shared)
-        except (ValueError, TypeError) as err:
-            raise type(err)(f"{_where(name, block)}: {err}") from err
-
-    def _prune_layer_as_is(
-        self,
-        block: int | None,
-        name: str,
-        module: nn.Module,
-        layer_sparsity: float,
-        shared: _SharedInput | None,
-    ) -> LayerReport:
-        t0 = time.perf_counter()
-        weight = weight_matrix(module)
-        if self.method == "sparsegpt":
-            assert shared is not None and shared.damped is not None
-            start_from: np.ndarray[Any, Any] = weight
-            gram_target = None  # W·C, the right-hand side of the least-squares problem
-            if shared.cross is not None:
-                gram_target = weight.astype(np.float64) @ shared.cross
-                start_from = dense_target_start(gram_target, shared.source.u, weight.dtype)
-            result = fp.sparsegpt(
-                start_from,
-                shared.source,
-                sparsity=layer_sparsity,
-                pattern=self.pattern,
-                blocksize=self.blocksize,
-                damp=self.damp,
-            )
-            if self.refit:
-                if gram_target is None:
-                    gram_target = weight.astype(np.float64) @ shared.damped
-                refitted = refit_kept(
-                    result.mask, shared.damped, gram_target, shared.source.dead, result.weight
-                )
-                result = dataclasses.replace(result, weight=refitted.astype(result.weight.dtype))
-        elif self.method == "wanda":
-            assert shared is not None
-            result = fp.wanda(weight, shared.source, sparsity=layer_sparsity, pattern=self.pattern)
-        else:
-            # the whole layer is ranked together; N:M patterns select within each group
-            whole_layer = self.pattern == "unstructured"
-            result = fp.magnitude_prune(
-                weight,
-                sparsity=layer_sparsity,
-                pattern=self.pattern,
-                scope="layer" if whole_layer else "row",
-            )
-        seconds = time.perf_counter() - t0
-        error = None
-        if shared is not None:  # before the write: `weight` may be a view of the parameter
-            error = output_error(weight, result.weight, shared.hessian)
-            seconds += shared.seconds
-        param = weight_of(module)
-        self._originals.append((param, param.detach().to("cpu", copy=True)))
-        write_weight(module, result.weight)
-        return LayerReport(
-            name=name,
-            block=block,
-            shape=(int(weight.shape[0]), int(weight.shape[1])),
-            pattern=self.pattern,
-            target_sparsity=layer_sparsity,
-            sparsity=result.sparsity,
-            loss=float(result.loss),
-            error=error,
-            damp_used=None if result.damp_used is None else float(result.damp_used),
-            seconds=seconds,
-            group=None if shared is None else shared.index,
-            tokens=0 if shared is None else shared.tokens,
-        )
-
-
-@dataclass(frozen=True)
-class _SharedInput:
-    """What the layers reading one input share: statistics, factor, and their cost."""
-
-    index: int
-    source: Any  # the Calibration, or SparseGPT's factor of its Hessian
-    hessian: np.ndarray[Any, Any]
-    tokens: int
-    seconds: float  # each member's share of the time spent on the shared work
-    damped: np.ndarray[Any, Any] | None  # SparseGPT's damped Hessian H + λI, float64
-    cross: np.ndarray[Any, Any] | None  # C = 2/N X₀Xᵀ + λI when reconstructing the dense output
-
-
-def damped_hessian(
-    hessian: np.ndarray[Any, Any], dead: np.ndarray[Any, Any], damp_used: float
-) -> tuple[np.ndarray[Any, Any], float]:
-    """The matrix SparseGPT factorises, in float64: the diagonal of dead columns set to 1, then
-    λ = ``damp_used · mean(diag)`` added to the diagonal; and λ."""
-    damped = hessian.astype(np.float64)
-    damped[dead, dead] = 1.0
-    shift = damp_used * float(np.mean(np.diagonal(damped))) if damped.size else 0.0
-    damped[np.diag_indices_from(damped)] += shift
-    return damped, shift
-
-
-def dense_target_start(
-    gram_target: np.ndarray[Any, Any], u: np.ndarray[Any, Any], dtype: np.dtype[Any]
-) -> np.ndarray[Any, Any]:
-    """``W* = (W·C)·H⁻¹`` from SparseGPT's factor ``H⁻¹ = Uᵀ U``, in float32 (float64 for
-    float64 weights): the unconstrained minimiser that SparseGPT then prunes."""
-    work = np.float64 if dtype == np.float64 else np.float32
-    u64 = u.astype(np.float64)
-    return np.ascontiguousarray((gram_target @ u64.T) @ u64, dtype=work)
-
-
-# Refitting stops when every row's preconditioned residual is below this fraction of its
-# right-hand side's, or after this many steps.
-REFIT_TOLERANCE = 1e-6
-REFIT_MAX_STEPS = 100
-
-
-def refit_kept(
-    mask: np.ndarray[Any, Any],
-    damped: np.ndarray[Any, Any],
-    gram_target: np.ndarray[Any, Any],
-    dead: np.ndarray[Any, Any],
-    start: np.ndarray[Any, Any],
-) -> np.ndarray[Any, Any]:
-    """Per row r, the kept weights minimising ``(ŵ − w*) H (ŵ − w*)ᵀ`` with ``w* H = g_r``, that
-    is ``ŵ_S H_SS = g_S`` over the row's kept, live columns S, zero elsewhere (float64).
-
-    Conjugate gradients preconditioned by H's diagonal, on all rows at once from SparseGPT's
-    weights `start`: each step is one GEMM with H (restricted to each row's columns by the mask),
-    so the cost grows like SparseGPT's own, and well-conditioned rows converge in a few steps.
-    """
-    live = (np.asarray(mask, dtype=bool) & ~np.asarray(dead, dtype=bool)[None, :]).astype(
-        np.float64
-    )
-    hessian = np.ascontiguousarray(damped, dtype=np.float64)
-    inverse_diagonal = 1.0 / np.diagonal(hessian)
-    weights = np.asarray(start, dtype=np.float64) * live
-    residual = (gram_target - weights @ hessian) * live
-    preconditioned = residual * inverse_diagonal
-    direction = preconditioned.copy()
-    rz = np.einsum("ij,ij->i", residual, preconditioned)
-    target = gram_target * live
-    scale = np.einsum("ij,ij,j->i", target, target, inverse_diagonal)
-    for _ in range(REFIT_MAX_STEPS):
-        if np.all(rz <= REFIT_TOLERANCE**2 * scale):
-            break
-        product = (direction @ hessian) * live
-        curvature = np.einsum("ij,ij->i", direction, product)
-        alpha = np.divide(rz, curvature, out=np.zeros_like(rz), where=curvature > 0)
-        weights += alpha[:, None] * direction
-        residual -= alpha[:, None] * product
-        preconditioned = residual * inverse_diagonal
-        rz_next = np.einsum("ij,ij->i", residual, preconditioned)
-        beta = np.divide(rz_next, rz, out=np.zeros_like(rz), where=rz > 0)
-        direction = preconditioned + beta[:, None] * direction
-        rz = rz_next
-    return weights
-
-
-def output_error(
-    dense: np.ndarray[Any, Any], pruned: np.ndarray[Any, Any], hessian: np.ndarray[Any, Any]
-) -> float:
-    """Mean over the calibration tokens of ``‖(W − Ŵ) x‖²``, from ``H = 2/N Σ x xᵀ``."""
-    delta = dense.astype(np.float32) - pruned.astype(np.float32)
-    return float(np.einsum("ij,ij->", delta @ hessian.astype(np.float32), delta)) / 2.0
-
-
-def _where(name: str, block: int | None) -> str:
-    """A layer in the user's terms: its name in the model and, inside blocks, its block."""
-    return f"layer {name}" if block is None else f"layer {name} (block {block})"
 
 
 def _group_size(pattern: object) -> int:

@@ -17,7 +17,8 @@ Reference semantics (DESIGN.md, "Algorithms"):
 - ``U`` is computed without forming ``H⁻¹``: with ``J`` the reversal permutation and ``L`` the
   Cholesky factor of ``J·H·J``, ``T = J·L·J`` is upper triangular with ``H = T·Tᵀ`` and
   ``U = T⁻¹ = J·L⁻¹·J``.
-- Two routes give the same result up to rounding. From ``U`` (``inplace=True``, tall layers,
+- Two routes give the same result up to rounding; the core chooses (``kFromTRows`` in
+  ``cpp/include/fastprune/sparsegpt.hpp``). From ``U`` (``inplace=True``, tall layers,
   weights that need a working copy): the weights are pruned in place and each superblock's
   errors reach the columns after it as ``W[:, s2:] −= Err·U[s1:s2, s2:]``. From ``T`` (layers
   with fewer than about ``c²/2048`` rows, read where they lie): since the pruned weights are
@@ -33,29 +34,13 @@ Reference semantics (DESIGN.md, "Algorithms"):
 - N:M (``n`` KEPT of every ``m``): each group of ``m`` columns is chosen per row when the block
   reaches it, on the already-updated weights.
 
-Performance (``python -m bench``, float32, 2-core AVX-512 machine, both threads; a rate counts
-``r·c² + ⅔c³`` flops over the median of five solves, each after an untimed one, and its share is
-against the median of the SGEMM rates timed right after each solve). In the run in the README:
-4096×4096 0.69 s at 50 % and 0.72 s at 2:4 (87 % of SGEMM, 8.1× and 6.6× faster than the
-PyTorch loop of ``bench/sparsegpt.py``), 11008×4096 1.63 s and 1.52 s (74 % and 83 %, 7.3× and
-6.6×). The machine is shared and moves by 10-20 % within a run, more between runs. Where the
-time goes, 4096×4096 (from T): the Cholesky 0.17-0.19 s (about 130 GFLOP/s), the GEMM before
-each 256-column superblock 0.36-0.38 s, the work inside superblocks 0.08-0.11 s (Eigen GEMMs per
-128-row tile, the per-column panel updates, the transposes to and from the column-major
-superblock, and for unstructured masks the exact-count selection, which recomputes 0.5-1.4 M
-scores a block from the weights rather than storing them), turning the total change back into
-weights 0.03 s, and the diagonal blocks of U and their products with T 0.03 s. 11008×4096 (from
-U): the Cholesky and the triangular inverse 0.29-0.30 s, the GEMMs 0.94 s, the rest 0.23 s. The
-factor, the column blocks and the other buffers live in scratch memory that later solves reuse
-(see ``fastprune.set_memory_cache_limit``), and so do the returned weights and mask once they
-are freed: after a process's first solve, a solve takes no page faults. Before the results were
-kept that way, their 225 MB at 11008×4096 came fresh from the system every call and cost
-0.03-0.45 s of system time a solve on the virtual machine measured here. Small layers choose their
-thread count by size: 1024×1024 has run 1.1-1.6× faster on two threads than on one (but 0.96× at
-50 % in one run during a slow spell of the machine), and 384×384 runs on one thread whatever the
-setting. Results are bit-identical for every thread count: every dense routine splits its output
-into tiles of a fixed size and computes each tile with one single-threaded call (OpenBLAS or
-Eigen), whichever thread runs it.
+The factor, the column blocks and the other buffers live in the memory cache, which later solves
+reuse (see ``fastprune.set_memory_cache_limit``), and so do the returned weights and mask once
+they are freed: after a process's first solve, a solve takes no page faults. Small layers choose
+their thread count by size. Results are bit-identical for every thread count: every dense routine
+splits its output into tiles of a fixed size and computes each tile with one single-threaded call
+(OpenBLAS or Eigen), whichever thread runs it. Timings, and where the time goes, are in the
+README ("Benchmarks").
 """
 
 from __future__ import annotations
@@ -190,39 +175,43 @@ def sparsegpt(
         msg = f"blocksize: must be a multiple of m={m} for pattern {n}:{m}, got {blocksize}"
         raise ValueError(msg)
     inplace = _flag(inplace, "inplace")
-    source = None if inplace else _read_in_place(weight, dtype)
-    if source is not None:
-        work, original = source, source.dtype
-    else:
-        work, original = _working_weight(weight, dtype, inplace)
+    work, original, writable = _solver_weight(weight, dtype, inplace)
     cols = work.shape[1]
     if m and cols % m:
         msg = f"pattern: in_features ({cols}) must be a multiple of m={m} for {n}:{m}"
         raise ValueError(msg)
     allowed = _keep_mask(keep_mask, work.shape)
-    core = _core.sparsegpt
+    source: object
     if isinstance(calibration_or_hessian, HessianFactor):
         factor = _factor_for(calibration_or_hessian, cols, damp, precision)
-        if source is not None:
-            work, mask, loss = core.prune_from(
-                source, factor.t, factor.dead, sparsity, n, m, blocksize, allowed
-            )
-        else:
-            mask, loss = core.prune(work, factor.u, factor.dead, sparsity, n, m, blocksize, allowed)
-        damp_used = factor.damp_used
-        dead = factor.dead
+        source = (factor.t, factor.dead, factor.__dict__.get("u"))
+        damp_value = 0.0  # the factor carries its own damping
     else:
-        hessian = _layer_hessian(calibration_or_hessian, cols, dtype)
-        solve_args = (_damping(damp), MAX_TRIES, sparsity, n, m, blocksize, allowed)
-        if source is not None:
-            work, mask, loss, damp_used = core.solve_from(source, hessian, *solve_args)
-        else:
-            mask, loss, damp_used = core.solve(work, hessian, *solve_args)
-        dead = np.diagonal(hessian) == 0  # as the solver decides, in the solve's dtype
-    if dead.any():
-        # a dead column's weights were set to 0: they are pruned, whatever the budget said
-        mask[:, dead] = False
-    result = work if inplace else _arrays.restore_dtype(work, original, "weight")
+        factor = None
+        source = _layer_hessian(calibration_or_hessian, cols, dtype)
+        damp_value = _damping(damp)
+    # a weight read where it lies is checked for NaN/Inf by the core, in the pass that reads it
+    pruned, mask, loss, damp_used, u, finite = _core.sparsegpt.solve(
+        work,
+        source,
+        damp_value,
+        MAX_TRIES,
+        sparsity,
+        n,
+        m,
+        blocksize,
+        allowed,
+        writable,
+        not writable,
+        _ROUTE,
+    )
+    if not finite:
+        _arrays.check_finite(work, "weight")  # raises, with the count
+    if factor is not None:
+        damp_used = factor.damp_used
+        if u is not None:
+            factor.__dict__["u"] = u  # formed by this solve: kept, as the `u` property would
+    result = pruned if inplace else _arrays.restore_dtype(pruned, original, "weight")
     return PruneResult(
         weight=result,
         mask=mask,
@@ -254,6 +243,99 @@ def saliency(
     scores = np.square(w) * np.square(diagonal)
     scores[:, factor.dead] = 0
     return scores
+
+
+# --- the damped Hessian, the dense-output start and the refit -------------------------------
+
+
+def damped_hessian(hessian: object, factor: HessianFactor) -> tuple[FloatArray, float]:
+    """The matrix that `factor` factorises, in float64, and the shift its damping added.
+
+    ``H`` with the diagonal entries of the factor's dead columns set to 1, plus
+    ``λ = damp_used · mean(diag)`` on the diagonal: the core's damping rule (the one the
+    factorisation applied), for the steps that need the damped matrix itself, such as
+    :func:`refit_kept`.
+
+    Args:
+        hessian: the Hessian the factor was computed from, ``(in, in)``.
+        factor: its :class:`HessianFactor`.
+
+    Returns:
+        ``(damped, λ)``.
+    """
+    h = _arrays.to_numpy(hessian, "hessian")
+    _arrays.float_dtype(h, "hessian")
+    if h.shape != factor.t.shape:
+        msg = f"hessian: shape {h.shape} does not match the factor's {factor.t.shape}"
+        raise ValueError(msg)
+    if h.dtype not in (np.float32, np.float64) or not _arrays.rows_contiguous(h):
+        h = np.ascontiguousarray(h, dtype=np.float64)
+    damped, shift = _core.sparsegpt.damped_hessian(h, factor.dead, factor.damp_used)
+    return damped, float(shift)
+
+
+def dense_target_start(gram_target: object, factor: HessianFactor, dtype: object) -> FloatArray:
+    """``W* = (W·C)·H⁻¹``, the unconstrained minimiser of ``(Ŵ − W*) H (Ŵ − W*)ᵀ`` for the
+    right-hand side ``W·C`` (`gram_target`, float64), from the factor's ``H⁻¹ = Uᵀ U``; in
+    float32 (float64 when `dtype` is float64), the weights that SparseGPT then prunes when it
+    reconstructs a dense model's outputs (``C`` the cross-covariance of the dense and the
+    pruned model's inputs) rather than the layer's own."""
+    work = np.float64 if np.dtype(dtype) == np.float64 else np.float32  # type: ignore[call-overload]
+    u64 = factor.u.astype(np.float64)
+    target = np.asarray(gram_target, dtype=np.float64)
+    return np.ascontiguousarray((target @ u64.T) @ u64, dtype=work)
+
+
+#: Refitting stops when every row's preconditioned residual is below this fraction of its
+#: right-hand side's, or after this many steps.
+REFIT_TOLERANCE = 1e-6
+REFIT_MAX_STEPS = 100
+
+
+def refit_kept(
+    mask: object, damped: object, gram_target: object, dead: object, start: object
+) -> FloatArray:
+    """Per row r, the kept weights minimising ``(ŵ − w*) H (ŵ − w*)ᵀ`` with ``w* H = g_r``, that
+    is ``ŵ_S H_SS = g_S`` over the row's kept, live columns S, zero elsewhere (float64).
+
+    Conjugate gradients preconditioned by H's diagonal, on all rows at once from SparseGPT's
+    weights `start`: each step is one GEMM with H (restricted to each row's columns by the mask),
+    so the cost grows like SparseGPT's own, and well-conditioned rows converge in a few steps.
+
+    Args:
+        mask: bool ``(out, in)``, True where kept.
+        damped: ``H``, the damped Hessian (:func:`damped_hessian`).
+        gram_target: ``G = W*·H`` ``(out, in)``, the right-hand sides.
+        dead: bool ``(in,)``, the factor's dead columns (their weights stay 0).
+        start: the first guess, SparseGPT's pruned weights.
+    """
+    live = (np.asarray(mask, dtype=bool) & ~np.asarray(dead, dtype=bool)[None, :]).astype(
+        np.float64
+    )
+    hessian = np.ascontiguousarray(damped, dtype=np.float64)
+    target_rhs = np.asarray(gram_target, dtype=np.float64)
+    inverse_diagonal = 1.0 / np.diagonal(hessian)
+    weights: FloatArray = np.asarray(start, dtype=np.float64) * live
+    residual = (target_rhs - weights @ hessian) * live
+    preconditioned = residual * inverse_diagonal
+    direction = preconditioned.copy()
+    rz = np.einsum("ij,ij->i", residual, preconditioned)
+    target = target_rhs * live
+    scale = np.einsum("ij,ij,j->i", target, target, inverse_diagonal)
+    for _ in range(REFIT_MAX_STEPS):
+        if np.all(rz <= REFIT_TOLERANCE**2 * scale):
+            break
+        product = (direction @ hessian) * live
+        curvature = np.einsum("ij,ij->i", direction, product)
+        alpha = np.divide(rz, curvature, out=np.zeros_like(rz), where=curvature > 0)
+        weights += alpha[:, None] * direction
+        residual -= alpha[:, None] * product
+        preconditioned = residual * inverse_diagonal
+        rz_next = np.einsum("ij,ij->i", residual, preconditioned)
+        beta = np.divide(rz_next, rz, out=np.zeros_like(rz), where=rz > 0)
+        direction = preconditioned + beta[:, None] * direction
+        rz = rz_next
+    return weights
 
 
 # --- argument checking ----------------------------------------------------------------------
@@ -297,10 +379,17 @@ def _pattern(spec: object) -> tuple[int, int]:
     raise ValueError(msg)
 
 
-def _working_weight(
+def _solver_weight(
     weight: object, dtype: type[np.floating[Any]], inplace: bool
-) -> tuple[FloatArray, np.dtype[Any]]:
-    """The array the solver writes into: `weight` itself when inplace, else a fresh copy."""
+) -> tuple[FloatArray, np.dtype[Any], bool]:
+    """The array the solver reads, the weight's dtype, and whether the solver writes into it.
+
+    With `inplace`, `weight` itself (written). Otherwise `weight` itself when it is already a 2-D
+    array of the solve's dtype with contiguous rows (read where it lies: the core then writes the
+    pruned weights into a new array, and a short layer is solved from ``T`` without ever copying
+    it), else a fresh copy in that dtype (written, no second copy made). Finite, or ValueError,
+    except the array read where it lies: the core checks that one in the pass that reads it.
+    """
     if inplace:
         ok = (
             isinstance(weight, np.ndarray)
@@ -317,37 +406,20 @@ def _working_weight(
             raise ValueError(msg)
         assert isinstance(weight, np.ndarray)
         _arrays.check_finite(weight, "weight")
-        return weight, weight.dtype
+        return weight, weight.dtype, True
     a = _arrays.to_numpy(weight, "weight")
     original = _arrays.float_dtype(a, "weight")
     if a.ndim != 2:
         msg = f"weight: expected a 2-D array (out_features, in_features), got shape {a.shape}"
         raise ValueError(msg)
-    return _arrays.finite_copy(a, dtype, "weight"), original
+    if a.dtype == dtype and _arrays.rows_contiguous(a):
+        return a, original, False  # checked for NaN/Inf by the core as it reads it
+    return _arrays.finite_copy(a, dtype, "weight"), original, True
 
 
-#: Layers with at most ``in_features² / FROM_T_ROWS`` rows are solved from ``T`` (see
-#: :func:`_read_in_place`), taller ones from ``U``.
-FROM_T_ROWS = 2048
-
-
-def _read_in_place(weight: object, dtype: type[np.floating[Any]]) -> FloatArray | None:
-    """`weight` itself when the solver should read it where it lies and work from ``T``, else
-    None (the solver then prunes a working copy in place, from ``U = T⁻¹``).
-
-    Working from ``T`` skips the triangular inverse (``c³/3`` flops) but costs about four passes
-    over the weight (the total change is kept in the output until the last superblock, then
-    turned into the pruned weights), so it pays for layers with fewer than about
-    ``c² / FROM_T_ROWS`` rows; measured on 4096 inputs, 4096 rows gained and 11008 lost. It needs
-    a finite 2-D array of the solve's dtype with contiguous rows (no working copy is made).
-    """
-    a = _arrays.to_numpy(weight, "weight")
-    if a.ndim != 2 or a.dtype != dtype or not _arrays.rows_contiguous(a):
-        return None
-    if a.shape[0] * FROM_T_ROWS > a.shape[1] ** 2:
-        return None
-    _arrays.check_finite(a, "weight")
-    return a
+#: Which factor the core prunes from: "automatic" (its own choice by the layer's shape, see the
+#: module docstring), or "from_u" / "from_t" to force one (tests run every case on both).
+_ROUTE = "automatic"
 
 
 def _keep_mask(keep_mask: object, shape: tuple[int, ...]) -> BoolArray | None:

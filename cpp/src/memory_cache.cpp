@@ -1,3 +1,5 @@
+// The memory cache of common.hpp: large blocks aligned for huge pages, and freed ones kept for
+// reuse up to a limit (fastprune.set_memory_cache_limit).
 #include <sys/mman.h>
 
 #include <cstdlib>
@@ -23,9 +25,9 @@ std::size_t rounded_size(std::size_t bytes) {
 // Freed blocks of 2 MB and more, most recently freed first, at most `limit` bytes in all.
 struct Cache {
   std::mutex mutex;
-  std::list<ScratchBlock> blocks;
+  std::list<CachedBlock> blocks;
   std::size_t held = 0;
-  std::size_t limit = kDefaultScratchCacheLimit;
+  std::size_t limit = kDefaultMemoryCacheLimit;
 
   // Frees the least recently freed blocks until at most `keep` bytes are held.
   void trim(std::size_t keep) {
@@ -43,7 +45,7 @@ Cache& cache() {
 }
 }  // namespace
 
-ScratchBlock allocate_scratch(std::size_t bytes) {
+CachedBlock allocate_cached(std::size_t bytes) {
   if (bytes == 0) return {nullptr, 0};
   const std::size_t rounded = rounded_size(bytes);
   if (rounded >= kHugePage) {
@@ -58,7 +60,7 @@ ScratchBlock allocate_scratch(std::size_t bytes) {
       }
     }
     if (best != c.blocks.end()) {
-      const ScratchBlock block = *best;
+      const CachedBlock block = *best;
       c.held -= block.bytes;
       c.blocks.erase(best);
       return block;
@@ -72,7 +74,7 @@ ScratchBlock allocate_scratch(std::size_t bytes) {
   return {data, rounded};
 }
 
-void free_scratch(ScratchBlock block) noexcept {
+void free_cached(CachedBlock block) noexcept {
   if (block.data == nullptr) return;
   Cache& c = cache();
   const std::lock_guard<std::mutex> guard(c.mutex);
@@ -89,20 +91,20 @@ void free_scratch(ScratchBlock block) noexcept {
   }
 }
 
-void set_scratch_cache_limit(std::size_t bytes) {
+void set_memory_cache_limit(std::size_t bytes) {
   Cache& c = cache();
   const std::lock_guard<std::mutex> guard(c.mutex);
   c.limit = bytes;
   c.trim(bytes);
 }
 
-void release_scratch_cache() {
+void release_memory_cache() {
   Cache& c = cache();
   const std::lock_guard<std::mutex> guard(c.mutex);
   c.trim(0);
 }
 
-ScratchCache scratch_cache() {
+MemoryCacheUse memory_cache() {
   Cache& c = cache();
   const std::lock_guard<std::mutex> guard(c.mutex);
   return {c.held, c.limit};

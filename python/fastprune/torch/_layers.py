@@ -1,0 +1,250 @@
+"""The per-layer step of `prune_model` (fastprune.torch.prune): calibrate a set of layers on
+the forward passes it is given, then prune each one with SparseGPT, Wanda or magnitude pruning
+and write its weight, keeping what is needed to put every weight back on failure.
+
+The numerics (SparseGPT, the damped Hessian, the dense-output start, the refit) are the NumPy API
+of fastprune (`fastprune.solver`); this module only adapts modules and tensors to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import fastprune as fp
+from fastprune.solver import damped_hessian, dense_target_start, refit_kept
+
+from .hooks import (
+    Calibrator,
+    Group,
+    LayerInputError,
+    TokenMask,
+    weight_matrix,
+    weight_of,
+    write_weight,
+)
+from .report import LayerReport
+
+#: What the forward passes of a calibration yield per batch: its token mask and, when the dense
+#: model's outputs are reconstructed, the dense model's inputs to the layers.
+Pass = tuple[TokenMask, dict[str, list[torch.Tensor]] | None]
+
+
+class Pruner:
+    """Prunes layers with one method and one set of options, and keeps the reports' rows."""
+
+    def __init__(
+        self, method: str, pattern: str, blocksize: int, damp: float, *, refit: bool
+    ) -> None:
+        self.method = method
+        self.pattern = pattern
+        self.blocksize = blocksize
+        self.damp = damp
+        self.refit = refit
+        self.tokens = 0
+        self._groups_seen = 0
+        # every layer written so far and a CPU copy of its weight before: restored on failure
+        self._originals: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def restore(self) -> None:
+        """Put back the original weight of every layer pruned so far (last first)."""
+        with torch.no_grad():
+            for param, original in reversed(self._originals):
+                param.data.copy_(original)
+        self._originals.clear()
+
+    def prune_calibrated(
+        self,
+        layers: list[tuple[int | None, str, nn.Module, float]],
+        passes: Callable[[], Iterator[Pass]],
+        *,
+        first_group_only: bool = False,
+        cross: bool = False,
+    ) -> list[LayerReport]:
+        """Calibrate `layers` on the forward passes `passes` runs, then prune them.
+
+        `passes()` yields each batch's token mask (and, with `cross`, the dense model's inputs to
+        the layers) just before it runs that batch's forward pass. With `first_group_only`, only
+        the layers reading the input called first are calibrated and pruned (at least one layer,
+        or ValueError). With `cross`, SparseGPT reconstructs the dense model's outputs.
+        """
+        modules = {name: module for _, name, module, _ in layers}
+        blocks = {name: block for block, name, _, _ in layers}
+        try:
+            with Calibrator(modules, first_group_only=first_group_only, cross=cross) as calibrator:
+                for token_mask, dense_inputs in passes():
+                    calibrator.new_batch(token_mask, dense_inputs)
+        except LayerInputError as err:
+            place = where(err.layer, blocks.get(err.layer))
+            msg = f"{place}: its calibration input {err.reason}"
+            raise ValueError(msg) from err
+        rows: list[LayerReport] = []
+        order = {name: i for i, (_, name, _, _) in enumerate(layers)}
+        for group in calibrator.groups:
+            count = int(group.calibration.count)
+            if count == 0:
+                msg = f"{group.members[0]}: every calibration token was padding"
+                raise ValueError(msg)
+            self.tokens = max(self.tokens, count)
+            rows += self._prune_group(group, layers, order)
+        missing = [name for name in modules if name not in calibrator.group_of]
+        if missing and (not first_group_only or not calibrator.groups):
+            msg = (
+                f"{missing[0]}: the calibration forward passes never reached this layer; "
+                "add it to `ignore`"
+            )
+            raise ValueError(msg)
+        return sorted(rows, key=lambda row: order[row.name])
+
+    def _prune_group(
+        self,
+        group: Group,
+        layers: list[tuple[int | None, str, nn.Module, float]],
+        order: dict[str, int],
+    ) -> list[LayerReport]:
+        t0 = time.perf_counter()
+        source: Any = group.calibration
+        hessian = group.calibration.hessian
+        damped = None
+        cross = None
+        if self.method == "sparsegpt":
+            source = fp.sparsegpt_factor(hessian, damp=self.damp)
+            damped, shift = damped_hessian(hessian, source)
+            if group.cross is not None:
+                cross = group.cross.value
+                cross[np.diag_indices_from(cross)] += shift
+        shared = _SharedInput(
+            index=self._groups_seen,
+            source=source,
+            hessian=hessian,
+            tokens=int(group.calibration.count),
+            seconds=(time.perf_counter() - t0) / len(group.members),
+            damped=damped,
+            cross=cross,
+        )
+        self._groups_seen += 1
+        rows = []
+        for name in group.members:
+            block, _, module, layer_sparsity = layers[order[name]]
+            rows.append(self._prune_layer(block, name, module, layer_sparsity, shared))
+        return rows
+
+    def prune_alone(
+        self, block: int | None, name: str, module: nn.Module, layer_sparsity: float
+    ) -> LayerReport:
+        return self._prune_layer(block, name, module, layer_sparsity, None)
+
+    def _prune_layer(
+        self,
+        block: int | None,
+        name: str,
+        module: nn.Module,
+        layer_sparsity: float,
+        shared: _SharedInput | None,
+    ) -> LayerReport:
+        with _in_layer(name, block):
+            t0 = time.perf_counter()
+            weight = weight_matrix(module)
+            if self.method == "sparsegpt":
+                assert shared is not None and shared.damped is not None
+                start_from: np.ndarray[Any, Any] = weight
+                gram_target = None  # W·C, the right-hand side of the least-squares problem
+                if shared.cross is not None:
+                    gram_target = weight.astype(np.float64) @ shared.cross
+                    start_from = dense_target_start(gram_target, shared.source, weight.dtype)
+                result = fp.sparsegpt(
+                    start_from,
+                    shared.source,
+                    sparsity=layer_sparsity,
+                    pattern=self.pattern,
+                    blocksize=self.blocksize,
+                    damp=self.damp,
+                )
+                if self.refit:
+                    if gram_target is None:
+                        gram_target = weight.astype(np.float64) @ shared.damped
+                    refitted = refit_kept(
+                        result.mask, shared.damped, gram_target, shared.source.dead, result.weight
+                    )
+                    result = dataclasses.replace(
+                        result, weight=refitted.astype(result.weight.dtype)
+                    )
+            elif self.method == "wanda":
+                assert shared is not None
+                result = fp.wanda(
+                    weight, shared.source, sparsity=layer_sparsity, pattern=self.pattern
+                )
+            else:
+                # the whole layer is ranked together; N:M patterns select within each group
+                whole_layer = self.pattern == "unstructured"
+                result = fp.magnitude_prune(
+                    weight,
+                    sparsity=layer_sparsity,
+                    pattern=self.pattern,
+                    scope="layer" if whole_layer else "row",
+                )
+            seconds = time.perf_counter() - t0
+            error = None
+            if shared is not None:  # before the write: `weight` may be a view of the parameter
+                error = output_error(weight, result.weight, shared.hessian)
+                seconds += shared.seconds
+            param = weight_of(module)
+            self._originals.append((param, param.detach().to("cpu", copy=True)))
+            write_weight(module, result.weight)
+            return LayerReport(
+                name=name,
+                block=block,
+                shape=(int(weight.shape[0]), int(weight.shape[1])),
+                pattern=self.pattern,
+                target_sparsity=layer_sparsity,
+                sparsity=result.sparsity,
+                loss=float(result.loss),
+                error=error,
+                damp_used=None if result.damp_used is None else float(result.damp_used),
+                seconds=seconds,
+                group=None if shared is None else shared.index,
+                tokens=0 if shared is None else shared.tokens,
+            )
+
+
+@dataclass(frozen=True)
+class _SharedInput:
+    """What the layers reading one input share: statistics, factor, and their cost."""
+
+    index: int
+    source: Any  # the Calibration, or SparseGPT's factor of its Hessian
+    hessian: np.ndarray[Any, Any]
+    tokens: int
+    seconds: float  # each member's share of the time spent on the shared work
+    damped: np.ndarray[Any, Any] | None  # SparseGPT's damped Hessian H + λI, float64
+    cross: np.ndarray[Any, Any] | None  # C = 2/N X₀Xᵀ + λI when reconstructing the dense output
+
+
+def output_error(
+    dense: np.ndarray[Any, Any], pruned: np.ndarray[Any, Any], hessian: np.ndarray[Any, Any]
+) -> float:
+    """Mean over the calibration tokens of ``‖(W − Ŵ) x‖²``, from ``H = 2/N Σ x xᵀ``."""
+    delta = dense.astype(np.float32) - pruned.astype(np.float32)
+    return float(np.einsum("ij,ij->", delta @ hessian.astype(np.float32), delta)) / 2.0
+
+
+@contextlib.contextmanager
+def _in_layer(name: str, block: int | None) -> Iterator[None]:
+    """Prefixes a ValueError or TypeError raised inside with the layer it concerns."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        raise type(err)(f"{where(name, block)}: {err}") from err
+
+
+def where(name: str, block: int | None) -> str:
+    """A layer in the user's terms: its name in the model and, inside blocks, its block."""
+    return f"layer {name}" if block is None else f"layer {name} (block {block})"

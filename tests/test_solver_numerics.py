@@ -1,0 +1,227 @@
+"""The solver's numerics around SparseGPT (fastprune.solver): the damped Hessian a factor is of,
+the dense-output start and the refit of the kept weights, each against a float64 NumPy
+reference written here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fastprune import _core
+from fastprune.solver import (
+    HessianFactor,
+    damped_hessian,
+    dense_target_start,
+    refit_kept,
+    sparsegpt,
+    sparsegpt_factor,
+)
+
+Array = np.ndarray[Any, Any]
+
+
+def hessian_with_dead(rng: np.random.Generator, cols: int, dead: list[int], tokens: int) -> Array:
+    """2/N Σ x xᵀ of uneven channels, the `dead` inputs always zero."""
+    x = rng.standard_normal((tokens, cols)) * rng.uniform(0.5, 2.0, cols)
+    x[:, dead] = 0
+    return 2 / tokens * (x.T @ x)
+
+
+def reference_damped(hessian: Array, dead: Array, damp: float) -> tuple[Array, float]:
+    """The damping rule written out: dead diagonal entries 1, then damp · mean(diag) added."""
+    h = hessian.astype(np.float64)
+    h[dead, dead] = 1.0
+    shift = damp * float(np.mean(np.diagonal(h)))
+    return h + shift * np.eye(h.shape[0]), shift
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("dead", [[], [0], [3, 17, 39]])
+def test_damped_hessian_is_the_matrix_the_factor_factorises(
+    precision: str, dead: list[int]
+) -> None:
+    rng = np.random.default_rng(len(dead))
+    dtype = np.float32 if precision == "float32" else np.float64
+    h = hessian_with_dead(rng, 40, dead, tokens=90).astype(dtype)
+    before = h.copy()
+    factor = sparsegpt_factor(h, damp=0.01, precision=precision)
+    damped, shift = damped_hessian(h, factor)
+    expected, expected_shift = reference_damped(h, factor.dead, factor.damp_used)
+    assert damped.dtype == np.float64
+    np.testing.assert_array_equal(factor.dead, np.isin(np.arange(40), dead))
+    np.testing.assert_allclose(damped, expected, rtol=1e-13, atol=0)
+    assert shift == pytest.approx(expected_shift, rel=1e-13)
+    # the core's factor is of this very matrix: H_damped = T Tᵀ
+    t = factor.t.astype(np.float64)
+    tolerance = 1e-5 if precision == "float32" else 1e-12
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(t @ t.T, expected, rtol=0, atol=tolerance * scale)
+    np.testing.assert_array_equal(h, before)
+
+
+def test_damped_hessian_follows_an_escalated_damping() -> None:
+    """A rank-deficient Hessian with no damping asked for: the factorisation escalates, and the
+    damped matrix is the one it finally factorised."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 24))
+    h = 2 / 6 * (x.T @ x)
+    factor = sparsegpt_factor(h, damp=0.0, precision="float64")
+    assert factor.damp_used > 0
+    damped, shift = damped_hessian(h, factor)
+    expected, expected_shift = reference_damped(h, factor.dead, factor.damp_used)
+    np.testing.assert_allclose(damped, expected, rtol=1e-13, atol=0)
+    assert shift == pytest.approx(expected_shift, rel=1e-13)
+    t = factor.t
+    np.testing.assert_allclose(t @ t.T, expected, rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
+def test_damped_hessian_accepts_other_dtypes_and_a_transposed_view() -> None:
+    rng = np.random.default_rng(2)
+    h = hessian_with_dead(rng, 12, [4], tokens=40)
+    factor = sparsegpt_factor(h, precision="float64")
+    expected, _ = reference_damped(h, factor.dead, factor.damp_used)
+    for variant in (h.T, np.asfortranarray(h), h.astype(np.float16).astype(np.float64), h.tolist()):
+        damped, _ = damped_hessian(variant, factor)
+        np.testing.assert_allclose(
+            damped,
+            reference_damped(np.asarray(variant), factor.dead, factor.damp_used)[0],
+            rtol=1e-13,
+        )
+    np.testing.assert_allclose(damped_hessian(h, factor)[0], expected, rtol=1e-13)
+
+
+def test_damped_hessian_checks_its_arguments() -> None:
+    rng = np.random.default_rng(3)
+    factor = sparsegpt_factor(hessian_with_dead(rng, 8, [], tokens=30))
+    with pytest.raises(ValueError, match="hessian: shape"):
+        damped_hessian(np.eye(9), factor)
+    with pytest.raises(TypeError, match="hessian"):
+        damped_hessian(np.eye(8, dtype=np.int32), factor)
+
+
+@pytest.mark.parametrize("level", _core.supported_levels())
+def test_damped_hessian_is_the_same_on_every_instruction_set(level: str) -> None:
+    rng = np.random.default_rng(4)
+    h = hessian_with_dead(rng, 300, [7, 150], tokens=700).astype(np.float32)
+    factor = sparsegpt_factor(h)
+    with _core.use("baseline"):
+        expected = damped_hessian(h, factor)
+    with _core.use(level):
+        damped, shift = damped_hessian(h, factor)
+    np.testing.assert_array_equal(damped, expected[0])
+    assert shift == expected[1]
+
+
+# --- the dense-output start -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_target_start_solves_against_the_damped_hessian(dtype: Any) -> None:
+    """W* = (W·C)·H⁻¹ for the damped H, computed here with a float64 solve."""
+    rng = np.random.default_rng(6)
+    cols = 32
+    h = hessian_with_dead(rng, cols, [9], tokens=80)
+    factor = sparsegpt_factor(h, precision="float64")
+    damped, _ = reference_damped(h, factor.dead, factor.damp_used)
+    w = rng.standard_normal((10, cols)).astype(dtype)
+    cross = hessian_with_dead(rng, cols, [], tokens=80)
+    gram_target = w.astype(np.float64) @ cross
+    before = gram_target.copy()
+    start = dense_target_start(gram_target, factor, w.dtype)
+    expected = np.linalg.solve(damped, gram_target.T).T  # H symmetric
+    assert start.dtype == dtype
+    tolerance = 1e-5 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(start, expected, rtol=0, atol=tolerance * np.abs(expected).max())
+    np.testing.assert_array_equal(gram_target, before)
+
+
+def test_dense_target_start_of_the_layers_own_output_is_its_weight() -> None:
+    """With C = H (the layer's own inputs), W·H·H⁻¹ is W again."""
+    rng = np.random.default_rng(7)
+    h = hessian_with_dead(rng, 20, [], tokens=60)
+    factor = sparsegpt_factor(h, precision="float64")
+    damped, _ = reference_damped(h, factor.dead, factor.damp_used)
+    w = rng.standard_normal((5, 20))
+    start = dense_target_start(w @ damped, factor, np.float64)
+    np.testing.assert_allclose(start, w, rtol=0, atol=1e-10)
+
+
+# --- the refit of the kept weights -------------------------------------------------------------
+
+
+def reference_refit(mask: Array, damped: Array, gram_target: Array, dead: Array) -> Array:
+    """Row by row: ŵ_S H_SS = g_S over the kept, live columns S, zero elsewhere."""
+    out = np.zeros(mask.shape)
+    for r in range(mask.shape[0]):
+        s = np.flatnonzero(mask[r] & ~dead)
+        if s.size:
+            out[r, s] = np.linalg.solve(damped[np.ix_(s, s)], gram_target[r, s])
+    return out
+
+
+def refit_case(seed: int, rows: int, cols: int, dead: list[int]) -> tuple[Any, ...]:
+    rng = np.random.default_rng(seed)
+    h = hessian_with_dead(rng, cols, dead, tokens=3 * cols)
+    factor = sparsegpt_factor(h, precision="float64")
+    damped, _ = damped_hessian(h, factor)
+    w = rng.standard_normal((rows, cols))
+    return rng, factor, damped, w
+
+
+@pytest.mark.parametrize(("rows", "cols", "dead"), [(1, 1, []), (6, 24, []), (9, 40, [2, 31])])
+def test_refit_solves_each_rows_kept_system(rows: int, cols: int, dead: list[int]) -> None:
+    _, factor, damped, w = refit_case(rows + cols, rows, cols, dead)
+    result = sparsegpt(w, factor, 0.5, precision="float64")
+    gram_target = w @ damped
+    inputs = (result.mask.copy(), damped.copy(), gram_target.copy(), result.weight.copy())
+    refitted = refit_kept(result.mask, damped, gram_target, factor.dead, result.weight)
+    expected = reference_refit(result.mask, damped, gram_target, factor.dead)
+    assert refitted.dtype == np.float64
+    np.testing.assert_allclose(refitted, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    assert np.all(refitted[~result.mask] == 0)
+    for before, after in zip(
+        inputs, (result.mask, damped, gram_target, result.weight), strict=True
+    ):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_refit_handles_empty_and_full_rows_and_any_start() -> None:
+    """A row with nothing kept stays zero, a row with everything kept recovers w* itself, and
+    the answer does not depend on the first guess."""
+    rng, factor, damped, w = refit_case(11, 4, 16, [5])
+    mask = rng.random(w.shape) > 0.5
+    mask[0] = False
+    mask[1] = True
+    gram_target = w @ damped
+    expected = reference_refit(mask, damped, gram_target, factor.dead)
+    for start in (np.zeros_like(w), w, rng.standard_normal(w.shape) * 100):
+        refitted = refit_kept(mask, damped, gram_target, factor.dead, start)
+        np.testing.assert_allclose(refitted, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    refitted = refit_kept(mask, damped, gram_target, factor.dead, w)
+    assert np.all(refitted[0] == 0)
+    live = ~factor.dead
+    np.testing.assert_allclose(refitted[1, live], expected[1, live], atol=1e-6)
+
+
+def test_refit_is_exact_when_the_target_is_reachable() -> None:
+    """When w* already lies on the mask, the refit returns it (to the solver's tolerance)."""
+    rng, factor, damped, w = refit_case(12, 5, 20, [])
+    mask = rng.random(w.shape) > 0.4
+    target = np.where(mask, w, 0.0)
+    refitted = refit_kept(mask, damped, target @ damped, factor.dead, np.zeros_like(w))
+    np.testing.assert_allclose(refitted, target, rtol=0, atol=1e-5 * np.abs(target).max())
+
+
+def test_a_factor_keeps_the_u_a_solve_formed() -> None:
+    """A solve that needs U forms it from T once and the factor keeps it for the next layer."""
+    rng = np.random.default_rng(13)
+    h = hessian_with_dead(rng, 16, [], tokens=50)
+    factor: HessianFactor = sparsegpt_factor(h)
+    assert "u" not in factor.__dict__
+    w = rng.standard_normal((4, 16)).astype(np.float32)
+    sparsegpt(w, factor, 0.5, inplace=True)
+    kept = factor.__dict__["u"]
+    np.testing.assert_allclose(kept @ factor.t, np.eye(16), rtol=0, atol=1e-4)
+    assert factor.u is kept
