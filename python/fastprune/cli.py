@@ -84,8 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         help="prune a Hugging Face model directory (default: all-MiniLM-L6-v2)",
         description="Prune the Linear layers of a transformers model's blocks, layer by layer.",
     )
-    prune.add_argument("model_dir", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
-    prune.add_argument("--out", required=True, help="directory for the pruned model and report")
+    _add_model_and_out(prune, "pruned")
     prune.add_argument("--method", choices=("sparsegpt", "wanda", "magnitude"), default="sparsegpt")
     prune.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (default 0.5)")
     prune.add_argument("--pattern", default="unstructured", help="unstructured or N:M, e.g. 2:4")
@@ -138,8 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         help="solve SparseGPT's kept weights exactly for its mask (default: yes except for causal "
         "language models, where it overfits a small calibration text; --no-refit is also faster)",
     )
-    prune.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
-    prune.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    _add_seed_and_overwrite(prune)
     prune.add_argument("--quiet", action="store_true", help="no progress bar or table")
     prune.set_defaults(run=_run_prune)
 
@@ -162,6 +160,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_and_out(command: argparse.ArgumentParser, made: str) -> None:
+    """The model a command reads and the directory it writes (prune and shrink alike)."""
+    command.add_argument("model_dir", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
+    command.add_argument("--out", required=True, help=f"directory for the {made} model and report")
+
+
+def _add_seed_and_overwrite(command: argparse.ArgumentParser) -> None:
+    """The seed that draws calibration samples and leave to write into a non-empty --out."""
+    command.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
+    command.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+
+
 def _add_shrink_parser(commands: Any) -> None:
     shrink = commands.add_parser(
         "shrink",
@@ -169,8 +179,7 @@ def _add_shrink_parser(commands: Any) -> None:
         description="Structurally prune a Llama-family, BERT or GPT-2 model directory and write "
         "a smaller one that stock transformers loads, with a report of sizes and latency.",
     )
-    shrink.add_argument("model_dir", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
-    shrink.add_argument("--out", required=True, help="directory for the shrunk model and report")
+    _add_model_and_out(shrink, "shrunk")
     shrink.add_argument("--heads", type=int, help="attention (query) heads to keep per layer")
     shrink.add_argument("--kv-heads", type=int, help="KV groups to keep per layer (GQA)")
     shrink.add_argument("--ffn", type=int, help="FFN neurons to keep per layer")
@@ -181,8 +190,7 @@ def _add_shrink_parser(commands: Any) -> None:
     shrink.add_argument("--samples", type=int, default=128, help="calibration samples (128)")
     shrink.add_argument("--seqlen", type=int, default=128, help="tokens per sample at most (128)")
     shrink.add_argument("--batch-size", type=int, default=16, help="samples per forward (16)")
-    shrink.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
-    shrink.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    _add_seed_and_overwrite(shrink)
     shrink.add_argument("--json", action="store_true", help="print the report as JSON")
     shrink.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     shrink.set_defaults(run=_run_shrink)
