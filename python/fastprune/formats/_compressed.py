@@ -33,14 +33,13 @@ class _CompressedRows(_StoredData):
 
     _indptr: Array
     _indices: Array
+    indptr: _Part[Array] = _Part()
+    indices: _Part[Array] = _Part()
 
     @abstractmethod
     def __init__(
         self, indptr: object, indices: object, data: object, shape: tuple[int, int]
     ) -> None: ...  # each format validates its own parts
-
-    indptr: _Part[Array] = _Part()
-    indices: _Part[Array] = _Part()
 
     @classmethod
     def _trusted_parts(

@@ -31,6 +31,7 @@ class Bitmask(_StoredData):
 
     _mask: Array
     _offsets: Array  # row offsets into data (not a component: derived from the mask)
+    mask: _Part[Array] = _Part()
 
     def __init__(self, mask: object, data: object, shape: tuple[int, int]):
         """A bitmask matrix from its parts, validated (padding bits zero, one value per set bit)."""
@@ -58,8 +59,6 @@ class Bitmask(_StoredData):
         data = np.empty(int(offsets[-1]), dtype=a.dtype)
         _core.formats.dense_to_bitmask(_bits(a), offsets, mask, _bits(data))
         return cls._trusted((rows, cols), data, _mask=mask, _data=data, _offsets=offsets)
-
-    mask: _Part[Array] = _Part()
 
     def to_dense(self) -> Array:
         out = np.empty(self._shape, dtype=self._dtype)

@@ -21,6 +21,8 @@ class COO(_StoredData):
 
     _row: Array
     _col: Array
+    row: _Part[Array] = _Part()
+    col: _Part[Array] = _Part()
 
     def __init__(self, row: object, col: object, data: object, shape: tuple[int, int]):
         """A COO matrix from its parts, validated: in range and in canonical order."""
@@ -43,9 +45,6 @@ class COO(_StoredData):
     def from_dense(cls, x: object) -> COO:
         """The non-zeros of a 2-D float array (``x != 0``), in its dtype."""
         return CSR.from_dense(x).to_coo()
-
-    row: _Part[Array] = _Part()
-    col: _Part[Array] = _Part()
 
     def to_csr(self) -> CSR:
         """The same entries as CSR; ``indices`` and ``data`` are shared."""

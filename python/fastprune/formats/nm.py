@@ -43,6 +43,10 @@ class NMCompressed(SparseMatrix):
     _indices: Array
     _n: int
     _m: int
+    values: _Part[Array] = _Part()
+    indices: _Part[Array] = _Part()
+    n: _Part[int] = _Part()
+    m: _Part[int] = _Part()
 
     def __init__(self, values: object, indices: object, shape: tuple[int, int], n: int, m: int):
         """An N:M matrix from its parts, validated (positions < m, increasing within groups)."""
@@ -85,11 +89,6 @@ class NMCompressed(SparseMatrix):
             )
             raise ValueError(msg)
         return cls._trusted((rows, cols), values, _values=values, _indices=indices, _n=n_, _m=m_)
-
-    values: _Part[Array] = _Part()
-    indices: _Part[Array] = _Part()
-    n: _Part[int] = _Part()
-    m: _Part[int] = _Part()
 
     @property
     def nnz(self) -> int:
