@@ -49,6 +49,7 @@ def _bitmask_row_bytes(cols: int) -> int:
 
 
 def _shape(shape: object) -> tuple[int, int]:
+    """A matrix shape: two non-negative ints (NumPy integers accepted, bools refused)."""
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != 2
@@ -138,6 +139,8 @@ def _indptr_from_counts(counts: Array, dtype: type[np.signedinteger[Any]]) -> Ar
 
 
 def _check_csr_structure(indptr: Array, indices: Array, rows: int, cols: int, what: str) -> None:
+    """Refuse an ``indptr``/``indices`` pair that is not canonical CSR over `rows` x `cols`
+    (`what` names the rows: "rows" or "block rows"); the core scans the arrays."""
     if indptr.size != rows + 1:
         msg = f"indptr: expected {rows + 1} entries for {rows} {what}, got {indptr.size}"
         raise ValueError(msg)
@@ -148,6 +151,7 @@ def _check_csr_structure(indptr: Array, indices: Array, rows: int, cols: int, wh
 
 
 def _working(dtype: np.dtype[Any]) -> type[np.floating[Any]]:
+    """The dtype products are computed in: float64 for float64 values, else float32."""
     return np.float64 if dtype == np.float64 else np.float32
 
 

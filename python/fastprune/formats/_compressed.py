@@ -45,6 +45,7 @@ class _CompressedRows(_StoredData):
     def _trusted_parts(
         cls: type[_Compressed], indptr: Array, indices: Array, data: Array, shape: tuple[int, int]
     ) -> _Compressed:
+        """A matrix of this format from parts a kernel built or that were checked before."""
         return cls._trusted(shape, data, _indptr=indptr, _indices=indices, _data=data)
 
     def _scipy_parts(self) -> tuple[Array, Array, Array]:

@@ -14,6 +14,7 @@ from .csr import CSR
 
 
 def _block(block: object, rows: int, cols: int) -> tuple[int, int]:
+    """A block shape ``(h, w)`` of positive ints that divides the matrix shape."""
     if not isinstance(block, (tuple, list)) or len(block) != 2:
         msg = f"block: expected (h, w), got {block!r}"
         raise ValueError(msg)

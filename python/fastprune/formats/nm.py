@@ -12,6 +12,7 @@ from .csr import CSR
 
 
 def _nm(n: object, m: object, cols: int) -> tuple[int, int]:
+    """``n`` and ``m`` of an N:M pattern: 1 <= n <= m <= 256, m dividing the columns."""
     n_, m_ = positive_int(n, "n"), positive_int(m, "m")
     if m_ > 256:
         msg = f"m: must be at most 256, got {m_}"
@@ -26,6 +27,7 @@ def _nm(n: object, m: object, cols: int) -> tuple[int, int]:
 
 
 def _packed_bytes(cols: int, n: int, m: int) -> int:
+    """Bytes per row of packed in-group positions (bits per position from the core)."""
     return (cols // m * n * int(_core.formats.nm_index_bits(m)) + 7) // 8
 
 
