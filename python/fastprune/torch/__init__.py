@@ -49,29 +49,6 @@ if TYPE_CHECKING:
         sync_config,
     )
 
-_STRUCTURAL = frozenset(
-    {
-        "BlockImportance",
-        "DependencyGraph",
-        "GroupImportance",
-        "Layout",
-        "Part",
-        "PruningPlan",
-        "Slice",
-        "StructureError",
-        "block_importance",
-        "check_saveable",
-        "count_parameters",
-        "flops_per_token",
-        "layout",
-        "prune_channels",
-        "prune_width",
-        "remove_blocks",
-        "shrink",
-        "sync_config",
-    }
-)
-
 
 def __getattr__(name: str) -> Any:
     """Load the structural names (`fastprune.torch.structural`) on first access."""
@@ -131,3 +108,7 @@ __all__ = [
     "sparsify",
     "sync_config",
 ]
+
+# The structural names: those of __all__ not imported above (they are imported for type checkers
+# only), so the list of exports is written once.
+_STRUCTURAL = frozenset(__all__).difference(globals())

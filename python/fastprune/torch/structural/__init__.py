@@ -6,22 +6,12 @@ transformers; `DependencyGraph` and `prune_channels` for models torch.fx can tra
 from __future__ import annotations
 
 from .channels import DependencyGraph, prune_channels
+from .depth import BlockImportance, block_importance, remove_blocks
 from .importance import GroupImportance, magnitude, resolve_importance, taylor
+from .model_layout import Layout, StructureError, count_parameters, flops_per_token, layout
 from .plan import Part, PruningPlan, Slice
 from .shrink import latency, shrink
-from .transformers import (
-    BlockImportance,
-    Layout,
-    StructureError,
-    block_importance,
-    check_saveable,
-    count_parameters,
-    flops_per_token,
-    layout,
-    prune_width,
-    remove_blocks,
-    sync_config,
-)
+from .transformers import check_saveable, prune_width, sync_config
 
 __all__ = [
     "BlockImportance",

@@ -17,8 +17,8 @@ from torch import nn
 
 import fastprune as fp
 
+from .activations import Batch
 from .transformers import (
-    Batch,
     block_importance,
     count_parameters,
     flops_per_token,
