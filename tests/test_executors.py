@@ -7,6 +7,7 @@ import pytest
 
 import fastprune as fp
 from fastprune.executors import RayExecutor, SerialExecutor, executor
+from fastprune.result import PruneResult
 
 
 def ray_installed() -> bool:
@@ -20,7 +21,7 @@ def ray_installed() -> bool:
 ray_needed = pytest.mark.skipif(not ray_installed(), reason="needs ray")
 
 
-def solve(shared: np.ndarray, w: np.ndarray, sparsity: float) -> fp.PruneResult:
+def solve(shared: np.ndarray, w: np.ndarray, sparsity: float) -> PruneResult:
     return fp.sparsegpt(w, shared, sparsity=sparsity)
 
 
@@ -59,7 +60,7 @@ def test_ray_missing_says_how_to_install():
 @ray_needed
 @pytest.mark.slow
 def test_ray_executor_gives_the_serial_results_bit_for_bit():
-    def solve_here(shared: np.ndarray, w: np.ndarray, sparsity: float) -> fp.PruneResult:
+    def solve_here(shared: np.ndarray, w: np.ndarray, sparsity: float) -> PruneResult:
         # defined here so that Ray sends the function itself, not a reference to this module
         return fp.sparsegpt(w, shared, sparsity=sparsity)
 
@@ -71,3 +72,68 @@ def test_ray_executor_gives_the_serial_results_bit_for_bit():
         np.testing.assert_array_equal(a.mask, b.mask)
     with pytest.raises(ValueError, match="cpus_per_task"):
         RayExecutor(cpus_per_task=0)
+
+
+# --- prune_model with an executor -----------------------------------------------------------
+
+
+def _tiny_llama_and_batches():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    generator = torch.Generator().manual_seed(3)
+    batches = [{"input_ids": torch.randint(0, 48, (2, 16), generator=generator)} for _ in range(2)]
+    return model, batches
+
+
+def assert_same_weights(model, reference):
+    theirs = reference.state_dict()
+    for name, value in model.state_dict().items():
+        assert (value == theirs[name]).all(), name
+
+
+class Recording(SerialExecutor):
+    """Runs here, and remembers how many solves each call was given."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def map(self, fn, items, shared=None):
+        self.calls.append(len(items))
+        return super().map(fn, items, shared)
+
+
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_prune_model_hands_each_group_of_solves_to_the_executor(method):
+    from fastprune.torch import prune_model
+
+    model, batches = _tiny_llama_and_batches()
+    reference, _ = _tiny_llama_and_batches()
+    recording = Recording()
+    report = prune_model(model, batches, method=method, executor=recording, progress=False)
+    prune_model(reference, batches, method=method, progress=False)
+    # per block: q/k/v together, then o, then gate/up together, then down
+    assert recording.calls == [3, 1, 2, 1] * 2
+    assert report.manifest["options"]["executor"] == "recording"
+    assert_same_weights(model, reference)
+
+
+@ray_needed
+@pytest.mark.slow
+def test_prune_model_on_ray_is_bit_identical_to_serial():
+    from fastprune.torch import prune_model
+
+    model, batches = _tiny_llama_and_batches()
+    reference, _ = _tiny_llama_and_batches()
+    prune_model(
+        model, batches, method="sparsegpt", executor=RayExecutor(num_cpus=2), progress=False
+    )
+    prune_model(reference, batches, method="sparsegpt", progress=False)
+    assert_same_weights(model, reference)

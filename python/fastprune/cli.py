@@ -154,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
         "language models, where it overfits a small calibration text; --no-refit is also faster)",
     )
     prune.add_argument(
+        "--executor",
+        default="serial",
+        help="where the layer solves run: serial (default), ray (a local Ray, or the cluster "
+        "RAY_ADDRESS names) or ray://HOST:PORT; needs the ray extra",
+    )
+    prune.add_argument(
         "--save-format",
         choices=("dense", "sparse"),
         default="dense",
@@ -376,8 +382,9 @@ def _run_prune(args: argparse.Namespace) -> int:
             refit=args.refit,
             progress=not args.quiet,
             seed=args.seed,
+            executor=args.executor,
         )
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ImportError) as err:
         raise CommandError(str(err)) from err
     report.manifest["model"] = {
         "source": _model_name(args, source),

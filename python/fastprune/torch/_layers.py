@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 import fastprune as fp
+from fastprune.executors import Executor, SerialExecutor
+from fastprune.result import PruneResult
 from fastprune.solver import damped_hessian, dense_target_start, refit_kept
 
 from .hooks import (
@@ -42,13 +44,21 @@ class Pruner:
     """Prunes layers with one method and one set of options, and keeps the reports' rows."""
 
     def __init__(
-        self, method: str, pattern: str, blocksize: int, damp: float, *, refit: bool
+        self,
+        method: str,
+        pattern: str,
+        blocksize: int,
+        damp: float,
+        *,
+        refit: bool,
+        executor: Executor | None = None,
     ) -> None:
         self.method = method
         self.pattern = pattern
         self.blocksize = blocksize
         self.damp = damp
         self.refit = refit
+        self.executor = executor or SerialExecutor()
         self.tokens = 0
         self._groups_seen = 0
         # every layer written so far and a CPU copy of its weight before: restored on failure
@@ -131,67 +141,45 @@ class Pruner:
             cross=cross,
         )
         self._groups_seen += 1
-        rows = []
-        for name in group.members:
-            block, _, module, layer_sparsity = layers[order[name]]
-            rows.append(self._prune_layer(block, name, module, layer_sparsity, shared))
-        return rows
+        members = [layers[order[name]] for name in group.members]
+        weights = [weight_matrix(module) for _, _, module, _ in members]
+        # the solves only need the weight and what the group shares: the executor may run them
+        # elsewhere; writing the weights and the reports happen here, in order
+        solve = _Solve(self.method, self.pattern, self.blocksize, self.damp, self.refit, shared)
+        items = [
+            (w, layer_sparsity, name, block)
+            for w, (block, name, _, layer_sparsity) in zip(weights, members, strict=True)
+        ]
+        results = self.executor.map(_solve_layer, items, shared=solve)
+        return [
+            self._record(block, name, module, layer_sparsity, shared, w, result, seconds)
+            for (block, name, module, layer_sparsity), w, (result, seconds) in zip(
+                members, weights, results, strict=True
+            )
+        ]
 
     def prune_alone(
         self, block: int | None, name: str, module: nn.Module, layer_sparsity: float
     ) -> LayerReport:
-        return self._prune_layer(block, name, module, layer_sparsity, None)
+        """Prunes a layer that needs no calibration (magnitude pruning)."""
+        weight = weight_matrix(module)
+        solve = _Solve(self.method, self.pattern, self.blocksize, self.damp, self.refit, None)
+        result, seconds = _solve_layer(solve, weight, layer_sparsity, name, block)
+        return self._record(block, name, module, layer_sparsity, None, weight, result, seconds)
 
-    def _prune_layer(
+    def _record(
         self,
         block: int | None,
         name: str,
         module: nn.Module,
         layer_sparsity: float,
         shared: _SharedInput | None,
+        weight: np.ndarray[Any, Any],
+        result: PruneResult,
+        seconds: float,
     ) -> LayerReport:
+        """Writes a solved weight into its layer (keeping the original) and reports it."""
         with _in_layer(name, block):
-            t0 = time.perf_counter()
-            weight = weight_matrix(module)
-            if self.method == "sparsegpt":
-                assert shared is not None and shared.damped is not None
-                start_from: np.ndarray[Any, Any] = weight
-                gram_target = None  # W·C, the right-hand side of the least-squares problem
-                if shared.cross is not None:
-                    gram_target = weight.astype(np.float64) @ shared.cross
-                    start_from = dense_target_start(gram_target, shared.source, weight.dtype)
-                result = fp.sparsegpt(
-                    start_from,
-                    shared.source,
-                    sparsity=layer_sparsity,
-                    pattern=self.pattern,
-                    blocksize=self.blocksize,
-                    damp=self.damp,
-                )
-                if self.refit:
-                    if gram_target is None:
-                        gram_target = weight.astype(np.float64) @ shared.damped
-                    refitted = refit_kept(
-                        result.mask, shared.damped, gram_target, shared.source.dead, result.weight
-                    )
-                    result = dataclasses.replace(
-                        result, weight=refitted.astype(result.weight.dtype)
-                    )
-            elif self.method == "wanda":
-                assert shared is not None
-                result = fp.wanda(
-                    weight, shared.source, sparsity=layer_sparsity, pattern=self.pattern
-                )
-            else:
-                # the whole layer is ranked together; N:M patterns select within each group
-                whole_layer = self.pattern == "unstructured"
-                result = fp.magnitude_prune(
-                    weight,
-                    sparsity=layer_sparsity,
-                    pattern=self.pattern,
-                    scope="layer" if whole_layer else "row",
-                )
-            seconds = time.perf_counter() - t0
             error = None
             if shared is not None:  # before the write: `weight` may be a view of the parameter
                 error = output_error(weight, result.weight, shared.hessian)
@@ -213,6 +201,69 @@ class Pruner:
                 group=None if shared is None else shared.index,
                 tokens=0 if shared is None else shared.tokens,
             )
+
+
+@dataclass(frozen=True)
+class _Solve:
+    """What every solve of a group needs besides its weight: the method, its options and what
+    the group shares (None for magnitude pruning without calibration). Picklable, so that an
+    executor can send it to other processes."""
+
+    method: str
+    pattern: str
+    blocksize: int
+    damp: float
+    refit: bool
+    shared: _SharedInput | None
+
+
+def _solve_layer(
+    solve: _Solve,
+    weight: np.ndarray[Any, Any],
+    layer_sparsity: float,
+    name: str,
+    block: int | None,
+) -> tuple[PruneResult, float]:
+    """The pruned weight of one layer and the seconds it took: NumPy in, NumPy out, so that an
+    executor may run it in another process. Errors name the layer."""
+    shared = solve.shared
+    with _in_layer(name, block):
+        t0 = time.perf_counter()
+        if solve.method == "sparsegpt":
+            assert shared is not None and shared.damped is not None
+            start_from: np.ndarray[Any, Any] = weight
+            gram_target = None  # W·C, the right-hand side of the least-squares problem
+            if shared.cross is not None:
+                gram_target = weight.astype(np.float64) @ shared.cross
+                start_from = dense_target_start(gram_target, shared.source, weight.dtype)
+            result = fp.sparsegpt(
+                start_from,
+                shared.source,
+                sparsity=layer_sparsity,
+                pattern=solve.pattern,
+                blocksize=solve.blocksize,
+                damp=solve.damp,
+            )
+            if solve.refit:
+                if gram_target is None:
+                    gram_target = weight.astype(np.float64) @ shared.damped
+                refitted = refit_kept(
+                    result.mask, shared.damped, gram_target, shared.source.dead, result.weight
+                )
+                result = dataclasses.replace(result, weight=refitted.astype(result.weight.dtype))
+        elif solve.method == "wanda":
+            assert shared is not None
+            result = fp.wanda(weight, shared.source, sparsity=layer_sparsity, pattern=solve.pattern)
+        else:
+            # the whole layer is ranked together; N:M patterns select within each group
+            whole_layer = solve.pattern == "unstructured"
+            result = fp.magnitude_prune(
+                weight,
+                sparsity=layer_sparsity,
+                pattern=solve.pattern,
+                scope="layer" if whole_layer else "row",
+            )
+        return result, time.perf_counter() - t0
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,8 @@ def write_weight(module: nn.Module, weight: np.ndarray[Any, Any]) -> None:
     """Copy a pruned (out, in) matrix into the layer, keeping the layer's dtype and device."""
     param = weight_of(module)
     array = np.ascontiguousarray(weight)
+    if not array.flags.writeable:  # e.g. a result read from Ray's object store
+        array = array.copy()  # torch wraps only writable arrays
     if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: torch reads it through its bits
         values = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     else:

@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 import fastprune as fp
+from fastprune import executors
 from fastprune._arrays import check_sparsity
 
 from ._layers import Pass, Pruner
@@ -103,6 +104,7 @@ def prune_model(
     refit: bool | None = None,
     progress: bool = True,
     seed: int | None = None,
+    executor: object = None,
 ) -> PruneReport:
     """Prune `model` in place and report what was done.
 
@@ -152,6 +154,10 @@ def prune_model(
             not change.
         progress: show a progress bar (when tqdm is installed).
         seed: recorded in the manifest (the pruning itself is deterministic).
+        executor: where the solves of the layers calibrated together run, once their
+            statistics are gathered: None or ``"serial"`` here, ``"ray"`` (a local Ray, or
+            the cluster ``RAY_ADDRESS`` names), ``"ray://..."`` / ``"ray:ADDRESS"``, or any
+            :class:`fastprune.executors.Executor`. The weights are the same whichever runs them.
 
     Failure leaves the model as it was: when anything fails part-way (a NaN in a layer's
     input, a layer SparseGPT cannot solve, an interrupt), every layer already pruned gets its
@@ -239,7 +245,9 @@ def prune_model(
         "reconstruct": reconstruct,
         "refit": fp_refit,
     }
-    pruner = Pruner(method, pattern, fp_blocksize, fp_damp, refit=fp_refit)
+    runner = executors.executor(executor)
+    options["executor"] = getattr(runner, "name", type(runner).__name__)
+    pruner = Pruner(method, pattern, fp_blocksize, fp_damp, refit=fp_refit, executor=runner)
     requested_dense = reconstruct == "dense" and requested_reconstruct == "dense"
     # only true-sequential mode calibrates a layer after every layer before it was pruned; in
     # whole-block mode all layers of a block would correct the same earlier error at once
