@@ -32,18 +32,12 @@ pruned (so per-layer sparsity and N:M validity are exactly those of plain Sparse
   conjugate gradients in float64 from SparseGPT's weights, one GEMM with H per step (to a
   relative residual of 1e-6, at most 100 steps).
 
-On all-MiniLM-L6-v2 (tests/test_minilm.py; 36 encoder layers, 512 STS-B train sentences, mean
-cosine of dense and pruned sentence embeddings on STS-B dev), true-sequential SparseGPT went from
-0.942 (50 %) and 0.901 (2:4) without either to 0.958 / 0.925 fitting the dense outputs, 0.961 /
-0.932 refitting, and 0.967 / 0.941 with both; whole-block mode with refitting gave 0.961 (50 %).
-
 Both fit the calibration tokens more closely than SparseGPT's own updates do, and that is only a
-gain when those tokens are like the text the model will see. On a decoder LLM calibrated on a
-small, different text they overfit it: SmolLM2-135M calibrated on 16k tokens of STS-B sentences
-and evaluated on WikiText-2 (``bench/decoder.py``) went from a perplexity of 103 with the
-paper's procedure to 107 refitting and 145 with both. So by default (``"auto"``) they are used
-for models that do not generate text (encoders, whose embeddings are usually calibrated on text
-of the task) and not for causal language models, which follow the paper.
+gain when those tokens are like the text the model will see: on a decoder LLM calibrated on a
+small, different text they overfit it (README, "Pruning a decoder LLM", gives the measurements).
+So by default (``"auto"``) they are used for models that do not generate text (encoders, whose
+embeddings are usually calibrated on text of the task) and not for causal language models, which
+follow the paper.
 """
 
 from __future__ import annotations
