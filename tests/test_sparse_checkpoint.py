@@ -254,3 +254,19 @@ def test_generate_errors(llama_dir, tmp_path, capsys):
     assert status == 1 and "no sparse layers" in err
     status, _, err = run(capsys, "generate", str(tmp_path))
     assert status == 1 and "config.json" in err
+
+
+def test_the_core_package_imports_torch_only_for_save_sparse():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fastprune\n"
+        "assert 'torch' not in sys.modules, 'import fastprune loaded torch'\n"
+        "save = fastprune.save_sparse\n"
+        "from fastprune.torch import save_sparse\n"
+        "assert save is save_sparse\n"
+    )
+    if importlib.util.find_spec("torch") is None:
+        code = "import sys, fastprune\nassert 'torch' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
