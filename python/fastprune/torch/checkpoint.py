@@ -127,8 +127,10 @@ def load_sparse(directory: str | os.PathLike[str], model: object = None) -> nn.M
         msg = f"directory: {str(directory)!r} holds no {SPARSE_FILE} (written by save_sparse)"
         raise FileNotFoundError(msg)
     if model is None:
-        model = _build_from_config(source)
-    elif not isinstance(model, nn.Module):
+        target: nn.Module = _build_from_config(source)
+    elif isinstance(model, nn.Module):
+        target = model
+    else:
         msg = f"model: expected a torch.nn.Module, got {type(model).__name__}"
         raise TypeError(msg)
     _, metadata = io.read_header(path)
@@ -137,14 +139,14 @@ def load_sparse(directory: str | os.PathLike[str], model: object = None) -> nn.M
     state: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         if isinstance(tensor, PackedLinear):
-            _place_packed(model, path, name, tensor, description["weight_dtypes"])
+            _place_packed(target, path, name, tensor, description["weight_dtypes"])
         elif isinstance(tensor, np.ndarray):
             state[name] = _to_torch(tensor)
         else:
             msg = f"{path}: tensor {name!r} is a {type(tensor).__name__}, not a model tensor"
             raise ValueError(msg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    packed = {n for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    packed = {n for n, m in target.named_modules() if isinstance(m, SparseLinear)}
     missing = [k for k in missing if k.rpartition(".")[0] not in packed or k.endswith(".bias")]
     tied = description["tied"]
     missing_untied = [k for k in missing if k not in tied]
@@ -154,11 +156,11 @@ def load_sparse(directory: str | os.PathLike[str], model: object = None) -> nn.M
     for name, original in tied.items():
         shared: torch.Tensor
         try:
-            shared = model.get_parameter(original)
+            shared = target.get_parameter(original)
         except AttributeError:
-            shared = model.get_buffer(original)
-        set_dotted(model, name, shared)
-    return model.eval()
+            shared = target.get_buffer(original)
+        set_dotted(target, name, shared)
+    return target.eval()
 
 
 _BUFFERS = ("mask", "offsets", "values")
