@@ -112,9 +112,9 @@ class Recording(SerialExecutor):
 
 @pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
 def test_prune_model_hands_each_group_of_solves_to_the_executor(method):
+    model, batches = _tiny_llama_and_batches()  # skips without torch and transformers
     from fastprune.torch import prune_model
 
-    model, batches = _tiny_llama_and_batches()
     reference, _ = _tiny_llama_and_batches()
     recording = Recording()
     report = prune_model(model, batches, method=method, executor=recording, progress=False)
@@ -128,9 +128,9 @@ def test_prune_model_hands_each_group_of_solves_to_the_executor(method):
 @ray_needed
 @pytest.mark.slow
 def test_prune_model_on_ray_is_bit_identical_to_serial():
+    model, batches = _tiny_llama_and_batches()  # skips without torch and transformers
     from fastprune.torch import prune_model
 
-    model, batches = _tiny_llama_and_batches()
     reference, _ = _tiny_llama_and_batches()
     prune_model(
         model, batches, method="sparsegpt", executor=RayExecutor(num_cpus=2), progress=False
