@@ -234,16 +234,16 @@ def _build_from_config(source: Path) -> nn.Module:
     try:
         import transformers
     except ImportError as err:
-        msg = 'rebuilding a Hugging Face model needs the hf extra: pip install "fastprune[hf]"'
+        msg = 'rebuilding a Hugging Face model needs transformers: pip install "fastprune[torch]"'
         raise ImportError(msg) from err
+    from .models import model_class
+
     config = transformers.AutoConfig.from_pretrained(source, local_files_only=True)
-    architectures = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, architectures[0], None) if architectures else None
-    if model_class is None:
-        model_class = transformers.AutoModel
-        model: nn.Module = model_class.from_config(config)  # type: ignore[no-untyped-call,unused-ignore]
+    cls = model_class(config)
+    if cls is transformers.AutoModel:  # no class named: the Auto class builds from the config
+        model: nn.Module = cls.from_config(config)  # type: ignore[no-untyped-call,unused-ignore]
     else:
-        model = model_class(config)
+        model = cls(config)
     dtype = config.dtype if hasattr(config, "dtype") else getattr(config, "torch_dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)

@@ -55,6 +55,15 @@ def check_model_dir(path: str | Path) -> Path:
     return folder
 
 
+def model_class(config: Any) -> Any:
+    """The transformers class a config's ``architectures`` names, else ``AutoModel``."""
+    import transformers
+
+    architectures = getattr(config, "architectures", None) or []
+    found = getattr(transformers, architectures[0], None) if architectures else None
+    return found if found is not None else transformers.AutoModel
+
+
 def load_pretrained(path: str | Path, *, progress: bool = True) -> tuple[nn.Module, Any]:
     """The model (the class its config names, weights in their stored dtype) and tokenizer."""
     import transformers
@@ -64,11 +73,7 @@ def load_pretrained(path: str | Path, *, progress: bool = True) -> tuple[nn.Modu
 
     folder = check_model_dir(path)
     config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    architectures = getattr(config, "architectures", None) or []
-    model_class = getattr(transformers, architectures[0], None) if architectures else None
-    if model_class is None:
-        model_class = transformers.AutoModel
-    model = model_class.from_pretrained(folder, local_files_only=True, dtype="auto")
+    model = model_class(config).from_pretrained(folder, local_files_only=True, dtype="auto")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return model, tokenizer
 
