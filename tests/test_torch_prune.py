@@ -158,6 +158,68 @@ def test_sequential_calibrates_each_group_on_the_pruned_groups_called_before_it(
     assert groups == [0, 0, 0, 1, 2, 3, 4, 4, 4, 5, 6, 7]
 
 
+class _ReusedUp(torch.nn.Module):
+    """A block that calls one layer twice, on different inputs, with another layer between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Linear(D, D)
+        self.mid = torch.nn.Linear(D, D)
+        self.down = torch.nn.Linear(D, D)
+
+    def forward(self, x, attention_mask=None):
+        h = torch.tanh(self.mid(torch.tanh(self.up(x))))
+        return (x + self.down(self.up(h)),)
+
+
+class _ReusedUpModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.emb = torch.nn.Embedding(VOCAB, D)
+        self.layers = torch.nn.ModuleList([_ReusedUp(), _ReusedUp()])
+
+    def forward(self, input_ids, attention_mask):
+        x = self.emb(input_ids)
+        for block in self.layers:
+            x = block(x, attention_mask=attention_mask)[0]
+        return x
+
+
+@pytest.mark.parametrize("make", [toy, _ReusedUpModel], ids=["toy", "layer-called-twice"])
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_calibration_passes_stop_once_their_layers_inputs_are_known(monkeypatch, make, method):
+    import fastprune.torch._layers as layers_module
+
+    def run(stop_early):
+        model = make()
+        calls = {}
+        for name, module in model.named_modules():
+            if name.endswith("down"):
+                module.register_forward_hook(  # counts the calls that ran
+                    lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1)
+                )
+        original = layers_module.Calibrator
+
+        def calibrator(*args, **kwargs):
+            return original(*args, **{**kwargs, "stop_early": stop_early and kwargs["stop_early"]})
+
+        monkeypatch.setattr(layers_module, "Calibrator", calibrator)
+        report = prune_model(model, batches(), method=method, progress=False)
+        monkeypatch.undo()
+        return weights(model), calls, report
+
+    stopped, stopped_calls, report = run(True)
+    whole, whole_calls, whole_report = run(False)
+    for name in whole:
+        np.testing.assert_array_equal(stopped[name], whole[name], err_msg=name)
+    assert report.work["block_passes"] == whole_report.work["block_passes"]
+    assert report.work["passes_stopped_early"] > 0 == whole_report.work["passes_stopped_early"]
+    # the passes that calibrate the layers before `down` end before reaching it
+    assert whole_calls
+    assert all(stopped_calls[name] < whole_calls[name] for name in whole_calls)
+
+
 def test_the_second_groups_hessian_comes_from_the_pruned_first_group():
     data = batches()
     dense = toy()

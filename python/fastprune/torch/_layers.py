@@ -60,6 +60,8 @@ class Pruner:
         self.refit = refit
         self.executor = executor or SerialExecutor()
         self.tokens = 0
+        self.statistics_seconds = 0.0  # inside the calibration hooks
+        self.passes_stopped = 0  # forward passes ended once their layers' inputs were known
         self._groups_seen = 0
         # every layer written so far and a CPU copy of its weight before: restored on failure
         self._originals: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -84,18 +86,26 @@ class Pruner:
         `passes()` yields each batch's token mask (and, with `cross`, the dense model's inputs to
         the layers) just before it runs that batch's forward pass. With `first_group_only`, only
         the layers reading the input called first are calibrated and pruned (at least one layer,
-        or ValueError). With `cross`, SparseGPT reconstructs the dense model's outputs.
+        or ValueError), and every pass after the first may end with `StopForward` once those
+        layers' inputs are known (`passes` must catch it). With `cross`, SparseGPT reconstructs
+        the dense model's outputs.
         """
         modules = {name: module for _, name, module, _ in layers}
         blocks = {name: block for block, name, _, _ in layers}
+        calibrator = Calibrator(
+            modules, first_group_only=first_group_only, cross=cross, stop_early=first_group_only
+        )
         try:
-            with Calibrator(modules, first_group_only=first_group_only, cross=cross) as calibrator:
+            with calibrator:
                 for token_mask, dense_inputs in passes():
                     calibrator.new_batch(token_mask, dense_inputs)
         except LayerInputError as err:
             place = where(err.layer, blocks.get(err.layer))
             msg = f"{place}: its calibration input {err.reason}"
             raise ValueError(msg) from err
+        finally:
+            self.statistics_seconds += calibrator.seconds
+            self.passes_stopped += calibrator.stopped
         rows: list[LayerReport] = []
         order = {name: i for i, (_, name, _, _) in enumerate(layers)}
         for group in calibrator.groups:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +38,9 @@ Batch = Any  # a Mapping of model keyword arguments, a tuple/list of positional 
 TokenMask = np.ndarray[Any, np.dtype[np.bool_]] | None  # (batch, seq), True = real token
 
 
-class _StopForward(Exception):
-    """Raised by the capture hook to end a forward pass once the first block's input is known."""
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once what it was run for is known (the first
+    block's input, or every input of the layers being calibrated)."""
 
 
 @dataclass
@@ -128,7 +130,7 @@ def capture_block_inputs(
 
     def stop(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         captured.append(BlockInput(tuple(args), dict(kwargs), mask[0]))
-        raise _StopForward
+        raise StopForward
 
     handle = block.register_forward_pre_hook(stop, with_kwargs=True)
     try:
@@ -139,7 +141,7 @@ def capture_block_inputs(
             try:
                 with torch.no_grad():
                     call_model(model, batch)
-            except _StopForward:
+            except StopForward:
                 continue
             msg = "blocks: the model's forward pass never reached the first block"
             raise ValueError(msg)
@@ -378,6 +380,11 @@ class Calibrator:
     (and is the only one in `groups`); the other layers' inputs are ignored. With `cross`, every
     batch must come with `dense_inputs` (the dense model's input to each layer, from
     `DenseTwin.layer_inputs`), and each group also gathers its `CrossStatistic`.
+
+    With `first_group_only` and `stop_early`, every forward pass after the first ends with
+    `StopForward` at the first call of another layer once each member of the first group has
+    been called as often as in the first (whole) pass: the rest of the pass feeds nothing this
+    calibration reads. `stopped` counts those passes, `seconds` the time spent in the hooks.
     """
 
     def __init__(
@@ -386,10 +393,16 @@ class Calibrator:
         *,
         first_group_only: bool = False,
         cross: bool = False,
+        stop_early: bool = False,
     ) -> None:
         self.layers = dict(layers)
         self.first_group_only = first_group_only
         self.cross = cross
+        self.stop_early = stop_early and first_group_only
+        self.stopped = 0
+        self.seconds = 0.0
+        self._batches = 0
+        self._calls_needed: dict[str, int] | None = None  # the first group's calls per pass
         self.groups: list[Group] = []
         self.group_of: dict[str, Group] = {}
         self._seen: list[tuple[torch.Tensor, Group]] = []
@@ -417,22 +430,36 @@ class Calibrator:
             msg = "Calibrator: with cross=True every batch needs the dense model's layer inputs"
             raise ValueError(msg)
         self._seen.clear()  # drops the references that kept last batch's inputs alive
+        if self.stop_early and self._calls_needed is None and self._batches and self.groups:
+            self._calls_needed = {name: self._calls[name] for name in self.groups[0].members}
+        self._batches += 1
         self._token_mask = token_mask
         self._dense_inputs = dense_inputs or {}
         self._calls.clear()
 
     def _hook_for(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            needed = self._calls_needed
+            if (
+                needed is not None
+                and name not in needed
+                and all(self._calls.get(member, 0) >= calls for member, calls in needed.items())
+            ):
+                self.stopped += 1
+                raise StopForward
             x = args[0] if args else kwargs.get("input")
             if not isinstance(x, torch.Tensor):
                 msg = f"{name}: cannot find the layer's input tensor"
                 raise TypeError(msg)
+            start = time.perf_counter()
             try:
                 self._observe(name, module, x)
             except LayerInputError:
                 raise
             except ValueError as err:
                 raise LayerInputError(name, err) from err
+            finally:
+                self.seconds += time.perf_counter() - start
 
         return hook
 

@@ -42,11 +42,13 @@ follow the paper.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,6 +65,7 @@ from .hooks import (
     BlockInput,
     CalibrationDigest,
     DenseTwin,
+    StopForward,
     blocks_are_chained,
     call_model,
     capture_block_inputs,
@@ -247,6 +250,7 @@ def prune_model(
     # whole-block mode all layers of a block would correct the same earlier error at once
     dense_target = method == "sparsegpt" and reconstruct == "dense" and sequential is True
     digest = CalibrationDigest()
+    work = _Work()
     was_training = model.training
     model.eval()
     try:
@@ -264,6 +268,7 @@ def prune_model(
                     plan,
                     pruner,
                     digest,
+                    work,
                     progress,
                     by_group=sequential is True,
                     dense_target=dense_target,
@@ -271,7 +276,7 @@ def prune_model(
                     options=options,
                 )
             else:
-                reports = _prune_in_one_pass(model, calibration_batches, plan, pruner, digest)
+                reports = _prune_in_one_pass(model, calibration_batches, plan, pruner, digest, work)
     except BaseException:
         pruner.restore()  # the model is left as it was, whatever failed (an interrupt too)
         raise
@@ -292,7 +297,8 @@ def prune_model(
         },
         "seed": seed,
     }
-    return PruneReport(reports, manifest, time.perf_counter() - start, skipped)
+    seconds = time.perf_counter() - start
+    return PruneReport(reports, manifest, seconds, skipped, work.summary(seconds, reports, pruner))
 
 
 def resolve_blocks(
@@ -369,6 +375,49 @@ def _loaded_conv1d() -> tuple[type[nn.Module], ...]:
     return (conv1d,) if isinstance(conv1d, type) and issubclass(conv1d, nn.Module) else ()
 
 
+@dataclass
+class _Work:
+    """Where a run's time goes besides the solves: the forward passes through the model and its
+    blocks (calibration hooks included), and how many passes over the calibration set each
+    block made."""
+
+    forward_seconds: float = 0.0
+    one_pass_seconds: float | None = 0.0  # the passes that carry the data once through the model
+    block_passes: list[int] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def forward(self, *, one_pass: bool = False) -> Iterator[None]:
+        """Times what runs inside as forward passes."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.forward_seconds += elapsed
+            if one_pass and self.one_pass_seconds is not None:
+                self.one_pass_seconds += elapsed
+
+    def summary(self, seconds: float, reports: list[LayerReport], pruner: Pruner) -> dict[str, Any]:
+        """The report's ``work`` section (see `PruneReport`)."""
+        statistics = min(pruner.statistics_seconds, self.forward_seconds)
+        forward = self.forward_seconds - statistics
+        solves = sum(row.seconds for row in reports)
+        tokens = pruner.tokens
+        # without passes of their own (one calibrated pass), the model's forward is the one pass
+        one_pass = self.one_pass_seconds or forward if self.one_pass_seconds is not None else None
+        return {
+            "seconds": seconds,
+            "model_forward_seconds": forward,
+            "statistics_seconds": statistics,
+            "solve_seconds": solves,
+            "other_seconds": max(seconds - forward - statistics - solves, 0.0),
+            "calibration_tokens": tokens,
+            "ms_per_token_one_pass": 1e3 * one_pass / tokens if tokens and one_pass else None,
+            "block_passes": list(self.block_passes),
+            "passes_stopped_early": pruner.passes_stopped,
+        }
+
+
 def _prune_sequential(
     model: nn.Module,
     blocks: list[nn.Module],
@@ -376,6 +425,7 @@ def _prune_sequential(
     plan: list[tuple[int | None, str, nn.Module, float]],
     pruner: Pruner,
     digest: CalibrationDigest,
+    work: _Work,
     progress: bool,
     by_group: bool,
     dense_target: bool,
@@ -383,13 +433,15 @@ def _prune_sequential(
     options: dict[str, Any],
 ) -> list[LayerReport]:
     batch_list = list(batches)  # run again when the model works between its blocks
-    inputs = capture_block_inputs(model, blocks[0], batch_list, digest)
+    with work.forward(one_pass=True):
+        inputs = capture_block_inputs(model, blocks[0], batch_list, digest)
     if not inputs:
         msg = "calibration_batches: no batches were given"
         raise ValueError(msg)
     # Block k+1 is calibrated on block k's output replayed where that is what the model hands
     # it; otherwise on what the model's own forward hands it, captured by a pre-hook.
-    chained = len(blocks) == 1 or blocks_are_chained(model, blocks, batch_list[0])
+    with work.forward():
+        chained = len(blocks) == 1 or blocks_are_chained(model, blocks, batch_list[0])
     if dense_target and not chained:
         if dense_requested:
             msg = (
@@ -408,7 +460,8 @@ def _prune_sequential(
         twin = None
         if dense_inputs is not None:
             twin = DenseTwin(block, {name: module for _, name, module, _ in layers})
-        passes = _block_passes(block, inputs, twin, dense_inputs)
+        passes = _block_passes(block, inputs, twin, dense_inputs, work)
+        rounds = 0
         if by_group:
             rows: list[LayerReport] = []
             while len(rows) < len(layers):  # one group per round, in the order they are called
@@ -417,16 +470,25 @@ def _prune_sequential(
                 rows += pruner.prune_calibrated(
                     rest, passes, first_group_only=True, cross=twin is not None
                 )
+                rounds += 1
             order = {item[1]: i for i, item in enumerate(layers)}
             reports += sorted(rows, key=lambda row: order[row.name])
         elif layers:
             reports += pruner.prune_calibrated(layers, passes)  # never a dense target here
+            rounds += 1
         if index + 1 < len(blocks) and not chained:
-            inputs = capture_block_inputs(model, blocks[index + 1], batch_list)
+            with work.forward():
+                inputs = capture_block_inputs(model, blocks[index + 1], batch_list)
+            work.one_pass_seconds = None  # each capture runs the model from its start
+            rounds += 1
         elif index + 1 < len(blocks):
-            inputs = [with_hidden_states(item, run_block(block, item)) for item in inputs]
+            with work.forward(one_pass=True):
+                inputs = [with_hidden_states(item, run_block(block, item)) for item in inputs]
+            rounds += 1
             if twin is not None and dense_inputs is not None:
-                dense_inputs = [with_hidden_states(item, twin.run(item)) for item in dense_inputs]
+                with work.forward():
+                    dense_inputs = [with_hidden_states(x, twin.run(x)) for x in dense_inputs]
+        work.block_passes.append(rounds)
     return reports
 
 
@@ -435,17 +497,24 @@ def _block_passes(
     inputs: list[BlockInput],
     twin: DenseTwin | None,
     dense_inputs: list[BlockInput] | None,
+    work: _Work,
 ) -> Callable[[], Iterator[Pass]]:
     """Forward passes of `block`, each announced by its token mask and, with a dense `twin`,
-    the dense model's inputs to the block's layers for the same batch."""
+    the dense model's inputs to the block's layers for the same batch. A pass that the
+    calibration ends early (`StopForward`) is over."""
 
     def passes() -> Iterator[Pass]:
         for i, item in enumerate(inputs):
             dense = None
             if twin is not None and dense_inputs is not None:
-                dense = twin.layer_inputs(dense_inputs[i])
+                with work.forward():
+                    dense = twin.layer_inputs(dense_inputs[i])
             yield item.token_mask, dense
-            run_block(block, item)
+            try:
+                with work.forward():
+                    run_block(block, item)
+            except StopForward:
+                continue
 
     return passes
 
@@ -456,14 +525,17 @@ def _prune_in_one_pass(
     plan: list[tuple[int | None, str, nn.Module, float]],
     pruner: Pruner,
     digest: CalibrationDigest,
+    work: _Work,
 ) -> list[LayerReport]:
     def passes() -> Iterator[Pass]:
         for batch in batches:
             digest.update(batch)
             yield token_mask_of(batch), None
-            call_model(model, batch)
+            with work.forward():
+                call_model(model, batch)
 
     reports = pruner.prune_calibrated(plan, passes)
+    work.block_passes.append(1)
     if digest.batches == 0:
         msg = "calibration_batches: no batches were given"
         raise ValueError(msg)

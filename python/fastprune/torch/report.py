@@ -61,12 +61,22 @@ class PruneReport:
     `manifest` holds the fastprune and torch versions, the method and every option, the number
     of calibration batches, samples and tokens, a SHA-256 of the calibration data, and the seed;
     the CLI adds the model and calibration-text sources.
+
+    `work` says where the time went (seconds): ``model_forward_seconds`` (the model's own
+    forward passes), ``statistics_seconds`` (fastprune's calibration hooks),
+    ``solve_seconds`` (the layers' solves, shared factorisations included) and
+    ``other_seconds``; ``calibration_tokens`` and ``ms_per_token_one_pass`` (one forward pass
+    of a calibration token through the model); ``block_passes`` (per block, the passes over
+    the calibration data: one per group of layers calibrated in turn, plus the one that carries
+    the data to the next block) and ``passes_stopped_early`` (per batch, the calibration passes
+    that ended once the layers' inputs were known).
     """
 
     layers: list[LayerReport]
     manifest: dict[str, Any]
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    work: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_weights(self) -> int:
@@ -134,7 +144,31 @@ class PruneReport:
         out = [line(header), rule, *(line(r) for r in rows), rule, line(total)]
         if self.skipped:
             out.append(f"left dense: {', '.join(self.skipped)}")
+        if self.work.get("calibration_tokens"):
+            out.append(self.work_summary())
         return "\n".join(out)
+
+    def work_summary(self) -> str:
+        """Where the time went, in one line (empty without calibration)."""
+        w = self.work
+        if not w.get("calibration_tokens"):
+            return ""
+        total = max(float(w["seconds"]), 1e-12)
+        shares = ", ".join(
+            f"{what} {w[key]:.1f} s ({w[key] / total:.0%})"
+            for what, key in (
+                ("model forward", "model_forward_seconds"),
+                ("statistics", "statistics_seconds"),
+                ("solves", "solve_seconds"),
+                ("other", "other_seconds"),
+            )
+        )
+        passes = w.get("block_passes") or [0]
+        line = f"time: {shares}; {w['calibration_tokens']} calibration tokens"
+        if w.get("ms_per_token_one_pass") is not None:
+            line += f", {w['ms_per_token_one_pass']:.3f} ms per token per pass through the model"
+        line += f"; {max(passes)} passes per block ({w.get('passes_stopped_early', 0)} ended early)"
+        return line
 
     def __str__(self) -> str:
         return self.table()
@@ -153,6 +187,7 @@ class PruneReport:
                 "seconds": self.seconds,
             },
             "manifest": self.manifest,
+            "work": self.work,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -164,7 +199,13 @@ class PruneReport:
         layers = [
             LayerReport(**{**layer, "shape": tuple(layer["shape"])}) for layer in data["layers"]
         ]
-        return cls(layers, data["manifest"], data["totals"]["seconds"], data["skipped"])
+        return cls(
+            layers,
+            data["manifest"],
+            data["totals"]["seconds"],
+            data["skipped"],
+            data.get("work", {}),
+        )
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write the report, the manifest and (with matplotlib) the plot into `directory`.
