@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from fastprune.executors import Executor, SerialExecutor
 from fastprune.result import PruneResult
 from fastprune.solver import damped_hessian, dense_target_start, refit_kept
 
+from .experts import ExpertLinear
 from .hooks import (
     Calibrator,
     Group,
@@ -117,11 +119,25 @@ class Pruner:
             rows += self._prune_group(group, layers, order)
         missing = [name for name in modules if name not in calibrator.group_of]
         if missing and (not first_group_only or not calibrator.groups):
-            msg = (
-                f"{missing[0]}: the calibration forward passes never reached this layer; "
-                "add it to `ignore`"
+            unrouted = [name for name in missing if isinstance(modules[name], ExpertLinear)]
+            others = [name for name in missing if name not in unrouted]
+            if others:
+                msg = (
+                    f"{others[0]}: the calibration forward passes never reached this layer; "
+                    "add it to `ignore`"
+                )
+                raise ValueError(msg)
+            warnings.warn(
+                f"{len(unrouted)} expert projections saw no calibration token (the router sent "
+                f"none to them: {', '.join(unrouted[:4])}{', ...' if len(unrouted) > 4 else ''})"
+                "; they are pruned by weight magnitude instead. More calibration text routes "
+                "tokens to more experts.",
+                UserWarning,
+                stacklevel=4,
             )
-            raise ValueError(msg)
+            rows += [
+                self.prune_alone(*layers[order[name]], method="magnitude") for name in unrouted
+            ]
         return sorted(rows, key=lambda row: order[row.name])
 
     def _prune_group(
@@ -169,11 +185,18 @@ class Pruner:
         ]
 
     def prune_alone(
-        self, block: int | None, name: str, module: nn.Module, layer_sparsity: float
+        self,
+        block: int | None,
+        name: str,
+        module: nn.Module,
+        layer_sparsity: float,
+        method: str | None = None,
     ) -> LayerReport:
-        """Prunes a layer that needs no calibration (magnitude pruning)."""
+        """Prunes a layer without calibration: by magnitude (`method` defaults to the
+        pruner's, which must then be magnitude pruning)."""
         weight = weight_matrix(module)
-        solve = _Solve(self.method, self.pattern, self.blocksize, self.damp, self.refit, None)
+        how = method or self.method
+        solve = _Solve(how, self.pattern, self.blocksize, self.damp, self.refit, None)
         result, seconds = _solve_layer(solve, weight, layer_sparsity, name, block)
         return self._record(block, name, module, layer_sparsity, None, weight, result, seconds)
 

@@ -34,6 +34,8 @@ from torch.nn import functional as F
 
 import fastprune as fp
 
+from .experts import token_rows
+
 Batch = Any  # a Mapping of model keyword arguments, a tuple/list of positional ones, or a tensor
 TokenMask = np.ndarray[Any, np.dtype[np.bool_]] | None  # (batch, seq), True = real token
 
@@ -518,6 +520,12 @@ def layer_rows(
     rows = tensor_to_numpy(x)
     if token_mask is None:
         return rows, None
+    routed = token_rows(module)  # an expert's input: the tokens routed to it
+    if routed is not None and rows.ndim == 2 and len(routed) == len(rows):
+        flat = token_mask.reshape(-1)
+        positions = routed.detach().cpu().numpy()
+        if positions.size == 0 or int(positions.max()) < flat.size:
+            return rows, flat[positions]
     if rows.shape[:-1] == token_mask.shape:
         return rows, token_mask
     if rows.ndim >= 2 and int(np.prod(rows.shape[:-1])) == token_mask.size:

@@ -60,6 +60,7 @@ from fastprune import executors
 from fastprune._arrays import check_sparsity
 
 from ._layers import Pass, Pruner
+from .experts import ExpertLinear, unrolled_experts
 from .hooks import (
     Batch,
     BlockInput,
@@ -205,100 +206,107 @@ def prune_model(
         raise TypeError(msg)
 
     block_list, block_names = resolve_blocks(model, blocks)
-    candidates = select_layers(model, block_list, targets, ignore)
-    plan: list[tuple[int | None, str, nn.Module, float]] = []
-    skipped: list[str] = []
-    for block, name, module in candidates:
-        layer_sparsity = _sparsity_for(sparsity, name, module)
-        if layer_sparsity is None:
-            skipped.append(name)
-        else:
-            plan.append((block, name, module, layer_sparsity))
-    if not plan:
-        kinds = ", ".join(t.__name__ for t in targets)
-        msg = f"model: nothing to prune: {len(candidates)} layers ({kinds}) in {block_names}"
-        if skipped:
-            msg += f", and `sparsity` leaves every one of them dense ({skipped[0]}, ...)"
-        msg += "; check `targets`, `ignore`, `blocks` and `sparsity`"
-        raise ValueError(msg)
-    for _, name, module, _ in plan:
-        width = in_features(module)
-        if group_size and width % group_size:
-            msg = (
-                f"pattern: {pattern} needs every layer's input width to be a multiple of "
-                f"{group_size}, but {name} has {width}; add it to `ignore`"
-            )
-            raise ValueError(msg)
-
-    options: dict[str, Any] = {
-        "sparsity": _describe_sparsity(sparsity),
-        "pattern": pattern,
-        "targets": [t.__name__ for t in targets],
-        "ignore": list(ignore),
-        "sequential": sequential,
-        "blocks": block_names,
-        "blocksize": fp_blocksize,
-        "damp": fp_damp,
-        "reconstruct": reconstruct,
-        "refit": fp_refit,
-    }
-    runner = executors.executor(executor)
-    options["executor"] = getattr(runner, "name", type(runner).__name__)
-    pruner = Pruner(method, pattern, fp_blocksize, fp_damp, refit=fp_refit, executor=runner)
-    requested_dense = reconstruct == "dense" and requested_reconstruct == "dense"
-    # only true-sequential mode calibrates a layer after every layer before it was pruned; in
-    # whole-block mode all layers of a block would correct the same earlier error at once
-    dense_target = method == "sparsegpt" and reconstruct == "dense" and sequential is True
-    digest = CalibrationDigest()
-    work = _Work()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if calibration_batches is None:
-                if method != "magnitude":
-                    msg = f"calibration_batches: method {method!r} needs calibration data"
-                    raise ValueError(msg)
-                reports = [pruner.prune_alone(*item) for item in plan]
-            elif sequential and block_list[0] is not model:
-                reports = _prune_sequential(
-                    model,
-                    block_list,
-                    calibration_batches,
-                    plan,
-                    pruner,
-                    digest,
-                    work,
-                    progress,
-                    by_group=sequential is True,
-                    dense_target=dense_target,
-                    dense_requested=requested_dense,
-                    options=options,
-                )
+    # experts kept as 3-D tensors are run as one layer per expert while the model is pruned
+    with unrolled_experts(model, block_list, ignore) as expert_modules:
+        candidates = select_layers(model, block_list, targets, ignore)
+        plan: list[tuple[int | None, str, nn.Module, float]] = []
+        skipped: list[str] = []
+        for block, name, module in candidates:
+            layer_sparsity = _sparsity_for(sparsity, name, module)
+            if layer_sparsity is None:
+                skipped.append(name)
             else:
-                reports = _prune_in_one_pass(model, calibration_batches, plan, pruner, digest, work)
-    except BaseException:
-        pruner.restore()  # the model is left as it was, whatever failed (an interrupt too)
-        raise
-    finally:
-        model.train(was_training)
+                plan.append((block, name, module, layer_sparsity))
+        if not plan:
+            kinds = ", ".join(t.__name__ for t in targets)
+            msg = f"model: nothing to prune: {len(candidates)} layers ({kinds}) in {block_names}"
+            if skipped:
+                msg += f", and `sparsity` leaves every one of them dense ({skipped[0]}, ...)"
+            msg += "; check `targets`, `ignore`, `blocks` and `sparsity`"
+            raise ValueError(msg)
+        for _, name, module, _ in plan:
+            width = in_features(module)
+            if group_size and width % group_size:
+                msg = (
+                    f"pattern: {pattern} needs every layer's input width to be a multiple of "
+                    f"{group_size}, but {name} has {width}; add it to `ignore`"
+                )
+                raise ValueError(msg)
 
-    manifest = {
-        "fastprune_version": fp.__version__,
-        "torch_version": str(torch.__version__),
-        "python_version": platform.python_version(),
-        "method": method,
-        "options": options,
-        "calibration": {
-            "batches": digest.batches,
-            "samples": digest.samples,
-            "tokens": pruner.tokens,
-            "sha256": digest.hexdigest() if digest.batches else None,
-        },
-        "seed": seed,
-    }
-    seconds = time.perf_counter() - start
-    return PruneReport(reports, manifest, seconds, skipped, work.summary(seconds, reports, pruner))
+        options: dict[str, Any] = {
+            "sparsity": _describe_sparsity(sparsity),
+            "pattern": pattern,
+            "targets": [t.__name__ for t in targets],
+            "ignore": list(ignore),
+            "sequential": sequential,
+            "blocks": block_names,
+            "blocksize": fp_blocksize,
+            "damp": fp_damp,
+            "reconstruct": reconstruct,
+            "refit": fp_refit,
+            "experts_unrolled": expert_modules,
+        }
+        runner = executors.executor(executor)
+        options["executor"] = getattr(runner, "name", type(runner).__name__)
+        pruner = Pruner(method, pattern, fp_blocksize, fp_damp, refit=fp_refit, executor=runner)
+        requested_dense = reconstruct == "dense" and requested_reconstruct == "dense"
+        # only true-sequential mode calibrates a layer after every layer before it was pruned; in
+        # whole-block mode all layers of a block would correct the same earlier error at once
+        dense_target = method == "sparsegpt" and reconstruct == "dense" and sequential is True
+        digest = CalibrationDigest()
+        work = _Work()
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                if calibration_batches is None:
+                    if method != "magnitude":
+                        msg = f"calibration_batches: method {method!r} needs calibration data"
+                        raise ValueError(msg)
+                    reports = [pruner.prune_alone(*item) for item in plan]
+                elif sequential and block_list[0] is not model:
+                    reports = _prune_sequential(
+                        model,
+                        block_list,
+                        calibration_batches,
+                        plan,
+                        pruner,
+                        digest,
+                        work,
+                        progress,
+                        by_group=sequential is True,
+                        dense_target=dense_target,
+                        dense_requested=requested_dense,
+                        options=options,
+                    )
+                else:
+                    reports = _prune_in_one_pass(
+                        model, calibration_batches, plan, pruner, digest, work
+                    )
+        except BaseException:
+            pruner.restore()  # the model is left as it was, whatever failed (an interrupt too)
+            raise
+        finally:
+            model.train(was_training)
+
+        manifest = {
+            "fastprune_version": fp.__version__,
+            "torch_version": str(torch.__version__),
+            "python_version": platform.python_version(),
+            "method": method,
+            "options": options,
+            "calibration": {
+                "batches": digest.batches,
+                "samples": digest.samples,
+                "tokens": pruner.tokens,
+                "sha256": digest.hexdigest() if digest.batches else None,
+            },
+            "seed": seed,
+        }
+        seconds = time.perf_counter() - start
+        return PruneReport(
+            reports, manifest, seconds, skipped, work.summary(seconds, reports, pruner)
+        )
 
 
 def resolve_blocks(
@@ -342,11 +350,12 @@ def select_layers(
     """The prunable layers inside `blocks`, in model order, as (block index, name, module).
 
     The default `targets` also take transformers' ``Conv1D`` (the projections of GPT-2 style
-    models, weights stored transposed) when transformers is loaded.
+    models, weights stored transposed) when transformers is loaded, and the experts of
+    mixture-of-experts blocks while they are unrolled (`fastprune.torch.experts`).
     """
     target_types = tuple(targets)
     if targets is DEFAULT_TARGETS:
-        target_types += _loaded_conv1d()
+        target_types += (*_loaded_conv1d(), ExpertLinear)
     if not target_types or not all(
         isinstance(t, type) and issubclass(t, nn.Module) for t in target_types
     ):
