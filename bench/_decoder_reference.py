@@ -39,7 +39,7 @@ class _Captured(Exception):
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    return model.model.layers  # type: ignore[no-any-return, return-value]
+    return model.model.layers  # type: ignore[no-any-return, return-value, union-attr]
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:

@@ -90,7 +90,7 @@ def trainer(
             for start in range(0, len(x), BATCH):
                 batch = order[start : start + BATCH]
                 optimizer.zero_grad()
-                nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+                nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
 
     return train

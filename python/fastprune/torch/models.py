@@ -69,7 +69,7 @@ def load_pretrained(path: str | Path, *, progress: bool = True) -> tuple[nn.Modu
     import transformers
 
     if not progress:
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     folder = check_model_dir(path)
     config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
