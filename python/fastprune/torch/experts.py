@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 
-class ExpertLinear(nn.Module):
+class ExpertLinear(nn.Module):  # type: ignore[misc]
     """One expert's projection, called like an ``nn.Linear`` without bias: its weight is the
     ``(out, in)`` slice of a 3-D expert tensor (a view: writing it writes the model).
 
@@ -49,7 +49,7 @@ class ExpertLinear(nn.Module):
         return F.linear(x, self.weight)
 
 
-class UnrolledExperts(nn.Module):
+class UnrolledExperts(nn.Module):  # type: ignore[misc]
     """The experts of `experts` (a transformers experts module with 3-D ``gate_up_proj`` and
     ``down_proj``) run one by one through `ExpertLinear` layers named ``gate_up_proj.<e>`` and
     ``down_proj.<e>``; the forward pass is the experts module's eager one."""
