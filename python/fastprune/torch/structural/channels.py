@@ -48,9 +48,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 import fastprune.importance as fpi
 
 from ._channel_spaces import _BATCHNORMS, _CONVS, _TRANSPOSED, _Builder, _leaves, _root, _Space
+from ._export_walk import _export_arguments, _ExportWalk
 from .importance import GroupImportance, resolve_importance
 from .plan import Part, PruningPlan
-from .transformers import StructureError, layout
+from .transformers import Layout, StructureError, layout, sync_config, sync_heads
 
 
 @dataclass
@@ -64,23 +65,57 @@ class DependencyGraph:
     parent: list[int]
     owners: dict[str, int]  # module name -> its output space
     blocked: dict[str, str] = field(default_factory=dict)  # module name -> why not prunable
+    tracer: Literal["fx", "export"] = "fx"  # what followed the model
 
     @classmethod
-    def build(cls, model: nn.Module, example_inputs: Any) -> DependencyGraph:
-        """Trace `model` and run it once on `example_inputs` (a tensor or a tuple of them)."""
+    def build(
+        cls,
+        model: nn.Module,
+        example_inputs: Any,
+        tracer: Literal["auto", "fx", "export"] = "auto",
+    ) -> DependencyGraph:
+        """Follow `model` once on `example_inputs`: a tensor, a tuple of them, or a dict of
+        keyword arguments (``{"input_ids": ..., "attention_mask": ...}``).
+
+        ``tracer="fx"`` traces with ``torch.fx`` (channels on dim 1), ``"export"`` with
+        ``torch.export`` (non-strict; channels on a Linear's last dim); ``"auto"`` uses torch.fx
+        where it can trace the model and torch.export otherwise (Hugging Face transformers).
+        """
         given: object = model
         if not isinstance(given, nn.Module):
             msg = f"model: expected a torch.nn.Module, got {type(given).__name__}"
             raise TypeError(msg)
+        if tracer not in ("auto", "fx", "export"):
+            raise ValueError(f"tracer: expected 'auto', 'fx' or 'export', got {tracer!r}")
+        args, kwargs = _arguments(example_inputs)
+        failure = ""
+        if tracer == "fx" or (tracer == "auto" and not kwargs):
+            try:
+                traced = fx.symbolic_trace(model)
+            except Exception as err:  # torch.fx raises many kinds for untraceable code
+                if tracer == "fx":
+                    raise StructureError(_trace_failure(model, err)) from err
+                failure = _trace_failure(model, err)
+            else:
+                if kwargs:
+                    raise ValueError("example_inputs: torch.fx takes positional inputs only")
+                with torch.no_grad():
+                    ShapeProp(traced).propagate(*args)
+                builder = _Builder(model, traced)
+                builder.walk()
+                return cls._of(model, builder, "fx")
+        kwargs = _export_arguments(model, kwargs)
         try:
-            traced = fx.symbolic_trace(model)
-        except Exception as err:  # torch.fx raises many kinds for untraceable code
-            raise StructureError(_trace_failure(model, err)) from err
-        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-        with torch.no_grad():
-            ShapeProp(traced).propagate(*inputs)
-        builder = _Builder(model, traced)
-        builder.walk()
+            program = torch.export.export(model, args, kwargs, strict=False)
+        except Exception as err:  # torch.export, too, raises many kinds
+            msg = _trace_failure(model, err, "torch.export cannot follow")
+            raise StructureError(f"{failure}; {msg}" if failure else msg) from err
+        walk = _ExportWalk(model, program)
+        walk.walk()
+        return cls._of(model, walk, "export")
+
+    @classmethod
+    def _of(cls, model: nn.Module, builder: _Builder, tracer: Literal["fx", "export"]) -> Any:
         return cls(
             model,
             builder.nodes,
@@ -89,7 +124,18 @@ class DependencyGraph:
             builder.parent,
             builder.owners,
             builder.blocked_modules(),
+            tracer,
         )
+
+    def _units(self, root: int) -> list[str]:
+        """Why the channels of the group `root` go in units (heads), if they do."""
+        found = [
+            why
+            for i, space in enumerate(self.spaces)
+            if space.pieces is None and _root(self.parent, i) == root
+            for why in space.units
+        ]
+        return list(dict.fromkeys(found))
 
     def _parts(self) -> list[tuple[int, Part, list[str]]]:
         """(root space, its `Part`, the modules producing it) per prunable channel space."""
@@ -111,11 +157,15 @@ class DependencyGraph:
                 first = mine[0]
                 if len(mine) > 1:  # pieces pruned alike (groups, chunks)
                     where.append(f"{label} ({len(mine)} equal pieces)")
-                elif first.offsets == (0,) and size == first.tensor().shape[first.dim]:
+                elif first.offsets == (0,) and size * first.span == first.tensor().shape[first.dim]:
                     where.append(label)
                 else:
-                    where.append(f"{label}[{first.offsets[0]}:{first.offsets[0] + size}]")
+                    end = first.offsets[0] + size * first.span
+                    where.append(f"{label}[{first.offsets[0]}:{end}]")
             what = f"channels of {', '.join(where)}"
+            units = self._units(root)
+            if units:
+                what += f", whole units only ({'; '.join(units)})"
             out.append((root, Part(what, size, torch.arange(size), slices), names))
         return out
 
@@ -149,8 +199,8 @@ class DependencyGraph:
             if name not in self.owners:
                 raise StructureError(f"module: {name} produces no channel space in the graph")
             covers = [
-                (_root(self.parent, s), first, self.spaces[s].size, 1)
-                for s, first in _leaves(self.spaces, self.owners[name])
+                (_root(self.parent, s), first, self.spaces[s].size, scale)
+                for s, first, scale in _leaves(self.spaces, self.owners[name])
             ]
         else:
             in_dim = 0 if isinstance(module, _TRANSPOSED) else 1
@@ -164,11 +214,23 @@ class DependencyGraph:
                 msg = f"module: the input channels of {name} are not prunable (see graph.blocked)"
                 raise StructureError(msg)
         drops: dict[int, set[int]] = {root: set() for root, _, _, _ in covers}
+        chosen_indices = {int(i) for i in indices}
         for i in indices:
-            hit = [(r, (int(i) - f) // span) for r, f, n, span in covers if f <= i < f + n * span]
+            hit = [(r, f, span) for r, f, n, span in covers if f <= i < f + n * span]
             if not hit:
                 raise ValueError(f"indices: {i} is not a prunable {dim}put channel of {name}")
-            drops[hit[0][0]].add(hit[0][1])
+            root, first, span = hit[0]
+            unit = (int(i) - first) // span
+            units = self._units(root)
+            whole = range(first + unit * span, first + (unit + 1) * span)
+            if units and not chosen_indices.issuperset(whole):
+                msg = (
+                    f"indices: {name}'s {dim}put channels go in units of {span} "
+                    f"({'; '.join(units)}); removing channel {i} needs all of "
+                    f"{whole.start}..{whole.stop - 1}"
+                )
+                raise StructureError(msg)
+            drops[root].add(unit)
         chosen = []
         for root, drop in drops.items():
             part = parts[root]
@@ -188,10 +250,10 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
-def _trace_failure(model: nn.Module, err: Exception) -> str:
-    """Say where tracing stopped: the model's own source line that torch.fx could not follow
+def _trace_failure(model: nn.Module, err: Exception, what: str = "torch.fx cannot trace") -> str:
+    """Say where tracing stopped: the model's own source line that the tracer could not follow
     (the last frame outside torch), and point Hugging Face transformers to `prune_width`."""
-    msg = f"model: torch.fx cannot trace {type(model).__name__}"
+    msg = f"model: {what} {type(model).__name__}"
     frames = [
         f
         for f in traceback.extract_tb(err.__traceback__)
@@ -200,12 +262,25 @@ def _trace_failure(model: nn.Module, err: Exception) -> str:
     if frames:
         f = frames[-1]
         msg += f" at {os.path.basename(f.filename)}:{f.lineno} ({f.name}: {(f.line or '').strip()})"
-    msg += f": {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    msg += f": {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
     try:
         layout(model)
     except StructureError:
         return msg
     return msg + "; for Hugging Face transformers use prune_width / block_importance"
+
+
+def _arguments(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, tuple):
+        return example_inputs, {}
+    return (example_inputs,), {}
+
+
+def _run(model: nn.Module, example_inputs: Any) -> None:
+    args, kwargs = _arguments(example_inputs)
+    model(*args, **kwargs)
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str:
@@ -219,7 +294,23 @@ def _plan(parts: list[Part], model: nn.Module) -> PruningPlan:
     plan = PruningPlan(parts=parts)
     modules = {id(s.module): s.module for p in parts for s in p.slices}
     plan.then.append((f"fix the sizes of {len(modules)} modules", _FixSizes(modules.values())))
+    try:
+        lay = layout(model)
+    except StructureError:
+        return plan
+    plan.then.append(("fix the attention head counts and the config", _FixTransformer(lay)))
     return plan
+
+
+class _FixTransformer:
+    """A Hugging Face model's attention attributes and config, as `prune_width` leaves them."""
+
+    def __init__(self, lay: Layout) -> None:
+        self.lay = lay
+
+    def __call__(self) -> None:
+        sync_heads(self.lay)
+        sync_config(self.lay)
 
 
 class _FixSizes:
@@ -244,6 +335,12 @@ class _FixSizes:
                     m.num_features = int(m.running_mean.shape[0])
                 else:
                     m.num_features = int(m.weight.shape[0])
+            elif isinstance(m, nn.Embedding):
+                m.num_embeddings, m.embedding_dim = (int(x) for x in m.weight.shape)
+            elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+                m.normalized_shape = (int(m.weight.shape[0]),)
+            elif type(m).__name__ == "Conv1D":  # transformers: weight (in, out)
+                m.nx, m.nf = (int(x) for x in m.weight.shape)
 
 
 def prune_channels(
@@ -322,7 +419,7 @@ def prune_channels(
             break
         if importance == "activation":
             parts = [p for p, _ in chosen]
-            scores = _activation_scores(model, example_inputs, parts, producers)
+            scores = _activation_scores(model, example_inputs, parts, producers, graph.tracer)
         else:
             scores = [torch.as_tensor(np.asarray(score(p), dtype=np.float64)) for p, _ in chosen]
         if scope == "global":
@@ -343,7 +440,11 @@ def prune_channels(
 
 
 def _activation_scores(
-    model: nn.Module, example_inputs: Any, parts: list[Part], producers: dict[int, list[str]]
+    model: nn.Module,
+    example_inputs: Any,
+    parts: list[Part],
+    producers: dict[int, list[str]],
+    tracer: str,
 ) -> list[torch.Tensor]:
     """Minitron's activation importance for channels: the mean |output| of each channel over
     the example inputs (all positions), averaged over the group's producing modules."""
@@ -353,7 +454,8 @@ def _activation_scores(
 
     def hook(name: str) -> Any:
         def record(_: nn.Module, __: Any, out: torch.Tensor) -> None:
-            dims = [d for d in range(out.dim()) if d != 1]
+            channels = 1 if tracer == "fx" else out.dim() - 1
+            dims = [d for d in range(out.dim()) if d != channels]
             means[name] = out.detach().double().abs().mean(dim=dims)
 
         return record
@@ -361,7 +463,7 @@ def _activation_scores(
     handles = [modules[n].register_forward_hook(hook(n)) for n in sorted(wanted)]
     try:
         with torch.no_grad():
-            model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
+            _run(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
@@ -372,8 +474,8 @@ def _activation_scores(
         # of one piece are the same outputs, counted once
         rows = {
             (s.label, s.offsets): means[s.label][s.index(torch.arange(part.channels))]
-            .reshape(len(s.offsets), -1)
-            .sum(0)
+            .reshape(len(s.offsets), part.channels, -1)
+            .sum((0, 2))
             for s in part.slices
             if s.label in producers[id(part)] and s.name in ("weight", "bias")
         }

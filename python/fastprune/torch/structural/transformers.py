@@ -209,19 +209,47 @@ def _plan_heads(
     if att.kv:
         kv_part = Part(f"blocks.{i} KV heads", g * d, _channels(groups, d), _with_biases(att.kv), d)
         plan.parts.append(kv_part)
-    a = att.module
-    if lay.family == "llama":
-        plan.fixes.append((a, "num_key_value_groups", per_group))
-        for attr, value in (("num_heads", heads_n), ("num_key_value_heads", kv_keep_n)):
-            if hasattr(a, attr):
-                plan.fixes.append((a, attr, value))
-    elif lay.family == "bert":
-        plan.fixes += [(a, "num_attention_heads", heads_n), (a, "all_head_size", heads_n * d)]
-    else:
-        plan.fixes += [(a, "num_heads", heads_n), (a, "split_size", heads_n * d)]
-        plan.fixes.append((a.c_attn, "nf", 3 * heads_n * d))
-        plan.fixes.append((a.c_proj, "nx", heads_n * d))
+    plan.fixes += _head_fixes(lay, i, heads_n, kv_keep_n)
     _fix_linear_sizes(plan, [*att.q, *att.kv])
+
+
+def _head_fixes(lay: Layout, i: int, heads: int, kv_heads: int) -> list[tuple[object, str, Any]]:
+    """The attributes block `i`'s attention reads its head counts from, set for `heads` query
+    and `kv_heads` key/value heads."""
+    att = _attention(lay, i)
+    a: Any = att.module
+    d = att.head_dim
+    if lay.family == "llama":
+        fixes: list[tuple[object, str, Any]] = [(a, "num_key_value_groups", heads // kv_heads)]
+        for attr, value in (("num_heads", heads), ("num_key_value_heads", kv_heads)):
+            if hasattr(a, attr):
+                fixes.append((a, attr, value))
+        return fixes
+    if lay.family == "bert":
+        return [(a, "num_attention_heads", heads), (a, "all_head_size", heads * d)]
+    return [
+        (a, "num_heads", heads),
+        (a, "split_size", heads * d),
+        (a.c_attn, "nf", 3 * heads * d),
+        (a.c_proj, "nx", heads * d),
+    ]
+
+
+def sync_heads(lay: Layout) -> None:
+    """Set every attention's head-count attributes from its projections' weights (after
+    their heads were removed by a plan that did not set them)."""
+    for i in range(len(lay.blocks)):
+        att = _attention(lay, i)
+        a: Any = att.module
+        d = att.head_dim
+        if lay.family == "llama":
+            heads, kv = a.q_proj.weight.shape[0] // d, a.k_proj.weight.shape[0] // d
+        elif lay.family == "bert":
+            heads = kv = a.query.weight.shape[0] // d
+        else:
+            heads = kv = a.c_proj.weight.shape[0] // d
+        for obj, attr, value in _head_fixes(lay, i, int(heads), int(kv)):
+            setattr(obj, attr, value)
 
 
 def _channels(units: torch.Tensor, unit: int) -> torch.Tensor:
@@ -358,4 +386,5 @@ __all__ = [
     "prune_width",
     "remove_blocks",
     "sync_config",
+    "sync_heads",
 ]
