@@ -60,9 +60,15 @@ def bert() -> Any:
 
 def gpt2() -> Any:
     config = transformers.GPT2Config(
-        vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=4, n_inner=56, n_positions=64
+        vocab_size=VOCAB,
+        n_embd=HIDDEN,
+        n_layer=2,
+        n_head=4,
+        n_inner=56,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
     )
-    config.bos_token_id = config.eos_token_id = 0
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(config).eval()
 
@@ -307,7 +313,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def ffn_plans_agree(model: Any, layer: Any, up: Any, width: int) -> None:
+def ffn_plans_agree(model: Any, layer: int, up: Any, width: int) -> DependencyGraph:
     """The graph's FFN group of `up` removes exactly the slices `prune_width` would."""
     from fastprune.torch.structural import prune_width
 
@@ -322,6 +328,7 @@ def ffn_plans_agree(model: Any, layer: Any, up: Any, width: int) -> None:
 
     assert sorted(map(key, ours.slices)) == sorted(map(key, part.slices))
     assert torch.equal(ours.keep, part.keep)
+    return graph
 
 
 @pytest.mark.slow
@@ -334,7 +341,10 @@ def test_minilm_ffn_group_matches_prune_width() -> None:
     model, _ = load_pretrained(default_model_dir(), progress=False)
     model.eval()
     layer = model.encoder.layer[2]
-    ffn_plans_agree(model, 2, layer.intermediate.dense, layer.intermediate.dense.out_features)
+    graph = ffn_plans_agree(model, 2, layer.intermediate.dense, 1536)
+    # per block: 12 heads and 1536 FFN neurons; the hidden state is the model's output
+    assert sorted(p.channels for p in graph.groups()) == [12] * 6 + [1536] * 6
+    assert "reaches the model's output" in graph.blocked["embeddings.word_embeddings"]
 
 
 def _decoder_bench() -> Any:
@@ -360,4 +370,8 @@ def test_smollm2_ffn_group_matches_prune_width(tmp_path: Path) -> None:
         pytest.skip("bench/decoder.py is absent")
     model = decoder.load(decoder.smollm2_dir(tmp_path)).eval()
     mlp = model.model.layers[5].mlp
-    ffn_plans_agree(model, 5, mlp.up_proj, mlp.up_proj.out_features)
+    graph = ffn_plans_agree(model, 5, mlp.up_proj, 1536)
+    # per block: 3 KV groups (of 3 query heads) and 1536 FFN neurons; 576 hidden channels
+    # with the tied LM head
+    assert sorted(p.channels for p in graph.groups()) == [3] * 30 + [576] + [1536] * 30
+    assert set(graph.blocked) == {"lm_head"}
