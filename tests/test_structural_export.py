@@ -266,6 +266,21 @@ def test_gpt2_within_head_is_refused() -> None:
         graph.group(model.transformer.h[1].attn.c_attn, [41])
 
 
+@pytest.mark.parametrize("importance", ["magnitude", "activation"])
+def test_prune_channels_on_llama_keeps_the_config_in_step(importance: str) -> None:
+    from fastprune.torch.structural import prune_channels
+
+    model = llama()
+    prune_channels(model, batch(), 0.5, importance=importance)
+    config = model.config
+    sizes = (config.hidden_size, config.intermediate_size)
+    assert sizes == (20, 28) and model.model.embed_tokens.weight.shape == (VOCAB, 20)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (2, 1)
+    assert model.model.layers[1].self_attn.q_proj.out_features == 24
+    new = model.generate(**batch(), max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert new.shape == (2, 9)
+
+
 class Cumulative(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

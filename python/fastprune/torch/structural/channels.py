@@ -1,8 +1,10 @@
-"""Channel pruning for plain PyTorch models (CNNs): a dependency graph from one traced run.
+"""Channel pruning for any PyTorch model: a dependency graph from one traced run.
 
-`DependencyGraph.build` traces the model with ``torch.fx`` and runs it once on the example
-inputs to learn every tensor's shape. Each Conv / ConvTranspose / Linear output opens a
-*channel space*; the graph follows how a space travels along dimension 1:
+`DependencyGraph.build` traces the model with ``torch.fx`` where it can (CNNs), and otherwise
+with ``torch.export`` (non-strict), which follows Hugging Face transformers; either way it runs
+the model once on the example inputs to learn every tensor's shape. Each Conv / ConvTranspose /
+Linear output opens a *channel space*; on a torch.fx graph the graph follows how a space travels
+along dimension 1:
 
 - through BatchNorm (whose statistics and affine parameters go with it), activations, pooling,
   dropout, ``mean``/``sum``/``amax`` over spatial dims and other operations that keep each
@@ -28,8 +30,27 @@ the channels into groups, a split at constant sizes (those are listed in
 `DependencyGraph.blocked`, with the reason). Every prunable space is one group: its producers'
 output rows and biases, the BatchNorms on it, and its consumers' input columns.
 
-The graph works on models ``torch.fx.symbolic_trace`` can trace; Hugging Face transformers are
-handled by `fastprune.torch.structural.transformers` instead.
+On a ``torch.export`` graph (ATen operations, see `_export_walk`) a space travels along the
+dimension a Linear writes, the last one:
+
+- out of embeddings (their columns), Linear and transformers ``Conv1D`` layers (seen as
+  ``addmm``, weight ``(in, out)``) and into their inputs;
+- through LayerNorm and RMSNorm (*norm coupling*: the scale and bias go with each channel, and
+  the statistics over all channels change when some go, so hidden channels are pruned like
+  `prune_width` prunes them, not exactly like zeroing them), activations, residual adds and
+  ``act(gate) * up``;
+- through ``split`` along the channels (each piece at its offsets) and reshapes that keep the
+  dims around the channels, split them into ``(heads, head_dim)`` or merge them back;
+- into ``scaled_dot_product_attention``: after the reshape into heads one channel is one head;
+  where a key/value head is repeated for ``r`` query heads (grouped-query attention) a channel
+  is one KV group, its key and value heads with its ``r`` query heads. `DependencyGraph.group`
+  refuses to remove part of such a unit, naming the reshape (and the attention) that made it.
+
+Everything else that carries channels (an unknown ATen operation, a reduction over the channels
+outside a norm, the model's output) blocks them, named in `DependencyGraph.blocked`. Every size
+in an exported graph is a constant; the plan fixes the sizes modules keep (Linear, ``Conv1D``,
+embeddings, norms and, on a Hugging Face model, the attention's head counts and the config), so
+a model that computes its shapes from constants of its own is not covered.
 """
 
 from __future__ import annotations
