@@ -314,6 +314,8 @@ def test_tracer_choice() -> None:
     model = llama()
     with pytest.raises(StructureError, match=r"torch\.fx cannot trace"):
         DependencyGraph.build(model, batch()["input_ids"], tracer="fx")
+    with pytest.raises(ValueError, match="positional inputs only"):
+        DependencyGraph.build(model, batch(), tracer="fx")
     with pytest.raises(ValueError, match="tracer"):
         DependencyGraph.build(model, batch(), tracer="jit")  # type: ignore[arg-type]
     plain = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))

@@ -94,9 +94,17 @@ class _ExportWalk(_Builder):
         self.split_pieces: dict[str, list[tuple[Segments | None, int]]] = {}
 
     def walk(self) -> None:
+        super().walk()
+        # name the module an operation runs in, for a readable printout
+        where = {}
         for node in self.traced.graph.nodes:
-            value = self.visit(node)
-            self.values[node.name] = value or None
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                where[node.name] = str(list(stack.values())[-1][0])
+        self.nodes = [
+            (name, f"{what} in {where[name]}" if where.get(name) else what)
+            for name, what in self.nodes
+        ]
 
     def axis(self, node: Any) -> int:
         return self.axes.get(getattr(node, "name", ""), -1)
@@ -171,7 +179,7 @@ class _ExportWalk(_Builder):
             return self.slice_op(node, segs, axis)
         if op == "cat":
             return self.cat(node)
-        if op in ("split", "split_with_sizes"):
+        if op in ("split", "split_with_sizes", "chunk"):
             self.split_op(node, segs, axis)
             return None
         if op in _REDUCTIONS:
@@ -357,13 +365,16 @@ class _ExportWalk(_Builder):
         stack = node.meta.get("nn_module_stack") or {}
         where = f" in {list(stack.values())[-1][0]}" if stack else ""
         why = f"{node.name} (reshape{where}) splits the channels into heads of {d}"
+        if any(
+            off % d or self.spaces[s].size * span % d or (span % d and d % span)
+            for s, off, span in segs
+        ):
+            self.block_value(segs, f"{why}, which do not line up with its channels")
+            return None
         for s, _, span in segs:
-            if span < d and d % span == 0 and not self.coarsen(s, d // span, why):
+            if span < d and not self.coarsen(s, d // span, why):
                 return None
         segs = self.resolve(segs) or []
-        if any(off % d or span % d for _, off, span in segs):
-            self.block_value(segs, f"{why}, which cuts through a channel")
-            return None
         self.edge(node, f"reshape: channels in heads of {d}")
         return self.out(node, [(s, off // d, span // d) for s, off, span in segs], axis)
 
@@ -431,9 +442,9 @@ class _ExportWalk(_Builder):
         return self.out(node, self.concat(node, axis), axis)
 
     def split_op(self, node: fx.Node, segs: Segments | None, axis: int) -> None:
-        """``split`` along the channels: each piece holds the channels at its offsets (the
-        sizes are the traced ones; the plan fixes the attributes a module splits by). Along
-        another dim every piece holds all channels."""
+        """``split``/``chunk`` along the channels: each piece holds the channels at its offsets
+        (the sizes are the traced ones; the plan fixes the attributes a module splits by).
+        Along another dim every piece holds all channels."""
         before = _meta_shape(node.args[0]) or ()
         args: Any = node.args
         dim = (args[2] if len(args) > 2 else 0) % len(before)

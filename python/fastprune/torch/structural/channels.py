@@ -109,6 +109,8 @@ class DependencyGraph:
         if tracer not in ("auto", "fx", "export"):
             raise ValueError(f"tracer: expected 'auto', 'fx' or 'export', got {tracer!r}")
         args, kwargs = _arguments(example_inputs)
+        if tracer == "fx" and kwargs:
+            raise ValueError("example_inputs: torch.fx takes positional inputs only, not a dict")
         failure = ""
         if tracer == "fx" or (tracer == "auto" and not kwargs):
             try:
@@ -118,8 +120,6 @@ class DependencyGraph:
                     raise StructureError(_trace_failure(model, err)) from err
                 failure = _trace_failure(model, err)
             else:
-                if kwargs:
-                    raise ValueError("example_inputs: torch.fx takes positional inputs only")
                 with torch.no_grad():
                     ShapeProp(traced).propagate(*args)
                 builder = _Builder(model, traced)
