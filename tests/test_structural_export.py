@@ -220,6 +220,28 @@ def test_llama_hidden_equals_reference_and_tied_head_stays_tied() -> None:
         assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
 
 
+def slice_keys(part: Any) -> list[tuple[int, str, int, tuple[int, ...], int]]:
+    return sorted((id(s.module), s.name, s.dim, s.offsets, s.span) for s in part.slices)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_hidden_group_is_the_one_prune_width_removes(family: str) -> None:
+    from fastprune.torch.structural import prune_width
+
+    model = llama(tied=True) if family == "llama" else gpt2()
+    reference = prune_width(model, hidden=30, importance="magnitude", dry_run=True)
+    (part,) = reference.parts
+    gone = [c for c in range(HIDDEN) if c not in set(part.keep.tolist())]
+    embedding = model.get_input_embeddings()
+    plan = DependencyGraph.build(model, batch()).group(embedding, gone)
+    (ours,) = plan.parts
+    assert "norm coupling" in str(DependencyGraph.build(model, batch()))
+    assert slice_keys(ours) == slice_keys(part) and torch.equal(ours.keep, part.keep)
+    plan.apply()
+    assert model.config.hidden_size == 30 and output(model, batch()).shape == (2, 7, VOCAB)
+    assert model.get_output_embeddings().weight is embedding.weight  # still tied
+
+
 def test_bert_heads_and_ffn_zero_then_remove() -> None:
     model = bert()
     graph = DependencyGraph.build(model, batch())

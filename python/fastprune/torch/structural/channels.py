@@ -72,7 +72,7 @@ from ._channel_spaces import _BATCHNORMS, _CONVS, _TRANSPOSED, _Builder, _leaves
 from ._export_walk import _export_arguments, _ExportWalk
 from .importance import GroupImportance, resolve_importance
 from .plan import Part, PruningPlan
-from .transformers import Layout, StructureError, layout, sync_config, sync_heads
+from .transformers import Layout, StructureError, _sync_heads, layout, sync_config
 
 
 @dataclass
@@ -330,7 +330,7 @@ class _FixTransformer:
         self.lay = lay
 
     def __call__(self) -> None:
-        sync_heads(self.lay)
+        _sync_heads(self.lay)
         sync_config(self.lay)
 
 

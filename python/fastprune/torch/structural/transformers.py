@@ -235,7 +235,7 @@ def _head_fixes(lay: Layout, i: int, heads: int, kv_heads: int) -> list[tuple[ob
     ]
 
 
-def sync_heads(lay: Layout) -> None:
+def _sync_heads(lay: Layout) -> None:
     """Set every attention's head-count attributes from its projections' weights (after
     their heads were removed by a plan that did not set them)."""
     for i in range(len(lay.blocks)):
@@ -386,5 +386,4 @@ __all__ = [
     "prune_width",
     "remove_blocks",
     "sync_config",
-    "sync_heads",
 ]
