@@ -62,15 +62,20 @@ def _op(node: fx.Node) -> str:
     return str(getattr(packet, "__name__", getattr(node.target, "__name__", node.target)))
 
 
-def _norm_module(node: fx.Node) -> str | None:
-    """The module `node` runs in when that is a normalisation layer (its class name ends in
-    ``Norm``: LayerNorm, RMSNorm, ...), else None."""
+def _module_of(node: fx.Node) -> tuple[str, str] | None:
+    """The innermost module `node` runs in: its name in the model and its class name."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return None
     path, kind = list(stack.values())[-1]
-    name = str(getattr(kind, "__name__", kind)).rsplit(".", 1)[-1]
-    return str(path) if name.endswith("Norm") else None
+    return str(path), str(getattr(kind, "__name__", kind)).rsplit(".", 1)[-1]
+
+
+def _norm_module(node: fx.Node) -> str | None:
+    """The module `node` runs in when that is a normalisation layer (its class name ends in
+    ``Norm``: LayerNorm, RMSNorm, ...), else None."""
+    found = _module_of(node)
+    return found[0] if found is not None and found[1].endswith("Norm") else None
 
 
 class _ExportWalk(_Builder):
@@ -96,13 +101,9 @@ class _ExportWalk(_Builder):
     def walk(self) -> None:
         super().walk()
         # name the module an operation runs in, for a readable printout
-        where = {}
-        for node in self.traced.graph.nodes:
-            stack = node.meta.get("nn_module_stack") or {}
-            if stack:
-                where[node.name] = str(list(stack.values())[-1][0])
+        where = {node.name: _module_of(node) for node in self.traced.graph.nodes}
         self.nodes = [
-            (name, f"{what} in {where[name]}" if where.get(name) else what)
+            (name, f"{what} in {found[0]}" if (found := where.get(name)) and found[0] else what)
             for name, what in self.nodes
         ]
 
@@ -125,9 +126,9 @@ class _ExportWalk(_Builder):
         if not isinstance(node, fx.Node) or node.name not in self.params:
             return None
         fqn, tensor = self.params[node.name]
-        stack = holder.meta.get("nn_module_stack") or {}
-        if stack:
-            path = str(list(stack.values())[-1][0])
+        found = _module_of(holder)
+        if found is not None:
+            path = found[0]
             module = self.modules.get(path)
             for attr, value in getattr(module, "_parameters", {}).items():
                 if module is not None and value is tensor:
@@ -362,8 +363,8 @@ class _ExportWalk(_Builder):
 
     def split_heads(self, node: fx.Node, segs: Segments, d: int, axis: int) -> Segments | None:
         self.nodes.append((node.name, f"reshape into heads of {d}"))
-        stack = node.meta.get("nn_module_stack") or {}
-        where = f" in {list(stack.values())[-1][0]}" if stack else ""
+        found = _module_of(node)
+        where = f" in {found[0]}" if found is not None else ""
         why = f"{node.name} (reshape{where}) splits the channels into heads of {d}"
         if any(
             off % d or self.spaces[s].size * span % d or (span % d and d % span)
@@ -480,15 +481,14 @@ class _ExportWalk(_Builder):
         keep = bool(args[2]) if len(args) > 2 else bool(node.kwargs.get("keepdim", False))
         if axis not in dims:
             return self.out(node, segs, axis - (0 if keep else sum(d < axis for d in dims)))
-        norm = _norm_module(node)
-        if norm is None:
+        found = _module_of(node)
+        if found is None or not found[1].endswith("Norm"):
             self.nodes.append((node.name, op))
             self.block_value(segs, f"{node.name} ({op}) reduces over the channels")
             return None
-        if norm not in self.seen_norms:
-            self.seen_norms.add(norm)
-            kind = str(list(node.meta["nn_module_stack"].values())[-1][1]).rsplit(".", 1)[-1]
-            self.nodes.append((norm, kind))
+        if found[0] not in self.seen_norms:
+            self.seen_norms.add(found[0])
+            self.nodes.append(found)
         self.edge(node, "norm coupling: statistics over all channels")
         return None
 
