@@ -303,6 +303,34 @@ def test_prune_channels_on_llama_keeps_the_config_in_step(importance: str) -> No
     assert new.shape == (2, 9)
 
 
+class SharedKV(torch.nn.Module):
+    """Grouped-query attention through ``enable_gqa``: 4 query heads of 6, 2 KV heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.o = torch.nn.Linear(16, 24), torch.nn.Linear(24, 16)
+        self.k, self.v = torch.nn.Linear(16, 12), torch.nn.Linear(16, 12)
+
+    def forward(self, x: Any) -> Any:
+        b, t = x.shape[0], x.shape[1]
+        q, k, v = (p(x).view(b, t, -1, 6).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return self.o(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_gqa_through_enable_gqa_removes_a_kv_head_with_its_query_heads() -> None:
+    torch.manual_seed(0)
+    model, x = SharedKV().eval(), torch.randn(2, 5, 16)
+    plan = DependencyGraph.build(model, x, tracer="export").group(model.v, range(6, 12))
+    zero_removed(plan)
+    with torch.no_grad():
+        before = model(x)
+    plan.apply()
+    assert (model.q.out_features, model.k.out_features, model.o.in_features) == (12, 6, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=ATOL, rtol=0)
+
+
 class Cumulative(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

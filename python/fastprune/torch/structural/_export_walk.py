@@ -167,7 +167,7 @@ class _ExportWalk(_Builder):
             return None
         x: Any = node.args[0]
         segs, axis = self.carried(x), self.axis(x)
-        if op in _PASS:
+        if op in _PASS and sum(map(bool, args)) == 1 and segs:
             self.edge(node, "unchanged")
             return self.out(node, segs, axis)
         if op in _ELEMENTWISE:
@@ -285,7 +285,9 @@ class _ExportWalk(_Builder):
         shared = self.couple(q or [], self.scaled(k or [], r), why)
         if shared is not None:
             shared = self.couple(shared, self.scaled(v or [], r), why)
-        if shared is None:
+        if shared is None:  # the channels that were not coupled go nowhere either
+            for segs in (q, k, v):
+                self.block_value(self.resolve(segs), f"{why}, which do not line up")
             return None
         self.edge(node, "attention: query heads go with their key/value heads")
         return self.out(node, self.resolve(shared), self.axis(node.args[0]))
@@ -431,6 +433,8 @@ class _ExportWalk(_Builder):
             for other in values[1:]:
                 coupled = self.couple(first, other or [], node.name)
                 if coupled is None:
+                    for value in values:
+                        self.block_value(self.resolve(value), f"{node.name} (cat) is not followed")
                     return None
                 first = coupled
             self.edge(node, f"concat along dim {dim % rank}: channels unchanged")
