@@ -331,6 +331,39 @@ def test_gqa_through_enable_gqa_removes_a_kv_head_with_its_query_heads() -> None
         torch.testing.assert_close(model(x), before, atol=ATOL, rtol=0)
 
 
+class Twice(torch.nn.Module):
+    """One Linear applied twice, like a layer shared across depth."""
+
+    def __init__(self, first: int) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, first)
+        self.shared, self.head = torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)
+
+    def forward(self, x: Any) -> Any:
+        y = self.shared(torch.relu(self.shared(torch.relu(self.a(x)))))
+        return self.head(torch.relu(y))
+
+
+def test_a_weight_used_twice_is_one_space_or_blocked() -> None:
+    torch.manual_seed(0)
+    model, x = Twice(8).eval(), torch.randn(2, 3, 4)
+    graph = DependencyGraph.build(model, x, tracer="export")
+    assert [p.channels for p in graph.groups()] == [8]  # a, both uses of shared: one space
+    plan = graph.group(model.shared, [1, 6])
+    zero_removed(plan)
+    with torch.no_grad():
+        before = model(x)
+    plan.apply()
+    assert model.shared.weight.shape == (6, 6) and model.a.out_features == 6
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=ATOL, rtol=0)
+    # the first use now reads the model's input, which is not pruned
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU())
+    model.append(model[0])
+    graph = DependencyGraph.build(model, torch.randn(2, 3, 8), tracer="export")
+    assert "used more than once" in graph.blocked["0"]
+
+
 class Cumulative(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

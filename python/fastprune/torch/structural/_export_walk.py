@@ -81,6 +81,8 @@ def _norm_module(node: fx.Node) -> str | None:
 class _ExportWalk(_Builder):
     def __init__(self, model: nn.Module, program: Any) -> None:
         super().__init__(model, program.graph_module)
+        # every name a module has: the graph names the one each use went through
+        self.modules = dict(model.named_modules(remove_duplicate=False))
         signature = program.graph_signature
         state: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
         state.update(model.named_buffers(remove_duplicate=False))
@@ -97,6 +99,8 @@ class _ExportWalk(_Builder):
         self.seen_norms: set[str] = set()
         # split node -> its pieces' channels and the dim they are on
         self.split_pieces: dict[str, list[tuple[Segments | None, int]]] = {}
+        # (weight, dim) -> the channels its first use wrote or read there
+        self.weight_uses: dict[tuple[int, int], Segments | None] = {}
 
     def walk(self) -> None:
         super().walk()
@@ -195,6 +199,34 @@ class _ExportWalk(_Builder):
         return None
 
     # --- modules ----------------------------------------------------------------------------
+
+    def produce(self, m: nn.Module, name: str, size: int, dim: int = 0) -> Segments:
+        segs = super().produce(m, name, size, dim)
+        self.shared_weight(m, dim, segs, name)
+        return segs
+
+    def consume(
+        self, segs: Segments | None, m: nn.Module, dim: int, name: str, node: fx.Node
+    ) -> None:
+        super().consume(segs, m, dim, name, node)
+        self.shared_weight(m, dim, segs, name)
+
+    def shared_weight(self, m: nn.Module, dim: int, segs: Segments | None, name: str) -> None:
+        """A weight used more than once (a layer applied twice, a tied LM head) has one set of
+        channels on each dim: the uses' channels become one space, or are blocked where one
+        use reads an input that is not pruned."""
+        key = (id(getattr(m, "weight", m)), dim)
+        if key not in self.weight_uses:
+            self.weight_uses[key] = segs
+            return
+        seen = self.resolve(self.weight_uses[key])
+        why = f"{name} is used more than once"
+        if seen and segs:
+            self.couple(seen, segs, why)
+        elif seen or segs:
+            self.block_value(seen, f"{why}, once on channels that are not pruned")
+            self.block_value(segs, f"{why}, once on channels that are not pruned")
+            self.weight_uses[key] = None
 
     def embedding(self, node: fx.Node) -> Segments | None:
         found = self.param(node.args[0], node)
