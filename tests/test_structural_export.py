@@ -364,6 +364,21 @@ def test_a_weight_used_twice_is_one_space_or_blocked() -> None:
     assert "used more than once" in graph.blocked["0"]
 
 
+def test_torch_rms_norm_scale_goes_with_the_channels() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.RMSNorm(8), torch.nn.Linear(8, 2)
+    ).eval()
+    graph = DependencyGraph.build(model, torch.randn(2, 3, 4), tracer="export")
+    assert ("1", "RMSNorm") in graph.nodes and "norm coupling" in str(graph)
+    (part,) = graph.group(model[0], [2]).parts
+    assert {(s.label, s.name, s.dim) for s in part.slices} == {
+        ("0", "weight", 0),
+        ("0", "bias", 0),
+        ("1", "weight", 0),
+        ("2", "weight", 1),
+    }
+
+
 class Cumulative(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

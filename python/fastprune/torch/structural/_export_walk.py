@@ -189,8 +189,8 @@ class _ExportWalk(_Builder):
             return None
         if op in _REDUCTIONS:
             return self.reduce(node, op, segs, axis)
-        if op == "layer_norm":
-            return self.layer_norm(node, segs, axis)
+        if op in ("layer_norm", "rms_norm"):
+            return self.norm(node, op, segs, axis)
         if op == "scaled_dot_product_attention":
             return self.attention(node)
         self.nodes.append((node.name, f"unknown operation aten.{op}"))
@@ -278,9 +278,11 @@ class _ExportWalk(_Builder):
             self.consume(segs, m, 0, name, node)
         return self.out(node, self.produce(m, name, int(weight.shape[1]), 1), 1)
 
-    def layer_norm(self, node: fx.Node, segs: Segments | None, axis: int) -> Segments | None:
+    def norm(self, node: fx.Node, op: str, segs: Segments | None, axis: int) -> Segments | None:
+        """``layer_norm(x, shape, weight, bias)`` / ``rms_norm(x, shape, weight)`` over the
+        channels: norm coupling, the affine parameters go with each channel."""
         name = _norm_module(node) or node.name
-        self.nodes.append((name, "LayerNorm"))
+        self.nodes.append((name, "LayerNorm" if op == "layer_norm" else "RMSNorm"))
         shape: Any = node.args[1]
         rank = len(_meta_shape(node) or ())
         if len(shape) != 1 or axis != rank - 1:
