@@ -27,7 +27,7 @@ HIDDEN = 40  # no other dimension of the tiny models has this size
 ATOL = 1e-5
 
 
-def llama(tied: bool = False) -> Any:
+def llama(tied: bool = False, attention: str = "sdpa") -> Any:
     config = transformers.LlamaConfig(
         vocab_size=VOCAB,
         hidden_size=HIDDEN,
@@ -38,12 +38,13 @@ def llama(tied: bool = False) -> Any:
         head_dim=12,
         max_position_embeddings=64,
         tie_word_embeddings=tied,
+        attn_implementation=attention,
     )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def bert() -> Any:
+def bert(attention: str = "sdpa") -> Any:
     config = transformers.BertConfig(
         vocab_size=VOCAB,
         hidden_size=HIDDEN,
@@ -53,6 +54,7 @@ def bert() -> Any:
         max_position_embeddings=64,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
+        attn_implementation=attention,
     )
     torch.manual_seed(0)
     return transformers.BertModel(config).eval()
@@ -148,8 +150,9 @@ def test_llama_ffn_zero_then_remove() -> None:
     assert mlp.down_proj.in_features == 52 and mlp.down_proj.weight.shape == (HIDDEN, 52)
 
 
-def test_llama_whole_kv_group_zero_then_remove_and_generate() -> None:
-    model = llama()
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_llama_whole_kv_group_zero_then_remove_and_generate(attention: str) -> None:
+    model = llama(attention=attention)
     graph = DependencyGraph.build(model, batch())
     # KV head 1 of every layer, with its query heads 2 and 3
     plans = [graph.group(layer.self_attn.k_proj, head_rows(1, 12)) for layer in model.model.layers]
@@ -242,8 +245,9 @@ def test_hidden_group_is_the_one_prune_width_removes(family: str) -> None:
     assert model.get_output_embeddings().weight is embedding.weight  # still tied
 
 
-def test_bert_heads_and_ffn_zero_then_remove() -> None:
-    model = bert()
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_bert_heads_and_ffn_zero_then_remove(attention: str) -> None:
+    model = bert(attention)
     graph = DependencyGraph.build(model, batch())
     layer = model.encoder.layer[1]
     zero_then_remove(model, graph.group(layer.attention.self.value, head_rows(2, 10)))

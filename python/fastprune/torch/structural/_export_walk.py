@@ -193,6 +193,10 @@ class _ExportWalk(_Builder):
             return self.norm(node, op, segs, axis)
         if op == "scaled_dot_product_attention":
             return self.attention(node)
+        if op == "matmul":
+            return self.batched_matmul(node)
+        if op in ("softmax", "_softmax", "log_softmax"):
+            return self.softmax(node, op, segs, axis)
         self.nodes.append((node.name, f"unknown operation aten.{op}"))
         for value in args:
             self.block_value(value, f"it reaches {node.name} (aten.{op}), which is not followed")
@@ -325,6 +329,33 @@ class _ExportWalk(_Builder):
             return None
         self.edge(node, "attention: query heads go with their key/value heads")
         return self.out(node, self.resolve(shared), self.axis(node.args[0]))
+
+    def batched_matmul(self, node: fx.Node) -> Segments | None:
+        """``matmul`` of two tensors holding their channels on the same batch dim (attention
+        written out: ``q @ k.T``, ``probs @ v``, per head): one space, kept by the result."""
+        a, b = node.args[:2]
+        ranks = {len(_meta_shape(a) or ()), len(_meta_shape(b) or ())}
+        axes = {self.axis(a), self.axis(b)}
+        first, second = self.carried(a), self.carried(b)
+        rank = max(ranks)
+        if len(ranks) == 1 and len(axes) == 1 and 0 <= min(axes) < rank - 2 and first and second:
+            shared = self.couple(first, second, f"{node.name} (matmul per head)")
+            if shared is not None:
+                self.nodes.append((node.name, "attention (matmul per head)"))
+                self.edge(node, "attention: query heads go with their key/value heads")
+            return self.out(node, shared, axes.pop())
+        self.unknown(node, "aten.matmul, which is not followed")
+        return None
+
+    def softmax(self, node: fx.Node, op: str, segs: Segments | None, axis: int) -> Segments | None:
+        rank = len(_meta_shape(node) or ())
+        dim: Any = node.args[1]
+        if dim % rank != axis:
+            self.edge(node, f"{op} along dim {dim % rank}: channels unchanged")
+            return self.out(node, segs, axis)
+        self.nodes.append((node.name, op))
+        self.block_value(segs, f"{node.name} ({op}) mixes the channels")
+        return None
 
     def scaled(self, segs: Segments, r: int) -> Segments:
         return [(s, off * r, span * r) for s, off, span in segs]

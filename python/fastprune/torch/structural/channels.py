@@ -41,7 +41,8 @@ dimension a Linear writes, the last one:
   ``act(gate) * up``;
 - through ``split`` along the channels (each piece at its offsets) and reshapes that keep the
   dims around the channels, split them into ``(heads, head_dim)`` or merge them back;
-- into ``scaled_dot_product_attention``: after the reshape into heads one channel is one head;
+- into ``scaled_dot_product_attention`` (or attention written out: ``matmul`` per head and a
+  ``softmax`` over the tokens): after the reshape into heads one channel is one head;
   where a key/value head is repeated for ``r`` query heads (grouped-query attention) a channel
   is one KV group, its key and value heads with its ``r`` query heads. `DependencyGraph.group`
   refuses to remove part of such a unit, naming the reshape (and the attention) that made it.
