@@ -204,6 +204,7 @@ def test_llama_hidden_equals_reference_and_tied_head_stays_tied() -> None:
         plan = graph.group(model.model.embed_tokens, gone)
         text = str(plan)
         assert "input_layernorm.weight dim 0" in text and "lm_head.weight dim 1" in text
+        assert "norm coupling: 5 norms" in text
         plan.apply()
         keep = torch.tensor([c for c in range(HIDDEN) if c not in gone])
         config = llama(tied).config

@@ -188,6 +188,12 @@ class DependencyGraph:
             units = self._units(root)
             if units:
                 what += f", whole units only ({'; '.join(units)})"
+            norms = {id(s.module) for s in slices if type(s.module).__name__.endswith("Norm")}
+            if norms:
+                what += (
+                    f"; norm coupling: {len(norms)} norms over these channels compute their "
+                    "statistics over fewer channels once some go"
+                )
             out.append((root, Part(what, size, torch.arange(size), slices), names))
         return out
 
