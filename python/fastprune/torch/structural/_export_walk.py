@@ -10,6 +10,7 @@ head_dim)`` tensors made by reshapes and transposes. Parameters are graph inputs
 their modules through the exported program's signature.
 """
 
+import inspect
 import math
 import operator
 from collections.abc import Mapping
@@ -566,6 +567,7 @@ def _export_arguments(model: nn.Module, kwargs: Mapping[str, Any]) -> dict[str, 
     """`kwargs`, with ``use_cache=False`` for a model that would otherwise return a KV cache
     (an object torch.export cannot return, and tensors that are no channels to prune)."""
     config = getattr(model, "config", None)
-    if getattr(config, "use_cache", False) and "use_cache" not in kwargs:
+    takes = inspect.signature(model.forward).parameters
+    if getattr(config, "use_cache", False) and "use_cache" in takes and "use_cache" not in kwargs:
         return {**kwargs, "use_cache": False}
     return dict(kwargs)
