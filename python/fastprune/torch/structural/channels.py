@@ -50,8 +50,8 @@ dimension a Linear writes, the last one:
 Everything else that carries channels (an unknown ATen operation, a reduction over the channels
 outside a norm, the model's output) blocks them, named in `DependencyGraph.blocked`. Every size
 in an exported graph is a constant; the plan fixes the sizes modules keep (Linear, ``Conv1D``,
-embeddings, norms and, on a Hugging Face model, the attention's head counts and the config), so
-a model that computes its shapes from constants of its own is not covered.
+embeddings, norms and, on a Hugging Face model `layout` recognises, the attention's head counts
+and the config), so a model that computes its shapes from constants of its own is not covered.
 """
 
 from __future__ import annotations
