@@ -69,8 +69,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 import fastprune.importance as fpi
 
-from ._channel_spaces import _BATCHNORMS, _CONVS, _TRANSPOSED, _Builder, _leaves, _root, _Space
+from ._channel_spaces import _TRANSPOSED, _Builder, _leaves, _root, _Space
 from ._export_walk import _export_arguments, _ExportWalk
+from ._sizes import fix_sizes
 from .importance import GroupImportance, resolve_importance
 from .plan import Part, PruningPlan
 from .transformers import Layout, StructureError, _sync_heads, layout, sync_config
@@ -320,8 +321,7 @@ def _name_of(model: nn.Module, module: nn.Module) -> str:
 
 def _plan(parts: list[Part], model: nn.Module) -> PruningPlan:
     plan = PruningPlan(parts=parts)
-    modules = {id(s.module): s.module for p in parts for s in p.slices}
-    plan.then.append((f"fix the sizes of {len(modules)} modules", _FixSizes(modules.values())))
+    fix_sizes(plan, [s for p in parts for s in p.slices])
     try:
         lay = layout(model)
     except StructureError:
@@ -339,36 +339,6 @@ class _FixTransformer:
     def __call__(self) -> None:
         _sync_heads(self.lay)
         sync_config(self.lay)
-
-
-class _FixSizes:
-    def __init__(self, modules: Any) -> None:
-        self.modules = list(modules)
-
-    def __call__(self) -> None:
-        for m in self.modules:
-            if isinstance(m, nn.Linear):
-                m.out_features, m.in_features = (int(x) for x in m.weight.shape)
-            elif isinstance(m, (*_CONVS, *_TRANSPOSED)):
-                # the attributes still hold the sizes the graph was built from
-                w = [int(x) for x in m.weight.shape[:2]]
-                if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise
-                    m.groups = m.in_channels = m.out_channels = w[0]
-                elif isinstance(m, _TRANSPOSED):
-                    m.in_channels, m.out_channels = w[0], w[1] * m.groups
-                else:
-                    m.out_channels, m.in_channels = w[0], w[1] * m.groups
-            elif isinstance(m, _BATCHNORMS):
-                if m.running_mean is not None:
-                    m.num_features = int(m.running_mean.shape[0])
-                else:
-                    m.num_features = int(m.weight.shape[0])
-            elif isinstance(m, nn.Embedding):
-                m.num_embeddings, m.embedding_dim = (int(x) for x in m.weight.shape)
-            elif isinstance(m, nn.LayerNorm) and m.weight is not None:
-                m.normalized_shape = (int(m.weight.shape[0]),)
-            elif type(m).__name__ == "Conv1D":  # transformers: weight (in, out)
-                m.nx, m.nf = (int(x) for x in m.weight.shape)
 
 
 def prune_channels(
