@@ -156,7 +156,8 @@ def test_llama_whole_kv_group_zero_then_remove_and_generate(attention: str) -> N
     graph = DependencyGraph.build(model, batch())
     # KV head 1 of every layer, with its query heads 2 and 3
     plans = [graph.group(layer.self_attn.k_proj, head_rows(1, 12)) for layer in model.model.layers]
-    assert len(plans[0].parts) == 1
+    assert len(plans[0].parts) == 1 and "keep 1 of 2" in str(plans[0])
+    assert "whole units only (" in str(plans[0]) and "into heads of 12" in str(plans[0])
     assert {(s.label.rsplit(".", 1)[-1], s.dim, s.span) for s in plans[0].parts[0].slices} == {
         ("q_proj", 0, 24),
         ("k_proj", 0, 12),
