@@ -84,7 +84,7 @@ class _Space:
     pieces: list[tuple[int, int, int]] | None = None
 
 
-Segments = list[tuple[int, int, int]]  # (space id, offset along dim 1, span per channel)
+Segments = list[tuple[int, int, int]]  # (space id, offset along the channel dim, span per channel)
 
 
 def _root(parent: list[int], s: int) -> int:
