@@ -595,7 +595,7 @@ def test_group_by_input_channels() -> None:
     assert graph.group(model.a, [3], dim="in").parts[0].what.startswith("channels of stem")
 
 
-def test_a_hugging_face_model_is_pointed_to_prune_width() -> None:
+def test_a_hugging_face_model_needs_torch_export() -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
         vocab_size=32,
@@ -607,7 +607,9 @@ def test_a_hugging_face_model_is_pointed_to_prune_width() -> None:
     )
     model = transformers.LlamaForCausalLM(config).eval()
     with pytest.raises(StructureError, match=r"cannot trace LlamaForCausalLM.*use prune_width"):
-        DependencyGraph.build(model, torch.zeros(1, 4, dtype=torch.long))
+        DependencyGraph.build(model, torch.zeros(1, 4, dtype=torch.long), tracer="fx")
+    # by default torch.export follows it instead
+    assert DependencyGraph.build(model, torch.zeros(1, 4, dtype=torch.long)).tracer == "export"
 
 
 def test_global_pooling_by_mean_keeps_channels_apart() -> None:

@@ -1,6 +1,7 @@
 """Structural pruning: remove heads, neurons, channels and whole blocks, leaving a smaller
 dense model (`prune_width`, `block_importance`, `remove_blocks` and `shrink` for Hugging Face
-transformers; `DependencyGraph` and `prune_channels` for models torch.fx can trace, such as CNNs).
+transformers; `DependencyGraph` and `prune_channels` for any model torch.fx or torch.export can
+follow, CNNs and transformers alike).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """How one traced run of a model becomes channel spaces (see `fastprune.torch.structural.channels`):
 the tables of operations the walk knows, the spaces, and `_Builder`, the walk over the torch.fx
-graph that creates, couples, cuts and blocks them."""
+graph that creates, couples, cuts, coarsens and blocks them (`_export_walk` walks a
+``torch.export`` graph with the same machinery)."""
 
 import math
 import operator
@@ -74,12 +75,16 @@ class _Space:
     producers: list[Slice] = field(default_factory=list)
     consumers: list[Slice] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
-    # once cut (by a chunk, a grouped convolution, a residual with joined channels): the
-    # spaces it became, with their first channel
-    pieces: list[tuple[int, int]] | None = None
+    # why its channels are units of several of the producer's channels (a reshape into heads,
+    # query heads sharing a key/value head); removing part of one unit is refused
+    units: list[str] = field(default_factory=list)
+    # once cut (by a chunk, a grouped convolution, a residual with joined channels) or
+    # coarsened: the spaces it became, with their first channel and how many of its channels
+    # each of theirs is
+    pieces: list[tuple[int, int, int]] | None = None
 
 
-Segments = list[tuple[int, int, int]]  # (space id, offset along dim 1, span per channel)
+Segments = list[tuple[int, int, int]]  # (space id, offset along the channel dim, span per channel)
 
 
 def _root(parent: list[int], s: int) -> int:
@@ -88,17 +93,29 @@ def _root(parent: list[int], s: int) -> int:
     return s
 
 
-def _leaves(spaces: list[_Space], s: int) -> list[tuple[int, int]]:
-    """The live spaces space `s` was cut into, with their first channel in `s`."""
+def _leaves(spaces: list[_Space], s: int) -> list[tuple[int, int, int]]:
+    """The live spaces space `s` became: (space, its first channel in `s`, channels of `s`
+    per channel of it)."""
     pieces = spaces[s].pieces
     if pieces is None:
-        return [(s, 0)]
-    return [(leaf, start + first) for p, start in pieces for leaf, first in _leaves(spaces, p)]
+        return [(s, 0, 1)]
+    return [
+        (leaf, start + first * scale, k * scale)
+        for p, start, scale in pieces
+        for leaf, first, k in _leaves(spaces, p)
+    ]
+
+
+def _meta(node: Any) -> Any:
+    """The traced value of `node`: torch.fx's shape propagation or torch.export's fake tensor."""
+    if not isinstance(node, fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta")
+    return node.meta.get("val") if meta is None else meta
 
 
 def _meta_shape(node: Any) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    shape = getattr(meta, "shape", None)
+    shape = getattr(_meta(node), "shape", None)
     return None if shape is None else tuple(int(x) for x in shape)
 
 
@@ -144,9 +161,9 @@ class _Builder:
         if segs is None:
             return None
         return [
-            (leaf, off + first * span, span)
+            (leaf, off + first * span, span * scale)
             for s, off, span in segs
-            for leaf, first in _leaves(self.spaces, s)
+            for leaf, first, scale in _leaves(self.spaces, s)
         ]
 
     def alike(self, a: Segments, b: Segments) -> bool:
@@ -159,7 +176,7 @@ class _Builder:
     def blocked_modules(self) -> dict[str, str]:
         out = {}
         for name, s in self.owners.items():
-            roots = {self.root(leaf) for leaf, _ in _leaves(self.spaces, s)}
+            roots = {self.root(leaf) for leaf, _, _ in _leaves(self.spaces, s)}
             reasons = [
                 r
                 for i, sp in enumerate(self.spaces)
@@ -322,7 +339,7 @@ class _Builder:
         if target in _ELEMENTWISE:
             return self.elementwise(node, label)
         if target is torch.cat:
-            return self.concat(node)
+            return self.concat(node, 1)
         if target is torch.flatten or (method and target == "flatten"):
             self.nodes.append((node.name, "flatten"))
             start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
@@ -339,30 +356,22 @@ class _Builder:
             self.block_value(value, f"it reaches {node.name} ({label}), which is not followed")
         return None
 
-    def elementwise(self, node: fx.Node, label: str) -> Segments | None:
+    def elementwise(self, node: fx.Node, label: str, axis: int = 1) -> Segments | None:
         """``+ - *``: two channel-carrying tensors become one space (a residual); a tensor the
-        graph does not prune may only broadcast along the channels."""
+        graph does not prune may only broadcast along the channels (dim `axis` of the
+        result)."""
         self.nodes.append((node.name, f"elementwise {label}"))
         carried = [(a, self.resolve(self.values.get(a.name))) for a in node.all_input_nodes]
         tensors = [segs for _, segs in carried if segs]
         if len(tensors) == 2:
-            a, b = tensors
-            bounds = {x for off, width in self.extents(a + b) for x in (off, off + width)}
-            if self.cut_at(a + b, bounds, node.name):
-                a, b = self.resolve(a) or [], self.resolve(b) or []
-                if self.alike(a, b):
-                    self.edge(node, "residual coupling: one channel space")
-                    for x, y in zip(a, b, strict=True):
-                        self.union(x[0], y[0], node.name)
-                    return a
-            why = f"{node.name} combines channels held at different places"
-            self.block_value(self.resolve(a), why)
-            self.block_value(self.resolve(b), why)
-            return None
+            coupled = self.couple(tensors[0], tensors[1], node.name)
+            if coupled is not None:
+                self.edge(node, "residual coupling: one channel space")
+            return coupled
         rank = len(_meta_shape(node) or ())
         for other, segs in carried:
             shape = _meta_shape(other)
-            at = 1 - (rank - len(shape)) if shape is not None else -1
+            at = axis - (rank - len(shape)) if shape is not None else -1
             if not segs and shape is not None and 0 <= at < len(shape) and shape[at] != 1:
                 why = f"{node.name} combines the channels with {other.name}"
                 for value in tensors:
@@ -371,14 +380,15 @@ class _Builder:
         self.edge(node, "unchanged")
         return tensors[0]
 
-    def concat(self, node: fx.Node) -> Segments | None:
+    def concat(self, node: fx.Node, axis: int) -> Segments | None:
+        """``cat`` along the channel dim `axis`: each input's channels at its offset."""
         inputs: Any = node.args[0]
         dim: Any = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
         rank = len(_meta_shape(node) or ())
         dim = dim % rank if rank else dim
         self.nodes.append((node.name, "concat"))
         values = [self.resolve(self.values.get(getattr(x, "name", ""))) for x in inputs]
-        if dim != 1:
+        if dim != axis:
             for value in values:
                 self.block_value(value, f"{node.name} concatenates on dim {dim}")
             return None
@@ -388,7 +398,7 @@ class _Builder:
         for x, value in zip(inputs, values, strict=True):
             # an input without a channel space (the model's input) just takes its place
             out += [(s, offset + off, span) for s, off, span in value or []]
-            offset += (_meta_shape(x) or (0, 0))[1]
+            offset += (_meta_shape(x) or (0,) * (axis + 1))[axis]
         return out
 
     def flatten(
@@ -451,7 +461,7 @@ class _Builder:
         change), so piece k's channels are coupled to piece 0's: every piece loses the same."""
         chunk = node.target is torch.chunk or node.target == "chunk"
         label = "chunk" if chunk else "split"
-        outputs = node.meta.get("tensor_meta")
+        outputs = _meta(node)
         shapes = [tuple(int(x) for x in t.shape) for t in outputs or ()]
         self.pieces[node.name] = [None] * len(shapes)
         how = node.args[1] if len(node.args) > 1 else next(iter(node.kwargs.values()), None)
@@ -540,9 +550,68 @@ class _Builder:
                     getattr(self.spaces[tail], dst).append(replace(sl, offsets=moved))
             self.spaces[head].blocked += sp.blocked
             self.spaces[tail].blocked += sp.blocked
-            sp.pieces = [(head, 0), (tail, at)]
+            self.spaces[head].units += sp.units
+            self.spaces[tail].units += sp.units
+            sp.pieces = [(head, 0, 1), (tail, at, 1)]
             heads.append(head)
             tails.append(tail)
         for a, b in zip(heads[1:], tails[1:], strict=True):
             self.union(heads[0], a, why)
             self.union(tails[0], b, why)
+
+    def coarsen(self, s: int, k: int, why: str) -> bool:
+        """Make every `k` channels of space `s` (and of every space coupled to it) one channel
+        that goes whole; false (and the spaces blocked) where their size is no multiple of
+        `k`."""
+        root = self.root(s)
+        members = [
+            i for i, sp in enumerate(self.spaces) if sp.pieces is None and self.root(i) == root
+        ]
+        if any(self.spaces[i].size % k for i in members):
+            self.block(members, f"{why} needs units of {k} channels")
+            return False
+        new = []
+        for i in members:
+            sp = self.spaces[i]
+            n = self.new_space(sp.size // k)
+            coarse = self.spaces[n]
+            coarse.producers = [replace(sl, span=sl.span * k) for sl in sp.producers]
+            coarse.consumers = [replace(sl, span=sl.span * k) for sl in sp.consumers]
+            coarse.blocked = list(sp.blocked)
+            coarse.units = [*sp.units, why]
+            sp.pieces = [(n, 0, k)]
+            new.append(n)
+        for n in new[1:]:
+            self.union(new[0], n, why)
+        return True
+
+    def couple(self, a: Segments, b: Segments, why: str) -> Segments | None:
+        """Make `a` and `b`, channels held at the same places of two tensors, one space: cut
+        them at each other's bounds, and where a channel of one covers several of the other
+        (a key/value head repeated for a group of query heads), coarsen the finer one. None
+        (both blocked) where their channels do not line up."""
+        bounds = {x for off, width in self.extents(a + b) for x in (off, off + width)}
+        if self.cut_at(a + b, bounds, why):
+            while True:
+                ra, rb = self.resolve(a) or [], self.resolve(b) or []
+                if self.alike(ra, rb):
+                    for x, y in zip(ra, rb, strict=True):
+                        self.union(x[0], y[0], why)
+                    return ra
+                if len(ra) != len(rb):
+                    break
+                pairs = [*zip(ra, rb, strict=True), *zip(rb, ra, strict=True)]
+                finer = [
+                    (x, y[2] // x[2])
+                    for x, y in pairs
+                    if x[1] == y[1] and y[2] > x[2] and y[2] % x[2] == 0
+                ]
+                if not finer:
+                    break
+                (s, _, _), k = finer[0]
+                if not self.coarsen(s, k, why):
+                    return None
+        why = f"{why} combines channels held at different places"
+        self.block_value(self.resolve(a), why)
+        self.block_value(self.resolve(b), why)
+        return None

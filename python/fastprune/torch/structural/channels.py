@@ -1,8 +1,10 @@
-"""Channel pruning for plain PyTorch models (CNNs): a dependency graph from one traced run.
+"""Channel pruning for any PyTorch model: a dependency graph from one traced run.
 
-`DependencyGraph.build` traces the model with ``torch.fx`` and runs it once on the example
-inputs to learn every tensor's shape. Each Conv / ConvTranspose / Linear output opens a
-*channel space*; the graph follows how a space travels along dimension 1:
+`DependencyGraph.build` traces the model with ``torch.fx`` where it can (CNNs), and otherwise
+with ``torch.export`` (non-strict), which follows Hugging Face transformers; either way it runs
+the model once on the example inputs to learn every tensor's shape. Each Conv / ConvTranspose /
+Linear output opens a *channel space*; on a torch.fx graph the graph follows how a space travels
+along dimension 1:
 
 - through BatchNorm (whose statistics and affine parameters go with it), activations, pooling,
   dropout, ``mean``/``sum``/``amax`` over spatial dims and other operations that keep each
@@ -28,8 +30,28 @@ the channels into groups, a split at constant sizes (those are listed in
 `DependencyGraph.blocked`, with the reason). Every prunable space is one group: its producers'
 output rows and biases, the BatchNorms on it, and its consumers' input columns.
 
-The graph works on models ``torch.fx.symbolic_trace`` can trace; Hugging Face transformers are
-handled by `fastprune.torch.structural.transformers` instead.
+On a ``torch.export`` graph (ATen operations, see `_export_walk`) a space travels along the
+dimension a Linear writes, the last one:
+
+- out of embeddings (their columns), Linear and transformers ``Conv1D`` layers (seen as
+  ``addmm``, weight ``(in, out)``) and into their inputs;
+- through LayerNorm and RMSNorm (*norm coupling*: the scale and bias go with each channel, and
+  the statistics over all channels change when some go, so hidden channels are pruned like
+  `prune_width` prunes them, not exactly like zeroing them), activations, residual adds and
+  ``act(gate) * up``;
+- through ``split`` along the channels (each piece at its offsets) and reshapes that keep the
+  dims around the channels, split them into ``(heads, head_dim)`` or merge them back;
+- into ``scaled_dot_product_attention`` (or attention written out: ``matmul`` per head and a
+  ``softmax`` over the tokens): after the reshape into heads one channel is one head;
+  where a key/value head is repeated for ``r`` query heads (grouped-query attention) a channel
+  is one KV group, its key and value heads with its ``r`` query heads. `DependencyGraph.group`
+  refuses to remove part of such a unit, naming the reshape (and the attention) that made it.
+
+Everything else that carries channels (an unknown ATen operation, a reduction over the channels
+outside a norm, the model's output) blocks them, named in `DependencyGraph.blocked`. Every size
+in an exported graph is a constant; the plan fixes the sizes modules keep (Linear, ``Conv1D``,
+embeddings, norms and, on a Hugging Face model `layout` recognises, the attention's head counts
+and the config), so a model that computes its shapes from constants of its own is not covered.
 """
 
 from __future__ import annotations
@@ -47,10 +69,12 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 import fastprune.importance as fpi
 
-from ._channel_spaces import _BATCHNORMS, _CONVS, _TRANSPOSED, _Builder, _leaves, _root, _Space
+from ._channel_spaces import _TRANSPOSED, _Builder, _leaves, _root, _Space
+from ._export_walk import _export_arguments, _ExportWalk
+from ._sizes import fix_sizes
 from .importance import GroupImportance, resolve_importance
 from .plan import Part, PruningPlan
-from .transformers import StructureError, layout
+from .transformers import Layout, StructureError, _sync_heads, layout, sync_config
 
 
 @dataclass
@@ -64,23 +88,57 @@ class DependencyGraph:
     parent: list[int]
     owners: dict[str, int]  # module name -> its output space
     blocked: dict[str, str] = field(default_factory=dict)  # module name -> why not prunable
+    tracer: Literal["fx", "export"] = "fx"  # what followed the model
 
     @classmethod
-    def build(cls, model: nn.Module, example_inputs: Any) -> DependencyGraph:
-        """Trace `model` and run it once on `example_inputs` (a tensor or a tuple of them)."""
+    def build(
+        cls,
+        model: nn.Module,
+        example_inputs: Any,
+        tracer: Literal["auto", "fx", "export"] = "auto",
+    ) -> DependencyGraph:
+        """Follow `model` once on `example_inputs`: a tensor, a tuple of them, or a dict of
+        keyword arguments (``{"input_ids": ..., "attention_mask": ...}``).
+
+        ``tracer="fx"`` traces with ``torch.fx`` (channels on dim 1), ``"export"`` with
+        ``torch.export`` (non-strict; channels on a Linear's last dim); ``"auto"`` uses torch.fx
+        where it can trace the model and torch.export otherwise (Hugging Face transformers).
+        """
         given: object = model
         if not isinstance(given, nn.Module):
             msg = f"model: expected a torch.nn.Module, got {type(given).__name__}"
             raise TypeError(msg)
+        if tracer not in ("auto", "fx", "export"):
+            raise ValueError(f"tracer: expected 'auto', 'fx' or 'export', got {tracer!r}")
+        args, kwargs = _arguments(example_inputs)
+        if tracer == "fx" and kwargs:
+            raise ValueError("example_inputs: torch.fx takes positional inputs only, not a dict")
+        failure = ""
+        if tracer == "fx" or (tracer == "auto" and not kwargs):
+            try:
+                traced = fx.symbolic_trace(model)
+            except Exception as err:  # torch.fx raises many kinds for untraceable code
+                if tracer == "fx":
+                    raise StructureError(_trace_failure(model, err)) from err
+                failure = _trace_failure(model, err)
+            else:
+                with torch.no_grad():
+                    ShapeProp(traced).propagate(*args)
+                builder = _Builder(model, traced)
+                builder.walk()
+                return cls._of(model, builder, "fx")
+        kwargs = _export_arguments(model, kwargs)
         try:
-            traced = fx.symbolic_trace(model)
-        except Exception as err:  # torch.fx raises many kinds for untraceable code
-            raise StructureError(_trace_failure(model, err)) from err
-        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-        with torch.no_grad():
-            ShapeProp(traced).propagate(*inputs)
-        builder = _Builder(model, traced)
-        builder.walk()
+            program = torch.export.export(model, args, kwargs, strict=False)
+        except Exception as err:  # torch.export, too, raises many kinds
+            msg = _trace_failure(model, err, "torch.export cannot follow")
+            raise StructureError(f"{failure}; {msg}" if failure else msg) from err
+        walk = _ExportWalk(model, program)
+        walk.walk()
+        return cls._of(model, walk, "export")
+
+    @classmethod
+    def _of(cls, model: nn.Module, builder: _Builder, tracer: Literal["fx", "export"]) -> Any:
         return cls(
             model,
             builder.nodes,
@@ -89,7 +147,18 @@ class DependencyGraph:
             builder.parent,
             builder.owners,
             builder.blocked_modules(),
+            tracer,
         )
+
+    def _units(self, root: int) -> list[str]:
+        """Why the channels of the group `root` go in units (heads), if they do."""
+        found = [
+            why
+            for i, space in enumerate(self.spaces)
+            if space.pieces is None and _root(self.parent, i) == root
+            for why in space.units
+        ]
+        return list(dict.fromkeys(found))
 
     def _parts(self) -> list[tuple[int, Part, list[str]]]:
         """(root space, its `Part`, the modules producing it) per prunable channel space."""
@@ -111,11 +180,21 @@ class DependencyGraph:
                 first = mine[0]
                 if len(mine) > 1:  # pieces pruned alike (groups, chunks)
                     where.append(f"{label} ({len(mine)} equal pieces)")
-                elif first.offsets == (0,) and size == first.tensor().shape[first.dim]:
+                elif first.offsets == (0,) and size * first.span == first.tensor().shape[first.dim]:
                     where.append(label)
                 else:
-                    where.append(f"{label}[{first.offsets[0]}:{first.offsets[0] + size}]")
+                    end = first.offsets[0] + size * first.span
+                    where.append(f"{label}[{first.offsets[0]}:{end}]")
             what = f"channels of {', '.join(where)}"
+            units = self._units(root)
+            if units:
+                what += f", whole units only ({'; '.join(units)})"
+            norms = {id(s.module) for s in slices if type(s.module).__name__.endswith("Norm")}
+            if norms:
+                what += (
+                    f"; norm coupling: {len(norms)} norms over these channels compute their "
+                    "statistics over fewer channels once some go"
+                )
             out.append((root, Part(what, size, torch.arange(size), slices), names))
         return out
 
@@ -149,8 +228,8 @@ class DependencyGraph:
             if name not in self.owners:
                 raise StructureError(f"module: {name} produces no channel space in the graph")
             covers = [
-                (_root(self.parent, s), first, self.spaces[s].size, 1)
-                for s, first in _leaves(self.spaces, self.owners[name])
+                (_root(self.parent, s), first, self.spaces[s].size, scale)
+                for s, first, scale in _leaves(self.spaces, self.owners[name])
             ]
         else:
             in_dim = 0 if isinstance(module, _TRANSPOSED) else 1
@@ -164,11 +243,23 @@ class DependencyGraph:
                 msg = f"module: the input channels of {name} are not prunable (see graph.blocked)"
                 raise StructureError(msg)
         drops: dict[int, set[int]] = {root: set() for root, _, _, _ in covers}
+        chosen_indices = {int(i) for i in indices}
         for i in indices:
-            hit = [(r, (int(i) - f) // span) for r, f, n, span in covers if f <= i < f + n * span]
+            hit = [(r, f, span) for r, f, n, span in covers if f <= i < f + n * span]
             if not hit:
                 raise ValueError(f"indices: {i} is not a prunable {dim}put channel of {name}")
-            drops[hit[0][0]].add(hit[0][1])
+            root, first, span = hit[0]
+            unit = (int(i) - first) // span
+            units = self._units(root)
+            whole = range(first + unit * span, first + (unit + 1) * span)
+            if units and not chosen_indices.issuperset(whole):
+                msg = (
+                    f"indices: {name}'s {dim}put channels go in units of {span} "
+                    f"({'; '.join(units)}); removing channel {i} needs all of "
+                    f"{whole.start}..{whole.stop - 1}"
+                )
+                raise StructureError(msg)
+            drops[root].add(unit)
         chosen = []
         for root, drop in drops.items():
             part = parts[root]
@@ -188,10 +279,10 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
-def _trace_failure(model: nn.Module, err: Exception) -> str:
-    """Say where tracing stopped: the model's own source line that torch.fx could not follow
+def _trace_failure(model: nn.Module, err: Exception, what: str = "torch.fx cannot trace") -> str:
+    """Say where tracing stopped: the model's own source line that the tracer could not follow
     (the last frame outside torch), and point Hugging Face transformers to `prune_width`."""
-    msg = f"model: torch.fx cannot trace {type(model).__name__}"
+    msg = f"model: {what} {type(model).__name__}"
     frames = [
         f
         for f in traceback.extract_tb(err.__traceback__)
@@ -200,12 +291,25 @@ def _trace_failure(model: nn.Module, err: Exception) -> str:
     if frames:
         f = frames[-1]
         msg += f" at {os.path.basename(f.filename)}:{f.lineno} ({f.name}: {(f.line or '').strip()})"
-    msg += f": {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    msg += f": {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
     try:
         layout(model)
     except StructureError:
         return msg
     return msg + "; for Hugging Face transformers use prune_width / block_importance"
+
+
+def _arguments(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, tuple):
+        return example_inputs, {}
+    return (example_inputs,), {}
+
+
+def _run(model: nn.Module, example_inputs: Any) -> None:
+    args, kwargs = _arguments(example_inputs)
+    model(*args, **kwargs)
 
 
 def _name_of(model: nn.Module, module: nn.Module) -> str:
@@ -217,33 +321,24 @@ def _name_of(model: nn.Module, module: nn.Module) -> str:
 
 def _plan(parts: list[Part], model: nn.Module) -> PruningPlan:
     plan = PruningPlan(parts=parts)
-    modules = {id(s.module): s.module for p in parts for s in p.slices}
-    plan.then.append((f"fix the sizes of {len(modules)} modules", _FixSizes(modules.values())))
+    fix_sizes(plan, [s for p in parts for s in p.slices])
+    try:
+        lay = layout(model)
+    except StructureError:
+        return plan
+    plan.then.append(("fix the attention head counts and the config", _FixTransformer(lay)))
     return plan
 
 
-class _FixSizes:
-    def __init__(self, modules: Any) -> None:
-        self.modules = list(modules)
+class _FixTransformer:
+    """A Hugging Face model's attention attributes and config, as `prune_width` leaves them."""
+
+    def __init__(self, lay: Layout) -> None:
+        self.lay = lay
 
     def __call__(self) -> None:
-        for m in self.modules:
-            if isinstance(m, nn.Linear):
-                m.out_features, m.in_features = (int(x) for x in m.weight.shape)
-            elif isinstance(m, (*_CONVS, *_TRANSPOSED)):
-                # the attributes still hold the sizes the graph was built from
-                w = [int(x) for x in m.weight.shape[:2]]
-                if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise
-                    m.groups = m.in_channels = m.out_channels = w[0]
-                elif isinstance(m, _TRANSPOSED):
-                    m.in_channels, m.out_channels = w[0], w[1] * m.groups
-                else:
-                    m.out_channels, m.in_channels = w[0], w[1] * m.groups
-            elif isinstance(m, _BATCHNORMS):
-                if m.running_mean is not None:
-                    m.num_features = int(m.running_mean.shape[0])
-                else:
-                    m.num_features = int(m.weight.shape[0])
+        _sync_heads(self.lay)
+        sync_config(self.lay)
 
 
 def prune_channels(
@@ -322,7 +417,7 @@ def prune_channels(
             break
         if importance == "activation":
             parts = [p for p, _ in chosen]
-            scores = _activation_scores(model, example_inputs, parts, producers)
+            scores = _activation_scores(model, example_inputs, parts, producers, graph.tracer)
         else:
             scores = [torch.as_tensor(np.asarray(score(p), dtype=np.float64)) for p, _ in chosen]
         if scope == "global":
@@ -343,7 +438,11 @@ def prune_channels(
 
 
 def _activation_scores(
-    model: nn.Module, example_inputs: Any, parts: list[Part], producers: dict[int, list[str]]
+    model: nn.Module,
+    example_inputs: Any,
+    parts: list[Part],
+    producers: dict[int, list[str]],
+    tracer: str,
 ) -> list[torch.Tensor]:
     """Minitron's activation importance for channels: the mean |output| of each channel over
     the example inputs (all positions), averaged over the group's producing modules."""
@@ -353,7 +452,8 @@ def _activation_scores(
 
     def hook(name: str) -> Any:
         def record(_: nn.Module, __: Any, out: torch.Tensor) -> None:
-            dims = [d for d in range(out.dim()) if d != 1]
+            channels = 1 if tracer == "fx" else out.dim() - 1
+            dims = [d for d in range(out.dim()) if d != channels]
             means[name] = out.detach().double().abs().mean(dim=dims)
 
         return record
@@ -361,7 +461,7 @@ def _activation_scores(
     handles = [modules[n].register_forward_hook(hook(n)) for n in sorted(wanted)]
     try:
         with torch.no_grad():
-            model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
+            _run(model, example_inputs)
     finally:
         for h in handles:
             h.remove()
@@ -372,8 +472,8 @@ def _activation_scores(
         # of one piece are the same outputs, counted once
         rows = {
             (s.label, s.offsets): means[s.label][s.index(torch.arange(part.channels))]
-            .reshape(len(s.offsets), -1)
-            .sum(0)
+            .reshape(len(s.offsets), part.channels, -1)
+            .sum((0, 2))
             for s in part.slices
             if s.label in producers[id(part)] and s.name in ("weight", "bias")
         }

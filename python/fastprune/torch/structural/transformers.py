@@ -26,12 +26,13 @@ their own modules, whose public names are exported from here too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._sizes import fix_sizes
 from .activations import Batch, _activations, _batches
 from .depth import BlockImportance, block_importance, remove_blocks
 from .importance import GroupImportance, resolve_importance
@@ -46,7 +47,7 @@ from .model_layout import (
     flops_per_token,
     layout,
 )
-from .plan import Part, PruningPlan, Slice
+from .plan import Part, PruningPlan
 
 Width = int | Mapping[int, int] | None
 
@@ -209,19 +210,42 @@ def _plan_heads(
     if att.kv:
         kv_part = Part(f"blocks.{i} KV heads", g * d, _channels(groups, d), _with_biases(att.kv), d)
         plan.parts.append(kv_part)
-    a = att.module
+    plan.fixes += _head_fixes(lay, i, heads_n, kv_keep_n)
+    fix_sizes(plan, [*att.q, *att.kv])
+
+
+def _head_fixes(lay: Layout, i: int, heads: int, kv_heads: int) -> list[tuple[object, str, Any]]:
+    """The attributes block `i`'s attention reads its head counts from, set for `heads` query
+    and `kv_heads` key/value heads."""
+    att = _attention(lay, i)
+    a: Any = att.module
+    d = att.head_dim
     if lay.family == "llama":
-        plan.fixes.append((a, "num_key_value_groups", per_group))
-        for attr, value in (("num_heads", heads_n), ("num_key_value_heads", kv_keep_n)):
+        fixes: list[tuple[object, str, Any]] = [(a, "num_key_value_groups", heads // kv_heads)]
+        for attr, value in (("num_heads", heads), ("num_key_value_heads", kv_heads)):
             if hasattr(a, attr):
-                plan.fixes.append((a, attr, value))
-    elif lay.family == "bert":
-        plan.fixes += [(a, "num_attention_heads", heads_n), (a, "all_head_size", heads_n * d)]
-    else:
-        plan.fixes += [(a, "num_heads", heads_n), (a, "split_size", heads_n * d)]
-        plan.fixes.append((a.c_attn, "nf", 3 * heads_n * d))
-        plan.fixes.append((a.c_proj, "nx", heads_n * d))
-    _fix_linear_sizes(plan, [*att.q, *att.kv])
+                fixes.append((a, attr, value))
+        return fixes
+    if lay.family == "bert":
+        return [(a, "num_attention_heads", heads), (a, "all_head_size", heads * d)]
+    return [(a, "num_heads", heads), (a, "split_size", heads * d)]
+
+
+def _sync_heads(lay: Layout) -> None:
+    """Set every attention's head-count attributes from its projections' weights (after
+    their heads were removed by a plan that did not set them)."""
+    for i in range(len(lay.blocks)):
+        att = _attention(lay, i)
+        a: Any = att.module
+        d = att.head_dim
+        if lay.family == "llama":
+            heads, kv = a.q_proj.weight.shape[0] // d, a.k_proj.weight.shape[0] // d
+        elif lay.family == "bert":
+            heads = kv = a.query.weight.shape[0] // d
+        else:
+            heads = kv = a.c_proj.weight.shape[0] // d
+        for obj, attr, value in _head_fixes(lay, i, int(heads), int(kv)):
+            setattr(obj, attr, value)
 
 
 def _channels(units: torch.Tensor, unit: int) -> torch.Tensor:
@@ -236,15 +260,13 @@ def _plan_ffn(
     acts: Mapping[str, torch.Tensor],
     plan: PruningPlan,
 ) -> None:
-    width, slices, down = _ffn(lay, i)
+    width, slices, _ = _ffn(lay, i)
     _check_keep(keep, width, f"ffn (layer {i})")
     part = Part(f"blocks.{i} FFN neurons", width, torch.arange(width), _with_biases(slices))
     scores = acts[f"ffn.{i}"] if f"ffn.{i}" in acts else torch.as_tensor(score(part))
     part.keep = _top(scores, keep)
     plan.parts.append(part)
-    if lay.family == "gpt2":
-        plan.fixes += [(slices[0].module, "nf", keep), (down, "nx", keep)]
-    _fix_linear_sizes(plan, slices)
+    fix_sizes(plan, slices)
 
 
 def _plan_hidden(
@@ -260,32 +282,7 @@ def _plan_hidden(
     scores = acts["hidden"] if "hidden" in acts else torch.as_tensor(score(part))
     part.keep = _top(scores, keep)
     plan.parts.append(part)
-    _fix_linear_sizes(plan, slices)
-    for s in slices:
-        m = s.module
-        if isinstance(m, nn.Embedding):
-            plan.fixes.append((m, "embedding_dim", keep))
-        elif hasattr(m, "normalized_shape"):
-            plan.fixes.append((m, "normalized_shape", (keep,)))
-        elif type(m).__name__ == "Conv1D" and s.name == "weight":
-            plan.fixes.append((m, "nx" if s.dim == 0 else "nf", keep))
-
-
-def _fix_linear_sizes(plan: PruningPlan, slices: Sequence[Slice]) -> None:
-    linears = {id(s.module): s.module for s in slices if isinstance(s.module, nn.Linear)}
-    if linears:
-        plan.then.append((f"set in/out_features of {len(linears)} Linear layers", _Sizes(linears)))
-
-
-class _Sizes:
-    """Set Linear layers' ``in_features`` / ``out_features`` from their shrunk weights."""
-
-    def __init__(self, linears: Mapping[int, nn.Linear]) -> None:
-        self.linears = list(linears.values())
-
-    def __call__(self) -> None:
-        for lin in self.linears:
-            lin.out_features, lin.in_features = (int(x) for x in lin.weight.shape)
+    fix_sizes(plan, slices)
 
 
 def _plan_config(lay: Layout, plan: PruningPlan) -> None:
