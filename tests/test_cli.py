@@ -305,6 +305,11 @@ def test_a_decoder_is_calibrated_on_packed_text(llama_dir, tmp_path, capsys):
     # plain SparseGPT for a causal language model (see the "auto" defaults)
     assert manifest["options"]["reconstruct"] == "layer"
     assert manifest["options"]["refit"] is False
+    # one sequence per forward pass, as the papers run them: from the second on, each pass
+    # that calibrates q/k/v, o or gate/up ends once they have seen their inputs
+    assert text["batch_size"] == 1 and manifest["calibration"]["batches"] == 5
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["work"]["passes_stopped_early"] == 2 * 3 * (5 - 1)  # 2 blocks
 
 
 @torch_needed

@@ -127,7 +127,13 @@ def _parser() -> argparse.ArgumentParser:
         help="tokens per sequence (default: 2048 capped at the model's context with pack, "
         "128 with lines)",
     )
-    prune.add_argument("--batch-size", type=int, default=8, help="sequences per forward (8)")
+    prune.add_argument(
+        "--batch-size",
+        type=int,
+        help="sequences per forward pass (default: 1 for packed sequences, as the papers' "
+        "procedure runs them, so that each calibration pass can stop once its layers have seen "
+        "their inputs; 8 for padded lines)",
+    )
     prune.add_argument("--ignore", action="append", default=[], help="layer name/glob to skip")
     prune.add_argument("--blocks", help="dotted path of the ModuleList of blocks (auto)")
     prune.add_argument(
@@ -327,6 +333,7 @@ def _run_prune(args: argparse.Namespace) -> int:
             )
         except ValueError as err:
             raise CommandError(str(err)) from err
+        args.batch_size = args.batch_size or 1
         batches = models.window_batches(windows, args.batch_size)
         calibration.update(counts, samples=counts["sequences"])
         described = (
@@ -337,6 +344,7 @@ def _run_prune(args: argparse.Namespace) -> int:
             described += f"; the text is shorter than --seqlen {seqlen}"
     else:
         texts = models.choose_samples(lines, args.samples, args.seed)
+        args.batch_size = args.batch_size or 8
         batches = models.text_batches(tokenizer, texts, seqlen=seqlen, batch_size=args.batch_size)
         calibration.update(samples=len(texts), seqlen=seqlen)
         described = f"{len(texts)} lines, one sequence each, padded and cut at {seqlen} tokens"
