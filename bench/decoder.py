@@ -99,12 +99,19 @@ def load(folder: Path) -> Any:
 
 
 def run_cli(
-    folder: Path, calib: Path, out: Path, method: str, pattern: str, extra: list[str]
+    folder: Path,
+    calib: Path,
+    out: Path,
+    method: str,
+    pattern: str,
+    extra: list[str],
+    sparsity: float = 0.5,
 ) -> dict[str, Any]:
     """``fastprune prune`` with its defaults; the report's manifest and wall time."""
     from fastprune.cli import main as cli
 
-    argv = ["prune", str(folder), "--out", str(out), "--method", method, "--sparsity", "0.5"]
+    argv = ["prune", str(folder), "--out", str(out), "--method", method]
+    argv += ["--sparsity", str(sparsity)]
     argv += ["--pattern", pattern, "--calib", str(calib), "--quiet", "--overwrite", *extra]
     t0 = time.perf_counter()
     status = cli(argv)
