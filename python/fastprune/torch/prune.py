@@ -79,6 +79,8 @@ RECONSTRUCT = ("auto", "dense", "layer")
 DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 SparsitySpec = float | Mapping[str, float] | Callable[[str, nn.Module], float | None]
+#: A layer to prune: its block (None when the whole model is one block), name, module, sparsity.
+PlanItem = tuple[int | None, str, nn.Module, float]
 
 
 def prune_model(
@@ -196,36 +198,12 @@ def prune_model(
     if reconstruct == "auto":
         reconstruct = "layer" if follow_paper else "dense"
     fp_refit = (not follow_paper) if refit is None else _flag(refit, "refit")
-    not_text = [name for name in ignore if not isinstance(name, str)]
-    if not_text or isinstance(ignore, str):
-        msg = f"ignore: expected a list of names or glob patterns, got {ignore!r}"
-        raise TypeError(msg)
+    check_ignore(ignore)
 
     block_list, block_names = resolve_blocks(model, blocks)
-    candidates = select_layers(model, block_list, targets, ignore)
-    plan: list[tuple[int | None, str, nn.Module, float]] = []
-    skipped: list[str] = []
-    for block, name, module in candidates:
-        layer_sparsity = _sparsity_for(sparsity, name, module)
-        if layer_sparsity is None:
-            skipped.append(name)
-        else:
-            plan.append((block, name, module, layer_sparsity))
-    if not plan:
-        kinds = ", ".join(t.__name__ for t in targets)
-        msg = f"model: nothing to prune: {len(candidates)} layers ({kinds}) in {block_names}"
-        if skipped:
-            msg += f", and `sparsity` leaves every one of them dense ({skipped[0]}, ...)"
-        msg += "; check `targets`, `ignore`, `blocks` and `sparsity`"
-        raise ValueError(msg)
-    for _, name, module, _ in plan:
-        width = in_features(module)
-        if group_size and width % group_size:
-            msg = (
-                f"pattern: {pattern} needs every layer's input width to be a multiple of "
-                f"{group_size}, but {name} has {width}; add it to `ignore`"
-            )
-            raise ValueError(msg)
+    plan, skipped = plan_layers(
+        model, block_list, block_names, targets, ignore, sparsity, pattern, group_size
+    )
 
     options: dict[str, Any] = {
         "sparsity": _describe_sparsity(sparsity),
@@ -278,7 +256,69 @@ def prune_model(
     finally:
         model.train(was_training)
 
-    manifest = {
+    manifest = run_manifest(method, options, digest, pruner, seed)
+    return PruneReport(reports, manifest, time.perf_counter() - start, skipped)
+
+
+def check_ignore(ignore: Sequence[str]) -> None:
+    """TypeError unless `ignore` is a list of names or glob patterns."""
+    not_text = [name for name in ignore if not isinstance(name, str)]
+    if not_text or isinstance(ignore, str):
+        msg = f"ignore: expected a list of names or glob patterns, got {ignore!r}"
+        raise TypeError(msg)
+
+
+def plan_layers(
+    model: nn.Module,
+    block_list: Sequence[nn.Module],
+    block_names: str,
+    targets: Sequence[type[nn.Module]],
+    ignore: Sequence[str],
+    sparsity: SparsitySpec,
+    pattern: str,
+    group_size: int,
+) -> tuple[list[PlanItem], list[str]]:
+    """The layers to prune as (block, name, module, sparsity), and those `sparsity` leaves dense.
+
+    ValueError when nothing would be pruned, or when an N:M pattern's M does not divide a
+    layer's input width."""
+    candidates = select_layers(model, block_list, targets, ignore)
+    plan: list[PlanItem] = []
+    skipped: list[str] = []
+    for block, name, module in candidates:
+        layer_sparsity = _sparsity_for(sparsity, name, module)
+        if layer_sparsity is None:
+            skipped.append(name)
+        else:
+            plan.append((block, name, module, layer_sparsity))
+    if not plan:
+        kinds = ", ".join(t.__name__ for t in targets)
+        msg = f"model: nothing to prune: {len(candidates)} layers ({kinds}) in {block_names}"
+        if skipped:
+            msg += f", and `sparsity` leaves every one of them dense ({skipped[0]}, ...)"
+        msg += "; check `targets`, `ignore`, `blocks` and `sparsity`"
+        raise ValueError(msg)
+    for _, name, module, _ in plan:
+        width = in_features(module)
+        if group_size and width % group_size:
+            msg = (
+                f"pattern: {pattern} needs every layer's input width to be a multiple of "
+                f"{group_size}, but {name} has {width}; add it to `ignore`"
+            )
+            raise ValueError(msg)
+    return plan, skipped
+
+
+def run_manifest(
+    method: str,
+    options: dict[str, Any],
+    digest: CalibrationDigest,
+    pruner: Pruner,
+    seed: int | None,
+) -> dict[str, Any]:
+    """What reproduces a run: versions, the method and its options, the calibration data's size
+    and SHA-256, the seed."""
+    return {
         "fastprune_version": fp.__version__,
         "torch_version": str(torch.__version__),
         "python_version": platform.python_version(),
@@ -292,7 +332,27 @@ def prune_model(
         },
         "seed": seed,
     }
-    return PruneReport(reports, manifest, time.perf_counter() - start, skipped)
+
+
+def prune_block(
+    pruner: Pruner,
+    layers: list[PlanItem],
+    passes: Callable[[], Iterator[Pass]],
+    *,
+    by_group: bool,
+    cross: bool = False,
+) -> list[LayerReport]:
+    """Prune the layers of one block on its forward passes `passes`: group by group, each
+    calibrated after the groups called before it were pruned (`by_group`), or all together."""
+    if not by_group:
+        return pruner.prune_calibrated(layers, passes) if layers else []
+    rows: list[LayerReport] = []
+    while len(rows) < len(layers):  # one group per round, in the order they are called
+        done = {row.name for row in rows}
+        rest = [item for item in layers if item[1] not in done]
+        rows += pruner.prune_calibrated(rest, passes, first_group_only=True, cross=cross)
+    order = {item[1]: i for i, item in enumerate(layers)}
+    return sorted(rows, key=lambda row: order[row.name])
 
 
 def resolve_blocks(
@@ -373,7 +433,7 @@ def _prune_sequential(
     model: nn.Module,
     blocks: list[nn.Module],
     batches: Iterable[Batch],
-    plan: list[tuple[int | None, str, nn.Module, float]],
+    plan: list[PlanItem],
     pruner: Pruner,
     digest: CalibrationDigest,
     progress: bool,
@@ -409,18 +469,7 @@ def _prune_sequential(
         if dense_inputs is not None:
             twin = DenseTwin(block, {name: module for _, name, module, _ in layers})
         passes = _block_passes(block, inputs, twin, dense_inputs)
-        if by_group:
-            rows: list[LayerReport] = []
-            while len(rows) < len(layers):  # one group per round, in the order they are called
-                done = {row.name for row in rows}
-                rest = [item for item in layers if item[1] not in done]
-                rows += pruner.prune_calibrated(
-                    rest, passes, first_group_only=True, cross=twin is not None
-                )
-            order = {item[1]: i for i, item in enumerate(layers)}
-            reports += sorted(rows, key=lambda row: order[row.name])
-        elif layers:
-            reports += pruner.prune_calibrated(layers, passes)  # never a dense target here
+        reports += prune_block(pruner, layers, passes, by_group=by_group, cross=twin is not None)
         if index + 1 < len(blocks) and not chained:
             inputs = capture_block_inputs(model, blocks[index + 1], batch_list)
         elif index + 1 < len(blocks):
@@ -453,7 +502,7 @@ def _block_passes(
 def _prune_in_one_pass(
     model: nn.Module,
     batches: Iterable[Batch],
-    plan: list[tuple[int | None, str, nn.Module, float]],
+    plan: list[PlanItem],
     pruner: Pruner,
     digest: CalibrationDigest,
 ) -> list[LayerReport]:
