@@ -22,6 +22,7 @@ pruned blocks already written, and gives the same weights as a run that was neve
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import re
@@ -35,6 +36,8 @@ from typing import IO, Any
 import numpy as np
 import torch
 from torch import nn
+
+import fastprune as fp
 
 from .. import executors
 from .._files import atomic_path, atomic_write_text, incomplete_marker
@@ -193,16 +196,18 @@ def prune_streaming(
             language models).
         max_memory: the memory budget, bytes or a text such as ``"12GB"`` (see `parse_memory`);
             None: no budget, the calibration activations stay in memory. The run plans for
-            ``base + 2·block + 32·w² + 16·t·w`` bytes, where base is the process's resident
+            ``base + 3·block + 32·w² + 16·t·w`` bytes, where base is the process's resident
             memory when pruning starts (interpreter, torch, calibration batches, embedding rows
-            read), block the largest block's bytes (its weights and the copies kept until its
-            layers are all pruned), w the widest layer input (one group's statistics and
-            SparseGPT's factor), t the tokens of the largest batch (a forward pass's
-            temporaries), and the largest tensor outside the blocks when that is more (it is
-            copied whole). ValueError naming `max_memory` when that exceeds the budget. The
-            hidden states of all calibration batches (twice: a block's inputs and outputs) are
-            kept in memory when they fit in what is left, otherwise in files in
-            `activations_dir`, read back one batch at a time.
+            read), block the largest block's bytes (its weights, the copies kept until its
+            layers are all pruned, the file's bytes as they are written), w the widest layer
+            input (one group's statistics and SparseGPT's factor), t the tokens of the largest
+            batch (a forward pass's temporaries); or for ``base + 2·`` the largest tensor
+            outside the blocks when that is more (it is read and written whole). ValueError
+            naming `max_memory` when that exceeds the budget. The hidden states of all
+            calibration batches (twice: a block's inputs and outputs) are kept in memory when
+            they fit in what is left, otherwise in files, read back one batch at a time. The
+            budget is what the run plans for, not a limit the operating system enforces: the
+            report gives the peak it measured.
         activations_dir: when given, the activations are always kept in files there (on a
             disk with room for twice their size); otherwise in memory when they fit the budget,
             else in files in `out_dir`. The files are removed once read for the last time.
@@ -326,6 +331,8 @@ def prune_streaming(
                 if index + 1 < len(blocks):
                     hidden = _advance(block, frames, hidden)
                 block.to("meta")
+                fp.release_memory()  # the solver's kept buffers: the next block is not smaller
+                _return_freed_memory()
                 _write_progress(out, fingerprint, index + 1, rows, pruner)
                 if on_block is not None:
                     on_block(index)
@@ -566,11 +573,11 @@ def _plan_memory(
     activations = sum(_nbytes(_hidden(item)) for item in captured)
     base = _resident()
     block_need = (
-        2 * block_bytes
+        3 * block_bytes
         + HESSIAN_BYTES_PER_WIDTH2 * width * width
         + WORK_BYTES_PER_TOKEN_WIDTH * tokens * width
     )
-    needed = base + max(block_need, max((size(key) for key in outside), default=0))
+    needed = base + max(block_need, 2 * max((size(key) for key in outside), default=0))
     in_memory = not on_disk and (budget is None or needed + 2 * activations <= budget)
     plan_bytes = needed + 2 * (activations if in_memory else batch_bytes)
     if budget is not None and plan_bytes > budget:
@@ -588,6 +595,18 @@ def _plan_memory(
         "activation_bytes": activations,
         "activations": "memory" if in_memory else "disk",
     }
+
+
+def _return_freed_memory() -> None:
+    """Hand the memory freed on the C heap back to the operating system (glibc's
+    ``malloc_trim``): otherwise what one block freed in pieces stays resident and the process
+    grows from block to block, though nothing is referenced any more."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return
+    trim(0)
 
 
 def _nbytes(t: torch.Tensor) -> int:
