@@ -131,6 +131,20 @@ def test_activations_on_disk_give_the_same_weights(llama_dir, batches, tmp_path)
     assert list(spill.iterdir()) == []  # the activation files are removed
 
 
+def test_activations_go_to_disk_when_they_do_not_fit(llama_dir, batches, tmp_path, monkeypatch):
+    from fastprune.torch import streaming
+
+    monkeypatch.setattr(streaming, "_resident", lambda: 10**8)  # the plan no longer varies
+    fits = _stream(llama_dir, tmp_path / "fits", batches, max_memory=10**10)
+    planned = fits.manifest["memory"]["planned"]
+    assert fits.manifest["memory"]["activations"] == "memory"
+    spilled = _stream(llama_dir, tmp_path / "spilled", batches, max_memory=planned - 1)
+    assert spilled.manifest["memory"]["activations"] == "disk"
+    assert spilled.manifest["memory"]["planned"] < planned
+    _assert_same(_written(tmp_path / "spilled"), _written(tmp_path / "fits"))
+    assert not list((tmp_path / "spilled").glob(".fastprune-activations-*"))
+
+
 class _Stop(Exception):
     pass
 

@@ -14,7 +14,9 @@ pruned model in the input's layout (or, with ``--save-format sparse``, its prune
 into ``model.sparse.safetensors``) plus ``prune_report.json``, ``manifest.json`` and (with
 matplotlib) ``prune_report.png``. ``generate`` decodes a prompt greedily with a dense or sparse
 model directory and prints tokens/s; ``eval`` measures a causal LM's perplexity over a text
-file in windows. ``inspect`` reads safetensors files without torch.
+file in windows. ``inspect`` reads safetensors files without torch. With ``--max-memory SIZE``
+(or ``--resume``) ``prune`` reads a causal language model block by block from disk instead of
+loading it, so that models larger than memory can be pruned (`fastprune.torch.prune_streaming`).
 
 How the text becomes calibration sequences (``--packing``, printed and kept in the manifest):
 a causal language model (a decoder) reads the text as the papers calibrate one, packed: all

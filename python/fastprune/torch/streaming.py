@@ -57,6 +57,7 @@ from .models import check_model_dir, copy_companion_files, generates_text, model
 from .prune import (
     DEFAULT_TARGETS,
     METHODS,
+    PlanItem,
     SparsitySpec,
     _describe_sparsity,
     _flag,
@@ -272,7 +273,7 @@ def prune_streaming(
         msg = "calibration_batches: no batches were given"
         raise ValueError(msg)
     on_disk = activations_dir is not None
-    memory = _plan_memory(budget, blocks, block_keys, outside, stored, plan, captured, on_disk)
+    memory = _plan_memory(budget, block_keys, outside, stored, plan, captured, on_disk)
 
     options: dict[str, Any] = {
         "sparsity": _describe_sparsity(sparsity),
@@ -551,11 +552,10 @@ def _advance(
 
 def _plan_memory(
     budget: int | None,
-    blocks: Sequence[nn.Module],
     block_keys: Sequence[Sequence[str]],
     outside: Sequence[str],
     stored: Mapping[str, tuple[Path, Entry]],
-    plan: Sequence[tuple[int | None, str, nn.Module, float]],
+    plan: Sequence[PlanItem],
     captured: Sequence[BlockInput],
     on_disk: bool,
 ) -> dict[str, Any]:
