@@ -293,11 +293,11 @@ def test_cli_max_memory_and_resume(llama_with_tokenizer, tmp_path, capsys, monke
     save = streaming._save
     calls: list[Path] = []
 
-    def failing_save(path, tensors):
+    def failing_save(path, tensors, metadata=None):
         calls.append(path)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        save(path, tensors)
+        save(path, tensors, metadata)
 
     monkeypatch.setattr(streaming, "_save", failing_save)
     with pytest.raises(KeyboardInterrupt):

@@ -75,6 +75,7 @@ from .report import LayerReport, PruneReport
 
 PROGRESS_FILE = ".fastprune-progress.json"
 INDEX_FILE = "model.safetensors.index.json"
+_LAYERS_KEY = "fastprune.layers"  # a block file's header: the reports of its pruned layers
 _ACTIVATIONS_PREFIX = ".fastprune-activations-"
 _TORCH_DTYPES = {
     "F64": torch.float64,
@@ -301,10 +302,11 @@ def prune_streaming(
     spill = Path(activations_dir) if activations_dir is not None else out
     rows: list[LayerReport] = []
     done = 0
+    written = [_block_file(i) for i in range(len(blocks))]
     if resume:
-        done, rows = _read_progress(out, fingerprint, pruner)
+        done, rows = _read_progress(out, fingerprint, pruner, written)
     with incomplete_marker(out), torch.no_grad():
-        _write_progress(out, fingerprint, done, rows, pruner)
+        _write_progress(out, fingerprint, done, pruner)
         for leftover in spill.glob(f"{_ACTIVATIONS_PREFIX}*.bin"):  # from a killed run
             leftover.unlink()
         hidden = _HiddenStates(spill if memory["activations"] == "disk" else None)
@@ -312,7 +314,6 @@ def prune_streaming(
             for i, item in enumerate(captured):
                 hidden.put(i, _hidden(item))
             del captured
-            written = [_block_file(i) for i in range(len(blocks))]
             for index in range(done):  # the inputs of the first block left, from those written
                 finished = _stored_tensors_of(out / written[index])
                 _load_block(blocks[index], f"{path}.{index}.", finished)
@@ -323,10 +324,12 @@ def prune_streaming(
                 prefix = f"{path}.{index}."
                 _load_block(block, prefix, {key: stored[key] for key in block_keys[index]})
                 layers = [item for item in plan if item[0] == index]
-                rows += prune_block(pruner, layers, _passes(block, frames, hidden), by_group=True)
+                pruned = prune_block(pruner, layers, _passes(block, frames, hidden), by_group=True)
+                rows += pruned
                 state = block.state_dict()
                 tensors = {key: state[key.removeprefix(prefix)] for key in block_keys[index]}
-                _save(out / written[index], tensors)
+                reports = json.dumps([asdict(row) for row in pruned])  # read back on resume
+                _save(out / written[index], tensors, {_LAYERS_KEY: reports})
                 pruner.keep()  # the block is on disk: nothing to restore
                 del state, tensors
                 if index + 1 < len(blocks):
@@ -334,7 +337,7 @@ def prune_streaming(
                 block.to("meta")
                 fp.release_memory()  # the solver's kept buffers: the next block is not smaller
                 _return_freed_memory()
-                _write_progress(out, fingerprint, index + 1, rows, pruner)
+                _write_progress(out, fingerprint, index + 1, pruner)
                 if on_block is not None:
                     on_block(index)
         finally:
@@ -453,12 +456,15 @@ def _load_block(block: nn.Module, prefix: str, stored: Mapping[str, tuple[Path, 
             raise ValueError(msg)
 
 
-def _save(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+def _save(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write `tensors` to the safetensors file `path` atomically, with `metadata` in its header."""
     from safetensors.torch import save_file
 
     with atomic_path(path) as temporary:
         contiguous = {key: t.detach().contiguous() for key, t in tensors.items()}
-        save_file(contiguous, temporary, metadata={"format": "pt"})
+        save_file(contiguous, temporary, metadata={"format": "pt", **(metadata or {})})
 
 
 def _block_file(index: int) -> str:
@@ -633,24 +639,22 @@ def _fingerprint(source: Path, stored: Mapping[str, tuple[Path, Entry]]) -> str:
     return sha.hexdigest()
 
 
-def _write_progress(
-    out: Path, fingerprint: dict[str, Any], done: int, rows: list[LayerReport], pruner: Pruner
-) -> None:
+def _write_progress(out: Path, fingerprint: dict[str, Any], done: int, pruner: Pruner) -> None:
+    """Record that `done` blocks are written (their reports are in their files' headers)."""
     state = {
         "fingerprint": fingerprint,
         "finished_blocks": done,
         "groups": pruner.groups_seen,
         "tokens": pruner.tokens,
-        "layers": [asdict(row) for row in rows],
     }
     atomic_write_text(out / PROGRESS_FILE, json.dumps(state, indent=1) + "\n")
 
 
 def _read_progress(
-    out: Path, fingerprint: dict[str, Any], pruner: Pruner
+    out: Path, fingerprint: dict[str, Any], pruner: Pruner, files: Sequence[str]
 ) -> tuple[int, list[LayerReport]]:
-    """The blocks finished by the stopped run in `out` and their reports; the pruner continues
-    its group numbering and token count."""
+    """The blocks finished by the stopped run in `out` and their reports, read from the blocks'
+    `files`; the pruner continues its group numbering and token count."""
     try:
         state = json.loads((out / PROGRESS_FILE).read_text())
     except FileNotFoundError as err:
@@ -664,5 +668,10 @@ def _read_progress(
         raise ValueError(msg)
     pruner.groups_seen = int(state["groups"])
     pruner.tokens = int(state["tokens"])
-    rows = [LayerReport(**{**row, "shape": tuple(row["shape"])}) for row in state["layers"]]
-    return int(state["finished_blocks"]), rows
+    done = int(state["finished_blocks"])
+    rows = []
+    for name in files[:done]:
+        _, metadata = read_header(out / name)
+        for row in json.loads(metadata[_LAYERS_KEY]):
+            rows.append(LayerReport(**{**row, "shape": tuple(row["shape"])}))
+    return done, rows
