@@ -1,5 +1,6 @@
 """fastprune.torch.prune_streaming and ``fastprune prune --max-memory / --resume``: a sharded
-tiny Llama pruned block by block from disk gives the weights `prune_model` gives it in memory."""
+tiny Llama (and GPT-2) pruned block by block from disk gives the weights `prune_model` gives it
+in memory."""
 
 from __future__ import annotations
 
@@ -118,6 +119,23 @@ def test_streaming_equals_prune_model_in_memory(llama_dir, batches, tmp_path, me
     assert memory["activations"] == "memory"
     assert 0 < memory["peak_rss"] <= memory["max_memory"]
     assert json.loads((out / "prune_report.json").read_text())["manifest"]["memory"] == memory
+
+
+def test_a_gpt2_directory_streams_like_prune_model(batches, tmp_path):
+    """Conv1D projections (stored transposed), learned positions, a head tied to the input
+    embeddings (not stored): the same weights as in memory."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=3, n_head=4, n_positions=64)
+    config.bos_token_id = config.eos_token_id = 0
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2", max_shard_size="30KB")
+    expected, _ = _in_memory(tmp_path / "gpt2", batches, method="sparsegpt")
+    report = _stream(tmp_path / "gpt2", tmp_path / "out", batches, method="sparsegpt")
+    assert len(report.layers) == 4 * 3
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    _assert_same(loaded.state_dict(), expected)
 
 
 def test_activations_on_disk_give_the_same_weights(llama_dir, batches, tmp_path):

@@ -15,7 +15,8 @@ ever loading the model whole:
   (block k+1 is calibrated on the outputs of the pruned block k), and freed.
 
 The output directory holds ``.fastprune-incomplete`` until the last file is written, and
-``.fastprune-progress.json`` records the blocks finished: a run stopped part-way resumes
+``.fastprune-progress.json`` records the blocks finished (each block's layer reports are in its
+file's header): a run stopped part-way resumes
 (``resume=True``) after the last finished block, recomputing that block's inputs from the
 pruned blocks already written, and gives the same weights as a run that was never stopped.
 """
