@@ -180,19 +180,34 @@ def _memory_total() -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def table(row: dict[str, Any]) -> str:
+HEADER = (
+    "| method | checkpoint (float32) | blocks | machine memory | --max-memory | peak RSS | "
+    "activations | time | first 2 blocks = in memory |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def table_row(row: dict[str, Any]) -> str:
+    """One markdown row of `HEADER` (the budget as given, in bytes and GiB)."""
     gib = 2**30
     memory = row["memory"]
-    lines = [
-        "| checkpoint (float32) | blocks | machine memory | --max-memory | peak RSS | "
-        "activations | time | first 2 blocks = in memory |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {row['bytes'] / 1e9:.1f} GB | {row['blocks']} | {_memory_total() / gib:.1f} GiB | "
-        f"{memory['max_memory'] / gib:.2f} GiB | {memory['peak_rss'] / gib:.2f} GiB | "
-        f"{memory['activations']} | {row['seconds'] / 60:.1f} min | "
-        f"{'yes' if row['equal'] else 'NO'} |",
-    ]
-    return "\n".join(lines)
+    budget = memory["max_memory"]
+    return (
+        f"| {row['method']} | {row['bytes'] / 1e9:.1f} GB | {row['blocks']} | "
+        f"{_memory_total() / gib:.1f} GiB | {budget / 1e9:.3g} GB ({budget / gib:.2f} GiB) | "
+        f"{memory['peak_rss'] / gib:.2f} GiB | {memory['activations']} | "
+        f"{row['seconds'] / 60:.1f} min | {'yes' if row['equal'] else 'NO'} |"
+    )
+
+
+def readme_with(content: str, row: str, method: str) -> str:
+    """`content` with `row` in the README's table, replacing the row of the same method."""
+    start, end = content.index(README_START), content.index(README_END)
+    lines = content[start + len(README_START) : end].strip().splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| method")]
+    rows = [line for line in rows if not line.startswith(f"| {method} |")] + [row]
+    footer = [line for line in lines if line and not line.startswith("|")]
+    body = "\n".join([HEADER, *rows, "", *footer])
+    return content[: start + len(README_START)] + "\n" + body + "\n" + content[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,19 +246,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(source, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
-    row = {"bytes": size, "blocks": blocks, **pruned, "equal": checked["equal"]}
-    text = table(row)
-    text += (
-        f"\n\n{args.method}, 50 % unstructured, {args.tokens} calibration tokens; "
-        f"{platform.machine()}, {os.cpu_count()} cores"
+    row = {"method": args.method, "bytes": size, "blocks": blocks, **pruned}
+    row["equal"] = checked["equal"]
+    line = table_row(row)
+    print(f"{HEADER}\n{line}\n")
+    print(
+        f"50 % unstructured, {args.tokens} calibration tokens; {platform.machine()}, "
+        f"{os.cpu_count()} cores"
     )
-    print(text)
     if args.readme:
         readme = Path(__file__).resolve().parents[1] / "README.md"
-        content = readme.read_text()
-        start, end = content.index(README_START), content.index(README_END)
-        content = content[: start + len(README_START)] + "\n" + text + "\n" + content[end:]
-        readme.write_text(content)
+        readme.write_text(readme_with(readme.read_text(), line, args.method))
     return 0 if checked["equal"] else 1
 
 
