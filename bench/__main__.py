@@ -22,7 +22,9 @@ from . import _harness
 
 # Benchmarks of whole models, run on their own (``python -m bench.NAME``): they need optional
 # packages and data, take minutes, and print tables of their own.
-STANDALONE = frozenset({"decoder", "decoder_domains", "owl", "ray_solves", "sparse_decoder"})
+STANDALONE = frozenset(
+    {"decoder", "decoder_domains", "owl", "ray_solves", "sparse_decoder", "streaming"}
+)
 
 
 def available() -> list[str]:

@@ -14,7 +14,9 @@ pruned model in the input's layout (or, with ``--save-format sparse``, its prune
 into ``model.sparse.safetensors``) plus ``prune_report.json``, ``manifest.json`` and (with
 matplotlib) ``prune_report.png``. ``generate`` decodes a prompt greedily with a dense or sparse
 model directory and prints tokens/s; ``eval`` measures a causal LM's perplexity over a text
-file in windows. ``inspect`` reads safetensors files without torch.
+file in windows. ``inspect`` reads safetensors files without torch. With ``--max-memory SIZE``
+(or ``--resume``) ``prune`` reads a causal language model block by block from disk instead of
+loading it, so that models larger than memory can be pruned (`fastprune.torch.prune_streaming`).
 
 How the text becomes calibration sequences (``--packing``, printed and kept in the manifest):
 a causal language model (a decoder) reads the text as the papers calibrate one, packed: all
@@ -38,7 +40,6 @@ from typing import Any
 import numpy as np
 
 import fastprune as fp
-from fastprune._arrays import check_sparsity
 from fastprune._files import atomic_write_text, incomplete_marker
 from fastprune.io import read_header
 
@@ -173,6 +174,18 @@ def _parser() -> argparse.ArgumentParser:
         "pruned Linear layers packed (mask + kept values) in model.sparse.safetensors, read by "
         "`fastprune generate` and fastprune.torch.load_sparse",
     )
+    prune.add_argument(
+        "--max-memory",
+        help="prune block by block from disk within this memory budget, e.g. 12GB or 8GiB: "
+        "for causal language models larger than memory (the activations go to disk when they "
+        "do not fit); the report gives the measured peak",
+    )
+    prune.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a block-by-block run that was stopped, in --out, after its last "
+        "finished block (same model, text and options)",
+    )
     _add_seed_and_overwrite(prune)
     prune.add_argument("--quiet", action="store_true", help="no progress bar or table")
     prune.set_defaults(run=_run_prune)
@@ -306,139 +319,9 @@ def _run_info(_args: argparse.Namespace) -> int:
 
 
 def _run_prune(args: argparse.Namespace) -> int:
-    _check_positive(args, ("samples", "seqlen", "batch_size", "blocksize"))
-    try:
-        check_sparsity(args.sparsity, "--sparsity")
-    except ValueError as err:
-        raise CommandError(str(err)) from err
-    if args.damp < 0:
-        raise CommandError(f"--damp: must be non-negative, got {args.damp}")
-    if args.pattern != "unstructured":
-        try:
-            fp.masks.pattern(args.pattern)
-        except (TypeError, ValueError) as err:
-            raise CommandError(f"--pattern: {err}") from err
-    out = _output_directory(args)
-    _require_torch("pruning a model")
-    from .torch import models, owl_sparsity, prune_model
+    from ._cli_prune import run_prune  # imports this module: loaded once the CLI's helpers exist
 
-    source, model, tokenizer, lines, text = _load_model_and_text(args, models)
-    packing = models.choose_packing(args.packing, model)
-    seqlen = args.seqlen or models.default_seqlen(packing, model)
-    calibration: dict[str, Any] = {"packing": packing, "lines": len(lines)}
-    if packing == "pack":
-        try:
-            windows, counts = models.pack_text(
-                tokenizer, lines, seqlen=seqlen, samples=args.samples, seed=args.seed
-            )
-        except ValueError as err:
-            raise CommandError(str(err)) from err
-        args.batch_size = args.batch_size or 1
-        batches = models.window_batches(windows, args.batch_size)
-        calibration.update(counts, samples=counts["sequences"])
-        described = (
-            f"{counts['text_tokens']} tokens of text packed into {counts['sequences']} "
-            f"sequences of {counts['seqlen']} tokens ({counts['windows']} available)"
-        )
-        if counts["seqlen"] < seqlen:
-            described += f"; the text is shorter than --seqlen {seqlen}"
-    else:
-        texts = models.choose_samples(lines, args.samples, args.seed)
-        args.batch_size = args.batch_size or 8
-        batches = models.text_batches(tokenizer, texts, seqlen=seqlen, batch_size=args.batch_size)
-        calibration.update(samples=len(texts), seqlen=seqlen)
-        described = f"{len(texts)} lines, one sequence each, padded and cut at {seqlen} tokens"
-    if args.method == "magnitude":
-        described += " (not used: magnitude pruning reads no data)"
-    _say(args, f"calibration: {described}")
-    sparsity: Any = args.sparsity
-    profile = None
-    if args.sparsity_profile == "owl":
-        if args.pattern != "unstructured":
-            raise CommandError("--sparsity-profile owl: N:M fixes every group's sparsity")
-        _say(args, "OWL: scoring every layer on the dense model")
-        try:
-            profile = owl_sparsity(
-                model,
-                batches,
-                check_sparsity(args.sparsity, "--sparsity"),
-                m=args.owl_m,
-                lam=args.owl_lambda,
-                blocks=args.blocks,
-                ignore=args.ignore,
-            )
-        except (TypeError, ValueError) as err:
-            raise CommandError(str(err)) from err
-        sparsity = profile.layers
-        blocks_said = ", ".join(f"{s:.3f}" for s in profile.block_sparsities)
-        _say(args, f"OWL block sparsities: {blocks_said}")
-    try:
-        report = prune_model(
-            model,
-            # magnitude pruning reads no data: running the calibration passes only to report
-            # each layer's output error would cost as much as pruning with Wanda
-            None if args.method == "magnitude" else batches,
-            method=args.method,
-            sparsity=sparsity,
-            pattern=args.pattern,
-            ignore=args.ignore,
-            sequential=args.sequential,
-            blocks=args.blocks,
-            blocksize=args.blocksize,
-            damp=args.damp,
-            reconstruct=args.reconstruct,
-            refit=args.refit,
-            progress=not args.quiet,
-            seed=args.seed,
-            executor=args.executor,
-        )
-    except (TypeError, ValueError, ImportError) as err:
-        raise CommandError(str(err)) from err
-    report.manifest["model"] = {
-        "source": _model_name(args, source),
-        "class": type(model).__name__,
-    }
-    if profile is not None:
-        report.manifest["sparsity_profile"] = {"kind": "owl", **profile.as_dict()}
-    report.manifest["calibration"]["text"] = {
-        **_text_manifest(args, text),
-        **calibration,
-        "batch_size": args.batch_size,
-        "described": described,
-    }
-    _say(args, f"writing {out}")
-    with incomplete_marker(out):
-        if args.save_format == "sparse":
-            saved = _save_sparse(model, source, out)
-            report.manifest["saved"] = {
-                "format": "sparse",
-                "file": saved.path.name,
-                "bytes": saved.bytes,
-                "dense_bytes": saved.dense_bytes,
-                "packed_layers": saved.packed_layers,
-            }
-            _say(args, f"saved {saved}")
-        else:
-            models.save_pretrained_like(model, source, out, [layer.name for layer in report.layers])
-        report.save(out)
-    if not args.quiet:
-        print(report.table())
-    print(
-        f"pruned {len(report.layers)} layers to {report.sparsity:.2%} sparsity "
-        f"({args.method}, {args.pattern}); calibration: {described}; wrote {out}"
-    )
-    return 0
-
-
-def _save_sparse(model: Any, source: Path, out: Path) -> Any:
-    """The pruned layers packed (every one: the file shrinks whatever the kernel's speed) into
-    ``model.sparse.safetensors``; the source's other files (tokenizer, ...) copied."""
-    from .torch import save_sparse, sparsify
-    from .torch.models import copy_companion_files
-
-    sparsify(model, format="packed")
-    copy_companion_files(source, out)
-    return save_sparse(model, out)
+    return run_prune(args)
 
 
 def _check_positive(args: argparse.Namespace, names: Sequence[str]) -> None:
@@ -465,18 +348,25 @@ def _load_model_and_text(
     tokenizer loaded from it, and the calibration text (``--calib``, else the bundled sentences)
     as lines and as read. The text is read first, so a missing file is reported before a slow
     model load."""
-    try:
-        source = models.check_model_dir(args.model_dir) if args.model_dir else None
-        source = source or models.default_model_dir()
-        lines, text = models.read_calibration_lines(args.calib)
-    except (FileNotFoundError, ValueError) as err:
-        raise CommandError(str(err)) from err
+    source, lines, text = _source_and_text(args, models)
     _say(args, f"loading {source}")
     try:
         model, tokenizer = models.load_pretrained(source, progress=not args.quiet)
     except (OSError, ValueError) as err:
         raise CommandError(f"cannot load the model in {str(source)!r}: {err}") from err
     return source, model, tokenizer, lines, text
+
+
+def _source_and_text(args: argparse.Namespace, models: Any) -> tuple[Path, list[str], str]:
+    """The model directory (``model_dir``, else the bundled all-MiniLM-L6-v2) and the
+    calibration text (``--calib``, else the bundled sentences) as lines and as read."""
+    try:
+        source = models.check_model_dir(args.model_dir) if args.model_dir else None
+        source = source or models.default_model_dir()
+        lines, text = models.read_calibration_lines(args.calib)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from err
+    return source, lines, text
 
 
 def _model_name(args: argparse.Namespace, source: Path) -> str:
@@ -499,7 +389,8 @@ def _output_directory(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out: {args.out!r} is a file, not a directory; name a directory")
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+    resuming = getattr(args, "resume", False)  # continues what is there
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite and not resuming:
         raise CommandError(f"--out: {args.out!r} exists and is not empty (use --overwrite)")
     return out
 

@@ -16,6 +16,7 @@ from .owl import OwlProfile, owl_sparsity
 from .prune import DEFAULT_TARGETS, METHODS, prune_model, resolve_blocks, select_layers
 from .report import LayerReport, PruneReport
 from .sparse import LayerDecision, SparseLinear, SparsifyReport, densify, sparsify
+from .streaming import prune_streaming
 from .training import (
     GradualPruner,
     LotteryConfig,
@@ -99,6 +100,7 @@ __all__ = [
     "owl_sparsity",
     "prune_channels",
     "prune_model",
+    "prune_streaming",
     "prune_width",
     "remove_blocks",
     "resolve_blocks",

@@ -64,7 +64,7 @@ class Pruner:
         self.tokens = 0
         self.statistics_seconds = 0.0  # inside the calibration hooks
         self.passes_stopped = 0  # forward passes ended once their layers' inputs were known
-        self._groups_seen = 0
+        self.groups_seen = 0  # groups pruned so far: the next group's index in the reports
         # every layer written so far and a CPU copy of its weight before: restored on failure
         self._originals: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -73,6 +73,11 @@ class Pruner:
         with torch.no_grad():
             for param, original in reversed(self._originals):
                 param.data.copy_(original)
+        self._originals.clear()
+
+    def keep(self) -> None:
+        """Make the layers pruned so far final: drop the copies of their original weights that
+        `restore` would put back (a streaming run frees each block once it is written)."""
         self._originals.clear()
 
     def prune_calibrated(
@@ -158,7 +163,7 @@ class Pruner:
                 cross = group.cross.value
                 cross[np.diag_indices_from(cross)] += shift
         shared = _SharedInput(
-            index=self._groups_seen,
+            index=self.groups_seen,
             source=source,
             hessian=hessian,
             tokens=int(group.calibration.count),
@@ -166,7 +171,7 @@ class Pruner:
             damped=damped,
             cross=cross,
         )
-        self._groups_seen += 1
+        self.groups_seen += 1
         members = [layers[order[name]] for name in group.members]
         weights = [weight_matrix(module) for _, _, module, _ in members]
         # the solves only need the weight and what the group shares: the executor may run them

@@ -206,6 +206,15 @@ def run_block(block: nn.Module, inputs: BlockInput) -> Any:
     return block(*inputs.args, **inputs.kwargs)
 
 
+def run_calibration_pass(block: nn.Module, inputs: BlockInput) -> None:
+    """Run `block` for a `Calibrator`, which may end the pass early (`StopForward`) once the
+    layers it calibrates have seen their inputs."""
+    try:
+        block(*inputs.args, **inputs.kwargs)
+    except StopForward:
+        return
+
+
 def with_hidden_states(inputs: BlockInput, output: Any) -> BlockInput:
     """The input of the next block: `inputs` with the hidden states replaced by `output`'s."""
     hidden = output[0] if isinstance(output, (tuple, list)) else output

@@ -66,12 +66,12 @@ from .hooks import (
     BlockInput,
     CalibrationDigest,
     DenseTwin,
-    StopForward,
     blocks_are_chained,
     call_model,
     capture_block_inputs,
     in_features,
     run_block,
+    run_calibration_pass,
     token_mask_of,
     with_hidden_states,
 )
@@ -83,6 +83,8 @@ RECONSTRUCT = ("auto", "dense", "layer")
 DEFAULT_TARGETS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 SparsitySpec = float | Mapping[str, float] | Callable[[str, nn.Module], float | None]
+#: A layer to prune: its block (None when the whole model is one block), name, module, sparsity.
+PlanItem = tuple[int | None, str, nn.Module, float]
 
 
 def prune_model(
@@ -200,38 +202,14 @@ def prune_model(
     if reconstruct == "auto":
         reconstruct = "layer" if follow_paper else "dense"
     fp_refit = (not follow_paper) if refit is None else _flag(refit, "refit")
-    not_text = [name for name in ignore if not isinstance(name, str)]
-    if not_text or isinstance(ignore, str):
-        msg = f"ignore: expected a list of names or glob patterns, got {ignore!r}"
-        raise TypeError(msg)
+    check_ignore(ignore)
 
     block_list, block_names = resolve_blocks(model, blocks)
     # experts kept as 3-D tensors are run as one layer per expert while the model is pruned
     with unrolled_experts(model, block_list, ignore) as expert_modules:
-        candidates = select_layers(model, block_list, targets, ignore)
-        plan: list[tuple[int | None, str, nn.Module, float]] = []
-        skipped: list[str] = []
-        for block, name, module in candidates:
-            layer_sparsity = _sparsity_for(sparsity, name, module)
-            if layer_sparsity is None:
-                skipped.append(name)
-            else:
-                plan.append((block, name, module, layer_sparsity))
-        if not plan:
-            kinds = ", ".join(t.__name__ for t in targets)
-            msg = f"model: nothing to prune: {len(candidates)} layers ({kinds}) in {block_names}"
-            if skipped:
-                msg += f", and `sparsity` leaves every one of them dense ({skipped[0]}, ...)"
-            msg += "; check `targets`, `ignore`, `blocks` and `sparsity`"
-            raise ValueError(msg)
-        for _, name, module, _ in plan:
-            width = in_features(module)
-            if group_size and width % group_size:
-                msg = (
-                    f"pattern: {pattern} needs every layer's input width to be a multiple of "
-                    f"{group_size}, but {name} has {width}; add it to `ignore`"
-                )
-                raise ValueError(msg)
+        plan, skipped = plan_layers(
+            model, block_list, block_names, targets, ignore, sparsity, pattern, group_size
+        )
 
         options: dict[str, Any] = {
             "sparsity": _describe_sparsity(sparsity),
@@ -289,24 +267,105 @@ def prune_model(
         finally:
             model.train(was_training)
 
-        manifest = {
-            "fastprune_version": fp.__version__,
-            "torch_version": str(torch.__version__),
-            "python_version": platform.python_version(),
-            "method": method,
-            "options": options,
-            "calibration": {
-                "batches": digest.batches,
-                "samples": digest.samples,
-                "tokens": pruner.tokens,
-                "sha256": digest.hexdigest() if digest.batches else None,
-            },
-            "seed": seed,
-        }
+        manifest = run_manifest(method, options, digest, pruner, seed)
         seconds = time.perf_counter() - start
-        return PruneReport(
-            reports, manifest, seconds, skipped, work.summary(seconds, reports, pruner)
-        )
+        work_done = work.summary(seconds, reports, pruner)
+        return PruneReport(reports, manifest, seconds, skipped, work_done)
+
+
+def check_ignore(ignore: Sequence[str]) -> None:
+    """TypeError unless `ignore` is a list of names or glob patterns."""
+    not_text = [name for name in ignore if not isinstance(name, str)]
+    if not_text or isinstance(ignore, str):
+        msg = f"ignore: expected a list of names or glob patterns, got {ignore!r}"
+        raise TypeError(msg)
+
+
+def plan_layers(
+    model: nn.Module,
+    block_list: Sequence[nn.Module],
+    block_names: str,
+    targets: Sequence[type[nn.Module]],
+    ignore: Sequence[str],
+    sparsity: SparsitySpec,
+    pattern: str,
+    group_size: int,
+) -> tuple[list[PlanItem], list[str]]:
+    """The layers to prune as (block, name, module, sparsity), and those `sparsity` leaves dense.
+
+    ValueError when nothing would be pruned, or when an N:M pattern's M does not divide a
+    layer's input width."""
+    candidates = select_layers(model, block_list, targets, ignore)
+    plan: list[PlanItem] = []
+    skipped: list[str] = []
+    for block, name, module in candidates:
+        layer_sparsity = _sparsity_for(sparsity, name, module)
+        if layer_sparsity is None:
+            skipped.append(name)
+        else:
+            plan.append((block, name, module, layer_sparsity))
+    if not plan:
+        kinds = ", ".join(t.__name__ for t in targets)
+        msg = f"model: nothing to prune: {len(candidates)} layers ({kinds}) in {block_names}"
+        if skipped:
+            msg += f", and `sparsity` leaves every one of them dense ({skipped[0]}, ...)"
+        msg += "; check `targets`, `ignore`, `blocks` and `sparsity`"
+        raise ValueError(msg)
+    for _, name, module, _ in plan:
+        width = in_features(module)
+        if group_size and width % group_size:
+            msg = (
+                f"pattern: {pattern} needs every layer's input width to be a multiple of "
+                f"{group_size}, but {name} has {width}; add it to `ignore`"
+            )
+            raise ValueError(msg)
+    return plan, skipped
+
+
+def run_manifest(
+    method: str,
+    options: dict[str, Any],
+    digest: CalibrationDigest,
+    pruner: Pruner,
+    seed: int | None,
+) -> dict[str, Any]:
+    """What reproduces a run: versions, the method and its options, the calibration data's size
+    and SHA-256, the seed."""
+    return {
+        "fastprune_version": fp.__version__,
+        "torch_version": str(torch.__version__),
+        "python_version": platform.python_version(),
+        "method": method,
+        "options": options,
+        "calibration": {
+            "batches": digest.batches,
+            "samples": digest.samples,
+            "tokens": pruner.tokens,
+            "sha256": digest.hexdigest() if digest.batches else None,
+        },
+        "seed": seed,
+    }
+
+
+def prune_block(
+    pruner: Pruner,
+    layers: list[PlanItem],
+    passes: Callable[[], Iterator[Pass]],
+    *,
+    by_group: bool,
+    cross: bool = False,
+) -> list[LayerReport]:
+    """Prune the layers of one block on its forward passes `passes`: group by group, each
+    calibrated after the groups called before it were pruned (`by_group`), or all together."""
+    if not by_group:
+        return pruner.prune_calibrated(layers, passes) if layers else []
+    rows: list[LayerReport] = []
+    while len(rows) < len(layers):  # one group per round, in the order they are called
+        done = {row.name for row in rows}
+        rest = [item for item in layers if item[1] not in done]
+        rows += pruner.prune_calibrated(rest, passes, first_group_only=True, cross=cross)
+    order = {item[1]: i for i, item in enumerate(layers)}
+    return sorted(rows, key=lambda row: order[row.name])
 
 
 def resolve_blocks(
@@ -393,6 +452,7 @@ class _Work:
     forward_seconds: float = 0.0
     one_pass_seconds: float | None = 0.0  # the passes that carry the data once through the model
     block_passes: list[int] = field(default_factory=list)
+    passes_now: int = 0  # passes over the calibration data of the block being pruned
 
     @contextlib.contextmanager
     def forward(self, *, one_pass: bool = False) -> Iterator[None]:
@@ -405,6 +465,10 @@ class _Work:
             self.forward_seconds += elapsed
             if one_pass and self.one_pass_seconds is not None:
                 self.one_pass_seconds += elapsed
+
+    def end_block(self) -> None:
+        self.block_passes.append(self.passes_now)
+        self.passes_now = 0
 
     def summary(self, seconds: float, reports: list[LayerReport], pruner: Pruner) -> dict[str, Any]:
         """The report's ``work`` section (see `PruneReport`)."""
@@ -431,7 +495,7 @@ def _prune_sequential(
     model: nn.Module,
     blocks: list[nn.Module],
     batches: Iterable[Batch],
-    plan: list[tuple[int | None, str, nn.Module, float]],
+    plan: list[PlanItem],
     pruner: Pruner,
     digest: CalibrationDigest,
     work: _Work,
@@ -470,34 +534,20 @@ def _prune_sequential(
         if dense_inputs is not None:
             twin = DenseTwin(block, {name: module for _, name, module, _ in layers})
         passes = _block_passes(block, inputs, twin, dense_inputs, work)
-        rounds = 0
-        if by_group:
-            rows: list[LayerReport] = []
-            while len(rows) < len(layers):  # one group per round, in the order they are called
-                done = {row.name for row in rows}
-                rest = [item for item in layers if item[1] not in done]
-                rows += pruner.prune_calibrated(
-                    rest, passes, first_group_only=True, cross=twin is not None
-                )
-                rounds += 1
-            order = {item[1]: i for i, item in enumerate(layers)}
-            reports += sorted(rows, key=lambda row: order[row.name])
-        elif layers:
-            reports += pruner.prune_calibrated(layers, passes)  # never a dense target here
-            rounds += 1
+        reports += prune_block(pruner, layers, passes, by_group=by_group, cross=twin is not None)
         if index + 1 < len(blocks) and not chained:
             with work.forward():
                 inputs = capture_block_inputs(model, blocks[index + 1], batch_list)
             work.one_pass_seconds = None  # each capture runs the model from its start
-            rounds += 1
+            work.passes_now += 1
         elif index + 1 < len(blocks):
             with work.forward(one_pass=True):
                 inputs = [with_hidden_states(item, run_block(block, item)) for item in inputs]
-            rounds += 1
+            work.passes_now += 1
             if twin is not None and dense_inputs is not None:
                 with work.forward():
                     dense_inputs = [with_hidden_states(x, twin.run(x)) for x in dense_inputs]
-        work.block_passes.append(rounds)
+        work.end_block()
     return reports
 
 
@@ -509,21 +559,18 @@ def _block_passes(
     work: _Work,
 ) -> Callable[[], Iterator[Pass]]:
     """Forward passes of `block`, each announced by its token mask and, with a dense `twin`,
-    the dense model's inputs to the block's layers for the same batch. A pass that the
-    calibration ends early (`StopForward`) is over."""
+    the dense model's inputs to the block's layers for the same batch."""
 
     def passes() -> Iterator[Pass]:
+        work.passes_now += 1
         for i, item in enumerate(inputs):
             dense = None
             if twin is not None and dense_inputs is not None:
                 with work.forward():
                     dense = twin.layer_inputs(dense_inputs[i])
             yield item.token_mask, dense
-            try:
-                with work.forward():
-                    run_block(block, item)
-            except StopForward:
-                continue
+            with work.forward():
+                run_calibration_pass(block, item)
 
     return passes
 
@@ -531,7 +578,7 @@ def _block_passes(
 def _prune_in_one_pass(
     model: nn.Module,
     batches: Iterable[Batch],
-    plan: list[tuple[int | None, str, nn.Module, float]],
+    plan: list[PlanItem],
     pruner: Pruner,
     digest: CalibrationDigest,
     work: _Work,
@@ -544,7 +591,8 @@ def _prune_in_one_pass(
                 call_model(model, batch)
 
     reports = pruner.prune_calibrated(plan, passes)
-    work.block_passes.append(1)
+    work.passes_now += 1
+    work.end_block()
     if digest.batches == 0:
         msg = "calibration_batches: no batches were given"
         raise ValueError(msg)
