@@ -138,6 +138,43 @@ def test_a_gpt2_directory_streams_like_prune_model(batches, tmp_path):
     _assert_same(loaded.state_dict(), expected)
 
 
+@pytest.mark.parametrize("family", ["Mistral", "Qwen2"])
+def test_llama_like_families_stream_like_prune_model(family, batches, tmp_path):
+    import torch
+    import transformers
+
+    config = getattr(transformers, f"{family}Config")(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    getattr(transformers, f"{family}ForCausalLM")(config).save_pretrained(tmp_path / "model")
+    expected, _ = _in_memory(tmp_path / "model", batches, method="sparsegpt")
+    report = _stream(tmp_path / "model", tmp_path / "out", batches, method="sparsegpt")
+    assert len(report.layers) == 7 * 2
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    _assert_same(loaded.state_dict(), expected)
+
+
+def test_magnitude_pruning_streams_without_a_forward_pass(llama_dir, tmp_path, monkeypatch):
+    import fastprune.torch.streaming as streaming
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("magnitude pruning ran a forward pass")
+
+    expected, _ = _in_memory(llama_dir, None, method="magnitude")
+    monkeypatch.setattr(streaming, "capture_block_inputs", no_forward)
+    monkeypatch.setattr(streaming, "run_block", no_forward)
+    monkeypatch.setattr(streaming, "run_calibration_pass", no_forward)
+    report = _stream(llama_dir, tmp_path / "out", None, method="magnitude")
+    assert len(report.layers) == 7 * LAYERS
+    assert all(row.error is None and row.tokens == 0 for row in report.layers)
+    _assert_same(_written(tmp_path / "out"), expected)
+    with pytest.raises(ValueError, match="calibration_batches: method 'wanda' needs"):
+        _stream(llama_dir, tmp_path / "out2", None, method="wanda")
+
+
 def test_activations_on_disk_give_the_same_weights(llama_dir, batches, tmp_path):
     _stream(llama_dir, tmp_path / "memory", batches, method="sparsegpt")
     spill = tmp_path / "spill"

@@ -223,7 +223,7 @@ def _run_streaming(args: argparse.Namespace, out: Path) -> int:
         report = prune_streaming(
             source,
             out,
-            batches,
+            None if args.method == "magnitude" else batches,  # as in memory: no data read
             method=args.method,
             sparsity=args.sparsity,
             pattern=args.pattern,

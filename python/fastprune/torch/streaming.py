@@ -161,7 +161,7 @@ def skeleton(model_dir: str | Path) -> tuple[nn.Module, list[nn.Module], str]:
 def prune_streaming(
     model_dir: str | Path,
     out_dir: str | Path,
-    calibration_batches: Iterable[Batch],
+    calibration_batches: Iterable[Batch] | None,
     *,
     method: str = "sparsegpt",
     sparsity: SparsitySpec = 0.5,
@@ -197,8 +197,9 @@ def prune_streaming(
             tokenizer) copied, and the report (``prune_report.json``, ``manifest.json``).
             Transformers' ``from_pretrained`` loads it.
         calibration_batches: what the model is called with, one item per forward pass (a
-            tokenizer's output, as for ``prune_model``); every method needs them (magnitude
-            pruning to measure each layer's output error).
+            tokenizer's output, as for ``prune_model``). Optional for ``method="magnitude"``,
+            which then runs no forward pass at all (given, they measure each layer's output
+            error).
         method, sparsity, pattern, ignore, blocksize, damp, refit, executor, seed: as for
             ``prune_model`` (`refit` is off by default, as ``prune_model`` has it for causal
             language models).
@@ -286,13 +287,19 @@ def prune_streaming(
     outside = sorted(key for key in stored if key not in in_blocks)
     _map_outside(model, blocks, {key: stored[key] for key in outside})
 
-    batches = list(calibration_batches)
     digest = CalibrationDigest()
-    with torch.no_grad():
-        captured = capture_block_inputs(model, blocks[0], batches, digest)
-    if not captured:
-        msg = "calibration_batches: no batches were given"
-        raise ValueError(msg)
+    calibrated = calibration_batches is not None
+    captured: list[BlockInput] = []
+    if calibration_batches is None:
+        if method != "magnitude":
+            msg = f"calibration_batches: method {method!r} needs calibration data"
+            raise ValueError(msg)
+    else:
+        with torch.no_grad():
+            captured = capture_block_inputs(model, blocks[0], list(calibration_batches), digest)
+        if not captured:
+            msg = "calibration_batches: no batches were given"
+            raise ValueError(msg)
     on_disk = activations_dir is not None
     memory = _plan_memory(budget, block_keys, outside, stored, plan, captured, on_disk)
 
@@ -334,7 +341,7 @@ def prune_streaming(
             for i, item in enumerate(captured):
                 hidden.put(i, _hidden(item))
             del captured
-            for index in range(done):  # the inputs of the first block left, from those written
+            for index in range(done if calibrated else 0):  # the next block's inputs, from disk
                 finished = _stored_tensors_of(out / written[index])
                 _load_block(blocks[index], f"{path}.{index}.", finished)
                 hidden = _advance(blocks[index], frames, hidden)
@@ -344,7 +351,11 @@ def prune_streaming(
                 prefix = f"{path}.{index}."
                 _load_block(block, prefix, {key: stored[key] for key in block_keys[index]})
                 layers = [item for item in plan if item[0] == index]
-                pruned = prune_block(pruner, layers, _passes(block, frames, hidden), by_group=True)
+                if calibrated:
+                    passes = _passes(block, frames, hidden)
+                    pruned = prune_block(pruner, layers, passes, by_group=True)
+                else:  # magnitude pruning without data: no forward pass at all
+                    pruned = [pruner.prune_alone(*item) for item in layers]
                 rows += pruned
                 state = block.state_dict()
                 tensors = {key: state[key.removeprefix(prefix)] for key in block_keys[index]}
@@ -352,7 +363,7 @@ def prune_streaming(
                 _save(out / written[index], tensors, {_LAYERS_KEY: reports})
                 pruner.keep()  # the block is on disk: nothing to restore
                 del state, tensors
-                if index + 1 < len(blocks):
+                if calibrated and index + 1 < len(blocks):
                     hidden = _advance(block, frames, hidden)
                 block.to("meta")
                 fp.release_memory()  # the solver's kept buffers: the next block is not smaller
@@ -594,8 +605,8 @@ def _plan_memory(
 
     block_bytes = max(sum(size(key) for key in keys) for keys in block_keys)
     width = max(in_features(module) for _, _, module, _ in plan)
-    tokens = max(int(_hidden(item).shape[:-1].numel()) for item in captured)
-    batch_bytes = max(_nbytes(_hidden(item)) for item in captured)
+    tokens = max((int(_hidden(item).shape[:-1].numel()) for item in captured), default=0)
+    batch_bytes = max((_nbytes(_hidden(item)) for item in captured), default=0)
     activations = sum(_nbytes(_hidden(item)) for item in captured)
     base = _resident()
     block_need = (
