@@ -131,9 +131,10 @@ torch_needed = pytest.mark.skipif(
 def _tokenizer(folder: Path):
     from transformers import BertTokenizerFast
 
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    # the words as a dict too: transformers 5's fast tokenizer ignores a vocab_file's words
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
 
 
 @pytest.fixture(scope="module")
@@ -453,3 +454,69 @@ def test_the_shipped_calibration_text():
     assert picked != models.choose_samples(lines, 10, seed=4)
     assert picked == [line for line in lines if line in set(picked)]  # original order
     assert models.choose_samples(lines, 1000, seed=0) == lines
+
+
+@torch_needed
+def test_sample_text_writes_the_models_own_text_for_calibration(llama_dir, tmp_path, capsys):
+    import torch
+
+    def sample(seed: str, name: str) -> list[str]:
+        out = tmp_path / name
+        status, stdout, _ = run(
+            capsys, "sample-text", str(llama_dir), "--out", str(out), "--sequences", "3",
+            "--tokens", "12", "--seed", seed, "--quiet",
+        )  # fmt: skip
+        assert status == 0
+        assert "wrote 3 texts of 12 sampled tokens" in stdout
+        return out.read_text().splitlines()
+
+    torch.manual_seed(123)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(123)
+    first = sample("1", "a.txt")
+    assert torch.equal(torch.rand(1), expected_draw)  # torch's own random state is untouched
+    assert len(first) == 3 and all(line.strip() for line in first)
+    assert sample("1", "b.txt") == first  # reproducible from the seed
+    assert sample("2", "c.txt") != first
+    # the text calibrates a prune like any other file
+    status, _, _ = run(
+        capsys, "prune", str(llama_dir), "--out", str(tmp_path / "pruned"),
+        "--calib", str(tmp_path / "a.txt"), "--quiet",
+    )  # fmt: skip
+    assert status == 0
+    status, _, err = run(capsys, "sample-text", str(llama_dir), "--out", str(tmp_path))
+    assert status != 0 and "--out:" in err and "is a directory" in err
+
+
+@torch_needed
+def test_sample_text_starts_after_bos_and_never_ends_early(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, BertTokenizerFast
+
+    from fastprune.torch.self_text import sample_text
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokenizer = BertTokenizerFast(
+        vocab={w: i for i, w in enumerate(words)}, bos_token="[CLS]", eos_token="[SEP]"
+    )
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    seen = {}
+    generate = model.generate
+
+    def spy(**kwargs):
+        out = generate(**kwargs)
+        seen.update(kwargs, out=out)
+        return out
+
+    model.generate = spy
+    texts = sample_text(model, tokenizer, sequences=5, tokens=9, batch_size=2, progress=False)
+    assert len(texts) == 5
+    ids = seen["input_ids"]
+    assert (ids[:, 0] == tokenizer.bos_token_id).all()
+    assert not set(ids[:, 1].tolist()) & set(tokenizer.all_special_ids)
+    assert seen["out"].shape[1] == 2 + 9  # every sequence runs its full length:
+    assert not (seen["out"][:, 2:] == tokenizer.eos_token_id).any()  # no end, no padding
+    assert texts == sample_text(
+        model, tokenizer, sequences=5, tokens=9, batch_size=2, progress=False
+    )
+    with pytest.raises(ValueError, match="tokens: expected a positive integer"):
+        sample_text(model, tokenizer, tokens=0)

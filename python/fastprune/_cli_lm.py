@@ -1,10 +1,14 @@
-"""The CLI's commands that run a causal language model: ``generate`` and ``eval``.
+"""The CLI's commands that run a causal language model: ``generate``, ``eval`` and
+``sample-text``.
 
     fastprune generate MODEL_DIR [--prompt TEXT] [--max-new-tokens N] [--compare-dense]
     fastprune eval MODEL_DIR --text FILE [--seqlen 1024] [--windows N]
+    fastprune sample-text MODEL_DIR --out FILE [--sequences 16] [--tokens 1024] [--seed 0]
 
-Both read a dense model directory or a sparse one written by ``fastprune prune --save-format
-sparse`` (its packed layers run as they are stored).
+``generate`` and ``eval`` read a dense model directory or a sparse one written by ``fastprune
+prune --save-format sparse`` (its packed layers run as they are stored); ``sample-text`` writes
+text the model samples itself, for ``fastprune prune --calib`` when no text like the model's own
+is at hand.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from .cli import CommandError, _check_positive, _require_torch
 
 
 def add_parsers(commands: Any) -> None:
-    """Adds ``generate`` and ``eval`` to the CLI's subcommands."""
+    """Adds ``generate``, ``eval`` and ``sample-text`` to the CLI's subcommands."""
     generate = commands.add_parser(
         "generate",
         help="greedy decoding with a dense or sparse causal LM directory, with tokens/s",
@@ -59,6 +63,22 @@ def add_parsers(commands: Any) -> None:
     evaluate.add_argument("--batch-size", type=int, default=1, help="windows per forward (1)")
     _add_common(evaluate, "print the result as JSON")
     evaluate.set_defaults(run=_run_eval)
+
+    sample = commands.add_parser(
+        "sample-text",
+        help="calibration text a causal LM samples itself (for prune --calib)",
+        description="Sample --sequences texts of --tokens tokens from the model (each from a "
+        "random first token, temperature 1, no top-k/top-p, no end-of-text) and write them one "
+        "per line: calibration text that follows the model's own distribution.",
+    )
+    sample.add_argument("model_dir", help="model directory (a causal language model)")
+    sample.add_argument("--out", required=True, help="the text file to write")
+    sample.add_argument("--sequences", type=int, default=16, help="texts to sample (16)")
+    sample.add_argument("--tokens", type=int, default=1024, help="tokens per text (1024)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    sample.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(sample, "print what was written as JSON")
+    sample.set_defaults(run=_run_sample_text)
 
 
 def _add_common(command: argparse.ArgumentParser, json_help: str) -> None:
@@ -157,4 +177,36 @@ def _run_eval(args: argparse.Namespace) -> int:
             f"perplexity {result.value:.3f} over {result.windows} windows of {args.seqlen} tokens "
             f"of {Path(args.text).name} ({result.tokens} predicted tokens)"
         )
+    return 0
+
+
+def _run_sample_text(args: argparse.Namespace) -> int:
+    _check_positive(args, ("sequences", "tokens", "threads"))
+    out = Path(args.out)
+    if out.is_dir():
+        raise CommandError(f"--out: {str(out)!r} is a directory, expected a file to write")
+    model, tokenizer = _load(args, "sampling text")
+    from ._files import atomic_write_text
+    from .torch.self_text import sample_text
+
+    texts = sample_text(
+        model,
+        tokenizer,
+        sequences=args.sequences,
+        tokens=args.tokens,
+        seed=args.seed,
+        progress=not (args.quiet or args.json),
+    )
+    atomic_write_text(out, "\n".join(texts) + "\n")
+    report = {
+        "model": args.model_dir,
+        "out": str(out),
+        "sequences": len(texts),
+        "tokens_per_sequence": args.tokens,
+        "seed": args.seed,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"wrote {len(texts)} texts of {args.tokens} sampled tokens to {out}")
     return 0
