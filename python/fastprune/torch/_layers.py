@@ -140,9 +140,7 @@ class Pruner:
                 UserWarning,
                 stacklevel=4,
             )
-            rows += [
-                self.prune_alone(*layers[order[name]], method="magnitude") for name in unrouted
-            ]
+            rows += [self.prune_alone(*layers[order[name]]) for name in unrouted]
         return sorted(rows, key=lambda row: order[row.name])
 
     def _prune_group(
@@ -190,18 +188,12 @@ class Pruner:
         ]
 
     def prune_alone(
-        self,
-        block: int | None,
-        name: str,
-        module: nn.Module,
-        layer_sparsity: float,
-        method: str | None = None,
+        self, block: int | None, name: str, module: nn.Module, layer_sparsity: float
     ) -> LayerReport:
-        """Prunes a layer without calibration: by magnitude (`method` defaults to the
-        pruner's, which must then be magnitude pruning)."""
+        """Prunes a layer without calibration data, by weight magnitude: magnitude pruning
+        without data, or an expert the router never picked whatever the method."""
         weight = weight_matrix(module)
-        how = method or self.method
-        solve = _Solve(how, self.pattern, self.blocksize, self.damp, self.refit, None)
+        solve = _Solve("magnitude", self.pattern, self.blocksize, self.damp, self.refit, None)
         result, seconds = _solve_layer(solve, weight, layer_sparsity, name, block)
         return self._record(block, name, module, layer_sparsity, None, weight, result, seconds)
 
