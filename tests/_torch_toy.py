@@ -89,3 +89,18 @@ def weights(model: nn.Module) -> dict[str, np.ndarray]:
 
 def names(block: int) -> list[str]:
     return [f"layers.{block}.{layer}" for layer in BLOCK_LAYERS]
+
+
+def word_tokenizer(vocab_file: object, do_lower_case: bool = True) -> object:
+    """A BertTokenizerFast over the words of a one-word-per-line vocab file.
+
+    transformers 5's fast tokenizer ignores the words of a ``vocab_file`` argument (every word
+    becomes [UNK]), so the words are passed as a dict.
+    """
+    from pathlib import Path
+
+    from transformers import BertTokenizerFast
+
+    words = Path(str(vocab_file)).read_text(encoding="utf-8").split()
+    vocab = {w: i for i, w in enumerate(words)}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=do_lower_case)

@@ -232,13 +232,13 @@ def test_owl_sparsity_errors():
 
 @torch_needed
 def test_cli_sparsity_profile_owl(tmp_path, capsys):
-    from transformers import BertTokenizerFast
+    from _torch_toy import word_tokenizer
 
     folder = tmp_path / "llama"
     folder.mkdir()
     words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "in", "park", "today"]
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words]))
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer = word_tokenizer(folder / "vocab.txt")
     model = _tiny_llama()
     model.resize_token_embeddings(len(tokenizer))
     model.save_pretrained(folder)

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from _torch_toy import word_tokenizer  # noqa: E402
 from fastprune.cli import main  # noqa: E402
 from fastprune.torch.evaluate import perplexity, token_windows  # noqa: E402
 
@@ -85,7 +86,7 @@ def test_cli_eval_on_dense_and_sparse_directories(tmp_path, capsys):
     folder = tmp_path / "llama"
     folder.mkdir()
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS]))
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer = word_tokenizer(folder / "vocab.txt")
     model = _tiny_llama(len(tokenizer))
     with torch.no_grad():
         for name, module in model.named_modules():

@@ -189,13 +189,13 @@ def test_load_sparse_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory) -> Path:
-    from transformers import BertTokenizerFast
+    from _torch_toy import word_tokenizer
 
     folder = tmp_path_factory.mktemp("llama")
     words = ["the", "cat", "sat", "on", "mat", "dog", "ran", "in", "park", "today", "a", "city"]
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer = word_tokenizer(vocab)
     model = _tiny_llama()
     model.config.vocab_size = len(tokenizer)
     model.resize_token_embeddings(len(tokenizer))

@@ -314,7 +314,7 @@ def test_experts_kept_as_3d_tensors_are_refused_by_name(tmp_path, batches):
 def llama_with_tokenizer(tmp_path_factory, llama_dir) -> Path:
     import shutil
 
-    from transformers import BertTokenizerFast
+    from _torch_toy import word_tokenizer
 
     folder = tmp_path_factory.mktemp("llama_tok")
     for item in llama_dir.iterdir():
@@ -322,7 +322,7 @@ def llama_with_tokenizer(tmp_path_factory, llama_dir) -> Path:
     words = [f"w{i}" for i in range(VOCAB - 5)]
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    word_tokenizer(vocab).save_pretrained(folder)
     return folder
 
 

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from _torch_toy import word_tokenizer  # noqa: E402
 from fastprune.cli import main  # noqa: E402
 
 WORDS = [
@@ -35,7 +36,7 @@ def llama_dir(tmp_path_factory: Any) -> Path:
     folder = tmp_path_factory.mktemp("llama")
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer = word_tokenizer(vocab)
     config = transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
