@@ -158,3 +158,45 @@ def test_packed_round_trip() -> None:
     packed = sparse.packed()
     assert isinstance(packed, fp.PackedLinear)
     assert np.array_equal(packed.to_dense(), layer.weight.detach().numpy())
+
+
+def test_replaced_buffers_are_used_and_module_pickles(tmp_path: object) -> None:
+    # the forward pass reads NumPy views of the buffers made once; replacing a buffer (as
+    # load_state_dict(assign=True) or a manual assignment does) must make new ones
+    layer = pruned_linear(12, 40, 0.5, seed=10, bias=False)
+    sparse = SparseLinear.from_linear(layer)
+    x = torch.randn(3, 40)
+    with torch.inference_mode():
+        first = sparse(x)
+    sparse.values = sparse.values * 2
+    with torch.inference_mode():
+        doubled = sparse(x)
+    torch.testing.assert_close(doubled, 2 * first)
+    path = f"{tmp_path}/layer.pt"
+    torch.save(sparse, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded._views is None
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), doubled)
+
+
+def test_sparsify_times_layers_in_model_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every layer is measured in each pass over the model, dense ones before sparse ones
+    net = model()
+    calls: list[str] = []
+    dense_linear = torch.nn.functional.linear
+
+    def linear(x: torch.Tensor, weight: torch.Tensor, bias: object = None) -> torch.Tensor:
+        calls.append(f"dense{weight.shape[0]}")
+        return dense_linear(x, weight, bias)
+
+    sparse_forward = SparseLinear.forward
+
+    def forward(self: SparseLinear, x: torch.Tensor) -> torch.Tensor:
+        calls.append(f"sparse{self.out_features}")
+        return sparse_forward(self, x)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", linear)
+    monkeypatch.setattr(SparseLinear, "forward", forward)
+    sparsify(net, min_speedup=1e9, repeat=2)
+    assert calls == ["dense32", "dense64", "sparse32", "sparse64"] * 3  # warm-up + 2 timed

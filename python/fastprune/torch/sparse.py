@@ -30,27 +30,40 @@ from ..sparse import PackedLinear
 _FORMATS = ("auto", "packed")
 
 
-def _packed_product(
-    x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
-) -> torch.Tensor:
-    """``x @ W.T`` in float32 through the C++ kernel, on NumPy views of the tensors."""
+_Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # mask words, offsets, values
+
+
+def _packed_arrays(mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor) -> _Arrays:
+    """NumPy views of the packed tensors, with the dtypes the C++ kernel reads."""
+    stored = values.numpy()
+    return (
+        mask.numpy().view(np.uint16),
+        offsets.numpy(),
+        stored if stored.dtype == np.float32 else stored.view(np.uint16),
+    )
+
+
+def _arrays_product(x: torch.Tensor, arrays: _Arrays, rows: int) -> torch.Tensor:
+    """``x @ W.T`` in float32 through the C++ kernel, W given by `arrays` (_packed_arrays)."""
     cols = x.shape[-1]
-    flat = x.detach().reshape(-1, cols).to(torch.float32).contiguous()
-    out = torch.empty((flat.shape[0], rows), dtype=torch.float32)
+    flat = x.detach().reshape(-1, cols)
+    if flat.dtype != torch.float32 or not flat.is_contiguous():
+        flat = flat.to(torch.float32).contiguous()
     x_numpy = flat.numpy()
     if not np.isfinite(x_numpy).all():
         msg = "x: contains NaN or Inf values"
         raise ValueError(msg)
-    stored = values.numpy()
-    _core.sparse_linear.linear(
-        mask.numpy().view(np.uint16),
-        offsets.numpy(),
-        stored if stored.dtype == np.float32 else stored.view(np.uint16),
-        cols,
-        x_numpy,
-        out.numpy(),
-    )
-    return out.reshape(*x.shape[:-1], rows)
+    out = np.empty((x_numpy.shape[0], rows), dtype=np.float32)
+    mask, offsets, values = arrays
+    _core.sparse_linear.linear(mask, offsets, values, cols, x_numpy, out)
+    return torch.from_numpy(out).reshape(*x.shape[:-1], rows)
+
+
+def _packed_product(
+    x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """``x @ W.T`` in float32 through the C++ kernel, on NumPy views of the tensors."""
+    return _arrays_product(x, _packed_arrays(mask, offsets, values), rows)
 
 
 @torch.library.custom_op("fastprune::packed_linear", mutates_args=())  # type: ignore[untyped-decorator]
@@ -108,6 +121,21 @@ class SparseLinear(nn.Module):  # type: ignore[misc]
         self.register_buffer("values", values)
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
         self.weight_requires_grad = False
+        self._views: tuple[tuple[torch.Tensor, ...], _Arrays] | None = None
+
+    def _arrays(self) -> _Arrays:
+        """NumPy views of the buffers, made again only when a buffer is replaced (``.to``)."""
+        tensors = (self.mask, self.offsets, self.values)
+        views = self._views
+        if views is None or any(a is not b for a, b in zip(views[0], tensors, strict=True)):
+            views = (tensors, _packed_arrays(*tensors))
+            self._views = views
+        return views[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().__getstate__()  # type: ignore[no-untyped-call]
+        state["_views"] = None  # views of this process's buffers
+        return state
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> SparseLinear:
@@ -155,7 +183,7 @@ class SparseLinear(nn.Module):  # type: ignore[misc]
         else:
             # eager inference: the same product without the operator's dispatch, whose cost
             # (tens of microseconds) is as large as the product itself on a small layer
-            y = _packed_product(*args)
+            y = _arrays_product(x, self._arrays(), self.out_features)
         if self.bias is not None:
             y = y + self.bias.to(torch.float32)
         return y.to(x.dtype)
@@ -219,20 +247,37 @@ def _timed(fn: Any) -> float:
 
 
 def _measure(
-    linear: nn.Linear, sparse: SparseLinear, tokens: int, repeat: int
-) -> tuple[float, float]:
-    """Median seconds of F.linear and of the sparse layer on one input, calls interleaved."""
+    pairs: list[tuple[nn.Linear, SparseLinear]], tokens: int, repeat: int
+) -> list[tuple[float, float]]:
+    """Median seconds of F.linear and of the sparse layer, for every pair.
+
+    Each repetition calls every dense layer in turn, then every sparse layer, in the model's
+    order, so that a layer's weight is as cold as in the model's own forward pass: evicted from
+    the caches by the other layers' weights when the model is larger than the caches, as in
+    decoding, and still cached when it is not. Timing one layer over and over instead would keep
+    its weight in cache and miss the memory traffic that sparsity saves.
+    """
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(tokens, linear.in_features, generator=generator).to(linear.weight.dtype)
-    dense_times: list[float] = []
-    sparse_times: list[float] = []
+    inputs = [
+        torch.randn(tokens, linear.in_features, generator=generator).to(linear.weight.dtype)
+        for linear, _ in pairs
+    ]
+    dense_times: list[list[float]] = [[] for _ in pairs]
+    sparse_times: list[list[float]] = [[] for _ in pairs]
     with torch.inference_mode():
-        F.linear(x, linear.weight, linear.bias)
-        sparse(x)
-        for _ in range(repeat):
-            dense_times.append(_timed(lambda: F.linear(x, linear.weight, linear.bias)))
-            sparse_times.append(_timed(lambda: sparse(x)))
-    return statistics.median(dense_times), statistics.median(sparse_times)
+        for rep in range(repeat + 1):  # the first pass warms up and is not kept
+            for times, (linear, _), x in zip(dense_times, pairs, inputs, strict=True):
+                t = _timed(lambda: F.linear(x, linear.weight, linear.bias))  # noqa: B023
+                if rep:
+                    times.append(t)
+            for times, (_, sparse), x in zip(sparse_times, pairs, inputs, strict=True):
+                t = _timed(lambda: sparse(x))  # noqa: B023
+                if rep:
+                    times.append(t)
+    return [
+        (statistics.median(d), statistics.median(s))
+        for d, s in zip(dense_times, sparse_times, strict=True)
+    ]
 
 
 def _pruned_linears(model: nn.Module, max_density: float) -> Iterator[tuple[str, nn.Linear]]:
@@ -268,10 +313,11 @@ def sparsify(
 
     A layer counts as pruned when at most `max_density` of its weights are non-zero. With
     `format` "auto" each such layer is timed against ``F.linear`` on an input of `tokens` rows
-    (the calls interleaved, medians of `repeat`), and swapped only when it is at least
-    `min_speedup` times faster; "packed" swaps every pruned layer unmeasured. Returns the report
-    of every pruned layer: shape, density, measured times (0 when unmeasured) and whether it
-    was swapped.
+    (medians of `repeat` passes over all the pruned layers in the model's order, so that each
+    weight comes from memory or cache as it does in the model's forward pass), and swapped only
+    when it is at least `min_speedup` times faster; "packed" swaps every pruned layer
+    unmeasured. Returns the report of every pruned layer: shape, density, measured times (0
+    when unmeasured) and whether it was swapped.
     """
     if format not in _FORMATS:
         msg = f"format: expected one of {_FORMATS}, got {format!r}"
@@ -286,15 +332,16 @@ def sparsify(
         msg = "tokens, repeat: must be >= 1"
         raise ValueError(msg)
     report = SparsifyReport(tokens=tokens)
-    for name, linear in list(_pruned_linears(model, max_density)):
-        sparse = SparseLinear.from_linear(linear)
+    found = [
+        (n, lin, SparseLinear.from_linear(lin)) for n, lin in _pruned_linears(model, max_density)
+    ]
+    if format == "auto":
+        times = _measure([(lin, sparse) for _, lin, sparse in found], tokens, repeat)
+    else:
+        times = [(0.0, 0.0)] * len(found)
+    for (name, linear, sparse), (dense_s, sparse_s) in zip(found, times, strict=True):
         density = int(sparse.offsets[-1]) / max(1, linear.weight.numel())
-        if format == "auto":
-            dense_s, sparse_s = _measure(linear, sparse, tokens, repeat)
-            swap = dense_s >= min_speedup * sparse_s
-        else:
-            dense_s = sparse_s = 0.0
-            swap = True
+        swap = format == "packed" or dense_s >= min_speedup * sparse_s
         shape = (linear.out_features, linear.in_features)
         report.layers.append(LayerDecision(name, shape, density, dense_s, sparse_s, swap))
         if swap:
