@@ -81,7 +81,8 @@ constexpr int kMaxTile = 4;  // right-hand sides per pass: 4 x 4 accumulators of
 
 #elif defined(__AVX2__)
 
-// perm[b][l] = which of the packed values lane l takes when mask byte b is set at l.
+// perm[b][l] = which of the packed values lane l takes when mask byte b is set at l; lanes not
+// set hold -1, whose sign bit selects zero in the blend (vpermps reads only the low 3 bits).
 struct PermutationTable {
   alignas(32) std::int32_t perm[256][8];
 };
@@ -90,7 +91,7 @@ constexpr PermutationTable make_table() {
   for (int b = 0; b < 256; ++b) {
     int next = 0;
     for (int l = 0; l < 8; ++l) {
-      t.perm[b][l] = (b >> l) & 1 ? next++ : 0;
+      t.perm[b][l] = (b >> l) & 1 ? next++ : -1;
     }
   }
   return t;
@@ -103,10 +104,8 @@ struct Lanes {
 inline Lanes zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 inline __m256 expand8(std::uint32_t byte, __m256 packed) {
   const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.perm[byte]));
-  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  const __m256i kept =
-      _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(byte)), bit), bit);
-  return _mm256_and_ps(_mm256_permutevar8x32_ps(packed, perm), _mm256_castsi256_ps(kept));
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(packed, perm), _mm256_setzero_ps(),
+                          _mm256_castsi256_ps(perm));
 }
 inline __m256 widen(const std::uint16_t* p) {
   const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
