@@ -59,10 +59,13 @@ inline Lanes expand(std::uint32_t m, const float* p) {
   asm("" : "+v"(packed));
   return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), packed)};
 }
-inline Lanes expand(std::uint32_t m, const std::uint16_t* p) {
+// Sixteen bfloat16 values as float32.
+inline Lanes weights(const std::uint16_t* p) {
   const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16);
-  return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), _mm512_castsi512_ps(bits))};
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16))};
+}
+inline Lanes expand(std::uint32_t m, const std::uint16_t* p) {
+  return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), weights(p).v)};
 }
 inline Lanes load(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline Lanes load_first(const float* p, Index n) {
@@ -96,10 +99,6 @@ inline Columns columns(const std::uint16_t* p, std::uint32_t last, std::uint32_t
   return {_mm512_min_epu32(c, limit)};
 }
 inline Lanes gather(const float* x, Columns c) { return {_mm512_i32gather_ps(c.v, x, 4)}; }
-inline Lanes weights(const std::uint16_t* p) {
-  const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16))};
-}
 
 #elif defined(__AVX2__)
 
