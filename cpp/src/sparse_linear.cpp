@@ -87,16 +87,19 @@ inline float reduce(Lanes a) {
 }
 constexpr int kMaxTile = 4;  // right-hand sides per pass: 4 x 4 accumulators of 32 registers
 
-// The 16 column indices at p widened to 32 bits and clamped to `last`; a lane beyond it sets a
-// bit of `over` (the clamp keeps the gather inside x whatever the indices say).
+// The 16 column indices at p widened to 32 bits and clamped to `last` (so that a gather stays
+// inside x whatever the indices say); `seen` keeps the lane-wise maximum of the indices as read,
+// for `beyond` to tell once per row whether any exceeded `last`.
 struct Columns {
   __m512i v;
 };
-inline Columns columns(const std::uint16_t* p, std::uint32_t last, std::uint32_t& over) {
+inline Columns columns(const std::uint16_t* p, std::uint32_t last, Columns& seen) {
   const __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  const __m512i limit = _mm512_set1_epi32(static_cast<int>(last));
-  over |= _mm512_cmpgt_epu32_mask(c, limit);
-  return {_mm512_min_epu32(c, limit)};
+  seen.v = _mm512_max_epu32(seen.v, c);
+  return {_mm512_min_epu32(c, _mm512_set1_epi32(static_cast<int>(last)))};
+}
+inline bool beyond(Columns seen, std::uint32_t last) {
+  return _mm512_cmpgt_epu32_mask(seen.v, _mm512_set1_epi32(static_cast<int>(last))) != 0;
 }
 inline Lanes gather(const float* x, Columns c) { return {_mm512_i32gather_ps(c.v, x, 4)}; }
 
@@ -174,14 +177,19 @@ constexpr int kMaxTile = 1;  // 4 x 2 accumulators of 16 registers
 struct Columns {
   __m256i lo, hi;
 };
-inline __m256i columns8(const std::uint16_t* p, __m256i limit, std::uint32_t& over) {
+inline __m256i columns8(const std::uint16_t* p, __m256i limit, __m256i& seen) {
   const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  over |= static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_cmpgt_epi32(c, limit)));
-  return _mm256_min_epi32(c, limit);
+  seen = _mm256_max_epu32(seen, c);
+  return _mm256_min_epu32(c, limit);
 }
-inline Columns columns(const std::uint16_t* p, std::uint32_t last, std::uint32_t& over) {
+inline Columns columns(const std::uint16_t* p, std::uint32_t last, Columns& seen) {
   const __m256i limit = _mm256_set1_epi32(static_cast<int>(last));
-  return {columns8(p, limit, over), columns8(p + 8, limit, over)};
+  return {columns8(p, limit, seen.lo), columns8(p + 8, limit, seen.hi)};
+}
+inline bool beyond(Columns seen, std::uint32_t last) {
+  const __m256i most = _mm256_max_epu32(seen.lo, seen.hi);
+  return _mm256_movemask_epi8(
+             _mm256_cmpgt_epi32(most, _mm256_set1_epi32(static_cast<int>(last)))) != 0;
 }
 inline Lanes gather(const float* x, Columns c) {
   return {_mm256_i32gather_ps(x, c.lo, 4), _mm256_i32gather_ps(x, c.hi, 4)};
@@ -231,14 +239,17 @@ constexpr int kMaxTile = 1;
 struct Columns {
   std::uint32_t v[16];
 };
-inline Columns columns(const std::uint16_t* p, std::uint32_t last, std::uint32_t& over) {
+inline Columns columns(const std::uint16_t* p, std::uint32_t last, Columns& seen) {
   Columns c;
   for (int l = 0; l < 16; ++l) {
     const std::uint32_t i = p[l];
-    over |= i > last ? 1u : 0u;
+    seen.v[l] = std::max(seen.v[l], i);
     c.v[l] = std::min(i, last);
   }
   return c;
+}
+inline bool beyond(const Columns& seen, std::uint32_t last) {
+  return std::any_of(seen.v, seen.v + 16, [last](std::uint32_t i) { return i > last; });
 }
 inline Lanes gather(const float* x, Columns c) {
   Lanes r;
@@ -387,9 +398,9 @@ bool gather_rows(const IndexedRow<S>& row, Index cols, const float* x, Index x_s
     for (auto& a : set) a = zero();
   }
   const auto last = static_cast<std::uint32_t>(std::min<Index>(cols, Index{1} << 16) - 1);
-  std::uint32_t over = 0;
+  Columns seen{};
   auto group = [&](auto set, const std::uint16_t* columns_at, const S* values_at) {
-    const Columns c = columns(columns_at, last, over);
+    const Columns c = columns(columns_at, last, seen);
     const Lanes w = weights(values_at);
     Lanes* a = acc[decltype(set)::value];
     for (int t = 0; t < T; ++t) a[t] = fma(w, gather(x + t * x_stride, c), a[t]);
@@ -425,7 +436,7 @@ bool gather_rows(const IndexedRow<S>& row, Index cols, const float* x, Index x_s
   if (left > 1) rest(s1, g + 1);
   if (left > 2) rest(s2, g + 2);
   if (left > 3) rest(s3, g + 3);
-  if (over != 0) return false;
+  if (beyond(seen, last)) return false;
   for (int t = 0; t < T; ++t) {
     y[t * y_stride] = reduce(add(add(acc[0][t], acc[1][t]), add(acc[2][t], acc[3][t])));
   }
