@@ -289,6 +289,8 @@ def test_index_layout_adversarial_rows(dtype: str) -> None:
     one_per_row[np.arange(9), rng.choice(50, 9)] = rng.standard_normal(9).astype(np.float32)
     q, held_q = indexed(one_per_row, dtype)
     empty, _ = indexed(np.zeros((5, 23), np.float32), dtype)
+    no_columns, _ = indexed(np.zeros((3, 0), np.float32), dtype)
+    no_rows, _ = indexed(np.zeros((0, 7), np.float32), dtype)
     for k in (*INDEX_KS, GEMM):
         x = rng.standard_normal((k, w.shape[1])).astype(np.float32)
         check_product(p, held, x)
@@ -297,6 +299,11 @@ def test_index_layout_adversarial_rows(dtype: str) -> None:
         check_product(q, held_q, rng.standard_normal((k, 50)).astype(np.float32))
         zeros = empty.linear(rng.standard_normal((k, 23)).astype(np.float32))
         assert zeros.shape == (k, 5) and np.all(zeros == 0)
+        y0 = np.full((k, 3), np.nan, np.float32)  # no columns: the core writes zeros
+        parts = (no_columns.offsets, no_columns.indices, no_columns.values)
+        _core.sparse_linear.linear_indices(*parts, 0, np.zeros((k, 0), np.float32), y0)
+        assert np.array_equal(y0, np.zeros((k, 3)))
+        assert no_rows.linear(np.ones((k, 7), np.float32)).shape == (k, 0)
 
 
 def test_index_layout_large_magnitudes_and_cancellation() -> None:

@@ -187,9 +187,10 @@ inline Columns columns(const std::uint16_t* p, std::uint32_t last, Columns& seen
   return {columns8(p, limit, seen.lo), columns8(p + 8, limit, seen.hi)};
 }
 inline bool beyond(Columns seen, std::uint32_t last) {
-  const __m256i most = _mm256_max_epu32(seen.lo, seen.hi);
-  return _mm256_movemask_epi8(
-             _mm256_cmpgt_epi32(most, _mm256_set1_epi32(static_cast<int>(last)))) != 0;
+  // Unsigned: `last` is 2^32 - 1 for a weight without columns (and then no index was read).
+  const __m256i limit = _mm256_set1_epi32(static_cast<int>(last));
+  const __m256i most = _mm256_max_epu32(_mm256_max_epu32(seen.lo, seen.hi), limit);
+  return _mm256_movemask_epi8(_mm256_cmpeq_epi32(most, limit)) != -1;
 }
 inline Lanes gather(const float* x, Columns c) {
   return {_mm256_i32gather_ps(x, c.lo, 4), _mm256_i32gather_ps(x, c.hi, 4)};
