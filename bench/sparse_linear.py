@@ -8,7 +8,8 @@ The three products are timed in turns (ours, torch, NumPy, ours, ...) and each t
 median of its own calls: the machine may be shared, and interleaving gives every contender the
 same stretches of load. The rate column gives our bandwidth (bytes of the packed weight over
 time) and our speed-up as a share of the bytes-read limit, dense weight bytes / packed weight
-bytes (x and y are negligible beside the weights at these k).
+bytes (x and y are negligible beside the weights at these k). Every weight is packed with
+``layout="auto"`` (the layout that reads fewer bytes), named in the operation column.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def run(table: Table) -> None:
 def _float32_rows(
     table: Table, torch: Any, rng: np.random.Generator, w: np.ndarray, label: str, threads: int
 ) -> None:
-    packed = fp.PackedLinear.from_dense(w)
+    packed = fp.PackedLinear.from_dense(w, layout="auto")
     limit = w.nbytes / packed.nbytes
     tw = None if torch is None else torch.from_numpy(w)
     for k in KS:
@@ -93,7 +94,7 @@ def _float32_rows(
 def _bfloat16_rows(
     table: Table, torch: Any, rng: np.random.Generator, w: np.ndarray, label: str, threads: int
 ) -> None:
-    packed = fp.PackedLinear.from_dense(w, "bfloat16")
+    packed = fp.PackedLinear.from_dense(w, "bfloat16", layout="auto")
     tw = torch.from_numpy(w).to(torch.bfloat16)
     limit = w.size * 2 / packed.nbytes
     rounded = tw.float().numpy()
@@ -128,7 +129,8 @@ def _add(
 ) -> None:
     share = base / ours / limit
     rate = f"{gbps(packed.nbytes, ours)}, limit {limit:.2f}x, {100 * share:.0f} % of it"
-    table.add(Row("PackedLinear.linear", label, threads, ours, baseline, base, rate))
+    operation = f"PackedLinear.linear ({packed.layout})"
+    table.add(Row(operation, label, threads, ours, baseline, base, rate))
 
 
 class _inference:

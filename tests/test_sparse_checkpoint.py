@@ -29,11 +29,12 @@ def _pruned(rows: int, cols: int, keep: float, seed: int) -> np.ndarray:
 # --- PackedLinear in safetensors (no torch) -------------------------------------------------
 
 
+@pytest.mark.parametrize("layout", ["bitmask", "indices"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_packed_linear_round_trips_through_io(tmp_path, dtype):
+def test_packed_linear_round_trips_through_io(tmp_path, dtype, layout):
     w = _pruned(7, 37, 0.3, 0)
     w[2] = 0  # an empty row
-    packed = fp.PackedLinear.from_dense(w, dtype)
+    packed = fp.PackedLinear.from_dense(w, dtype, layout)
     path = tmp_path / "p.safetensors"
     fp.save(path, {"layer.weight": packed, "layer.bias": np.arange(7, dtype=np.float32)})
     back = fp.load(path)
@@ -41,6 +42,7 @@ def test_packed_linear_round_trips_through_io(tmp_path, dtype):
     assert isinstance(loaded, fp.PackedLinear)
     assert loaded.shape == (7, 37)
     assert loaded.dtype == dtype
+    assert loaded.layout == layout
     np.testing.assert_array_equal(loaded.to_dense(), packed.to_dense())
     np.testing.assert_array_equal(back["layer.bias"], np.arange(7, dtype=np.float32))
     expected = w.astype(np.float64)
@@ -169,6 +171,47 @@ def test_load_sparse_into_a_given_model_and_bfloat16_weights(tmp_path):
         load_sparse(tmp_path, nn.Sequential(nn.Linear(40, 16), nn.ReLU(), nn.Linear(16, 8)))
     with pytest.raises(ValueError, match="not the weight of a Linear"):
         load_sparse(tmp_path, nn.Sequential(nn.Identity(), nn.ReLU(), nn.Linear(24, 8)))
+
+
+@torch_needed
+def test_load_sparse_takes_the_index_layout(tmp_path):
+    """A file whose packed weights are in the index layout loads into SparseLinear (which
+    holds the bitmask layout) with the same products."""
+    import torch
+    from torch import nn
+
+    from fastprune.torch import SparseLinear, load_sparse, save_sparse, sparsify
+
+    def make() -> nn.Module:
+        return nn.Sequential(nn.Linear(40, 24), nn.ReLU(), nn.Linear(24, 8))
+
+    torch.manual_seed(2)
+    model = make()
+    for layer in (model[0], model[2]):
+        w = layer.weight.data
+        w[w.abs() < w.abs().quantile(0.9)] = 0
+    x = torch.randn(3, 40)
+    with torch.no_grad():
+        expected = model(x)
+    sparsify(model, format="packed")
+    save_sparse(model, tmp_path)
+    path = tmp_path / "model.sparse.safetensors"
+    tensors = fp.load(path)
+    _, metadata = fp.io.read_header(path)
+    metadata.pop("fastprune.sparse", None)
+    indexed = {
+        name: t.with_layout("indices") if isinstance(t, fp.PackedLinear) else t
+        for name, t in tensors.items()
+    }
+    assert sum(isinstance(t, fp.PackedLinear) for t in indexed.values()) == 2
+    fp.save(path, indexed, metadata=metadata)
+    assert all(
+        t.layout == "indices" for t in fp.load(path).values() if isinstance(t, fp.PackedLinear)
+    )
+    loaded = load_sparse(tmp_path, make())
+    assert isinstance(loaded[0], SparseLinear) and isinstance(loaded[2], SparseLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
 
 
 @torch_needed

@@ -1,9 +1,11 @@
-"""PackedLinear (the packed-bitmask layout and its x @ W.T kernels) against float64 NumPy.
+"""PackedLinear (the packed-bitmask and index layouts and their x @ W.T kernels) against
+float64 NumPy.
 
 Tolerance: a float32 product of float32 inputs is within ``2 * n * eps32 * (|x| @ |W|.T)`` of
-the exact float64 result, n = in_features / 16 + 8 (each of 32 accumulator lanes adds at most
-in_features / 32 + 1 products, then 5 tree additions); the GEMM path (many rows of x) uses the
-BLAS's own order and is held to the same bound with n = in_features.
+the exact float64 result, n = in_features / 16 + 8 (each of the 64 accumulator lanes adds at
+most in_features / 64 + 1 products, then 6 additions of the sets and the tree; the same bound
+holds for both layouts); the GEMM path (many rows of x) uses the BLAS's own order and is held to
+the same bound with n = in_features.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 
 import fastprune as fp
 from fastprune import _core
-from fastprune.sparse import PackedLinear
+from fastprune.sparse import MAX_INDEXED_COLUMNS, PackedLinear
 
 EPS = float(np.finfo(np.float32).eps)
 GEMM = _core.sparse_linear.GEMM_COLUMNS
@@ -58,7 +60,7 @@ SHAPES = [(1, 1), (1, 37), (7, 17), (5, 16), (3, 15), (33, 100), (20, 256), (9, 
 def test_float32_matches_float64_reference(shape: tuple[int, int], density: float) -> None:
     rng = np.random.default_rng(hash((shape, density)) % 2**32)
     w = sparse_weight(rng, shape, density)
-    p = PackedLinear.from_dense(w)
+    p = PackedLinear.from_dense(w, layout="bitmask")
     assert np.array_equal(p.to_dense(), w)
     assert p.nnz == np.count_nonzero(w)
     for k in KS:
@@ -184,7 +186,7 @@ def test_one_and_two_threads_give_identical_results() -> None:
 
 def test_bad_arguments() -> None:
     w = np.eye(20, dtype=np.float32)
-    p = PackedLinear.from_dense(w)
+    p = PackedLinear.from_dense(w, layout="bitmask")
     with pytest.raises(ValueError, match="x:"):
         p.linear(np.ones((2, 19), np.float32))
     with pytest.raises(TypeError, match="x:"):
@@ -216,7 +218,7 @@ def test_bad_arguments() -> None:
 
 def test_changed_arrays_are_caught_by_the_kernel() -> None:
     """Arrays changed after they were checked make the kernel fail cleanly, not read astray."""
-    p = PackedLinear.from_dense(np.eye(40, dtype=np.float32))
+    p = PackedLinear.from_dense(np.eye(40, dtype=np.float32), layout="bitmask")
     offsets: Any = p.offsets.copy()
     offsets[5:-1] += 3  # the total still matches: only the rows can tell
     x = np.ones((1, 40), np.float32)
@@ -233,4 +235,264 @@ def test_changed_arrays_are_caught_by_the_kernel() -> None:
     with pytest.raises(ValueError, match="values:"):
         _core.sparse_linear.linear(
             p.mask, p.offsets, p.values[:-2], 40, x, np.empty((1, 40), np.float32)
+        )
+
+
+# --- the index layout ------------------------------------------------------------------------
+
+INDEX_KS = (1, 2, 3, 5, 17, 130)
+INDEX_SHAPES = [(1, 1), (4, 1), (1, 37), (7, 17), (5, 16), (3, 15), (6, 8), (9, 31), (33, 100)]
+
+
+def indexed(w: np.ndarray, dtype: str = "float32") -> tuple[PackedLinear, np.ndarray]:
+    """The index layout of w and the float32 weight it holds (w rounded for bfloat16)."""
+    p = PackedLinear.from_dense(w, dtype, layout="indices")
+    assert p.layout == "indices" and p.dtype == dtype
+    held = w.astype(ml_dtypes.bfloat16).astype(np.float32) if dtype == "bfloat16" else w
+    assert np.array_equal(p.to_dense(), held)
+    return p, held
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", INDEX_SHAPES)
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 1.0])
+def test_index_layout_matches_float64_reference(
+    shape: tuple[int, int], density: float, dtype: str
+) -> None:
+    rng = np.random.default_rng(hash((shape, density, dtype)) % 2**32)
+    w = sparse_weight(rng, shape, density)
+    p, held = indexed(w, dtype)
+    assert p.nnz == np.count_nonzero(held) and p.indices.dtype == np.uint16
+    for k in INDEX_KS:
+        check_product(p, held, rng.standard_normal((k, shape[1])).astype(np.float32))
+
+
+def adversarial_rows(rng: np.random.Generator) -> np.ndarray:
+    """Rows whose kept counts straddle the groups of 16 and the four accumulator sets."""
+    cols = 203  # neither a multiple of 16 nor of 8
+    counts = [0, 1, 15, 16, 17, 63, 64, 65, 80, 127, 128, 129, 200, 203, 0, 2]
+    w = np.zeros((len(counts), cols), np.float32)
+    for i, n in enumerate(counts):
+        where = rng.choice(cols, n, replace=False)
+        w[i, where] = rng.standard_normal(n).astype(np.float32)
+    w[1, :] = 0
+    w[1, cols - 1] = 2.5  # only the last column
+    return w
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_index_layout_adversarial_rows(dtype: str) -> None:
+    rng = np.random.default_rng(11)
+    w = adversarial_rows(rng)
+    p, held = indexed(w, dtype)
+    one_per_row = np.zeros((9, 50), np.float32)
+    one_per_row[np.arange(9), rng.choice(50, 9)] = rng.standard_normal(9).astype(np.float32)
+    q, held_q = indexed(one_per_row, dtype)
+    empty, _ = indexed(np.zeros((5, 23), np.float32), dtype)
+    no_columns, _ = indexed(np.zeros((3, 0), np.float32), dtype)
+    no_rows, _ = indexed(np.zeros((0, 7), np.float32), dtype)
+    for k in (*INDEX_KS, GEMM):
+        x = rng.standard_normal((k, w.shape[1])).astype(np.float32)
+        check_product(p, held, x)
+        y = p.linear(x)
+        assert np.all(y[:, 0] == 0) and np.all(y[:, 14] == 0)
+        check_product(q, held_q, rng.standard_normal((k, 50)).astype(np.float32))
+        zeros = empty.linear(rng.standard_normal((k, 23)).astype(np.float32))
+        assert zeros.shape == (k, 5) and np.all(zeros == 0)
+        y0 = np.full((k, 3), np.nan, np.float32)  # no columns: the core writes zeros
+        parts = (no_columns.offsets, no_columns.indices, no_columns.values)
+        _core.sparse_linear.linear_indices(*parts, 0, np.zeros((k, 0), np.float32), y0)
+        assert np.array_equal(y0, np.zeros((k, 3)))
+        assert no_rows.linear(np.ones((k, 7), np.float32)).shape == (k, 0)
+
+
+def test_index_layout_large_magnitudes_and_cancellation() -> None:
+    rng = np.random.default_rng(12)
+    w = sparse_weight(rng, (6, 130), 0.5) * np.float32(1e20)
+    x = np.ones((3, 130), np.float32) * np.float32(1e-20)
+    x[:, ::2] *= -1
+    check_product(PackedLinear.from_dense(w, layout="indices"), w, x)
+
+
+def index_products(p: PackedLinear, xs: list[np.ndarray]) -> list[np.ndarray]:
+    return [p.linear(x) for x in xs] + [p.to_dense()]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_index_layout_every_instruction_set_level_agrees(dtype: str) -> None:
+    rng = np.random.default_rng(13)
+    w = np.concatenate([sparse_weight(rng, (45, 203), 0.35), adversarial_rows(rng)])
+    p, _ = indexed(w, dtype)
+    ks = [*INDEX_KS, GEMM - 1, GEMM]
+    xs = [rng.standard_normal((k, 203)).astype(np.float32) for k in ks]
+    expected = index_products(p, xs)
+    levels = _core.supported_levels()
+    assert "baseline" in levels
+    for level in levels:
+        with _core.use(level):
+            got = index_products(p, xs)
+        for k, e, g in zip([*ks, 0], expected, got, strict=True):
+            if k < GEMM:  # the gathering kernel: identical on every level
+                assert np.array_equal(e, g), (level, k)
+            else:  # the BLAS's own GEMM: may round differently per level
+                np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_index_layout_one_and_two_threads_give_identical_results(dtype: str) -> None:
+    rng = np.random.default_rng(14)
+    w = sparse_weight(rng, (900, 1000), 0.04)
+    p, _ = indexed(w, dtype)
+    xs = [rng.standard_normal((k, 1000)).astype(np.float32) for k in (1, 3, 17, 130)]
+    previous = fp.get_num_threads()
+    try:
+        fp.set_num_threads(1)
+        one = index_products(p, xs)
+        fp.set_num_threads(2)
+        two = index_products(p, xs)
+    finally:
+        fp.set_num_threads(previous)
+    for a, b in zip(one, two, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_auto_picks_the_layout_that_reads_fewer_bytes() -> None:
+    rng = np.random.default_rng(15)
+    for shape in [(40, 64), (17, 203), (8, 1), (3, 16)]:
+        rows, cols = shape
+        for density in (0.0, 0.03, 0.06, 0.0625, 0.07, 0.2, 1.0):
+            w = sparse_weight(rng, shape, density)
+            nnz = np.count_nonzero(w)
+            bitmask_bytes = rows * -(-cols // 16) * 2
+            want = "indices" if nnz * 2 < bitmask_bytes else "bitmask"
+            auto = PackedLinear.from_dense(w)
+            assert auto.layout == want, (shape, density, nnz)
+            other = PackedLinear.from_dense(w, layout="indices" if want == "bitmask" else "bitmask")
+            assert np.array_equal(auto.to_dense(), other.to_dense())
+            # the same choice by the arrays each layout reads (offsets equal, slack aside)
+            slack = _core.sparse_linear.SLACK * 4
+            mask_read = other if want == "indices" else auto
+            index_read = auto if want == "indices" else other
+            assert (index_read.nbytes < mask_read.nbytes - slack) == (want == "indices")
+    # a weight whose mask would cost less than its indices
+    assert PackedLinear.from_dense(np.ones((4, 64), np.float32)).layout == "bitmask"
+    # an exact tie goes to the bitmask layout: one kept weight per 16 columns
+    tie = np.zeros((2, 32), np.float32)
+    tie[:, [3, 20]] = 1
+    assert PackedLinear.from_dense(tie).layout == "bitmask"
+    # too wide for uint16 indices: the bitmask layout, whatever the density
+    wide = np.zeros((1, MAX_INDEXED_COLUMNS + 1), np.float32)
+    wide[0, -1] = 1
+    assert PackedLinear.from_dense(wide).layout == "bitmask"
+    with pytest.raises(ValueError, match="layout:"):
+        PackedLinear.from_dense(wide, layout="indices")
+    edge = np.zeros((1, MAX_INDEXED_COLUMNS), np.float32)
+    edge[0, [0, MAX_INDEXED_COLUMNS - 1]] = [1.0, 2.0]
+    p = PackedLinear.from_dense(edge)
+    assert p.layout == "indices" and int(p.indices[-1]) == MAX_INDEXED_COLUMNS - 1
+    x = np.ones((1, MAX_INDEXED_COLUMNS), np.float32)
+    assert p.linear(x)[0, 0] == 3.0
+
+
+def test_layouts_convert_and_share_the_interface() -> None:
+    rng = np.random.default_rng(16)
+    w = sparse_weight(rng, (12, 70), 0.3)
+    bitmask = PackedLinear.from_dense(w, layout="bitmask")
+    index = bitmask.with_layout("indices")
+    assert index.layout == "indices" and bitmask.with_layout("bitmask") is bitmask
+    assert np.array_equal(index.with_layout("bitmask").mask, bitmask.mask)
+    assert np.array_equal(index.offsets, bitmask.offsets)
+    assert set(index.components()) == {"offsets", "indices", "values"}
+    assert index.nbytes == index.offsets.nbytes + index.indices.nbytes + index.values.nbytes
+    with pytest.raises(AttributeError, match="mask"):
+        _ = index.mask
+    with pytest.raises(AttributeError, match="indices"):
+        _ = bitmask.indices
+    v = rng.standard_normal(70).astype(np.float32)
+    np.testing.assert_allclose(index @ v, w.astype(np.float64) @ v, rtol=1e-5, atol=1e-5)
+    cols = rng.standard_normal((70, 4)).astype(np.float32)
+    np.testing.assert_allclose(index @ cols, w.astype(np.float64) @ cols, rtol=1e-5, atol=1e-5)
+    assert index.linear(rng.standard_normal((2, 3, 70)).astype(np.float32)).shape == (2, 3, 12)
+    assert "indices" in repr(index)
+    csr = PackedLinear.from_format(fp.CSR.from_dense(w), layout="indices")
+    assert np.array_equal(csr.indices, index.indices)
+    assert not index.indices.flags.writeable
+
+
+def test_index_layout_bad_arrays() -> None:
+    p = PackedLinear.from_dense(
+        sparse_weight(np.random.default_rng(17), (6, 40), 0.2), layout="indices"
+    )
+    o, i, v = p.offsets.copy(), p.indices.copy(), p.values.copy()
+    assert p.nnz >= 3
+    row = int(np.argmax(np.diff(o) >= 2))  # a row with two kept weights
+
+    def build(offsets: Any = o, indices: Any = i, values: Any = v, shape: Any = (6, 40)) -> None:
+        PackedLinear.from_indices(offsets, indices, values, shape)
+
+    build()
+    out_of_range = i.copy()
+    out_of_range[-1] = 40
+    with pytest.raises(ValueError, match="indices: column index out of range"):
+        build(indices=out_of_range)
+    repeated = i.copy()
+    repeated[o[row] + 1] = repeated[o[row]]
+    with pytest.raises(ValueError, match=r"indices: .*strictly increasing"):
+        build(indices=repeated)
+    swapped = i.copy()
+    swapped[o[row]], swapped[o[row] + 1] = i[o[row] + 1], i[o[row]]
+    with pytest.raises(ValueError, match=r"indices: .*strictly increasing"):
+        build(indices=swapped)
+    with pytest.raises(ValueError, match="offsets: offsets\\[0\\]"):
+        build(offsets=o + 1)
+    decreasing = o.copy()
+    decreasing[2], decreasing[3] = o[3] + 1, o[3]
+    with pytest.raises(ValueError, match=r"offsets: .*non-decreasing"):
+        build(offsets=decreasing)
+    with pytest.raises(ValueError, match="offsets: offsets\\[-1\\]"):
+        build(indices=i[:-1], values=v[:-1])
+    with pytest.raises(ValueError, match="offsets: expected shape"):
+        build(offsets=o[:-1])
+    with pytest.raises(ValueError, match="values:"):
+        build(values=v[:-1])
+    with pytest.raises(ValueError, match="indices:"):
+        build(indices=i.reshape(1, -1))
+    with pytest.raises(TypeError, match="indices:"):
+        build(indices=i.astype(np.int32))
+    with pytest.raises(TypeError, match="offsets:"):
+        build(offsets=o.astype(np.int32))
+    with pytest.raises(TypeError, match="values:"):
+        build(values=v.astype(np.float64))
+    with pytest.raises(ValueError, match="shape:"):
+        build(shape=(6, MAX_INDEXED_COLUMNS + 1))
+    with pytest.raises(ValueError, match="mask:"):
+        PackedLinear(np.zeros((6, 3), np.uint16), o, v, (6, 40), indices=i)
+    with pytest.raises(ValueError, match="layout:"):
+        PackedLinear.from_dense(np.eye(3, dtype=np.float32), layout="csr")
+
+
+def test_index_layout_changed_arrays_are_caught_by_the_kernel() -> None:
+    """Indices or offsets changed after they were checked make the kernel fail cleanly."""
+    p = PackedLinear.from_dense(np.eye(40, dtype=np.float32), layout="indices")
+    far: Any = p.indices.copy()
+    far[7] = 60000  # far beyond x's 40 columns
+    shifted: Any = p.offsets.copy()
+    shifted[5:-1] += 50  # past the end of the values
+    for k in (1, 3, GEMM):
+        x, out = np.ones((k, 40), np.float32), np.empty((k, 40), np.float32)
+        for offsets, indices in ((p.offsets, far), (shifted, p.indices)):
+            with pytest.raises(ValueError, match="indices:"):
+                _core.sparse_linear.linear_indices(offsets, indices, p.values, 40, x, out)
+    dense = np.empty((40, 40), np.float32)
+    for offsets, indices in ((p.offsets, far), (shifted, p.indices)):
+        with pytest.raises(ValueError, match="indices:"):
+            _core.sparse_linear.to_dense_indices(offsets, indices, p.values, dense)
+    with pytest.raises(ValueError, match="values:"):
+        _core.sparse_linear.linear_indices(
+            p.offsets,
+            p.indices,
+            p.values[:-1],
+            40,
+            np.ones((1, 40), np.float32),
+            np.empty((1, 40), np.float32),
         )

@@ -69,8 +69,8 @@ void csr_to_dense(const I* indptr, const I* indices, const S* data, MatrixView<S
   }
 }
 
-template <class I>
-CsrCheck check_csr(const I* indptr, const I* indices, Index rows, Index cols, Index nnz) {
+template <class P, class I>
+CsrCheck check_csr(const P* indptr, const I* indices, Index rows, Index cols, Index nnz) {
   if (indptr[0] != 0) return {0, CsrProblem::indptr_start};
   for (Index i = 0; i < rows; ++i) {
     if (indptr[i + 1] < indptr[i]) return {i, CsrProblem::indptr_decreasing};
@@ -86,7 +86,7 @@ CsrCheck check_csr(const I* indptr, const I* indices, Index rows, Index cols, In
     for (Index i = 0; i < rows; ++i) {
       if (i >= my_first) continue;
       for (Index k = indptr[i]; k < indptr[i + 1]; ++k) {
-        if (indices[k] < 0 || indices[k] >= cols) {
+        if (static_cast<Index>(indices[k]) < 0 || static_cast<Index>(indices[k]) >= cols) {
           my_first = i;
           my_problem = CsrProblem::index_range;
           break;
@@ -462,7 +462,7 @@ void csr_to_bitmask(const I* indptr, const I* indices, Index rows, MatrixView<st
                                                const std::int64_t*, std::int64_t*, S*);
 
 #define FASTPRUNE_FOR_INDEX(I)                                                                 \
-  template CsrCheck check_csr<I>(const I*, const I*, Index, Index, Index);                     \
+  template CsrCheck check_csr<I, I>(const I*, const I*, Index, Index, Index);                  \
   template void expand_indptr<I>(const I*, Index, I*);                                         \
   template std::int64_t check_coo<I>(const I*, const I*, Index, Index, Index);                 \
   template void compress_rows<I>(const I*, Index, Index, I*);                                  \
@@ -480,5 +480,8 @@ FASTPRUNE_FOR_STORAGE_INDEX(double, std::int32_t)
 FASTPRUNE_FOR_STORAGE_INDEX(double, std::int64_t)
 FASTPRUNE_FOR_INDEX(std::int32_t)
 FASTPRUNE_FOR_INDEX(std::int64_t)
+// The 16-bit column indices of sparse_linear's index layout.
+template CsrCheck check_csr<std::int64_t, std::uint16_t>(const std::int64_t*, const std::uint16_t*,
+                                                         Index, Index, Index);
 
 }  // namespace fastprune::formats

@@ -4,7 +4,9 @@
 // registers, or sixteen scalars on the baseline level. A block's mask word expands its packed
 // values into the lanes (vexpandps on AVX-512; a permutation from a 256-entry table per byte on
 // AVX2; a loop on the baseline), and the same lane-wise fused multiply-adds and the same
-// reduction tree run on every level, so all levels give identical results.
+// reduction tree run on every level, so all levels give identical results. The index layout
+// gathers x at 16 columns (vgatherdps on AVX-512 and AVX2, a loop on the baseline) and then
+// shares the accumulators, the fused multiply-adds and the reduction.
 #include "fastprune/sparse_linear.hpp"
 
 #include <omp.h>
@@ -34,6 +36,9 @@ inline float bf16_to_float(std::uint16_t h) {
   return f;
 }
 
+inline float value_of(float v) { return v; }
+inline float value_of(std::uint16_t v) { return bf16_to_float(v); }
+
 inline int popcount(std::uint32_t m) { return __builtin_popcount(m); }
 inline int popcount64(std::uint64_t m) { return __builtin_popcountll(m); }
 inline std::uint32_t field(std::uint64_t q, int j) {
@@ -54,10 +59,13 @@ inline Lanes expand(std::uint32_t m, const float* p) {
   asm("" : "+v"(packed));
   return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), packed)};
 }
-inline Lanes expand(std::uint32_t m, const std::uint16_t* p) {
+// Sixteen bfloat16 values as float32.
+inline Lanes weights(const std::uint16_t* p) {
   const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16);
-  return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), _mm512_castsi512_ps(bits))};
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16))};
+}
+inline Lanes expand(std::uint32_t m, const std::uint16_t* p) {
+  return {_mm512_maskz_expand_ps(static_cast<__mmask16>(m), weights(p).v)};
 }
 inline Lanes load(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline Lanes load_first(const float* p, Index n) {
@@ -78,6 +86,22 @@ inline float reduce(Lanes a) {
   return _mm_cvtss_f32(_mm_add_ss(r2, _mm_shuffle_ps(r2, r2, 1)));
 }
 constexpr int kMaxTile = 4;  // right-hand sides per pass: 4 x 4 accumulators of 32 registers
+
+// The 16 column indices at p widened to 32 bits and clamped to `last` (so that a gather stays
+// inside x whatever the indices say); `seen` keeps the lane-wise maximum of the indices as read,
+// for `beyond` to tell once per row whether any exceeded `last`.
+struct Columns {
+  __m512i v;
+};
+inline Columns columns(const std::uint16_t* p, std::uint32_t last, Columns& seen) {
+  const __m512i c = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  seen.v = _mm512_max_epu32(seen.v, c);
+  return {_mm512_min_epu32(c, _mm512_set1_epi32(static_cast<int>(last)))};
+}
+inline bool beyond(Columns seen, std::uint32_t last) {
+  return _mm512_cmpgt_epu32_mask(seen.v, _mm512_set1_epi32(static_cast<int>(last))) != 0;
+}
+inline Lanes gather(const float* x, Columns c) { return {_mm512_i32gather_ps(c.v, x, 4)}; }
 
 #elif defined(__AVX2__)
 
@@ -149,14 +173,35 @@ inline float reduce(Lanes a) {
 }
 constexpr int kMaxTile = 1;  // 4 x 2 accumulators of 16 registers
 
+struct Columns {
+  __m256i lo, hi;
+};
+inline __m256i columns8(const std::uint16_t* p, __m256i limit, __m256i& seen) {
+  const __m256i c = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  seen = _mm256_max_epu32(seen, c);
+  return _mm256_min_epu32(c, limit);
+}
+inline Columns columns(const std::uint16_t* p, std::uint32_t last, Columns& seen) {
+  const __m256i limit = _mm256_set1_epi32(static_cast<int>(last));
+  return {columns8(p, limit, seen.lo), columns8(p + 8, limit, seen.hi)};
+}
+inline bool beyond(Columns seen, std::uint32_t last) {
+  // Unsigned: `last` is 2^32 - 1 for a weight without columns (and then no index was read).
+  const __m256i limit = _mm256_set1_epi32(static_cast<int>(last));
+  const __m256i most = _mm256_max_epu32(_mm256_max_epu32(seen.lo, seen.hi), limit);
+  return _mm256_movemask_epi8(_mm256_cmpeq_epi32(most, limit)) != -1;
+}
+inline Lanes gather(const float* x, Columns c) {
+  return {_mm256_i32gather_ps(x, c.lo, 4), _mm256_i32gather_ps(x, c.hi, 4)};
+}
+inline Lanes weights(const std::uint16_t* p) { return {widen(p), widen(p + 8)}; }
+
 #else
 
 struct Lanes {
   float v[16];
 };
 inline Lanes zero() { return {}; }
-inline float value_of(float v) { return v; }
-inline float value_of(std::uint16_t v) { return bf16_to_float(v); }
 template <class S>
 inline Lanes expand(std::uint32_t m, const S* p) {
   Lanes r{};
@@ -191,7 +236,35 @@ inline float reduce(Lanes a) {
 }
 constexpr int kMaxTile = 1;
 
+struct Columns {
+  std::uint32_t v[16];
+};
+inline Columns columns(const std::uint16_t* p, std::uint32_t last, Columns& seen) {
+  Columns c;
+  for (int l = 0; l < 16; ++l) {
+    const std::uint32_t i = p[l];
+    seen.v[l] = std::max(seen.v[l], i);
+    c.v[l] = std::min(i, last);
+  }
+  return c;
+}
+inline bool beyond(const Columns& seen, std::uint32_t last) {
+  return std::any_of(seen.v, seen.v + 16, [last](std::uint32_t i) { return i > last; });
+}
+inline Lanes gather(const float* x, Columns c) {
+  Lanes r;
+  for (int l = 0; l < 16; ++l) r.v[l] = x[c.v[l]];
+  return r;
+}
+inline Lanes weights(const std::uint16_t* p) {
+  Lanes r;
+  for (int l = 0; l < 16; ++l) r.v[l] = bf16_to_float(p[l]);
+  return r;
+}
+
 #endif
+
+inline Lanes weights(const float* p) { return load(p); }
 
 // One row of the mask and where its values lie; `reads` checks each block's load against the
 // end of the values before it happens.
@@ -295,18 +368,102 @@ Row<S> row_of(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, 
           total};
 }
 
-// All k right-hand sides of one row, in passes of kMaxTile, 2 and 1.
+// One row of the index layout, its weights at [begin, end) of indices and values.
 template <class S>
-bool one_row(const Row<S>& row, Index cols, ConstMatrixView<float> x, float* y, Index y_stride) {
-  if (!row.valid()) return false;
+struct IndexedRow {
+  const std::uint16_t* indices;
+  const S* values;
+  Index begin, end, total;
+
+  bool valid(Index cols) const {
+    return 0 <= begin && begin <= end && end <= total && (cols > 0 || begin == end);
+  }
+};
+
+template <class S>
+IndexedRow<S> indexed_row(const std::int64_t* offsets, const std::uint16_t* indices,
+                          const S* values, Index total, Index i) {
+  return {indices, values, static_cast<Index>(offsets[i]), static_cast<Index>(offsets[i + 1]),
+          total};
+}
+
+// As dot_rows for a valid IndexedRow: weight j of the row goes to lane j % 16 of accumulator
+// set (j / 16) % 4, a last group of fewer than 16 padded with zero weights at column 0. Returns
+// false, y untouched, when an index is not below cols.
+template <int T, class S>
+bool gather_rows(const IndexedRow<S>& row, Index cols, const float* x, Index x_stride, float* y,
+                 Index y_stride) {
+  Lanes acc[kSets][T];
+  for (auto& set : acc) {
+    for (auto& a : set) a = zero();
+  }
+  const auto last = static_cast<std::uint32_t>(std::min<Index>(cols, Index{1} << 16) - 1);
+  Columns seen{};
+  auto group = [&](auto set, const std::uint16_t* columns_at, const S* values_at) {
+    const Columns c = columns(columns_at, last, seen);
+    const Lanes w = weights(values_at);
+    Lanes* a = acc[decltype(set)::value];
+    for (int t = 0; t < T; ++t) a[t] = fma(w, gather(x + t * x_stride, c), a[t]);
+  };
+  const std::integral_constant<int, 0> s0;
+  const std::integral_constant<int, 1> s1;
+  const std::integral_constant<int, 2> s2;
+  const std::integral_constant<int, 3> s3;
+  const std::uint16_t* idx = row.indices + row.begin;
+  const S* val = row.values + row.begin;
+  const Index n = row.end - row.begin, full = n / kBlock, tail = n % kBlock;
+  Index g = 0;
+  for (; g + kSets <= full; g += kSets) {
+    group(s0, idx + g * kBlock, val + g * kBlock);
+    group(s1, idx + (g + 1) * kBlock, val + (g + 1) * kBlock);
+    group(s2, idx + (g + 2) * kBlock, val + (g + 2) * kBlock);
+    group(s3, idx + (g + 3) * kBlock, val + (g + 3) * kBlock);
+  }
+  // At most three whole groups and the tail are left: g % kSets == 0 here.
+  std::uint16_t tail_columns[kBlock] = {};
+  S tail_values[kBlock] = {};
+  std::copy_n(idx + full * kBlock, tail, tail_columns);
+  std::copy_n(val + full * kBlock, tail, tail_values);
+  auto rest = [&](auto set, Index c) {
+    if (c < full) {
+      group(set, idx + c * kBlock, val + c * kBlock);
+    } else {
+      group(set, tail_columns, tail_values);
+    }
+  };
+  const Index left = full - g + (tail != 0 ? 1 : 0);
+  if (left > 0) rest(s0, g);
+  if (left > 1) rest(s1, g + 1);
+  if (left > 2) rest(s2, g + 2);
+  if (left > 3) rest(s3, g + 3);
+  if (beyond(seen, last)) return false;
+  for (int t = 0; t < T; ++t) {
+    y[t * y_stride] = reduce(add(add(acc[0][t], acc[1][t]), add(acc[2][t], acc[3][t])));
+  }
+  return true;
+}
+
+// out[0 .. cols) = the row as dense float32.
+template <class S>
+bool decode_indexed_row(const IndexedRow<S>& row, Index cols, float* out) {
+  std::fill(out, out + cols, 0.0f);
+  for (Index p = row.begin; p < row.end; ++p) {
+    const Index c = row.indices[p];
+    if (c >= cols) return false;
+    out[c] = value_of(row.values[p]);
+  }
+  return true;
+}
+
+// The k right-hand sides of one row in passes of kMaxTile, 2 and 1: dot(width, t) computes
+// width (a std::integral_constant) of them from t on.
+template <class Dot>
+bool in_passes(Index k, Dot&& dot) {
   Index t = 0;
   bool ok = true;
   auto pass = [&](auto width) {
-    constexpr int W = decltype(width)::value;
-    if constexpr (W <= kMaxTile) {
-      for (; ok && t + W <= x.rows; t += W) {
-        ok = dot_rows<W>(row, cols, x.row(t), x.stride, y + t * y_stride, y_stride);
-      }
+    if constexpr (decltype(width)::value <= kMaxTile) {
+      for (; ok && t + width <= k; t += width) ok = dot(width, t);
     }
   };
   pass(std::integral_constant<int, kMaxTile>{});
@@ -316,6 +473,49 @@ bool one_row(const Row<S>& row, Index cols, ConstMatrixView<float> x, float* y, 
 }
 
 constexpr Index kTileRows = 64;  // rows decoded per GEMM on the compute-bound path
+
+// The compute-bound path: y = x W^T by tiles of kTileRows rows, decode(i, out) writing row i
+// of W as dense float32 (false if its arrays disagree) and one single-threaded GEMM per tile.
+template <class Decode>
+bool by_tiles(Index rows, Index cols, ConstMatrixView<float> x, MatrixView<float> y,
+              Decode&& decode) {
+  const Index k = x.rows;
+  const Index tiles = (rows + kTileRows - 1) / kTileRows;
+  const int threads = static_cast<int>(
+      std::min<Index>(tiles, threads_for(static_cast<double>(rows * cols * k), 1 << 20)));
+  CachedBuffer<float> scratch(static_cast<std::size_t>(threads * kTileRows * cols));
+  bool ok = true;
+#pragma omp parallel num_threads(threads) reduction(&& : ok)
+  {
+    float* tile = scratch.data() + omp_get_thread_num() * kTileRows * cols;
+#pragma omp for schedule(dynamic, 1)
+    for (Index b = 0; b < tiles; ++b) {
+      const Index r0 = b * kTileRows, n = std::min(kTileRows, rows - r0);
+      bool tile_ok = true;
+      for (Index r = 0; r < n && tile_ok; ++r) tile_ok = decode(r0 + r, tile + r * cols);
+      if (!tile_ok) {
+        ok = false;
+        continue;
+      }
+      blas::gemm<float>(false, true, 1.0f, x, ConstMatrixView<float>{tile, n, cols, cols}, 0.0f,
+                        MatrixView<float>{y.data + r0, k, n, y.stride});
+    }
+  }
+  return ok;
+}
+
+// The bandwidth-bound path: product(i) computes every right-hand side of row i, rows spread
+// over the threads (each output element by one thread).
+template <class Product>
+bool by_rows(Index rows, double work, Product&& product) {
+  bool ok = true;
+#pragma omp parallel for schedule(dynamic, 16) reduction(&& : ok) \
+    num_threads(threads_for(work, 1 << 17))
+  for (Index i = 0; i < rows; ++i) {
+    if (!product(i)) ok = false;
+  }
+  return ok;
+}
 
 }  // namespace
 
@@ -339,43 +539,43 @@ bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, co
             Index total, Index cols, ConstMatrixView<float> x, MatrixView<float> y,
             Index gemm_from) {
   const Index rows = mask.rows, k = x.rows;
-  bool ok = true;
   if (k >= gemm_from && cols > 0) {
-    const Index tiles = (rows + kTileRows - 1) / kTileRows;
-    const int threads = static_cast<int>(
-        std::min<Index>(tiles, threads_for(static_cast<double>(rows * cols * k), 1 << 20)));
-    CachedBuffer<float> scratch(static_cast<std::size_t>(threads * kTileRows * cols));
-#pragma omp parallel num_threads(threads) reduction(&& : ok)
-    {
-      float* tile = scratch.data() + omp_get_thread_num() * kTileRows * cols;
-#pragma omp for schedule(dynamic, 1)
-      for (Index b = 0; b < tiles; ++b) {
-        const Index r0 = b * kTileRows, n = std::min(kTileRows, rows - r0);
-        bool tile_ok = true;
-        for (Index r = 0; r < n && tile_ok; ++r) {
-          const Row<S> row = row_of(mask, offsets, values, total, r0 + r);
-          tile_ok = row.valid() && decode_row(row, cols, tile + r * cols);
-        }
-        if (!tile_ok) {
-          ok = false;
-          continue;
-        }
-        blas::gemm<float>(false, true, 1.0f, x, ConstMatrixView<float>{tile, n, cols, cols}, 0.0f,
-                          MatrixView<float>{y.data + r0, k, n, y.stride});
-      }
-    }
-    return ok;
+    return by_tiles(rows, cols, x, y, [&](Index i, float* out) {
+      const Row<S> row = row_of(mask, offsets, values, total, i);
+      return row.valid() && decode_row(row, cols, out);
+    });
   }
   const double work =
       static_cast<double>(total) * static_cast<double>(k) + static_cast<double>(rows * mask.cols);
-#pragma omp parallel for schedule(dynamic, 16) reduction(&& : ok) \
-    num_threads(threads_for(work, 1 << 17))
-  for (Index i = 0; i < rows; ++i) {
-    if (!one_row(row_of(mask, offsets, values, total, i), cols, x, y.data + i, y.stride)) {
-      ok = false;
-    }
+  return by_rows(rows, work, [&](Index i) {
+    const Row<S> row = row_of(mask, offsets, values, total, i);
+    return row.valid() && in_passes(k, [&](auto width, Index t) {
+             return dot_rows<decltype(width)::value>(row, cols, x.row(t), x.stride,
+                                                     y.data + i + t * y.stride, y.stride);
+           });
+  });
+}
+
+template <class S>
+bool indexed_linear(const std::int64_t* offsets, const std::uint16_t* indices, const S* values,
+                    Index rows, Index total, Index cols, ConstMatrixView<float> x,
+                    MatrixView<float> y, Index gemm_from) {
+  const Index k = x.rows;
+  if (k >= gemm_from && cols > 0) {
+    return by_tiles(rows, cols, x, y, [&](Index i, float* out) {
+      const IndexedRow<S> row = indexed_row(offsets, indices, values, total, i);
+      return row.valid(cols) && decode_indexed_row(row, cols, out);
+    });
   }
-  return ok;
+  const double work =
+      static_cast<double>(total) * static_cast<double>(k) + static_cast<double>(rows);
+  return by_rows(rows, work, [&](Index i) {
+    const IndexedRow<S> row = indexed_row(offsets, indices, values, total, i);
+    return row.valid(cols) && in_passes(k, [&](auto width, Index t) {
+             return gather_rows<decltype(width)::value>(row, cols, x.row(t), x.stride,
+                                                        y.data + i + t * y.stride, y.stride);
+           });
+  });
 }
 
 template <class S>
@@ -391,6 +591,19 @@ bool to_dense(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, 
   return ok;
 }
 
+template <class S>
+bool indexed_to_dense(const std::int64_t* offsets, const std::uint16_t* indices, const S* values,
+                      Index total, MatrixView<float> out) {
+  bool ok = true;
+#pragma omp parallel for schedule(static) reduction(&& : ok) \
+    num_threads(threads_for(static_cast<double>(out.size())))
+  for (Index i = 0; i < out.rows; ++i) {
+    const IndexedRow<S> row = indexed_row(offsets, indices, values, total, i);
+    if (!row.valid(out.cols) || !decode_indexed_row(row, out.cols, out.row(i))) ok = false;
+  }
+  return ok;
+}
+
 template bool linear<float>(ConstMatrixView<std::uint16_t>, const std::int64_t*, const float*,
                             Index, Index, ConstMatrixView<float>, MatrixView<float>, Index);
 template bool linear<std::uint16_t>(ConstMatrixView<std::uint16_t>, const std::int64_t*,
@@ -400,5 +613,14 @@ template bool to_dense<float>(ConstMatrixView<std::uint16_t>, const std::int64_t
                               Index, MatrixView<float>);
 template bool to_dense<std::uint16_t>(ConstMatrixView<std::uint16_t>, const std::int64_t*,
                                       const std::uint16_t*, Index, MatrixView<float>);
+template bool indexed_linear<float>(const std::int64_t*, const std::uint16_t*, const float*, Index,
+                                    Index, Index, ConstMatrixView<float>, MatrixView<float>, Index);
+template bool indexed_linear<std::uint16_t>(const std::int64_t*, const std::uint16_t*,
+                                            const std::uint16_t*, Index, Index, Index,
+                                            ConstMatrixView<float>, MatrixView<float>, Index);
+template bool indexed_to_dense<float>(const std::int64_t*, const std::uint16_t*, const float*,
+                                      Index, MatrixView<float>);
+template bool indexed_to_dense<std::uint16_t>(const std::int64_t*, const std::uint16_t*,
+                                              const std::uint16_t*, Index, MatrixView<float>);
 
 }  // namespace fastprune::sparse_linear

@@ -9,11 +9,13 @@ here.
 
 A sparse matrix is stored as its component arrays, named ``<name>.<component>`` (``indptr``,
 ``indices``, ``data`` for CSR and BSR; ``row``, ``col``, ``data`` for COO; ``values``,
-``indices`` for N:M; ``mask``, ``data`` for bitmasks; ``mask``, ``offsets``, ``values`` for a
-:class:`~fastprune.PackedLinear`, format ``packed``), and the metadata entry
-``"fastprune.sparse"`` holds a JSON map from each sparse name to its ``format``, ``shape``,
-``dtype`` and, for N:M, ``n`` and ``m``. Other tools see plain arrays. Other metadata entries
-(strings) may be written alongside and are returned by :func:`read_header`.
+``indices`` for N:M; ``mask``, ``data`` for bitmasks; ``mask``, ``offsets``, ``values`` or
+``offsets``, ``indices``, ``values`` for a :class:`~fastprune.PackedLinear`, format ``packed``),
+and the metadata entry ``"fastprune.sparse"`` holds a JSON map from each sparse name to its
+``format``, ``shape``, ``dtype``, for N:M ``n`` and ``m``, and for ``packed`` its ``layout``
+(``"bitmask"`` when absent, as in files written before the index layout). Other tools see plain
+arrays. Other metadata entries (strings) may be written alongside and are returned by
+:func:`read_header`.
 
 Loading never executes code: the header is parsed as JSON and every field is checked (header
 length, JSON, dtypes, shapes, offsets inside the data and not overlapping, sizes matching), and
@@ -40,6 +42,7 @@ import numpy.typing as npt
 
 from ._files import atomic_write
 from .formats import BSR, COO, CSR, Bitmask, NMCompressed, SparseMatrix
+from .sparse import COMPONENTS as PACKED_COMPONENTS
 from .sparse import PackedLinear
 
 __all__ = ["load", "save"]
@@ -123,6 +126,8 @@ def save(
             }
             if isinstance(tensor, NMCompressed):
                 spec.update(n=tensor.n, m=tensor.m)
+            if isinstance(tensor, PackedLinear):
+                spec.update(layout=tensor.layout)
             sparse[name] = spec
             for component, array in tensor.components().items():
                 add(f"{name}.{component}", array)
@@ -370,7 +375,13 @@ def _assemble_sparse(
             _corrupt(source, f"sparse tensor {name!r}: unknown or missing format")
         cls = _FORMATS[spec["format"]]
         parts = {}
-        for component in _COMPONENTS[cls.format]:
+        names = _COMPONENTS.get(cls.format)
+        if names is None:
+            layout = spec.get("layout", "bitmask")
+            if layout not in PACKED_COMPONENTS:
+                _corrupt(source, f"sparse tensor {name!r}: unknown layout {layout!r}")
+            names = PACKED_COMPONENTS[layout]
+        for component in names:
             key = f"{name}.{component}"
             if key not in dense:
                 _corrupt(source, f"sparse tensor {name!r}: component {key!r} is missing")
@@ -396,8 +407,7 @@ _COMPONENTS = {
     "bsr": ("indptr", "indices", "data"),
     "nm": ("values", "indices"),
     "bitmask": ("mask", "data"),
-    "packed": ("mask", "offsets", "values"),
-}
+}  # and "packed": PACKED_COMPONENTS of its layout
 
 
 def _build(
@@ -413,6 +423,10 @@ def _build(
         if not isinstance(dtype, str):
             msg = f"dtype {dtype!r} is not a string"
             raise ValueError(msg)
+        if "indices" in parts:
+            return PackedLinear.from_indices(
+                parts["offsets"], parts["indices"], parts["values"], (rows, cols), dtype
+            )
         return PackedLinear(parts["mask"], parts["offsets"], parts["values"], (rows, cols), dtype)
     if cls is NMCompressed:
         n, m = spec.get("n"), spec.get("m")

@@ -1,4 +1,4 @@
-"""Sparse weights that multiply faster than dense ones: the packed-bitmask layout.
+"""Sparse weights that multiply faster than dense ones: the packed-bitmask and index layouts.
 
 A linear layer's weight ``W`` (out_features, in_features) is stored as what a product needs to
 read once: a ``uint16`` mask word per 16 input features (bit ``l`` set when feature
@@ -14,6 +14,13 @@ and small batches) stream the weight once through vector expand instructions; mo
 are compute bound, and the kernel then decodes tiles of 64 weight rows into dense scratch and
 multiplies each with one GEMM, which costs little more than the dense product. Results are the
 same on every instruction-set level and thread count (on the GEMM path: every thread count).
+
+At high sparsity the mask's 1/8 byte per weight outweighs 2 bytes per kept weight of column
+index: the index layout (``layout="indices"``) stores each row's kept columns as ``uint16``
+``indices`` (so ``in_features <= 65536``) beside the values, and its product gathers ``x`` at
+them, a cost per kept weight instead of per block of 16 columns. :meth:`PackedLinear.from_dense`
+picks by default (``layout="auto"``) whichever layout reads fewer bytes (:func:`choose_layout`):
+the index layout below a density of 1/16.
 """
 
 from __future__ import annotations
@@ -30,6 +37,33 @@ from .formats import SparseMatrix
 Array = npt.NDArray[Any]
 
 _DTYPES = ("float32", "bfloat16")
+_LAYOUTS = ("auto", "bitmask", "indices")
+MAX_INDEXED_COLUMNS = 1 << 16  # columns the uint16 indices of the index layout can address
+
+# The arrays that define a weight in each layout, by name (fastprune.io stores them so).
+COMPONENTS = {"bitmask": ("mask", "offsets", "values"), "indices": ("offsets", "indices", "values")}
+
+# (row, problem) of _core.sparse_linear.check_indices (formats' CSR check): the argument at fault
+# and what is wrong.
+_INDEX_PROBLEMS = {
+    1: ("offsets", "offsets[0] must be 0"),
+    2: ("offsets", "offsets must be non-decreasing"),
+    3: ("offsets", "offsets[-1] must equal the number of indices"),
+    4: ("indices", "column index out of range"),
+    5: ("indices", "column indices must be strictly increasing within a row"),
+}
+
+
+def choose_layout(shape: tuple[int, int], nnz: int) -> str:
+    """The layout ("bitmask" or "indices") whose product reads fewer bytes for a weight of
+    `shape` with `nnz` kept values: both read the values, the bitmask layout 2 bytes of mask per
+    16 columns of every row, the index layout 2 bytes of index per kept value (ties, and more
+    than 65536 columns, give the bitmask layout)."""
+    rows, cols = shape
+    mask_bytes = rows * -(-cols // _core.sparse_linear.BLOCK) * 2
+    if cols <= MAX_INDEXED_COLUMNS and nnz * 2 < mask_bytes:
+        return "indices"
+    return "bitmask"
 
 
 def _read_only(a: Array) -> Array:
@@ -38,26 +72,39 @@ def _read_only(a: Array) -> Array:
 
 
 class PackedLinear:
-    """A weight (out_features, in_features) in the packed-bitmask layout.
+    """A weight (out_features, in_features) in the packed-bitmask or the index layout.
 
-    Build one with :meth:`from_dense` or :meth:`from_format`; :meth:`linear` is ``x @ W.T``,
-    ``W @ x`` (``@``) the same for a vector or a matrix of columns. The arrays are read-only.
+    Build one with :meth:`from_dense`, :meth:`from_format` or :meth:`from_indices`;
+    :meth:`linear` is ``x @ W.T``, ``W @ x`` (``@``) the same for a vector or a matrix of
+    columns. The arrays are read-only.
 
     Attributes:
         shape: (out_features, in_features).
         dtype: "float32" or "bfloat16", how the kept values are stored (products are float32).
-        mask: uint16 (out_features, ceil(in_features / 16)).
+        layout: "bitmask" or "indices".
+        mask: (bitmask layout) uint16 (out_features, ceil(in_features / 16)).
+        indices: (index layout) uint16 (nnz,), each row's kept columns in increasing order.
         offsets: int64 (out_features + 1,), where each row's values start.
-        values: the kept values in row-major order (float32, or uint16 bfloat16 bits), followed
-            by ``_core.sparse_linear.SLACK`` zeros that vector loads may touch.
+        values: the kept values in row-major order (float32, or uint16 bfloat16 bits); in the
+            bitmask layout followed by ``_core.sparse_linear.SLACK`` zeros that vector loads may
+            touch.
     """
 
     format = "packed"  # its name in fastprune.io's safetensors metadata
 
     def __init__(
-        self, mask: object, offsets: object, values: object, shape: object, dtype: str = "float32"
+        self,
+        mask: object,
+        offsets: object,
+        values: object,
+        shape: object,
+        dtype: str = "float32",
+        *,
+        indices: object = None,
     ) -> None:
-        """Wraps existing arrays after checking them; ValueError if they do not fit together."""
+        """Wraps existing arrays after checking them: the bitmask layout from `mask`, or the index
+        layout from `indices` (then `mask` is None, see :meth:`from_indices`). TypeError for a
+        wrong dtype, ValueError if the arrays do not fit together."""
         if dtype not in _DTYPES:
             msg = f"dtype: expected one of {_DTYPES}, got {dtype!r}"
             raise ValueError(msg)
@@ -69,20 +116,40 @@ class PackedLinear:
             msg = f"shape: expected (rows, cols) of non-negative ints, got {shape!r}"
             raise ValueError(msg)
         rows, cols = shape
-        m = np.ascontiguousarray(to_numpy(mask, "mask"))
-        o = np.ascontiguousarray(to_numpy(offsets, "offsets"))
-        v = np.ascontiguousarray(to_numpy(values, "values"))
+        self.shape: tuple[int, int] = (rows, cols)
+        self.dtype = dtype
+        if (mask is None) == (indices is None):
+            msg = "mask: give either mask (bitmask layout) or indices (index layout)"
+            raise ValueError(msg)
+        first = ("mask", mask) if indices is None else ("indices", indices)
+        arrays = (first, ("offsets", offsets), ("values", values))
+        a, o, v = (np.ascontiguousarray(to_numpy(x, name)) for name, x in arrays)
         want = np.float32 if dtype == "float32" else np.uint16
-        for name, a, dt in (("mask", m, np.uint16), ("offsets", o, np.int64), ("values", v, want)):
-            if a.dtype != dt:
-                msg = f"{name}: expected dtype {np.dtype(dt)}, got {a.dtype}"
+        for name, x, dt in (
+            (first[0], a, np.uint16),
+            ("offsets", o, np.int64),
+            ("values", v, want),
+        ):
+            if x.dtype != dt:
+                msg = f"{name}: expected dtype {np.dtype(dt)}, got {x.dtype}"
                 raise TypeError(msg)
+        if o.shape != (rows + 1,):
+            msg = f"offsets: expected shape {(rows + 1,)}, got {o.shape}"
+            raise ValueError(msg)
+        self._mask: Array | None = None
+        self._indices: Array | None = None
+        if indices is None:
+            self._mask = _read_only(self._check_mask(a, o, v))
+        else:
+            self._indices = _read_only(self._check_indices(a, o, v))
+        self.offsets = _read_only(o)
+        self.values = _read_only(v)
+
+    def _check_mask(self, m: Array, o: Array, v: Array) -> Array:
+        rows, cols = self.shape
         blocks = -(-cols // _core.sparse_linear.BLOCK)
         if m.shape != (rows, blocks):
             msg = f"mask: expected shape {(rows, blocks)}, got {m.shape}"
-            raise ValueError(msg)
-        if o.shape != (rows + 1,):
-            msg = f"offsets: expected shape {(rows + 1,)}, got {o.shape}"
             raise ValueError(msg)
         bad = _core.sparse_linear.check(m, o, cols)
         if bad >= 0:
@@ -91,19 +158,66 @@ class PackedLinear:
         if v.shape != (int(o[-1]) + _core.sparse_linear.SLACK,):
             msg = f"values: expected {int(o[-1])} kept values + {_core.sparse_linear.SLACK} slack"
             raise ValueError(msg)
-        self.shape: tuple[int, int] = (rows, cols)
-        self.dtype = dtype
-        self.mask = _read_only(m)
-        self.offsets = _read_only(o)
-        self.values = _read_only(v)
+        return m
+
+    def _check_indices(self, idx: Array, o: Array, v: Array) -> Array:
+        cols = self.shape[1]
+        if cols > MAX_INDEXED_COLUMNS:
+            msg = f"shape: the index layout addresses at most {MAX_INDEXED_COLUMNS} columns"
+            raise ValueError(msg)
+        if idx.ndim != 1:
+            msg = f"indices: expected a 1-D array, got shape {idx.shape}"
+            raise ValueError(msg)
+        row, problem = _core.sparse_linear.check_indices(o, idx, cols)
+        if problem:
+            name, what = _INDEX_PROBLEMS[problem]
+            msg = f"{name}: {what} (row {row})"
+            raise ValueError(msg)
+        if v.shape != idx.shape:
+            msg = f"values: expected {idx.size} kept values (one per index), got shape {v.shape}"
+            raise ValueError(msg)
+        return idx
 
     @classmethod
-    def from_dense(cls, w: object, dtype: str | None = None) -> PackedLinear:
-        """The packed layout of the non-zeros of the 2-D float array `w`.
+    def from_indices(
+        cls, offsets: object, indices: object, values: object, shape: object, dtype: str = "float32"
+    ) -> PackedLinear:
+        """Wraps the arrays of the index layout after checking them (as the constructor)."""
+        return cls(None, offsets, values, shape, dtype, indices=indices)
+
+    @property
+    def layout(self) -> str:
+        """ "bitmask" or "indices"."""
+        return "bitmask" if self._mask is not None else "indices"
+
+    @property
+    def mask(self) -> Array:
+        """The bitmask layout's mask; AttributeError in the index layout."""
+        if self._mask is None:
+            msg = "mask: the index layout has no mask (see .layout and .indices)"
+            raise AttributeError(msg)
+        return self._mask
+
+    @property
+    def indices(self) -> Array:
+        """The index layout's column indices; AttributeError in the bitmask layout."""
+        if self._indices is None:
+            msg = "indices: the bitmask layout has no indices (see .layout and .mask)"
+            raise AttributeError(msg)
+        return self._indices
+
+    @classmethod
+    def from_dense(cls, w: object, dtype: str | None = None, layout: str = "auto") -> PackedLinear:
+        """The packed weight of the non-zeros of the 2-D float array `w`.
 
         `dtype` "float32" or "bfloat16" chooses how values are stored; by default bfloat16
         input stays bfloat16 and everything else becomes float32 (float64 is rounded).
+        `layout` "bitmask" or "indices" chooses the layout; "auto" the one that reads fewer
+        bytes (:func:`choose_layout`).
         """
+        if layout not in _LAYOUTS:
+            msg = f"layout: expected one of {_LAYOUTS}, got {layout!r}"
+            raise ValueError(msg)
         a = to_numpy(w, "w")
         if a.ndim != 2:
             msg = f"w: expected a 2-D array, got shape {a.shape}"
@@ -118,26 +232,41 @@ class PackedLinear:
         stored = a.astype(np.float32 if dtype == "float32" else bfloat16_dtype("dtype"), copy=False)
         kept = stored != 0
         rows, cols = a.shape
-        block = _core.sparse_linear.BLOCK
-        padded = np.zeros((rows, -(-cols // block) * block), bool)
-        padded[:, :cols] = kept
-        mask = np.packbits(padded, axis=1, bitorder="little").view("<u2").astype(np.uint16)
         offsets = np.zeros(rows + 1, np.int64)
         np.cumsum(np.count_nonzero(kept, axis=1), out=offsets[1:])
         kept_values = stored[kept]
         if dtype == "bfloat16":
             kept_values = kept_values.view(np.uint16)
+        if layout == "auto":
+            layout = choose_layout((rows, cols), int(offsets[-1]))
+        if layout == "indices":
+            if cols > MAX_INDEXED_COLUMNS:
+                msg = f"layout: the index layout addresses at most {MAX_INDEXED_COLUMNS} columns"
+                raise ValueError(msg)
+            indices = np.nonzero(kept)[1].astype(np.uint16)
+            return cls.from_indices(offsets, indices, kept_values, (rows, cols), dtype)
+        block = _core.sparse_linear.BLOCK
+        padded = np.zeros((rows, -(-cols // block) * block), bool)
+        padded[:, :cols] = kept
+        mask = np.packbits(padded, axis=1, bitorder="little").view("<u2").astype(np.uint16)
         values = np.zeros(len(kept_values) + _core.sparse_linear.SLACK, kept_values.dtype)
         values[: len(kept_values)] = kept_values
         return cls(mask, offsets, values, (rows, cols), dtype)
 
     @classmethod
-    def from_format(cls, a: object, dtype: str | None = None) -> PackedLinear:
-        """The packed layout of any fastprune sparse format (CSR, Bitmask, NMCompressed, ...)."""
+    def from_format(cls, a: object, dtype: str | None = None, layout: str = "auto") -> PackedLinear:
+        """The packed weight of any fastprune sparse format (CSR, Bitmask, NMCompressed, ...);
+        `dtype` and `layout` as for :meth:`from_dense`."""
         if not isinstance(a, SparseMatrix):
             msg = f"a: expected a fastprune SparseMatrix, got {type(a).__name__}"
             raise TypeError(msg)
-        return cls.from_dense(a.to_dense(), dtype)
+        return cls.from_dense(a.to_dense(), dtype, layout)
+
+    def with_layout(self, layout: str) -> PackedLinear:
+        """The same weight in `layout` ("bitmask", "indices" or "auto"); itself if already so."""
+        if layout == self.layout:
+            return self
+        return PackedLinear.from_dense(self.to_dense(), self.dtype, layout)
 
     @property
     def nnz(self) -> int:
@@ -151,17 +280,22 @@ class PackedLinear:
 
     @property
     def nbytes(self) -> int:
-        """Bytes a product reads: mask, offsets and values (slack included)."""
-        return int(self.mask.nbytes + self.offsets.nbytes + self.values.nbytes)
+        """Bytes a product reads: mask or indices, offsets and values (slack included)."""
+        return sum(int(a.nbytes) for a in self.components().values())
 
     def components(self) -> dict[str, Array]:
-        """The arrays that define the weight, by name (what :func:`fastprune.io.save` stores)."""
-        return {"mask": self.mask, "offsets": self.offsets, "values": self.values}
+        """The arrays that define the weight, by name (what :func:`fastprune.io.save` stores):
+        ``COMPONENTS[self.layout]``."""
+        first = {"mask": self._mask} if self._mask is not None else {"indices": self.indices}
+        return {**first, "offsets": self.offsets, "values": self.values}
 
     def to_dense(self) -> npt.NDArray[np.float32]:
         """W as a dense float32 array."""
         out = np.empty(self.shape, np.float32)
-        _core.sparse_linear.to_dense(self.mask, self.offsets, self.values, out)
+        if self._mask is not None:
+            _core.sparse_linear.to_dense(self._mask, self.offsets, self.values, out)
+        else:
+            _core.sparse_linear.to_dense_indices(self.offsets, self.indices, self.values, out)
         return out
 
     def linear(self, x: object) -> npt.NDArray[np.float32]:
@@ -175,7 +309,13 @@ class PackedLinear:
         flat = np.ascontiguousarray(a.reshape(-1, self.shape[1]), dtype=np.float32)
         check_finite(flat, "x")
         out = np.empty((flat.shape[0], self.shape[0]), np.float32)
-        _core.sparse_linear.linear(self.mask, self.offsets, self.values, self.shape[1], flat, out)
+        cols = self.shape[1]
+        if self._mask is not None:
+            _core.sparse_linear.linear(self._mask, self.offsets, self.values, cols, flat, out)
+        else:
+            _core.sparse_linear.linear_indices(
+                self.offsets, self.indices, self.values, cols, flat, out
+            )
         result: npt.NDArray[np.float32] = out.reshape(*lead, self.shape[0])
         return result
 
@@ -192,4 +332,6 @@ class PackedLinear:
 
     def __repr__(self) -> str:
         rows, cols = self.shape
-        return f"PackedLinear({rows}x{cols}, {self.dtype}, density {self.density:.3f})"
+        return (
+            f"PackedLinear({rows}x{cols}, {self.dtype}, {self.layout}, density {self.density:.3f})"
+        )

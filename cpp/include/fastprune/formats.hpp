@@ -82,7 +82,8 @@ void csr_to_dense(const I* indptr, const I* indices, const S* data, MatrixView<S
 
 // Checks CSR structure: indptr[0] == 0, non-decreasing, indptr[rows] == nnz, and column
 // indices in [0, cols), strictly increasing within each row. Returns {-1, ok} or the first
-// offending row and what is wrong with it.
+// offending row and what is wrong with it. indptr and indices share one integer type, except
+// for the int64 offsets and uint16 columns of sparse_linear's index layout.
 enum class CsrProblem : int {
   ok = 0,
   indptr_start,
@@ -95,8 +96,8 @@ struct CsrCheck {
   std::int64_t row = -1;
   CsrProblem problem = CsrProblem::ok;
 };
-template <class I>
-CsrCheck check_csr(const I* indptr, const I* indices, Index rows, Index cols, Index nnz);
+template <class P, class I>
+CsrCheck check_csr(const P* indptr, const I* indices, Index rows, Index cols, Index nnz);
 
 // --- COO (canonical: sorted by (row, column), no duplicates) ------------------------------
 

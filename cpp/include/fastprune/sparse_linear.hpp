@@ -19,6 +19,18 @@
 // For many right-hand sides (k >= gemm_from) the product is compute bound and the kernel
 // instead decodes fixed tiles of rows into dense scratch and multiplies each tile with one
 // single-threaded GEMM (blas.hpp); results then still do not depend on the thread count.
+//
+// Layout ("indices", for high sparsity): row i keeps offsets[i + 1] - offsets[i] weights, their
+// columns indices[offsets[i] ..] (uint16, strictly increasing, so cols <= 65536) and their values
+// values[offsets[i] ..], without slack. Per kept weight this reads 2 bytes of index instead of
+// 1/density bits of mask: fewer bytes below a density of 1/16, and a constant cost per kept
+// weight rather than per block of 16 columns. The product gathers x at 16 columns at a time
+// (vgatherdps on AVX-512 and AVX2, a loop on the baseline): kept weight j of a row (j counted
+// from the row's start) goes to lane j % 16 of accumulator set (j / 16) % 4; a last group of
+// fewer than 16 is padded with zero weights at column 0 (x is finite, so they add nothing),
+// and the sets are reduced exactly as above: results depend neither on the level nor on the
+// thread count. From gemm_from right-hand sides on, rows are decoded into tiles for GEMM as for
+// the bitmask layout.
 #pragma once
 
 #include <cstdint>
@@ -53,5 +65,19 @@ bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, co
 template <class S>
 bool to_dense(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, const S* values,
               Index total, MatrixView<float> out);
+
+// y (k x rows, overwritten) = x (k x cols) W^T for W in the index layout, `rows` rows. `S` as
+// for linear; offsets[rows] == total. Indices must have been checked (formats::check_csr); each
+// row's offsets and every index are checked again as they are read (an index beyond cols is
+// never used to load): returns false, y unspecified, if the arrays have changed since.
+template <class S>
+bool indexed_linear(const std::int64_t* offsets, const std::uint16_t* indices, const S* values,
+                    Index rows, Index total, Index cols, ConstMatrixView<float> x,
+                    MatrixView<float> y, Index gemm_from = kGemmColumns);
+
+// out (rows x cols, overwritten) = W in the index layout as dense float32; false as above.
+template <class S>
+bool indexed_to_dense(const std::int64_t* offsets, const std::uint16_t* indices, const S* values,
+                      Index total, MatrixView<float> out);
 
 }  // namespace fastprune::sparse_linear

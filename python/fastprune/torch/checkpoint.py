@@ -221,7 +221,8 @@ def _place_packed(
         msg = f"{path}: no weight dtype recorded for {layer_name!r}"
         raise ValueError(msg)
     bias = layer.bias
-    set_dotted(model, layer_name, SparseLinear(packed, bias, weight_dtype))
+    # SparseLinear holds the bitmask layout; a file may carry the index layout (fastprune.io).
+    set_dotted(model, layer_name, SparseLinear(packed.with_layout("bitmask"), bias, weight_dtype))
 
 
 def _build_from_config(source: Path) -> nn.Module:
