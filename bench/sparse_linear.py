@@ -9,7 +9,7 @@ median of its own calls: the machine may be shared, and interleaving gives every
 same stretches of load. The rate column gives our bandwidth (bytes of the packed weight over
 time) and our speed-up as a share of the bytes-read limit, dense weight bytes / packed weight
 bytes (x and y are negligible beside the weights at these k). Every weight is packed with
-``layout="auto"`` (the layout that reads fewer bytes), named in the operation column.
+``layout="auto"`` (`fastprune.sparse.choose_layout`), named in the operation column.
 """
 
 from __future__ import annotations

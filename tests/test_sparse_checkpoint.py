@@ -210,6 +210,7 @@ def test_load_sparse_takes_the_index_layout(tmp_path):
     )
     loaded = load_sparse(tmp_path, make())
     assert isinstance(loaded[0], SparseLinear) and isinstance(loaded[2], SparseLinear)
+    assert loaded[0].layout == loaded[2].layout == "indices"
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected)
 

@@ -356,31 +356,24 @@ def test_index_layout_one_and_two_threads_give_identical_results(dtype: str) -> 
         assert np.array_equal(a, b)
 
 
-def test_auto_picks_the_layout_that_reads_fewer_bytes() -> None:
+def test_auto_picks_indices_from_70_percent_sparsity() -> None:
     rng = np.random.default_rng(15)
     for shape in [(40, 64), (17, 203), (8, 1), (3, 16)]:
         rows, cols = shape
-        for density in (0.0, 0.03, 0.06, 0.0625, 0.07, 0.2, 1.0):
+        for density in (0.0, 0.03, 0.2, 0.29, 0.3, 0.31, 0.5, 1.0):
             w = sparse_weight(rng, shape, density)
             nnz = np.count_nonzero(w)
-            bitmask_bytes = rows * -(-cols // 16) * 2
-            want = "indices" if nnz * 2 < bitmask_bytes else "bitmask"
+            want = "indices" if nnz <= 0.3 * rows * cols else "bitmask"
             auto = PackedLinear.from_dense(w)
             assert auto.layout == want, (shape, density, nnz)
             other = PackedLinear.from_dense(w, layout="indices" if want == "bitmask" else "bitmask")
             assert np.array_equal(auto.to_dense(), other.to_dense())
-            # the same choice by the arrays each layout reads (offsets equal, slack aside)
-            slack = _core.sparse_linear.SLACK * 4
-            mask_read = other if want == "indices" else auto
-            index_read = auto if want == "indices" else other
-            assert (index_read.nbytes < mask_read.nbytes - slack) == (want == "indices")
-    # a weight whose mask would cost less than its indices
-    assert PackedLinear.from_dense(np.ones((4, 64), np.float32)).layout == "bitmask"
-    # an exact tie goes to the bitmask layout: one kept weight per 16 columns
-    tie = np.zeros((2, 32), np.float32)
-    tie[:, [3, 20]] = 1
-    assert PackedLinear.from_dense(tie).layout == "bitmask"
-    # too wide for uint16 indices: the bitmask layout, whatever the density
+    # exactly 30 % kept is the index layout, one more weight the bitmask layout
+    edge30 = np.zeros((1, 20), np.float32)
+    edge30[0, :6] = 1
+    assert PackedLinear.from_dense(edge30).layout == "indices"
+    edge30[0, 6] = 1
+    assert PackedLinear.from_dense(edge30).layout == "bitmask"
     wide = np.zeros((1, MAX_INDEXED_COLUMNS + 1), np.float32)
     wide[0, -1] = 1
     assert PackedLinear.from_dense(wide).layout == "bitmask"

@@ -34,11 +34,18 @@ def reference(layer: nn.Linear, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray
     return y, bound
 
 
+LAYOUTS = ("bitmask", "indices")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(17, 33), (64, 128), (1, 5)])
 @pytest.mark.parametrize("tokens", [(1,), (3,), (2, 5)])
-def test_sparse_linear_matches_float64(shape: tuple[int, int], tokens: tuple[int, ...]) -> None:
+def test_sparse_linear_matches_float64(
+    shape: tuple[int, int], tokens: tuple[int, ...], layout: str
+) -> None:
     layer = pruned_linear(*shape, density=0.4, seed=1)
-    sparse = SparseLinear.from_linear(layer)
+    sparse = SparseLinear.from_linear(layer, layout)
+    assert sparse.layout == layout
     x = torch.randn(*tokens, shape[1])
     with torch.inference_mode():
         got = sparse(x)
@@ -48,9 +55,18 @@ def test_sparse_linear_matches_float64(shape: tuple[int, int], tokens: tuple[int
     assert np.all(diff <= bound + 1e-30)
 
 
-def test_no_grad_and_autograd_error() -> None:
+def test_auto_layout_follows_the_density() -> None:
+    assert SparseLinear.from_linear(pruned_linear(32, 64, 0.5, seed=11)).layout == "bitmask"
+    sparse = SparseLinear.from_linear(pruned_linear(32, 64, 0.1, seed=11))
+    assert sparse.layout == "indices"
+    assert {n for n, _ in sparse.named_buffers()} == {"indices", "offsets", "values"}
+    assert "layout=indices" in repr(sparse)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_no_grad_and_autograd_error(layout: str) -> None:
     layer = pruned_linear(8, 16, 0.5, seed=2)
-    sparse = SparseLinear.from_linear(layer)
+    sparse = SparseLinear.from_linear(layer, layout)
     x = torch.randn(2, 16)
     with torch.no_grad():
         a = sparse(x)
@@ -60,30 +76,36 @@ def test_no_grad_and_autograd_error() -> None:
     xg = x.clone().requires_grad_(True)
     y = sparse(xg)  # through the registered operator (eager inference calls the kernel directly)
     assert torch.equal(y.detach(), a)
-    assert torch.equal(
-        torch.ops.fastprune.packed_linear(x, *sparse_buffers(sparse)) + layer.bias, a
-    )
+    assert torch.equal(OPERATORS[layout](x, *sparse_buffers(sparse)) + layer.bias, a)
     with pytest.raises(RuntimeError, match="no backward"):
         y.sum().backward()
 
 
+OPERATORS = {
+    "bitmask": torch.ops.fastprune.packed_linear,
+    "indices": torch.ops.fastprune.indexed_linear,
+}
+
+
 def sparse_buffers(sparse: SparseLinear) -> tuple[object, ...]:
-    return sparse.mask, sparse.offsets, sparse.values, sparse.out_features
+    structure = sparse.mask if sparse.layout == "bitmask" else sparse.indices
+    return structure, sparse.offsets, sparse.values, sparse.out_features
 
 
-def test_custom_op_schema_and_fake_tensor() -> None:
-    sparse = SparseLinear.from_linear(pruned_linear(8, 40, 0.5, seed=3))
-    args = (torch.randn(3, 40), sparse.mask, sparse.offsets, sparse.values, 8)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_custom_op_schema_and_fake_tensor(layout: str) -> None:
+    sparse = SparseLinear.from_linear(pruned_linear(8, 40, 0.5, seed=3), layout)
     torch.library.opcheck(
-        torch.ops.fastprune.packed_linear.default,
-        args,
+        OPERATORS[layout].default,
+        (torch.randn(3, 40), *sparse_buffers(sparse)),
         test_utils=("test_schema", "test_faketensor"),
     )
 
 
-def test_bfloat16_layer_round_trips_exactly() -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bfloat16_layer_round_trips_exactly(layout: str) -> None:
     layer = pruned_linear(12, 48, 0.3, seed=4).to(torch.bfloat16)
-    sparse = SparseLinear.from_linear(layer)
+    sparse = SparseLinear.from_linear(layer, layout)
     assert sparse.values.dtype == torch.int16
     x = torch.randn(4, 48).to(torch.bfloat16)
     with torch.inference_mode():

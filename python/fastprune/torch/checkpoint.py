@@ -2,12 +2,14 @@
 
 :func:`save_sparse` writes ``model.sparse.safetensors`` into a directory: every parameter and
 persistent buffer of the model, with each :class:`SparseLinear` weight stored in
-:mod:`fastprune.io`'s ``packed`` format (its ``mask``, ``offsets`` and ``values``). The header's
+:mod:`fastprune.io`'s ``packed`` format (its ``mask`` or ``indices``, ``offsets`` and ``values``,
+as its layout has them). The header's
 ``__metadata__`` holds two JSON entries:
 
 - ``"fastprune.sparse"`` (written by :func:`fastprune.io.save`): for each packed weight
-  ``<layer>.weight`` its ``format`` (``"packed"``), ``shape`` ``[out, in]`` and ``dtype``
-  (``"float32"`` or ``"bfloat16"``, how the kept values are stored);
+  ``<layer>.weight`` its ``format`` (``"packed"``), ``layout`` (``"bitmask"`` or ``"indices"``),
+  ``shape`` ``[out, in]`` and ``dtype`` (``"float32"`` or ``"bfloat16"``, how the kept values are
+  stored);
 - ``"fastprune.model"``: ``{"version": 1, "weight_dtypes": {layer: torch dtype of the original
   weight}, "tied": {name: name it shares its storage with}}``; a tied tensor is stored once.
 
@@ -163,7 +165,7 @@ def load_sparse(directory: str | os.PathLike[str], model: object = None) -> nn.M
     return target.eval()
 
 
-_BUFFERS = ("mask", "offsets", "values")
+_BUFFERS = ("mask", "indices", "offsets", "values")  # SparseLinear's, in either layout
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray[Any, Any]:
@@ -221,8 +223,7 @@ def _place_packed(
         msg = f"{path}: no weight dtype recorded for {layer_name!r}"
         raise ValueError(msg)
     bias = layer.bias
-    # SparseLinear holds the bitmask layout; a file may carry the index layout (fastprune.io).
-    set_dotted(model, layer_name, SparseLinear(packed.with_layout("bitmask"), bias, weight_dtype))
+    set_dotted(model, layer_name, SparseLinear(packed, bias, weight_dtype))
 
 
 def _build_from_config(source: Path) -> nn.Module:

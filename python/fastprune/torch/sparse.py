@@ -30,14 +30,19 @@ from ..sparse import PackedLinear
 _FORMATS = ("auto", "packed")
 
 
-_Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]  # mask words, offsets, values
+# (layout, mask words or column indices, offsets, values) as the C++ kernels read them
+_Arrays = tuple[str, np.ndarray, np.ndarray, np.ndarray]
 
 
-def _packed_arrays(mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor) -> _Arrays:
-    """NumPy views of the packed tensors, with the dtypes the C++ kernel reads."""
+def _packed_arrays(
+    layout: str, structure: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor
+) -> _Arrays:
+    """NumPy views of the packed tensors (int16 tensors hold uint16 words, indices or bfloat16
+    bits), with the dtypes the C++ kernels read."""
     stored = values.numpy()
     return (
-        mask.numpy().view(np.uint16),
+        layout,
+        structure.numpy().view(np.uint16),
         offsets.numpy(),
         stored if stored.dtype == np.float32 else stored.view(np.uint16),
     )
@@ -54,16 +59,12 @@ def _arrays_product(x: torch.Tensor, arrays: _Arrays, rows: int) -> torch.Tensor
         msg = "x: contains NaN or Inf values"
         raise ValueError(msg)
     out = np.empty((x_numpy.shape[0], rows), dtype=np.float32)
-    mask, offsets, values = arrays
-    _core.sparse_linear.linear(mask, offsets, values, cols, x_numpy, out)
+    layout, structure, offsets, values = arrays
+    if layout == "bitmask":
+        _core.sparse_linear.linear(structure, offsets, values, cols, x_numpy, out)
+    else:
+        _core.sparse_linear.linear_indices(offsets, structure, values, cols, x_numpy, out)
     return torch.from_numpy(out).reshape(*x.shape[:-1], rows)
-
-
-def _packed_product(
-    x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
-) -> torch.Tensor:
-    """``x @ W.T`` in float32 through the C++ kernel, on NumPy views of the tensors."""
-    return _arrays_product(x, _packed_arrays(mask, offsets, values), rows)
 
 
 @torch.library.custom_op("fastprune::packed_linear", mutates_args=())  # type: ignore[untyped-decorator]
@@ -74,12 +75,23 @@ def packed_linear(
 
     mask is int16 holding the uint16 mask words, values float32 or int16 holding bfloat16 bits.
     """
-    return _packed_product(x, mask, offsets, values, rows)
+    return _arrays_product(x, _packed_arrays("bitmask", mask, offsets, values), rows)
 
 
-@packed_linear.register_fake  # type: ignore[untyped-decorator]
-def _packed_linear_fake(
-    x: torch.Tensor, mask: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
+@torch.library.custom_op("fastprune::indexed_linear", mutates_args=())  # type: ignore[untyped-decorator]
+def indexed_linear(
+    x: torch.Tensor, indices: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
+) -> torch.Tensor:
+    """``x @ W.T`` (float32) for W in the index layout held by the other tensors.
+
+    indices is int16 holding the uint16 column indices, values float32 or int16 holding
+    bfloat16 bits.
+    """
+    return _arrays_product(x, _packed_arrays("indices", indices, offsets, values), rows)
+
+
+def _product_fake(
+    x: torch.Tensor, structure: torch.Tensor, offsets: torch.Tensor, values: torch.Tensor, rows: int
 ) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], rows), dtype=torch.float32)
 
@@ -92,18 +104,22 @@ def _no_backward(ctx: Any, grad: torch.Tensor) -> None:
     raise RuntimeError(msg)
 
 
-packed_linear.register_autograd(_no_backward)
+_OPERATORS = {"bitmask": packed_linear, "indices": indexed_linear}
+for _operator in _OPERATORS.values():
+    _operator.register_fake(_product_fake)
+    _operator.register_autograd(_no_backward)
 
 
 class SparseLinear(nn.Module):  # type: ignore[misc]
-    """An ``nn.Linear`` whose weight is held in fastprune's packed-bitmask layout.
+    """An ``nn.Linear`` whose weight is held in one of fastprune's packed layouts.
 
-    The mask, offsets and values are buffers (they move with ``state_dict``); the bias stays the
+    The layout is that of the :class:`fastprune.PackedLinear` it is built from: ``"bitmask"``
+    (buffers ``mask``, ``offsets``, ``values``) or ``"indices"`` (buffers ``indices``,
+    ``offsets``, ``values``); the buffers move with ``state_dict``, and the bias stays the
     original parameter. Inputs of any float dtype are multiplied in float32 and the result is
     returned in the input's dtype.
     """
 
-    mask: torch.Tensor
     offsets: torch.Tensor
     values: torch.Tensor
 
@@ -113,22 +129,33 @@ class SparseLinear(nn.Module):  # type: ignore[misc]
         super().__init__()
         self.out_features, self.in_features = packed.shape
         self.weight_dtype = weight_dtype
+        self.layout = packed.layout
         values = torch.from_numpy(packed.values.copy())
         if packed.dtype == "bfloat16":
             values = values.view(torch.int16)
-        self.register_buffer("mask", torch.from_numpy(packed.mask.view(np.int16).copy()))
+        structure = packed.mask if self.layout == "bitmask" else packed.indices
+        self.register_buffer(self._structure, torch.from_numpy(structure.view(np.int16).copy()))
         self.register_buffer("offsets", torch.from_numpy(packed.offsets.copy()))
         self.register_buffer("values", values)
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
         self.weight_requires_grad = False
         self._views: tuple[tuple[torch.Tensor, ...], _Arrays] | None = None
 
+    @property
+    def _structure(self) -> str:
+        """The name of the buffer that says where the kept weights are: mask or indices."""
+        return "mask" if self.layout == "bitmask" else "indices"
+
+    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        structure: torch.Tensor = getattr(self, self._structure)
+        return structure, self.offsets, self.values
+
     def _arrays(self) -> _Arrays:
         """NumPy views of the buffers, made again only when a buffer is replaced (``.to``)."""
-        tensors = (self.mask, self.offsets, self.values)
+        tensors = self._tensors()
         views = self._views
         if views is None or any(a is not b for a, b in zip(views[0], tensors, strict=True)):
-            views = (tensors, _packed_arrays(*tensors))
+            views = (tensors, _packed_arrays(self.layout, *tensors))
             self._views = views
         return views[1]
 
@@ -138,31 +165,30 @@ class SparseLinear(nn.Module):  # type: ignore[misc]
         return state
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> SparseLinear:
-        """The SparseLinear of `linear` (float32, bfloat16 or float16 weight; exact)."""
+    def from_linear(cls, linear: nn.Linear, layout: str = "auto") -> SparseLinear:
+        """The SparseLinear of `linear` (float32, bfloat16 or float16 weight; exact), in
+        `layout` ("auto", "bitmask" or "indices"; see :meth:`fastprune.PackedLinear.from_dense`).
+        """
         weight = linear.weight.detach()
         if weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             msg = f"linear: weight dtype {weight.dtype} is not float32, bfloat16 or float16"
             raise TypeError(msg)
         if weight.dtype == torch.bfloat16:
-            packed = PackedLinear.from_dense(weight.view(torch.int16).numpy().view(_bf16()))
+            dense = weight.view(torch.int16).numpy().view(_bf16())
         else:
-            packed = PackedLinear.from_dense(weight.to(torch.float32).numpy())
-        module = cls(packed, linear.bias, weight.dtype)
+            dense = weight.to(torch.float32).numpy()
+        module = cls(PackedLinear.from_dense(dense, layout=layout), linear.bias, weight.dtype)
         module.weight_requires_grad = linear.weight.requires_grad
         return module
 
     def packed(self) -> PackedLinear:
         """The weight as a :class:`fastprune.PackedLinear` (copies of the buffers)."""
-        values: Any = self.values.numpy()
-        bf16 = values.dtype == np.int16
-        return PackedLinear(
-            self.mask.numpy().view(np.uint16),
-            self.offsets.numpy(),
-            values.view(np.uint16) if bf16 else values,
-            (self.out_features, self.in_features),
-            "bfloat16" if bf16 else "float32",
-        )
+        layout, structure, offsets, values = _packed_arrays(self.layout, *self._tensors())
+        shape = (self.out_features, self.in_features)
+        dtype = "float32" if values.dtype == np.float32 else "bfloat16"
+        if layout == "bitmask":
+            return PackedLinear(structure, offsets, values, shape, dtype)
+        return PackedLinear.from_indices(offsets, structure, values, shape, dtype)
 
     def to_linear(self) -> nn.Linear:
         """The equivalent ``nn.Linear``, its weight equal to the original bit for bit."""
@@ -176,10 +202,9 @@ class SparseLinear(nn.Module):  # type: ignore[misc]
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = (x, self.mask, self.offsets, self.values, self.out_features)
         if x.requires_grad or x.device.type != "cpu" or torch.compiler.is_compiling():
             # the registered operator: a clear error on backward, one opaque node when compiled
-            y = torch.ops.fastprune.packed_linear(*args)
+            y = _OPERATORS[self.layout](x, *self._tensors(), self.out_features)
         else:
             # eager inference: the same product without the operator's dispatch, whose cost
             # (tens of microseconds) is as large as the product itself on a small layer
@@ -192,7 +217,7 @@ class SparseLinear(nn.Module):  # type: ignore[misc]
         density = int(self.offsets[-1]) / max(1, self.in_features * self.out_features)
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, density={density:.3f}"
+            f"bias={self.bias is not None}, layout={self.layout}, density={density:.3f}"
         )
 
 
@@ -208,6 +233,7 @@ class LayerDecision:
 
     name: str
     shape: tuple[int, int]
+    layout: str
     density: float
     dense_seconds: float
     sparse_seconds: float
@@ -215,6 +241,9 @@ class LayerDecision:
 
     @property
     def speedup(self) -> float:
+        """Dense time over sparse time; NaN when the layer was not measured."""
+        if self.sparse_seconds <= 0.0:
+            return float("nan")
         return self.dense_seconds / self.sparse_seconds
 
 
@@ -234,8 +263,9 @@ class SparsifyReport:
         for d in self.layers:
             rows, cols = d.shape
             lines.append(
-                f"  {d.name:<40} {rows}x{cols} density {d.density:.2f} "
-                f"speed-up {d.speedup:.2f}x {'sparse' if d.swapped else 'dense'}"
+                f"  {d.name:<40} {rows}x{cols} density {d.density:.2f} {d.layout:<7} "
+                + (f"speed-up {d.speedup:.2f}x " if d.sparse_seconds > 0 else "unmeasured ")
+                + ("sparse" if d.swapped else "dense")
             )
         return "\n".join(lines)
 
@@ -308,6 +338,7 @@ def sparsify(
     tokens: int = 1,
     max_density: float = 0.75,
     repeat: int = 15,
+    layout: str = "auto",
 ) -> SparsifyReport:
     """Replaces the pruned ``nn.Linear`` layers of `model` (in place) with SparseLinear.
 
@@ -316,8 +347,9 @@ def sparsify(
     (medians of `repeat` passes over all the pruned layers in the model's order, so that each
     weight comes from memory or cache as it does in the model's forward pass), and swapped only
     when it is at least `min_speedup` times faster; "packed" swaps every pruned layer
-    unmeasured. Returns the report of every pruned layer: shape, density, measured times (0
-    when unmeasured) and whether it was swapped.
+    unmeasured. `layout` picks the packed layout of every layer ("auto": each layer's own,
+    see :func:`fastprune.sparse.choose_layout`). Returns the report of every pruned layer:
+    shape, layout, density, measured times (0 when unmeasured) and whether it was swapped.
     """
     if format not in _FORMATS:
         msg = f"format: expected one of {_FORMATS}, got {format!r}"
@@ -343,7 +375,8 @@ def sparsify(
         density = int(sparse.offsets[-1]) / max(1, linear.weight.numel())
         swap = format == "packed" or dense_s >= min_speedup * sparse_s
         shape = (linear.out_features, linear.in_features)
-        report.layers.append(LayerDecision(name, shape, density, dense_s, sparse_s, swap))
+        decision = LayerDecision(name, shape, sparse.layout, density, dense_s, sparse_s, swap)
+        report.layers.append(decision)
         if swap:
             set_dotted(model, name, sparse)
     return report
