@@ -167,11 +167,13 @@ def test_every_instruction_set_level_agrees(dtype: str) -> None:
                 np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
 
 
-def test_one_and_two_threads_give_identical_results() -> None:
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("layout", ["bitmask", "indices"])
+def test_one_and_two_threads_give_identical_results(layout: str, dtype: str) -> None:
     rng = np.random.default_rng(8)
-    w = sparse_weight(rng, (700, 300), 0.3)
-    p = PackedLinear.from_dense(w)
-    xs = [rng.standard_normal((k, 300)).astype(np.float32) for k in (1, 4, 16, 130)]
+    w = sparse_weight(rng, (900, 1000), 0.1)
+    p = PackedLinear.from_dense(w, dtype, layout=layout)
+    xs = [rng.standard_normal((k, 1000)).astype(np.float32) for k in (1, 3, 4, 16, 17, 130)]
     previous = fp.get_num_threads()
     try:
         fp.set_num_threads(1)
@@ -314,10 +316,6 @@ def test_index_layout_large_magnitudes_and_cancellation() -> None:
     check_product(PackedLinear.from_dense(w, layout="indices"), w, x)
 
 
-def index_products(p: PackedLinear, xs: list[np.ndarray]) -> list[np.ndarray]:
-    return [p.linear(x) for x in xs] + [p.to_dense()]
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_index_layout_every_instruction_set_level_agrees(dtype: str) -> None:
     rng = np.random.default_rng(13)
@@ -325,35 +323,17 @@ def test_index_layout_every_instruction_set_level_agrees(dtype: str) -> None:
     p, _ = indexed(w, dtype)
     ks = [*INDEX_KS, GEMM - 1, GEMM]
     xs = [rng.standard_normal((k, 203)).astype(np.float32) for k in ks]
-    expected = index_products(p, xs)
+    expected = all_products(p, xs)
     levels = _core.supported_levels()
     assert "baseline" in levels
     for level in levels:
         with _core.use(level):
-            got = index_products(p, xs)
+            got = all_products(p, xs)
         for k, e, g in zip([*ks, 0], expected, got, strict=True):
             if k < GEMM:  # the gathering kernel: identical on every level
                 assert np.array_equal(e, g), (level, k)
             else:  # the BLAS's own GEMM: may round differently per level
                 np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_index_layout_one_and_two_threads_give_identical_results(dtype: str) -> None:
-    rng = np.random.default_rng(14)
-    w = sparse_weight(rng, (900, 1000), 0.04)
-    p, _ = indexed(w, dtype)
-    xs = [rng.standard_normal((k, 1000)).astype(np.float32) for k in (1, 3, 17, 130)]
-    previous = fp.get_num_threads()
-    try:
-        fp.set_num_threads(1)
-        one = index_products(p, xs)
-        fp.set_num_threads(2)
-        two = index_products(p, xs)
-    finally:
-        fp.set_num_threads(previous)
-    for a, b in zip(one, two, strict=True):
-        assert np.array_equal(a, b)
 
 
 def test_auto_picks_indices_from_70_percent_sparsity() -> None:
