@@ -158,7 +158,8 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="solve SparseGPT's kept weights exactly for its mask (default: yes except for causal "
-        "language models, where it overfits a small calibration text; --no-refit is also faster)",
+        "language models, where it overfits calibration text unlike the model's own; with text "
+        "from sample-text it helps; --no-refit is also faster)",
     )
     prune.add_argument(
         "--executor",
