@@ -10,6 +10,7 @@ the same bound with n = in_features.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ml_dtypes
@@ -150,21 +151,27 @@ def all_products(p: PackedLinear, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [p.linear(x) for x in xs] + [p.to_dense()]
 
 
+def assert_levels_agree(p: PackedLinear, xs: list[np.ndarray], ks: Sequence[int]) -> None:
+    """Products and decoding on every supported level equal the default level's: bit for bit
+    on the streaming kernels, to rounding on the BLAS's own GEMM (from GEMM rows on)."""
+    expected = all_products(p, xs)
+    for level in _core.supported_levels():
+        with _core.use(level):
+            got = all_products(p, xs)
+        for k, e, g in zip([*ks, 0], expected, got, strict=True):
+            if k < GEMM:
+                assert np.array_equal(e, g), (level, k)
+            else:
+                np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_instruction_set_level_agrees(dtype: str) -> None:
     rng = np.random.default_rng(7)
     w = sparse_weight(rng, (45, 83), 0.35)
     p = PackedLinear.from_dense(w, dtype=dtype)
     xs = [rng.standard_normal((k, 83)).astype(np.float32) for k in KS]
-    expected = all_products(p, xs)
-    for level in _core.supported_levels():
-        with _core.use(level):
-            got = all_products(p, xs)
-        for k, e, g in zip([*KS, 0], expected, got, strict=True):
-            if k < GEMM:  # the streaming kernel: identical on every level
-                assert np.array_equal(e, g), (level, k)
-            else:  # the BLAS's own GEMM: may round differently per level
-                np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
+    assert_levels_agree(p, xs, KS)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -323,17 +330,8 @@ def test_index_layout_every_instruction_set_level_agrees(dtype: str) -> None:
     p, _ = indexed(w, dtype)
     ks = [*INDEX_KS, GEMM - 1, GEMM]
     xs = [rng.standard_normal((k, 203)).astype(np.float32) for k in ks]
-    expected = all_products(p, xs)
-    levels = _core.supported_levels()
-    assert "baseline" in levels
-    for level in levels:
-        with _core.use(level):
-            got = all_products(p, xs)
-        for k, e, g in zip([*ks, 0], expected, got, strict=True):
-            if k < GEMM:  # the gathering kernel: identical on every level
-                assert np.array_equal(e, g), (level, k)
-            else:  # the BLAS's own GEMM: may round differently per level
-                np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
+    assert "baseline" in _core.supported_levels()
+    assert_levels_agree(p, xs, ks)
 
 
 def test_auto_picks_indices_from_70_percent_sparsity() -> None:
