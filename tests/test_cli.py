@@ -13,12 +13,9 @@ import pytest
 import fastprune as fp
 from fastprune.cli import main
 
+SHIPPED = Path(fp.__file__).parent / "data" / "calibration.txt"  # the sentences fastprune ships
 WORDS = sorted(
-    {
-        w.strip(".,?!'").lower()
-        for line in (Path(fp.__file__).parent / "data" / "calibration.txt").read_text().splitlines()
-        for w in line.split()
-    }
+    {w.strip(".,?!'").lower() for line in SHIPPED.read_text().splitlines() for w in line.split()}
     - {""}
 )
 
@@ -264,7 +261,7 @@ def test_prune_a_llama_directory_2_4(llama_dir, tmp_path, capsys):
     out = tmp_path / "pruned"
     status, stdout, _ = run(
         capsys, "prune", str(llama_dir), "--out", str(out), "--method", "wanda",
-        "--pattern", "2:4", "--samples", "8", "--seqlen", "12",
+        "--pattern", "2:4", "--samples", "8", "--seqlen", "12", "--calib", str(SHIPPED),
     )  # fmt: skip
     assert status == 0
     assert "model.layers.1.mlp.down_proj" in stdout  # the table
@@ -281,7 +278,59 @@ def test_prune_a_llama_directory_2_4(llama_dir, tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["class"] == "LlamaForCausalLM"
     assert manifest["options"]["blocks"] == "model.layers"
-    assert manifest["calibration"]["text"]["file"] == "fastprune/data/calibration.txt"
+    assert manifest["calibration"]["text"]["file"] == "calibration.txt"
+
+
+@torch_needed
+def test_without_calib_a_decoder_is_calibrated_on_text_it_samples_itself(
+    llama_dir, tmp_path, capsys
+):
+    def prune(name: str, *extra: str) -> dict:
+        out = tmp_path / name
+        status, stdout, _ = run(
+            capsys, "prune", str(llama_dir), "--out", str(out), "--sample-sequences", "3",
+            "--sample-tokens", "20", "--seqlen", "16", "--quiet", *extra,
+        )  # fmt: skip
+        assert status == 0
+        said = "calibration: text the model sampled itself: " in stdout
+        assert said == ("--calib" not in extra)
+        return json.loads((out / "manifest.json").read_text())
+
+    manifest = prune("sampled")
+    text = manifest["calibration"]["text"]
+    assert text["file"].startswith("sampled by the model")
+    assert text["sampled"] == {"sequences": 3, "tokens": 20, "seed": 0}
+    assert text["lines"] == 3
+    # the very text sample-text writes with the same seed
+    status, _, _ = run(
+        capsys, "sample-text", str(llama_dir), "--out", str(tmp_path / "self.txt"),
+        "--sequences", "3", "--tokens", "20", "--quiet",
+    )  # fmt: skip
+    assert status == 0
+    written = (tmp_path / "self.txt").read_bytes()
+    assert text["sha256"] == hashlib.sha256(written).hexdigest()
+    # SparseGPT refits the kept weights on the model's own text, not on a file's text
+    assert manifest["options"]["refit"] is True
+    assert prune("plain", "--no-refit")["options"]["refit"] is False
+    assert prune("seed", "--seed", "1")["calibration"]["text"]["sha256"] != text["sha256"]
+    filed = prune("filed", "--calib", str(tmp_path / "self.txt"))
+    assert filed["calibration"]["text"]["sha256"] == text["sha256"]
+    assert filed["calibration"]["text"]["file"] == "self.txt"
+    assert filed["options"]["refit"] is False
+    # magnitude pruning reads no data, so nothing is sampled
+    status, stdout, _ = run(
+        capsys, "prune", str(llama_dir), "--out", str(tmp_path / "mag"), "--method",
+        "magnitude", "--quiet",
+    )  # fmt: skip
+    assert status == 0 and "sampled" not in stdout
+    # a text is cut to the model's context: 64 positions, one taken by the first token (this
+    # tokenizer has no BOS)
+    long = prune("long", "--sample-sequences", "1", "--sample-tokens", "500")
+    assert long["calibration"]["text"]["sampled"]["tokens"] == 63
+    status, _, err = run(
+        capsys, "prune", str(llama_dir), "--out", str(tmp_path / "bad"), "--sample-tokens", "0",
+    )  # fmt: skip
+    assert status != 0 and "--sample-tokens" in err
 
 
 @torch_needed
@@ -520,3 +569,7 @@ def test_sample_text_starts_after_bos_and_never_ends_early(llama_dir, tmp_path):
     )
     with pytest.raises(ValueError, match="tokens: expected a positive integer"):
         sample_text(model, tokenizer, tokens=0)
+    # BOS and the first token take 2 of the model's 64 positions
+    assert len(sample_text(model, tokenizer, sequences=1, tokens=62, progress=False)) == 1
+    with pytest.raises(ValueError, match=r"tokens: 63 sampled .* context of 64 .*at most 62"):
+        sample_text(model, tokenizer, sequences=1, tokens=63)

@@ -28,7 +28,9 @@ from .cli import (
 def run_prune(args: argparse.Namespace) -> int:
     """``fastprune prune``: the model loaded whole, or block by block from disk with
     ``--max-memory`` or ``--resume``."""
-    _check_positive(args, ("samples", "seqlen", "batch_size", "blocksize"))
+    _check_positive(
+        args, ("samples", "seqlen", "batch_size", "blocksize", "sample_sequences", "sample_tokens")
+    )
     try:
         check_sparsity(args.sparsity, "--sparsity")
     except ValueError as err:
@@ -47,7 +49,12 @@ def run_prune(args: argparse.Namespace) -> int:
     from .torch import models, owl_sparsity, prune_model
 
     source, model, tokenizer, lines, text = _load_model_and_text(args, models)
+    sampled = _sampled_text(args, models, model, tokenizer)
+    if sampled is not None:
+        lines, text = sampled, "\n".join(sampled) + "\n"  # as sample-text writes them
     batches, calibration, described = _calibration_batches(args, models, model, tokenizer, lines)
+    if sampled is not None:
+        described = f"text the model sampled itself: {described}"
     if args.method == "magnitude":
         described += " (not used: magnitude pruning reads no data)"
     _say(args, f"calibration: {described}")
@@ -87,7 +94,9 @@ def run_prune(args: argparse.Namespace) -> int:
             blocksize=args.blocksize,
             damp=args.damp,
             reconstruct=args.reconstruct,
-            refit=args.refit,
+            # refitting fits the calibration text closely: where that text is the model's own,
+            # that is what the model does (unlike a small text of one kind, which it overfits)
+            refit=args.refit if args.refit is not None or sampled is None else True,
             progress=not args.quiet,
             seed=args.seed,
             executor=args.executor,
@@ -106,6 +115,15 @@ def run_prune(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "described": described,
     }
+    if sampled is not None:
+        report.manifest["calibration"]["text"].update(
+            file="sampled by the model (fastprune sample-text)",
+            sampled={
+                "sequences": args.sample_sequences,
+                "tokens": args.sample_tokens,
+                "seed": args.seed,
+            },
+        )
     _say(args, f"writing {out}")
     with incomplete_marker(out):
         if args.save_format == "sparse":
@@ -128,6 +146,41 @@ def run_prune(args: argparse.Namespace) -> int:
         f"({args.method}, {args.pattern}); calibration: {described}; wrote {out}"
     )
     return 0
+
+
+def _sampled_text(
+    args: argparse.Namespace, models: Any, model: Any, tokenizer: Any
+) -> list[str] | None:
+    """Without ``--calib``, the texts a causal language model samples itself to be calibrated
+    on (`fastprune.torch.self_text.sample_text`, as ``fastprune sample-text`` with the same
+    ``--seed`` writes them); None where a file is given, the model is not a decoder, or the
+    method reads no data. A decoder's own samples follow the distribution it learnt, where the
+    shipped sentences are a little over a thousand words of one kind."""
+    if args.calib is not None or args.method == "magnitude" or not models.generates_text(model):
+        return None
+    from .torch.self_text import sample_text
+
+    # a text never runs past the model's context (the first token, and BOS, come before it)
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and context > 2:
+        first = 1 if getattr(tokenizer, "bos_token_id", None) is None else 2
+        args.sample_tokens = min(args.sample_tokens, context - first)
+    _say(
+        args,
+        f"no --calib: sampling {args.sample_sequences} texts of {args.sample_tokens} tokens "
+        f"from the model to calibrate on (seed {args.seed})",
+    )
+    try:
+        return sample_text(
+            model,
+            tokenizer,
+            sequences=args.sample_sequences,
+            tokens=args.sample_tokens,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    except (TypeError, ValueError) as err:
+        raise CommandError(f"sampling calibration text: {err}") from err
 
 
 def _calibration_batches(
@@ -198,6 +251,13 @@ def _run_streaming(args: argparse.Namespace, out: Path) -> int:
     except ValueError as err:
         raise CommandError(str(err)) from err
     source, lines, text = _source_and_text(args, models)
+    if args.calib is None and args.method != "magnitude":
+        _say(
+            args,
+            "no --calib: a block-by-block run cannot sample the model's own text, so it "
+            "calibrates on the sentences shipped with fastprune; for a decoder, text like what "
+            "it will see, or `fastprune sample-text` run where the model fits, calibrates better",
+        )
     import transformers
 
     try:

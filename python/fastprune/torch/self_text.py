@@ -13,7 +13,6 @@ leave torch's global random state as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -46,14 +45,24 @@ def sample_text(
         raise ValueError("tokenizer: has no ordinary token to start a sequence from")
     bos = getattr(tokenizer, "bos_token_id", None)
     eos = getattr(tokenizer, "eos_token_id", None)
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    needed = tokens + (1 if bos is None else 2)  # after the first token (and BOS)
+    if isinstance(context, int) and 0 < context < needed:
+        msg = (
+            f"tokens: {tokens} sampled tokens after the first token do not fit the model's "
+            f"context of {context} positions (at most {context - needed + tokens})"
+        )
+        raise ValueError(msg)
     pad = eos if eos is not None else (bos if bos is not None else 0)
     texts: list[str] = []
     was_training = model.training
     model.eval()
+    batches = range(0, sequences, batch_size)
+    bar = _progress(len(batches) * tokens, progress)
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
-            for start in _progress(range(0, sequences, batch_size), progress):
+            for start in batches:
                 count = min(batch_size, sequences - start)
                 first = ordinary[torch.randint(0, ordinary.numel(), (count, 1))]
                 ids = first if bos is None else torch.cat([torch.full_like(first, bos), first], 1)
@@ -68,20 +77,42 @@ def sample_text(
                     min_new_tokens=tokens,  # the end-of-text token is never drawn
                     pad_token_id=pad,
                     cache_implementation="static",
+                    streamer=None if bar is None else _Steps(bar),
                 )
                 for row in out[:, 0 if bos is None else 1 :]:
                     text = tokenizer.decode(row, skip_special_tokens=True)
                     texts.append(" ".join(text.split()))
     finally:
         model.train(was_training)
+        if bar is not None:
+            bar.close()
     return texts
 
 
-def _progress(items: range, enabled: bool) -> Iterable[int]:
+def _progress(total: int, enabled: bool) -> Any:
+    """A tqdm bar over the decoding steps of every batch, or None (disabled, or no tqdm)."""
     if not enabled:
-        return items
+        return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        return items
-    return tqdm(items, desc="sampling calibration text", unit="batch")  # type: ignore[no-any-return]
+        return None
+    return tqdm(total=total, desc="sampling calibration text", unit="step")
+
+
+class _Steps:
+    """A transformers streamer that advances `bar` by each decoding step ``generate`` hands it
+    (the first call carries the prompt, which is not a step)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.prompt = True
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.prompt:
+            self.prompt = False
+            return
+        self.bar.update(value.shape[-1] if value.dim() > 1 else 1)
+
+    def end(self) -> None:
+        """Nothing to flush: the bar counts steps as they come."""
