@@ -171,7 +171,7 @@ inline float reduce(Lanes a) {
   const __m128 r2 = _mm_add_ps(r4, _mm_movehl_ps(r4, r4));
   return _mm_cvtss_f32(_mm_add_ss(r2, _mm_shuffle_ps(r2, r2, 1)));
 }
-constexpr int kMaxTile = 1;  // 4 x 2 accumulators of 16 registers
+constexpr int kMaxTile = 4;  // 4 x 4 x 2 accumulators: more than 16 registers, spilled to L1
 
 struct Columns {
   __m256i lo, hi;
