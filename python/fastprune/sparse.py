@@ -9,10 +9,11 @@ values (``2 * density`` for bfloat16) plus 1/8 byte of mask. A 2:4 weight thus r
 70 % sparse one 1.325 B: no column indices, however unstructured the pattern.
 
 :meth:`PackedLinear.linear` computes ``x @ W.T`` (``x`` of shape ``(..., in_features)``) in
-float32. Up to ``_core.sparse_linear.GEMM_COLUMNS - 1`` (63) rows of ``x`` (the tokens of decoding
-and small batches) stream the weight once through vector expand instructions; more rows (prefill)
-are compute bound, and the kernel then decodes tiles of 64 weight rows into dense scratch and
-multiplies each with one GEMM, which costs little more than the dense product. Results are the
+float32. Up to ``_core.sparse_linear.GEMM_COLUMNS - 1`` (15) rows of ``x`` (the tokens of decoding
+and small batches) go through the packed weight in passes of up to four rows, each pass
+streaming it once; from 16 rows on (larger batches, prefill) the kernel decodes tiles of 64
+weight rows into dense scratch and multiplies each with one GEMM, which costs little more than
+the dense product. Results are the
 same on every instruction-set level and thread count (on the GEMM path: every thread count).
 
 The bitmask layout costs the same work for every block of 16 columns however few of them are

@@ -41,7 +41,7 @@ namespace fastprune::sparse_linear {
 
 inline constexpr Index kBlock = 16;        // columns per mask word
 inline constexpr Index kSlack = 64;        // values past the last kept weight loads may touch
-inline constexpr Index kGemmColumns = 64;  // default gemm_from: decode tiles + GEMM from here on
+inline constexpr Index kGemmColumns = 16;  // default gemm_from: decode tiles + GEMM from here on
 
 inline Index blocks_for(Index cols) { return (cols + kBlock - 1) / kBlock; }
 
