@@ -96,7 +96,7 @@ def run_prune(args: argparse.Namespace) -> int:
             reconstruct=args.reconstruct,
             # refitting fits the calibration text closely: where that text is the model's own,
             # that is what the model does (unlike a small text of one kind, which it overfits)
-            refit=args.refit if args.refit is not None or sampled is None else True,
+            refit=True if args.refit is None and sampled is not None else args.refit,
             progress=not args.quiet,
             seed=args.seed,
             executor=args.executor,
@@ -158,13 +158,11 @@ def _sampled_text(
     shipped sentences are a little over a thousand words of one kind."""
     if args.calib is not None or args.method == "magnitude" or not models.generates_text(model):
         return None
-    from .torch.self_text import sample_text
+    from .torch.self_text import max_tokens, sample_text
 
-    # a text never runs past the model's context (the first token, and BOS, come before it)
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(context, int) and context > 2:
-        first = 1 if getattr(tokenizer, "bos_token_id", None) is None else 2
-        args.sample_tokens = min(args.sample_tokens, context - first)
+    most = max_tokens(model, tokenizer)  # a text never runs past the model's context
+    if most is not None:
+        args.sample_tokens = min(args.sample_tokens, most)
     _say(
         args,
         f"no --calib: sampling {args.sample_sequences} texts of {args.sample_tokens} tokens "

@@ -13,8 +13,8 @@ float32. Up to ``_core.sparse_linear.GEMM_COLUMNS - 1`` (15) rows of ``x`` (the 
 and small batches) go through the packed weight in passes of up to four rows, each pass
 streaming it once; from 16 rows on (larger batches, prefill) the kernel decodes tiles of 64
 weight rows into dense scratch and multiplies each with one GEMM, which costs little more than
-the dense product. Results are the
-same on every instruction-set level and thread count (on the GEMM path: every thread count).
+the dense product. Results are the same on every instruction-set level and thread count (on the
+GEMM path: every thread count).
 
 The bitmask layout costs the same work for every block of 16 columns however few of them are
 kept, so at high sparsity its product is bound by that work, not by memory. The index layout

@@ -45,12 +45,12 @@ def sample_text(
         raise ValueError("tokenizer: has no ordinary token to start a sequence from")
     bos = getattr(tokenizer, "bos_token_id", None)
     eos = getattr(tokenizer, "eos_token_id", None)
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    needed = tokens + (1 if bos is None else 2)  # after the first token (and BOS)
-    if isinstance(context, int) and 0 < context < needed:
+    most = max_tokens(model, tokenizer)
+    if most is not None and tokens > most:
+        context = most + (1 if bos is None else 2)
         msg = (
             f"tokens: {tokens} sampled tokens after the first token do not fit the model's "
-            f"context of {context} positions (at most {context - needed + tokens})"
+            f"context of {context} positions (at most {most})"
         )
         raise ValueError(msg)
     pad = eos if eos is not None else (bos if bos is not None else 0)
@@ -87,6 +87,17 @@ def sample_text(
         if bar is not None:
             bar.close()
     return texts
+
+
+def max_tokens(model: nn.Module, tokenizer: Any) -> int | None:
+    """The most tokens a sequence can sample within the model's context
+    (``config.max_position_embeddings``) after its first token and, where the tokenizer has one,
+    BOS; None where the model states no context."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    first = 1 if getattr(tokenizer, "bos_token_id", None) is None else 2
+    if isinstance(context, int) and context > first:
+        return context - first
+    return None
 
 
 def _progress(total: int, enabled: bool) -> Any:
