@@ -125,6 +125,17 @@ def run_cli(
     return {"manifest": manifest, "seconds": seconds}
 
 
+def run_sample_text(folder: Path, out: Path) -> None:
+    """``fastprune sample-text`` with its defaults: the text ``fastprune prune`` samples when
+    given no ``--calib``."""
+    from fastprune.cli import main as cli
+
+    status = cli(["sample-text", str(folder), "--out", str(out), "--quiet"])
+    if status != 0:
+        msg = f"fastprune sample-text {folder} exited with {status}"
+        raise RuntimeError(msg)
+
+
 def cli_windows(folder: Path, calib_lines: list[str], manifest: dict[str, Any]) -> Any:
     """The token windows the CLI says it calibrated on, rebuilt from its documented rule."""
     import transformers

