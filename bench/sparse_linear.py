@@ -86,7 +86,7 @@ def _float32_rows(
             tx = torch.from_numpy(x)
             fns.append(lambda: torch.nn.functional.linear(tx, tw))  # noqa: B023
         with _inference(torch):
-            t = interleaved(fns, rounds=9, min_time=0.3)
+            t = interleaved(fns, rounds=9, min_time=1.0)
         for name, base in zip(("torch F.linear", "numpy x @ W.T"), t[2:] + t[1:2], strict=False):
             _add(table, f"{label} x {k}", threads, t[0], f"{name} dense", base, packed, limit)
 
@@ -107,7 +107,7 @@ def _bfloat16_rows(
             lambda: torch.nn.functional.linear(tx, tw),  # noqa: B023
         ]
         with _inference(torch):
-            t = interleaved(fns, rounds=9, min_time=0.3)
+            t = interleaved(fns, rounds=9, min_time=1.0)
         row_label = f"{label} bf16 x {k}"
         _add(table, row_label, threads, t[0], "torch F.linear bf16 dense", t[1], packed, limit)
 
