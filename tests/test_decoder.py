@@ -12,33 +12,13 @@ otherwise.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _bench import load, smollm2_marks
 
+decoder = load("decoder")
 
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench.{name}", ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-decoder = _bench("decoder") if (ROOT / "bench" / "decoder.py").is_file() else None
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        decoder is None or bool(decoder.missing()),
-        reason=f"needs {', '.join(decoder.missing()) if decoder else 'bench/decoder.py'}",
-    ),
-]
+pytestmark = smollm2_marks(decoder)
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4")
@@ -54,7 +34,8 @@ def perplexities(tmp_path_factory):
 
     from fastprune.torch import models, prune_model
 
-    reference = _bench("_decoder_reference")
+    reference = load("_decoder_reference")
+    assert reference is not None
     folder = decoder.smollm2_dir(tmp_path_factory.mktemp("smollm2"))
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     evaluation = decoder.evaluation_windows(tokenizer, WINDOWS)

@@ -16,33 +16,13 @@ otherwise.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _bench import load, smollm2_marks
 
+decoder = load("decoder")
 
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench.{name}", ROOT / "bench" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-decoder = _bench("decoder") if (ROOT / "bench" / "decoder.py").is_file() else None
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        decoder is None or bool(decoder.missing()),
-        reason=f"needs {', '.join(decoder.missing()) if decoder else 'bench/decoder.py'}",
-    ),
-]
+pytestmark = smollm2_marks(decoder)
 
 SPARSITY = 0.7
 SEQUENCES, TOKENS = 4, 512

