@@ -342,9 +342,10 @@ struct Row {
 };
 
 // y[t * y_stride] = row . x[t * x_stride + (0 .. cols)] for t < T. Returns false, y untouched,
-// when the row's mask and offsets disagree.
+// when the row's mask and offsets disagree. `halves`: every mask byte of the row's whole
+// blocks keeps four columns (halves_of_four, checked once per row by the caller).
 template <int T, class S>
-bool dot_rows(const Row<S>& row, Index cols, const float* x, Index x_stride, float* y,
+bool dot_rows(const Row<S>& row, bool halves, Index cols, const float* x, Index x_stride, float* y,
               Index y_stride) {
   Lanes acc[kSets][T];
   for (auto& set : acc) {
@@ -370,9 +371,9 @@ bool dot_rows(const Row<S>& row, Index cols, const float* x, Index x_stride, flo
   const std::integral_constant<int, 3> s3;
   auto whole = [](const float* p) { return load(p); };
   Index b = 0;
-  if (kHalvesPath && halves_of_four(mask, full)) {
+  if (halves) {
     // Four blocks read the 32 values from pos: pos <= total keeps them inside the kSlack.
-    auto halves = [&](auto set, Index c, std::uint32_t m) {
+    auto half_block = [&](auto set, Index c, std::uint32_t m) {
       const Lanes w = expand_halves(m, values + pos + 8 * (c - b));
       Lanes* a = acc[decltype(set)::value];
       for (int t = 0; t < T; ++t) a[t] = fma(w, load(x + t * x_stride + c * kBlock), a[t]);
@@ -382,10 +383,10 @@ bool dot_rows(const Row<S>& row, Index cols, const float* x, Index x_stride, flo
       prefetch<8 * kSets * sizeof(S)>(values + pos);
       std::uint64_t q;
       std::memcpy(&q, mask + b, sizeof q);
-      halves(s0, b, field(q, 0));
-      halves(s1, b + 1, field(q, 1));
-      halves(s2, b + 2, field(q, 2));
-      halves(s3, b + 3, field(q, 3));
+      half_block(s0, b, field(q, 0));
+      half_block(s1, b + 1, field(q, 1));
+      half_block(s2, b + 2, field(q, 2));
+      half_block(s3, b + 3, field(q, 3));
     }
   }
   for (; b + kSets <= full; b += kSets) {
@@ -634,8 +635,9 @@ bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, co
       static_cast<double>(total) * static_cast<double>(k) + static_cast<double>(rows * mask.cols);
   return by_rows(rows, work, [&](Index i) {
     const Row<S> row = row_of(mask, offsets, values, total, i);
+    const bool halves = kHalvesPath && halves_of_four(row.mask, cols / kBlock);
     return row.valid() && in_passes(k, [&](auto width, Index t) {
-             return dot_rows<decltype(width)::value>(row, cols, x.row(t), x.stride,
+             return dot_rows<decltype(width)::value>(row, halves, cols, x.row(t), x.stride,
                                                      y.data + i + t * y.stride, y.stride);
            });
   });
