@@ -2,10 +2,12 @@
 float64 NumPy.
 
 Tolerance: a float32 product of float32 inputs is within ``2 * n * eps32 * (|x| @ |W|.T)`` of
-the exact float64 result, n = in_features / 16 + 8 (each of the 64 accumulator lanes adds at
-most in_features / 64 + 1 products, then 6 additions of the sets and the tree; the same bound
-holds for both layouts); the GEMM path (many rows of x) uses the BLAS's own order and is held to
-the same bound with n = in_features.
+the exact float64 result, n = in_features / 4 + 8. One row of x at a time (and the passes of a
+few rows) each of the 64 accumulator lanes adds at most in_features / 64 + 1 products, then 6
+additions of the sets and the tree; a small batch taken at once (the outer path) puts a row's
+kept weights into 4 chains of at most in_features / 4 + 1 products each, then 2 additions. The
+GEMM path (many rows of x, dense enough weights) uses the BLAS's own order and is held to the same
+bound with n = in_features.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ KS = (1, 2, 3, 5, 8, 9, 16, 17, GEMM - 1, GEMM, GEMM + 17)
 def reference(w: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x @ w.T in float64 and the rounding bound of a float32 kernel."""
     w64, x64 = w.astype(np.float64), x.astype(np.float64)
-    n = w.shape[1] if x.shape[0] >= GEMM else w.shape[1] / 16 + 8
+    n = w.shape[1] if x.shape[0] >= GEMM else w.shape[1] / 4 + 8
     return x64 @ w64.T, 2 * n * EPS * (np.abs(x64) @ np.abs(w64).T)
 
 
@@ -200,6 +202,36 @@ def assert_levels_agree(p: PackedLinear, xs: list[np.ndarray], ks: Sequence[int]
                 np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["bitmask", "indices"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_small_batches_at_once(layout: str, dtype: str) -> None:
+    """A sparse enough weight takes every row of a small batch at once (the outer path), up to
+    128 rows of x in 8 groups of 16; ragged k, empty rows and a 2:4 row alongside; the same
+    bits on every level."""
+    rng = np.random.default_rng(12)
+    cols = 16 * 11 + 5
+    w = sparse_weight(rng, (23, cols), 0.12)
+    w[3] = 0
+    w[4, :-1] = two_of_four(rng, 1, cols - 1)[0]
+    w[4, -1] = 0
+    p = PackedLinear.from_dense(w, layout=layout, dtype=dtype)
+    held = p.to_dense()
+    ks = (2, 4, 15, 17, 33, 64, 100, 128, 129)
+    xs = [rng.standard_normal((k, cols)).astype(np.float32) for k in ks]
+    for x in xs:
+        got = p.linear(x)
+        exact = x.astype(np.float64) @ held.T.astype(np.float64)
+        bound = 2 * (cols / 4 + 8) * EPS * (np.abs(x.astype(np.float64)) @ np.abs(held.T))
+        assert np.all(np.abs(got - exact) <= bound + 1e-37), x.shape
+        assert np.all(got[:, 3] == 0)
+    expected = [p.linear(x) for x in xs]
+    for level in _core.supported_levels():
+        with _core.use(level):
+            for k, x, e in zip(ks, xs, expected, strict=True):
+                if k <= 128:
+                    assert np.array_equal(p.linear(x), e), (level, k)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_instruction_set_level_agrees(dtype: str) -> None:
     rng = np.random.default_rng(7)
@@ -266,7 +298,7 @@ def test_changed_arrays_are_caught_by_the_kernel() -> None:
     offsets: Any = p.offsets.copy()
     offsets[5:-1] += 3  # the total still matches: only the rows can tell
     x = np.ones((1, 40), np.float32)
-    for k in (1, GEMM):
+    for k in (1, 3, GEMM, 200):  # streaming, outer (3, GEMM) and tiles (200)
         with pytest.raises(ValueError, match="mask:"):
             _core.sparse_linear.linear(
                 p.mask,
@@ -484,7 +516,7 @@ def test_index_layout_changed_arrays_are_caught_by_the_kernel() -> None:
     far[7] = 60000  # far beyond x's 40 columns
     shifted: Any = p.offsets.copy()
     shifted[5:-1] += 50  # past the end of the values
-    for k in (1, 3, GEMM):
+    for k in (1, 3, GEMM, 200):  # gathers, outer (3, GEMM) and tiles (200)
         x, out = np.ones((k, 40), np.float32), np.empty((k, 40), np.float32)
         for offsets, indices in ((p.offsets, far), (shifted, p.indices)):
             with pytest.raises(ValueError, match="indices:"):
