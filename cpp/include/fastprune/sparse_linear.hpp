@@ -16,9 +16,14 @@
 // (l, l + 1), with fused multiply-adds on every instruction-set level (the baseline level
 // through std::fma): the result depends neither on the level nor on the thread count.
 //
-// For many right-hand sides (k >= gemm_from) the product is compute bound and the kernel
-// instead decodes fixed tiles of rows into dense scratch and multiplies each tile with one
-// single-threaded GEMM (blas.hpp); results then still do not depend on the thread count.
+// For a few right-hand sides (k from 2 to 128) of a sparse enough weight the kernel may instead
+// take them all at once ("outer"): x transposed once, and each kept weight of a row, in order,
+// adds its weight times its column of x^T into one of four chains (weight p into chain p % 4),
+// summed as (0 + 1) + (2 + 3) with fused multiply-adds: again independent of level and threads.
+// For many right-hand sides (k >= gemm_from) of a dense-ish weight the product is compute bound
+// and the kernel decodes fixed tiles of rows into dense scratch and multiplies each tile with one
+// single-threaded GEMM (blas.hpp); results then still do not depend on the thread count. Which
+// of the three runs is decided from k and the number of kept weights (a cost model in the .cpp).
 //
 // Layout ("indices", for high sparsity): row i keeps offsets[i + 1] - offsets[i] weights, their
 // columns indices[offsets[i] ..] (uint16, strictly increasing, so cols <= 65536) and their values
@@ -29,8 +34,8 @@
 // from the row's start) goes to lane j % 16 of accumulator set (j / 16) % 4; a last group of
 // fewer than 16 is padded with zero weights at column 0 (x is finite, so they add nothing),
 // and the sets are reduced exactly as above: results depend neither on the level nor on the
-// thread count. From gemm_from right-hand sides on, rows are decoded into tiles for GEMM as for
-// the bitmask layout.
+// thread count. A few right-hand sides may take the outer path, and from gemm_from right-hand
+// sides on rows may be decoded into tiles for GEMM, both as for the bitmask layout.
 #pragma once
 
 #include <cstdint>
@@ -41,7 +46,7 @@ namespace fastprune::sparse_linear {
 
 inline constexpr Index kBlock = 16;        // columns per mask word
 inline constexpr Index kSlack = 64;        // values past the last kept weight loads may touch
-inline constexpr Index kGemmColumns = 16;  // default gemm_from: decode tiles + GEMM from here on
+inline constexpr Index kGemmColumns = 16;  // default gemm_from: tiles + GEMM may run from here on
 
 inline Index blocks_for(Index cols) { return (cols + kBlock - 1) / kBlock; }
 
