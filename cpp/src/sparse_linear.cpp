@@ -647,8 +647,9 @@ bool in_passes(Index k, Dot&& dot) {
 // `width`, a multiple of 16 lanes. Kept weight w_ij then adds w_ij * xt[j] to row i's
 // accumulators: one multiply-add per kept weight and 16 right-hand sides, where the streaming
 // passes above pay one per block of 16 columns and right-hand side, and GEMM one per weight.
-// Weight p of a row goes to chain p % 4, and the chains are summed ((0 + 1) + (2 + 3)): the same
-// order on every level and thread count.
+// Up to 48 right-hand sides weight p of a row goes to chain p % 4 of each group of 16, and the
+// chains are summed ((0 + 1) + (2 + 3)); from 49 on each group is one chain: the same order on
+// every level and thread count.
 
 // The most right-hand sides the outer path takes (beyond, its transposed x outgrows the caches
 // and the tiles' GEMM catches up).
@@ -688,10 +689,41 @@ inline void transpose_padded(ConstMatrixView<float> x, Index rows_xt, Index widt
   }
 }
 
+// The wide form of outer_row, for N >= 4 groups of 16 right-hand sides: each kept weight, in
+// order, feeds all N groups from one contiguous row of xt, one chain per group (N chains in
+// flight hide the multiply-add's latency). Reading xt's rows whole keeps a transposed x that
+// outgrows the L2 cache streaming.
+template <int N, class S, class C>
+void outer_row_wide(const S* val, const C* col, Index n, const float* xt, Lanes* acc) {
+  Lanes a[N];
+  for (auto& l : a) l = zero();
+  for (Index p = 0; p < n; ++p) {
+    const Lanes v = splat(value_of(val[p]));
+    const float* x = xt + static_cast<Index>(col[p]) * (N * kBlock);
+    for (int c = 0; c < N; ++c) a[c] = fma(v, load(x + c * kBlock), a[c]);
+  }
+  std::copy(a, a + N, acc);
+}
+
 // acc[c] (c < width / 16) = the row's kept weights (values val, columns col, n of them) times
-// xt: weight p into chain p % 4, the chains summed as (0 + 1) + (2 + 3).
+// xt. Up to 3 groups of 16 right-hand sides: one group at a time, weight p into chain p % 4, the
+// chains summed as (0 + 1) + (2 + 3); from 4 groups on, outer_row_wide.
 template <class S, class C>
 void outer_row(const S* val, const C* col, Index n, const float* xt, Index width, Lanes* acc) {
+  switch (width / kBlock) {
+    case 4:
+      return outer_row_wide<4>(val, col, n, xt, acc);
+    case 5:
+      return outer_row_wide<5>(val, col, n, xt, acc);
+    case 6:
+      return outer_row_wide<6>(val, col, n, xt, acc);
+    case 7:
+      return outer_row_wide<7>(val, col, n, xt, acc);
+    case 8:
+      return outer_row_wide<8>(val, col, n, xt, acc);
+    default:
+      break;
+  }
   auto term = [&](Index p, const float* x, Lanes a) {
     return fma(splat(value_of(val[p])), load(x + static_cast<Index>(col[p]) * width), a);
   };

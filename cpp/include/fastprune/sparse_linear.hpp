@@ -18,8 +18,9 @@
 //
 // For a few right-hand sides (k from 2 to 128) of a sparse enough weight the kernel may instead
 // take them all at once ("outer"): x transposed once, and each kept weight of a row, in order,
-// adds its weight times its column of x^T into one of four chains (weight p into chain p % 4),
-// summed as (0 + 1) + (2 + 3) with fused multiply-adds: again independent of level and threads.
+// adds its weight times its column of x^T, per group of 16 right-hand sides into one of four
+// chains (weight p into chain p % 4, summed as (0 + 1) + (2 + 3)) when k <= 48, into one chain
+// per group from 49 on, with fused multiply-adds: again independent of level and threads.
 // For many right-hand sides (k >= gemm_from) of a dense-ish weight the product is compute bound
 // and the kernel decodes fixed tiles of rows into dense scratch and multiplies each tile with one
 // single-threaded GEMM (blas.hpp); results then still do not depend on the thread count. Which
