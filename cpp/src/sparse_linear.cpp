@@ -88,6 +88,14 @@ constexpr PermutationTable kTable = make_table(0);
 // every 8 columns): its eight values in one register, the high byte's from lane 4.
 constexpr PermutationTable kHighTable = make_table(4);
 
+// Eight bfloat16 values as float32; weights8 loads eight values of either type as float32.
+inline __m256 widen(const std::uint16_t* p) {
+  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+}
+inline __m256 weights8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 weights8(const std::uint16_t* p) { return widen(p); }
+
 #endif
 
 #if defined(__AVX512F__)
@@ -123,11 +131,6 @@ inline Lanes expand(std::uint32_t m, const std::uint16_t* p) { return {expand16(
 // Halves of four (see the AVX2 level): the block's eight values from one 8-lane load at a known
 // address, permuted into the lanes its mask sets.
 constexpr bool kHalvesPath = true;
-inline __m256 weights8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 weights8(const std::uint16_t* p) {
-  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
-}
 template <class S>
 inline Lanes expand_halves(std::uint32_t m, const S* p) {
   const __m256i high = _mm256_load_si256(reinterpret_cast<const __m256i*>(kHighTable.perm[m >> 8]));
@@ -168,8 +171,6 @@ inline Columns columns(const std::uint16_t* p, std::uint32_t last, Columns& seen
 inline bool beyond(Columns seen, std::uint32_t last) {
   return _mm512_cmpgt_epu32_mask(seen.v, _mm512_set1_epi32(static_cast<int>(last))) != 0;
 }
-// Two 8-lane gathers rather than one of 16: on AMD Zen 4 the 16-lane form takes about twice as
-// long per element, and elsewhere the two cost about what the one does.
 // The columns of block b that mask word m keeps, in order, stored as 16 int32 at out (the
 // lanes past the count are garbage); returns the count.
 inline int kept_in_block(std::uint32_t m, Index b, std::int32_t* out) {
@@ -179,6 +180,8 @@ inline int kept_in_block(std::uint32_t m, Index b, std::int32_t* out) {
   _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(static_cast<__mmask16>(m), columns));
   return popcount(m);
 }
+// Two 8-lane gathers rather than one of 16: on AMD Zen 4 the 16-lane form takes about twice as
+// long per element, and elsewhere the two cost about what the one does.
 inline Lanes gather(const float* x, Columns c) {
   const __m256 lo = _mm256_i32gather_ps(x, _mm512_castsi512_si256(c.v), 4);
   const __m256 hi = _mm256_i32gather_ps(x, _mm512_extracti64x4_epi64(c.v, 1), 4);
@@ -197,12 +200,6 @@ inline __m256 expand8(std::uint32_t byte, __m256 packed, const PermutationTable&
   return _mm256_blendv_ps(_mm256_permutevar8x32_ps(packed, perm), _mm256_setzero_ps(),
                           _mm256_castsi256_ps(perm));
 }
-inline __m256 widen(const std::uint16_t* p) {
-  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
-}
-inline __m256 weights8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 weights8(const std::uint16_t* p) { return widen(p); }
 inline Lanes expand(std::uint32_t m, const float* p) {
   const std::uint32_t low = m & 0xffu;
   return {expand8(low, _mm256_loadu_ps(p)), expand8(m >> 8, _mm256_loadu_ps(p + popcount(low)))};
