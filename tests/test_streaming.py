@@ -200,6 +200,29 @@ def test_activations_go_to_disk_when_they_do_not_fit(llama_dir, batches, tmp_pat
     assert not list((tmp_path / "spilled").glob(".fastprune-activations-*"))
 
 
+def test_the_plan_holds_the_refits_arrays(llama_dir, batches, tmp_path, monkeypatch):
+    """Refitting SparseGPT's kept weights needs float64 arrays the size of the largest layer and
+    the inverse of its Hessian: the plan grows by them, and only when the refit runs."""
+    from fastprune.torch import streaming
+
+    monkeypatch.setattr(streaming, "_resident", lambda: 10**8)
+    planned = {
+        (method, refit): _stream(
+            llama_dir,
+            tmp_path / f"{method}-{refit}",
+            batches,
+            method=method,
+            refit=refit,
+            max_memory=10**10,
+        ).manifest["memory"]["planned"]
+        for method, refit in (("sparsegpt", False), ("sparsegpt", True), ("wanda", True))
+    }
+    largest, width = 64 * 32, 64  # the feed-forward's down projection: 32 x 64, 64 inputs
+    extra = streaming.REFIT_BYTES_PER_WEIGHT * largest + streaming.REFIT_BYTES_PER_WIDTH2 * width**2
+    assert planned["sparsegpt", True] - planned["sparsegpt", False] == extra
+    assert planned["wanda", True] == planned["sparsegpt", False]
+
+
 class _Stop(Exception):
     pass
 
