@@ -54,16 +54,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     print(json.dumps(rows[0]), flush=True)
     described = None
     for method in args.methods:
+        refit = args.refit and method == "sparsegpt"
         for profile in ("uniform", "owl"):
             out = args.cache / f"owl-{method}-{profile}"
             extra = ["--sparsity-profile", "owl"] if profile == "owl" else []
-            if args.refit and method == "sparsegpt":
+            if refit:
                 extra.append("--refit")
             done = run_cli(folder, calib, out, method, "unstructured", extra, args.sparsity)
             manifest = done["manifest"]
             described = manifest["calibration"]["text"]["described"]
             row = {
-                "method": f"{method} --refit" if "--refit" in extra else method,
+                "method": f"{method} --refit" if refit else method,
                 "profile": profile,
                 "perplexity": perplexity(load(out), evaluation),
                 "seconds": done["seconds"],
