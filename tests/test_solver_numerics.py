@@ -170,16 +170,26 @@ def refit_case(seed: int, rows: int, cols: int, dead: list[int]) -> tuple[Any, .
     return rng, factor, damped, w
 
 
+ROUTES = ("direct", "iterative")
+#: How close each route must come to the reference, relative to the largest weight: the direct
+#: route factorises each row's system, the iterative one stops at a residual of 1e-6.
+ROUTE_ATOL = {"direct": 1e-10, "iterative": 1e-5}
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize(("rows", "cols", "dead"), [(1, 1, []), (6, 24, []), (9, 40, [2, 31])])
-def test_refit_solves_each_rows_kept_system(rows: int, cols: int, dead: list[int]) -> None:
+def test_refit_solves_each_rows_kept_system(
+    rows: int, cols: int, dead: list[int], route: str
+) -> None:
     _, factor, damped, w = refit_case(rows + cols, rows, cols, dead)
     result = sparsegpt(w, factor, 0.5, precision="float64")
     gram_target = w @ damped
     inputs = (result.mask.copy(), damped.copy(), gram_target.copy(), result.weight.copy())
-    refitted = refit_kept(result.mask, damped, gram_target, factor.dead, result.weight)
+    refitted = refit_kept(result.mask, damped, gram_target, factor.dead, result.weight, route)
     expected = reference_refit(result.mask, damped, gram_target, factor.dead)
     assert refitted.dtype == np.float64
-    np.testing.assert_allclose(refitted, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    atol = ROUTE_ATOL[route] * np.abs(expected).max()
+    np.testing.assert_allclose(refitted, expected, rtol=0, atol=atol)
     assert np.all(refitted[~result.mask] == 0)
     for before, after in zip(
         inputs, (result.mask, damped, gram_target, result.weight), strict=True
@@ -187,7 +197,8 @@ def test_refit_solves_each_rows_kept_system(rows: int, cols: int, dead: list[int
         np.testing.assert_array_equal(before, after)
 
 
-def test_refit_handles_empty_and_full_rows_and_any_start() -> None:
+@pytest.mark.parametrize("route", ROUTES)
+def test_refit_handles_empty_and_full_rows_and_any_start(route: str) -> None:
     """A row with nothing kept stays zero, a row with everything kept recovers w* itself, and
     the answer does not depend on the first guess."""
     rng, factor, damped, w = refit_case(11, 4, 16, [5])
@@ -196,22 +207,25 @@ def test_refit_handles_empty_and_full_rows_and_any_start() -> None:
     mask[1] = True
     gram_target = w @ damped
     expected = reference_refit(mask, damped, gram_target, factor.dead)
+    atol = ROUTE_ATOL[route] * np.abs(expected).max()
     for start in (np.zeros_like(w), w, rng.standard_normal(w.shape) * 100):
-        refitted = refit_kept(mask, damped, gram_target, factor.dead, start)
-        np.testing.assert_allclose(refitted, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
-    refitted = refit_kept(mask, damped, gram_target, factor.dead, w)
+        refitted = refit_kept(mask, damped, gram_target, factor.dead, start, route)
+        np.testing.assert_allclose(refitted, expected, rtol=0, atol=atol)
+    refitted = refit_kept(mask, damped, gram_target, factor.dead, w, route)
     assert np.all(refitted[0] == 0)
     live = ~factor.dead
     np.testing.assert_allclose(refitted[1, live], expected[1, live], atol=1e-6)
 
 
-def test_refit_is_exact_when_the_target_is_reachable() -> None:
+@pytest.mark.parametrize("route", ROUTES)
+def test_refit_is_exact_when_the_target_is_reachable(route: str) -> None:
     """When w* already lies on the mask, the refit returns it (to the solver's tolerance)."""
     rng, factor, damped, w = refit_case(12, 5, 20, [])
     mask = rng.random(w.shape) > 0.4
     target = np.where(mask, w, 0.0)
-    refitted = refit_kept(mask, damped, target @ damped, factor.dead, np.zeros_like(w))
-    np.testing.assert_allclose(refitted, target, rtol=0, atol=1e-5 * np.abs(target).max())
+    refitted = refit_kept(mask, damped, target @ damped, factor.dead, np.zeros_like(w), route)
+    atol = ROUTE_ATOL[route] * np.abs(target).max()
+    np.testing.assert_allclose(refitted, target, rtol=0, atol=atol)
 
 
 def test_a_factor_keeps_the_u_a_solve_formed() -> None:
@@ -227,7 +241,81 @@ def test_a_factor_keeps_the_u_a_solve_formed() -> None:
     assert factor.u is kept
 
 
-def test_refit_converges_on_an_ill_conditioned_hessian() -> None:
+def test_the_direct_refit_does_not_depend_on_the_thread_count() -> None:
+    """Each row is factorised by one thread: the weights are the same bits on 1 and 2 threads.
+    Rows keep different numbers of columns, so the work per row differs."""
+    rng, factor, damped, w = refit_case(14, 300, 96, [7])
+    mask = rng.random(w.shape) < rng.random((w.shape[0], 1))
+    gram_target = w @ damped
+    found = []
+    before = _core.get_num_threads()
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            found.append(refit_kept(mask, damped, gram_target, factor.dead, w, "direct"))
+    finally:
+        _core.set_num_threads(before)
+    np.testing.assert_array_equal(found[0], found[1])
+    expected = reference_refit(mask, damped, gram_target, factor.dead)
+    np.testing.assert_allclose(found[0], expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+def test_refit_chooses_its_route_by_the_work_and_rejects_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``route="auto"`` takes the direct route where rows keep few columns and the iterative one
+    where each row's factorisation would cost more than the iterative steps (every column of 256
+    kept: 256³/3 > 64·256²): both reach the reference. An unknown route is refused by name."""
+    rng, factor, damped, w = refit_case(15, 8, 256, [])
+    gram_target = w @ damped
+    direct = _core.sparsegpt.refit_direct
+    calls: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return direct(*args)
+
+    monkeypatch.setattr(_core.sparsegpt, "refit_direct", counted)
+    for density, directly in ((0.3, True), (1.0, False)):
+        calls.clear()
+        mask = rng.random(w.shape) < density
+        expected = reference_refit(mask, damped, gram_target, factor.dead)
+        refitted = refit_kept(mask, damped, gram_target, factor.dead, w)
+        assert bool(calls) == directly
+        np.testing.assert_allclose(refitted, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="route"):
+        refit_kept(mask, damped, gram_target, factor.dead, w, "cholesky")
+
+
+@pytest.mark.parametrize("level", _core.supported_levels())
+def test_the_direct_refit_solves_on_every_instruction_set(level: str) -> None:
+    """Rows of 150-300 kept columns, so that the factorisation runs its blocked, vectorised
+    steps on each level; each level reaches the reference to rounding."""
+    rng, factor, damped, w = refit_case(16, 12, 300, [3])
+    mask = rng.random(w.shape) < np.linspace(0.5, 1.0, w.shape[0])[:, None]
+    gram_target = w @ damped
+    expected = reference_refit(mask, damped, gram_target, factor.dead)
+    with _core.use(level):
+        refitted = refit_kept(mask, damped, gram_target, factor.dead, w, "direct")
+    np.testing.assert_allclose(refitted, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+def test_the_direct_refit_checks_its_arguments() -> None:
+    _, _, damped, w = refit_case(17, 3, 8, [])
+    mask = np.ones(w.shape, dtype=bool)
+    dead = np.zeros(8, dtype=bool)
+    with pytest.raises(ValueError, match="gram_target"):
+        _core.sparsegpt.refit_direct(damped, w[:, :7].copy(), mask, dead)
+    with pytest.raises(ValueError, match="dead"):
+        _core.sparsegpt.refit_direct(damped, w, mask, dead[:7].copy())
+    indefinite = damped.copy()
+    indefinite[2, 2] = -1.0
+    with pytest.raises(ValueError, match="not positive definite"):
+        _core.sparsegpt.refit_direct(indefinite, w, mask, dead)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_refit_converges_on_an_ill_conditioned_hessian(route: str) -> None:
     """Inputs like a language model's: a few directions carry most of the variance and four
     channels are outliers 30x the others, so the damped Hessian's condition number is about 1e4.
     The refit still reaches the exact solution of every row's system."""
@@ -245,5 +333,6 @@ def test_refit_converges_on_an_ill_conditioned_hessian() -> None:
     result = sparsegpt(w, factor, 0.5, precision="float64")
     gram_target = w @ damped
     expected = reference_refit(result.mask, damped, gram_target, factor.dead)
-    refitted = refit_kept(result.mask, damped, gram_target, factor.dead, result.weight)
-    np.testing.assert_allclose(refitted, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    refitted = refit_kept(result.mask, damped, gram_target, factor.dead, result.weight, route)
+    atol = ROUTE_ATOL[route] * np.abs(expected).max()
+    np.testing.assert_allclose(refitted, expected, rtol=0, atol=atol)

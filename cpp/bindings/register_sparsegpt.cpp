@@ -135,6 +135,29 @@ py::tuple solve(py::array& weight, const py::object& source, double damp, int ma
   });
 }
 
+py::array refit_direct(const py::array& damped, const py::array& gram_target,
+                       const py::array& mask, const py::array& dead) {
+  const auto h = square<double>(damped, "damped");
+  const auto g = matrix<double>(gram_target, "gram_target");
+  const auto kept = matrix<bool>(mask, "mask");
+  if (g.cols != h.cols || kept.rows != g.rows || kept.cols != g.cols) {
+    throw std::invalid_argument("gram_target " + shape_text(gram_target) + " and mask " +
+                                shape_text(mask) + ": expected both (out, " +
+                                std::to_string(h.cols) + ") for a damped Hessian of that width");
+  }
+  const bool* d = vector<bool>(dead, "dead", h.rows);
+  auto out = empty<double>({g.rows, g.cols});
+  bool positive_definite = false;
+  {
+    py::gil_scoped_release release;
+    positive_definite = sparsegpt::refit_direct(h, g, kept, d, view_of(out));
+  }
+  if (!positive_definite) {
+    throw std::invalid_argument("damped: not positive definite on some row's kept columns");
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_sparsegpt(pybind11::module_ m) {
@@ -146,6 +169,11 @@ void register_sparsegpt(pybind11::module_ m) {
         "(damped, shift): the float64 matrix a factor with these dead columns and relative "
         "damping factorises (dead diagonal entries 1, plus shift on the diagonal).");
   m.def("invert_factor", &invert_factor, py::arg("t"), "U = T^-1, a new array.");
+  m.def("refit_direct", &refit_direct, py::arg("damped"), py::arg("gram_target"),
+        py::arg("mask"), py::arg("dead"),
+        "Per row r, the kept live weights x solving damped[S, S] x = gram_target[r, S] (S the "
+        "row's kept columns that are not dead), zero elsewhere: one Cholesky factorisation per "
+        "row, float64.");
   m.def("solve", &solve, py::arg("weight"), py::arg("source"), py::arg("damp"),
         py::arg("max_tries"), py::arg("sparsity"), py::arg("n"), py::arg("m"), py::arg("blocksize"),
         py::arg("keep_mask"), py::arg("inplace"), py::arg("check_weight"),

@@ -46,6 +46,15 @@ double hessian_factor(ConstMatrixView<T> hessian, double damp, int max_tries, Ma
 template <class T>
 bool invert_factor(MatrixView<T> t);
 
+// The refit of the kept weights for a chosen mask, directly: for each row r, with S its kept
+// columns that are not dead, out[r, S] solves H_SS x = gram_target[r, S] (H = `damped`, the
+// damped Hessian, positive definite, so that every H_SS is), out[r, j] = 0 elsewhere: one
+// Cholesky factorisation of H_SS per row (|S|³/3 multiply-adds) and two triangular solves. Each
+// row is solved by one thread, so results do not depend on the number of threads. False when some
+// H_SS is not positive definite (its rows are left zero).
+bool refit_direct(ConstMatrixView<double> damped, ConstMatrixView<double> gram_target,
+                  ConstMatrixView<bool> mask, const bool* dead, MatrixView<double> out);
+
 // What to prune: `m == 0` is unstructured (in every block of columns exactly
 // int(rows · block_cols · sparsity) weights pruned jointly over all rows), else N:M with `n` of
 // every `m` consecutive weights of a row kept. `blocksize` is a multiple of m.

@@ -10,6 +10,12 @@ def hessian_factor(
 def damped_hessian(
     hessian: npt.NDArray[np.floating[Any]], dead: npt.NDArray[np.bool_], damp: float
 ) -> tuple[npt.NDArray[np.float64], float]: ...
+def refit_direct(
+    damped: npt.NDArray[np.float64],
+    gram_target: npt.NDArray[np.float64],
+    mask: npt.NDArray[np.bool_],
+    dead: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.float64]: ...
 def invert_factor(t: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.floating[Any]]: ...
 def solve(
     weight: npt.NDArray[np.floating[Any]],

@@ -105,11 +105,13 @@ HESSIAN_BYTES_PER_WIDTH2 = 48
 #: Bytes per token and unit of the widest layer input that a block's forward pass allocates
 #: at most (the feed-forward's activations and their products, in float32).
 WORK_BYTES_PER_TOKEN_WIDTH = 16
-#: What the refit of SparseGPT's kept weights (``refit=True``) adds while it solves one layer:
-#: float64 arrays the shape of its weight (the right-hand sides, the iterates and their
-#: temporaries: 64 bytes per weight of the largest layer) and the inverse of its damped
-#: Hessian with the inversion's workspace (24 bytes per squared input width). Measured with
-#: tracemalloc on a 576x1536 layer: 76 MB against 113 MB planned.
+#: What the refit of SparseGPT's kept weights (``refit=True``) adds while it solves one layer,
+#: on its iterative route: float64 arrays the shape of its weight (the right-hand sides, the
+#: iterates and their temporaries: 64 bytes per weight of the largest layer) and the inverse of
+#: its damped Hessian with the inversion's workspace (24 bytes per squared input width).
+#: Measured with tracemalloc on a 576x1536 layer: 76 MB against 113 MB planned. The direct
+#: route needs less: the right-hand sides and the result (16 bytes per weight) and the threads'
+#: factorisation buffers (at most 16 bytes per squared input width, `refit_direct`).
 REFIT_BYTES_PER_WEIGHT = 64
 REFIT_BYTES_PER_WIDTH2 = 24
 
