@@ -135,8 +135,8 @@ py::tuple solve(py::array& weight, const py::object& source, double damp, int ma
   });
 }
 
-py::array refit_direct(const py::array& damped, const py::array& gram_target,
-                       const py::array& mask, const py::array& dead) {
+py::array refit_direct(const py::array& damped, const py::array& gram_target, const py::array& mask,
+                       const py::array& dead) {
   const auto h = square<double>(damped, "damped");
   const auto g = matrix<double>(gram_target, "gram_target");
   const auto kept = matrix<bool>(mask, "mask");
@@ -169,8 +169,8 @@ void register_sparsegpt(pybind11::module_ m) {
         "(damped, shift): the float64 matrix a factor with these dead columns and relative "
         "damping factorises (dead diagonal entries 1, plus shift on the diagonal).");
   m.def("invert_factor", &invert_factor, py::arg("t"), "U = T^-1, a new array.");
-  m.def("refit_direct", &refit_direct, py::arg("damped"), py::arg("gram_target"),
-        py::arg("mask"), py::arg("dead"),
+  m.def("refit_direct", &refit_direct, py::arg("damped"), py::arg("gram_target"), py::arg("mask"),
+        py::arg("dead"),
         "Per row r, the kept live weights x solving damped[S, S] x = gram_target[r, S] (S the "
         "row's kept columns that are not dead), zero elsewhere: one Cholesky factorisation per "
         "row, float64.");
