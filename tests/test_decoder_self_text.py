@@ -34,27 +34,38 @@ LONG_SEQUENCES, LONG_TOKENS = 8, 1024
 WINDOWS = 2
 
 
-@pytest.fixture(scope="module")
-def perplexities(tmp_path_factory):
+def sampled_calibration(tmp_path_factory, sequences, tokens):
+    """The dense model, its WikiText-2 evaluation windows and its dense perplexity on them, and
+    `sequences` texts of `tokens` tokens the model samples itself, packed into windows of
+    TOKENS tokens, as calibration batches."""
     import transformers
 
-    from fastprune.torch import models, owl_sparsity, prune_model
+    from fastprune.torch import models
     from fastprune.torch.self_text import sample_text
 
     folder = decoder.smollm2_dir(tmp_path_factory.mktemp("smollm2"))
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     evaluation = decoder.evaluation_windows(tokenizer, WINDOWS)
     model = decoder.load(folder)
-    lines = sample_text(model, tokenizer, sequences=SEQUENCES, tokens=TOKENS, progress=False)
+    lines = sample_text(model, tokenizer, sequences=sequences, tokens=tokens, progress=False)
     windows, counts = models.pack_text(tokenizer, lines, seqlen=TOKENS, samples=64, seed=0)
-    assert counts["sequences"] >= SEQUENCES - 1  # the decoded text tokenizes about as long
+    # the decoded text tokenizes to about as many tokens (0.9 as many, measured)
+    assert counts["sequences"] >= sequences * tokens // TOKENS * 3 // 4
     batches = models.window_batches(windows, 8)
+    return model, evaluation, batches, decoder.perplexity(model, evaluation)
+
+
+@pytest.fixture(scope="module")
+def perplexities(tmp_path_factory):
+    from fastprune.torch import owl_sparsity, prune_model
+
+    model, evaluation, batches, dense = sampled_calibration(tmp_path_factory, SEQUENCES, TOKENS)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     profile = owl_sparsity(model, batches, SPARSITY)
     pairs = zip(profile.block_sparsities, profile.block_weights, strict=True)
     mean = sum(s * n for s, n in pairs) / sum(profile.block_weights)
     assert abs(mean - SPARSITY) < 1e-9
-    found = {"dense": decoder.perplexity(model, evaluation)}
+    found = {"dense": dense}
     for method in ("magnitude", "wanda", "sparsegpt"):
         model.load_state_dict(dense_state)
         calibration = None if method == "magnitude" else batches
@@ -75,23 +86,13 @@ def perplexities(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def perplexities_at_half(tmp_path_factory):
-    import transformers
+    from fastprune.torch import prune_model
 
-    from fastprune.torch import models, prune_model
-    from fastprune.torch.self_text import sample_text
-
-    folder = decoder.smollm2_dir(tmp_path_factory.mktemp("smollm2"))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    evaluation = decoder.evaluation_windows(tokenizer, WINDOWS)
-    model = decoder.load(folder)
-    lines = sample_text(
-        model, tokenizer, sequences=LONG_SEQUENCES, tokens=LONG_TOKENS, progress=False
+    model, evaluation, batches, dense = sampled_calibration(
+        tmp_path_factory, LONG_SEQUENCES, LONG_TOKENS
     )
-    windows, counts = models.pack_text(tokenizer, lines, seqlen=TOKENS, samples=64, seed=0)
-    assert counts["sequences"] >= 2 * LONG_SEQUENCES - 2
-    batches = models.window_batches(windows, 8)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-    found = {"dense": decoder.perplexity(model, evaluation)}
+    found = {"dense": dense}
     for method, refit in (("magnitude", None), ("wanda", None), ("sparsegpt", True)):
         model.load_state_dict(dense_state)
         calibration = None if method == "magnitude" else batches
