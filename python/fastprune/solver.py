@@ -293,9 +293,11 @@ REFIT_MAX_STEPS = 200
 #: The direct refit is chosen where a row's Cholesky factorisation (``|S|³/3`` multiply-adds,
 #: averaged over the rows) costs at most this many times ``in²``, the multiply-adds per row of
 #: one of the iterative refit's GEMMs (it takes two per step and 19-33 steps on SmolLM2's
-#: Hessians). Measured on 2 cores with AVX-512 (float64): 576 and 1536 inputs at 50 % and 30 %
-#: kept, the direct refit took 0.26-0.87 of the iterative one's time; at 1536 inputs and 50 %
-#: (``|S|³/3 = 64·in²``) the two are about level.
+#: Hessians). Measured on 2 cores with AVX-512 (float64), random Hessians with four outlier
+#: channels, 576 and 1536 inputs: with 30 % of the columns kept the direct refit took 0.32-0.46
+#: of the iterative one's time, with 50 % kept the two were level (0.93-1.30). On SmolLM2-135M's
+#: Hessians, which take the iterative refit more steps, a 50 % run's solves went from 111 s to
+#: 85 s with every layer but the down projections (``|S|³/3 ≈ 64·in²``) on the direct route.
 REFIT_DIRECT_WORK = 64.0
 
 
