@@ -8,9 +8,10 @@
 // levels give identical results. The index layout gathers x at 16 columns (8-lane vgatherdps on
 // AVX-512 and AVX2, a loop on the baseline) and then shares the accumulators, the fused
 // multiply-adds and the reduction. A row whose every mask byte keeps four columns (2:4, 4:8) is
-// recognised as it is read and expands each block from one load at a place known in advance: the
-// same lanes, so the same results. A small batch of x rows is taken at once by the outer path
-// (below), one multiply-add per kept weight and 16 rows of x.
+// recognised as it is read and taken the other way round, in windows of 32 columns: its values
+// stay in their packed order and x is permuted to meet them (kQuads), on every level. A small
+// batch of x rows is taken at once by the outer path (below), one multiply-add per kept weight
+// and 16 rows of x.
 #include "fastprune/sparse_linear.hpp"
 
 #include <omp.h>
@@ -65,36 +66,57 @@ inline void prefetch(const void* p) {
   }
 }
 
+// Rows whose every mask byte keeps four columns (2:4, 4:8; "halves" below) are read in windows
+// of 32 columns, two mask words and sixteen values, and the values stay in their packed order:
+// lane 4 q + r takes the r-th kept value of byte q, and the inputs are brought to it (x at
+// column 8 q + quads.pos[byte q][r] of the window). One permutation of x then serves sixteen
+// weights, where placing values under their columns costs one per block of eight.
+struct QuadTable {
+  std::uint32_t pos[256];  // byte r: where byte b's r-th set bit lies (bytes with four set)
+};
+constexpr QuadTable make_quads() {
+  QuadTable t{};
+  for (int b = 0; b < 256; ++b) {
+    int r = 0;
+    for (int l = 0; l < 8 && r < 4; ++l) {
+      if ((b >> l) & 1) t.pos[b] |= static_cast<std::uint32_t>(l) << (8 * r++);
+    }
+  }
+  return t;
+}
+constexpr QuadTable kQuads = make_quads();
+// The sixteen positions of a window's mask bits m as bytes, lane 4 q + r at byte 4 q + r,
+// each counted from the start of its byte's half of the window (columns 0-15 or 16-31).
+inline std::uint64_t quads(std::uint32_t m, int half) {
+  const std::uint32_t h = m >> (16 * half);
+  return static_cast<std::uint64_t>(kQuads.pos[h & 0xffu]) |
+         static_cast<std::uint64_t>(kQuads.pos[(h >> 8) & 0xffu] + 0x08080808u) << 32;
+}
+
 #if defined(__AVX512F__) || defined(__AVX2__)
 
-// perm[b][l] = which of the packed values lane l takes when mask byte b is set at l, counted
-// from `first`; lanes not set hold -1, whose sign bit selects zero in the blend (vpermps reads
-// only the low 3 bits).
+// perm[b][l] = which of the packed values lane l takes when mask byte b is set at l; lanes not
+// set hold -1, whose sign bit selects zero in the blend (vpermps reads only the low 3 bits).
 struct PermutationTable {
   alignas(32) std::int32_t perm[256][8];
 };
-constexpr PermutationTable make_table(int first) {
+constexpr PermutationTable make_table() {
   PermutationTable t{};
   for (int b = 0; b < 256; ++b) {
-    int next = first;
+    int next = 0;
     for (int l = 0; l < 8; ++l) {
       t.perm[b][l] = (b >> l) & 1 ? next++ : -1;
     }
   }
   return t;
 }
-constexpr PermutationTable kTable = make_table(0);
-// For a block of two bytes of four bits each (2:4, 4:8, and any other pattern keeping half of
-// every 8 columns): its eight values in one register, the high byte's from lane 4.
-constexpr PermutationTable kHighTable = make_table(4);
+constexpr PermutationTable kTable = make_table();
 
-// Eight bfloat16 values as float32; weights8 loads eight values of either type as float32.
+// Eight bfloat16 values as float32.
 inline __m256 widen(const std::uint16_t* p) {
   const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
 }
-inline __m256 weights8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 weights8(const std::uint16_t* p) { return widen(p); }
 
 #endif
 
@@ -109,17 +131,14 @@ inline Lanes splat(float v) { return {_mm512_set1_ps(v)}; }
 // come from the byte tables, the lanes it does not set zeroed by the mask. vexpandps would do it
 // in one instruction, but on AMD Zen 4 it takes about three times as long as the permutation
 // and the two table loads together (1.5 ns against 0.57 ns per block, measured), and it bounded
-// the whole product. `high` is the table of the word's second byte: kTable plus the count of the
-// first byte, or kHighTable when that count is four.
-inline __m512i lane_sources(std::uint32_t m, __m256i high) {
-  const __m256i low = _mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.perm[m & 0xffu]));
-  return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-}
+// the whole product. The second byte's table entries are shifted by the first byte's count.
 inline __m512 expand16(std::uint32_t m, __m512 packed) {
+  const __m256i low = _mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.perm[m & 0xffu]));
   const __m256i high =
       _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.perm[m >> 8])),
                        _mm256_set1_epi32(popcount(m & 0xffu)));
-  return _mm512_maskz_permutexvar_ps(static_cast<__mmask16>(m), lane_sources(m, high), packed);
+  const __m512i sources = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+  return _mm512_maskz_permutexvar_ps(static_cast<__mmask16>(m), sources, packed);
 }
 inline Lanes expand(std::uint32_t m, const float* p) { return {expand16(m, _mm512_loadu_ps(p))}; }
 // Sixteen bfloat16 values as float32.
@@ -128,14 +147,48 @@ inline Lanes weights(const std::uint16_t* p) {
   return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16))};
 }
 inline Lanes expand(std::uint32_t m, const std::uint16_t* p) { return {expand16(m, weights(p).v)}; }
-// Halves of four (see the AVX2 level): the block's eight values from one 8-lane load at a known
-// address, permuted into the lanes its mask sets.
-constexpr bool kHalvesPath = true;
-template <class S>
-inline Lanes expand_halves(std::uint32_t m, const S* p) {
-  const __m256i high = _mm256_load_si256(reinterpret_cast<const __m256i*>(kHighTable.perm[m >> 8]));
-  return {_mm512_maskz_permutexvar_ps(static_cast<__mmask16>(m), lane_sources(m, high),
-                                      _mm512_castps256_ps512(weights8(p)))};
+// A window of halves (see kQuads): the columns its sixteen values lie at, and x at them from the
+// window's 32 inputs by one two-source permutation. In a row of pairs (every four columns keep
+// two: 2:4) lane 2 g + r takes the r-th kept column of nibble g, found without a table lookup:
+// the mask word broadcast, each lane's nibble shifted down, and the nibble's first or second
+// set bit read from a 32-entry table held in two registers (kPairs).
+struct Sources {
+  __m512i v;
+};
+struct PairTables {
+  std::int32_t first[16], second[16];  // nibbles with two bits set: their lower and higher bit
+};
+constexpr PairTables make_pairs() {
+  PairTables t{};
+  for (int n = 0; n < 16; ++n) {
+    int r = 0;
+    for (int l = 0; l < 4; ++l) {
+      if ((n >> l) & 1) (r++ == 0 ? t.first[n] : t.second[n]) = l;
+    }
+  }
+  return t;
+}
+constexpr PairTables kPairs = make_pairs();
+inline Sources window_sources(std::uint32_t m, bool pairs) {
+  if (pairs) {
+    const __m512i nibble_at =
+        _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+    const __m512i shifted = _mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(m)), nibble_at);
+    const __m512i second =
+        _mm512_setr_epi32(0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16);
+    // (shifted & 15) | second: the nibble, and which of its two bits the lane takes.
+    const __m512i entry = _mm512_ternarylogic_epi32(shifted, _mm512_set1_epi32(15), second, 0xEA);
+    const __m512i bit = _mm512_permutex2var_epi32(_mm512_loadu_si512(kPairs.first), entry,
+                                                  _mm512_loadu_si512(kPairs.second));
+    return {_mm512_add_epi32(bit, nibble_at)};
+  }
+  const __m128i bytes =
+      _mm_set_epi64x(static_cast<long long>(quads(m, 1)), static_cast<long long>(quads(m, 0)));
+  const __m512i half = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 16, 16, 16, 16, 16, 16);
+  return {_mm512_add_epi32(_mm512_cvtepu8_epi32(bytes), half)};
+}
+inline Lanes window_x(const float* x, Sources s) {
+  return {_mm512_permutex2var_ps(_mm512_loadu_ps(x), s.v, _mm512_loadu_ps(x + 16))};
 }
 inline Lanes load(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline Lanes load_first(const float* p, Index n) {
@@ -195,8 +248,8 @@ struct Lanes {
 };
 inline Lanes zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
 inline Lanes splat(float v) { return {_mm256_set1_ps(v), _mm256_set1_ps(v)}; }
-inline __m256 expand8(std::uint32_t byte, __m256 packed, const PermutationTable& table = kTable) {
-  const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[byte]));
+inline __m256 expand8(std::uint32_t byte, __m256 packed) {
+  const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.perm[byte]));
   return _mm256_blendv_ps(_mm256_permutevar8x32_ps(packed, perm), _mm256_setzero_ps(),
                           _mm256_castsi256_ps(perm));
 }
@@ -209,14 +262,23 @@ inline Lanes expand(std::uint32_t m, const std::uint16_t* p) {
   return {expand8(low, widen(p)), expand8(m >> 8, widen(p + popcount(low)))};
 }
 
-// Halves of four: every mask byte of a row has four bits set, so block b's values are the
-// eight at 8 b from the row's start: one load, no count, and addresses known ahead. Checked
-// per row by `halves_of_four`; the lanes are those `expand` gives.
-constexpr bool kHalvesPath = true;
-template <class S>
-inline Lanes expand_halves(std::uint32_t m, const S* p) {
-  const __m256 packed = weights8(p);
-  return {expand8(m & 0xffu, packed), expand8(m >> 8, packed, kHighTable)};
+// A window of halves (see kQuads): each half of the lanes takes x from its 16 columns by two
+// vpermps and a blend on bit 3 of the column.
+struct Sources {
+  __m256i lo, hi, lo_high, hi_high;  // the columns, and bit 3 of each in the sign bit
+};
+inline Sources window_sources(std::uint32_t m, bool) {
+  const __m256i lo = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(quads(m, 0))));
+  const __m256i hi = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(quads(m, 1))));
+  return {lo, hi, _mm256_slli_epi32(lo, 28), _mm256_slli_epi32(hi, 28)};
+}
+inline __m256 pick16(const float* x, __m256i columns, __m256i high) {
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(x), columns),
+                          _mm256_permutevar8x32_ps(_mm256_loadu_ps(x + 8), columns),
+                          _mm256_castsi256_ps(high));
+}
+inline Lanes window_x(const float* x, const Sources& s) {
+  return {pick16(x, s.lo, s.lo_high), pick16(x + 16, s.hi, s.hi_high)};
 }
 inline Lanes load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
 inline __m256i first_lanes(Index n) {
@@ -376,39 +438,70 @@ inline int kept_in_block(std::uint32_t m, Index b, std::int32_t* out) {
   }
   return n;
 }
+struct Sources {
+  std::uint8_t v[16];  // the window column each lane takes x from
+};
+inline Sources window_sources(std::uint32_t m, bool) {
+  Sources s;
+  for (int half = 0; half < 2; ++half) {
+    const std::uint64_t q = quads(m, half);
+    for (int l = 0; l < 8; ++l) {
+      s.v[8 * half + l] = static_cast<std::uint8_t>(16 * half + ((q >> (8 * l)) & 0xffu));
+    }
+  }
+  return s;
+}
+inline Lanes window_x(const float* x, const Sources& s) {
+  Lanes r;
+  for (int l = 0; l < 16; ++l) r.v[l] = x[s.v[l]];
+  return r;
+}
 
 #endif
 
 inline Lanes weights(const float* p) { return load(p); }
 
+// What every mask byte of a row's whole blocks keeps: four columns (halves: 2:4, 4:8, ...),
+// and among those two of every four (pairs: 2:4), or anything else (none).
+enum class Quads { none, halves, pairs };
+
 #if defined(__AVX2__)
-// Whether each of the n mask words at m has four bits set in each byte.
-inline bool halves_of_four(const std::uint16_t* m, Index n) {
+inline Quads quads_of(const std::uint16_t* m, Index n) {
   const auto* bytes = reinterpret_cast<const std::uint8_t*>(m);
   const Index count = 2 * n;
   const __m256i nibbles = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                            2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i low4 = _mm256_set1_epi8(0x0f), four = _mm256_set1_epi8(4);
+  const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(2),
+                four = _mm256_set1_epi8(4);
+  bool pairs = true;
   Index i = 0;
   for (; i + 32 <= count; i += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + i));
-    const __m256i bits = _mm256_add_epi8(
-        _mm256_shuffle_epi8(nibbles, _mm256_and_si256(v, low4)),
-        _mm256_shuffle_epi8(nibbles, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4)));
-    if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(bits, four)) != -1) return false;
+    const __m256i low = _mm256_shuffle_epi8(nibbles, _mm256_and_si256(v, low4));
+    const __m256i high =
+        _mm256_shuffle_epi8(nibbles, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+    if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_add_epi8(low, high), four)) != -1) {
+      return Quads::none;
+    }
+    pairs = pairs && _mm256_movemask_epi8(_mm256_cmpeq_epi8(low, two)) == -1;
   }
   for (; i < count; ++i) {
-    if (popcount(bytes[i]) != 4) return false;
+    if (popcount(bytes[i]) != 4) return Quads::none;
+    pairs = pairs && popcount(bytes[i] & 0xfu) == 2;
   }
-  return true;
+  return pairs ? Quads::pairs : Quads::halves;
 }
 #else
-constexpr bool kHalvesPath = false;
-template <class S>
-inline Lanes expand_halves(std::uint32_t m, const S* p) {
-  return expand(m, p);
+inline Quads quads_of(const std::uint16_t* m, Index n) {
+  bool pairs = true;
+  for (Index b = 0; b < n; ++b) {
+    for (const std::uint32_t byte : {m[b] & 0xffu, static_cast<std::uint32_t>(m[b] >> 8)}) {
+      if (popcount(byte) != 4) return Quads::none;
+      pairs = pairs && popcount(byte & 0xfu) == 2;
+    }
+  }
+  return pairs ? Quads::pairs : Quads::halves;
 }
-inline bool halves_of_four(const std::uint16_t*, Index) { return false; }
 #endif
 
 // One row of the mask and where its values lie; `reads` checks each block's load against the
@@ -423,10 +516,10 @@ struct Row {
 };
 
 // y[t * y_stride] = row . x[t * x_stride + (0 .. cols)] for t < T. Returns false, y untouched,
-// when the row's mask and offsets disagree. `halves`: every mask byte of the row's whole
-// blocks keeps four columns (halves_of_four, checked once per row by the caller).
+// when the row's mask and offsets disagree. `kind`: what the mask bytes of the row's whole
+// blocks keep (quads_of, checked once per row by the caller).
 template <int T, class S>
-bool dot_rows(const Row<S>& row, bool halves, Index cols, const float* x, Index x_stride, float* y,
+bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x_stride, float* y,
               Index y_stride) {
   Lanes acc[kSets][T];
   for (auto& set : acc) {
@@ -452,23 +545,40 @@ bool dot_rows(const Row<S>& row, bool halves, Index cols, const float* x, Index 
   const std::integral_constant<int, 3> s3;
   auto whole = [](const float* p) { return load(p); };
   Index b = 0;
-  if (halves) {
-    // Four blocks read the 32 values from pos: pos <= total keeps them inside the kSlack.
-    auto half_block = [&](auto set, Index c, std::uint32_t m) {
-      const Lanes w = expand_halves(m, values + pos + 8 * (c - b));
+  if (kind != Quads::none) {
+    const bool pairs = kind == Quads::pairs;
+    // Windows of two blocks, window w into set w % kSets, its sixteen values at 16 w from the
+    // row's start (kQuads): four windows read 64 values from pos, which pos <= total keeps
+    // inside the kSlack.
+    auto window = [&](auto set, Index c, std::uint32_t m) {
+      const Sources sources = window_sources(m, pairs);
+      const Lanes w = weights(values + pos + 8 * (c - b));
       Lanes* a = acc[decltype(set)::value];
-      for (int t = 0; t < T; ++t) a[t] = fma(w, load(x + t * x_stride + c * kBlock), a[t]);
+      for (int t = 0; t < T; ++t) {
+        a[t] = fma(w, window_x(x + t * x_stride + c * kBlock, sources), a[t]);
+      }
     };
-    for (; b + kSets <= full; b += kSets, pos += 8 * kSets) {
+    auto bits = [](std::uint64_t q, int half) {
+      return static_cast<std::uint32_t>(q >> (32 * half));
+    };
+    for (; b + 2 * kSets <= full; b += 2 * kSets, pos += 16 * kSets) {
       if (pos > row.total) return false;
-      prefetch<8 * kSets * sizeof(S)>(values + pos);
-      std::uint64_t q;
-      std::memcpy(&q, mask + b, sizeof q);
-      half_block(s0, b, field(q, 0));
-      half_block(s1, b + 1, field(q, 1));
-      half_block(s2, b + 2, field(q, 2));
-      half_block(s3, b + 3, field(q, 3));
+      prefetch<16 * kSets * sizeof(S)>(values + pos);
+      std::uint64_t q[2];
+      std::memcpy(q, mask + b, sizeof q);
+      window(s0, b, bits(q[0], 0));
+      window(s1, b + 2, bits(q[0], 1));
+      window(s2, b + 4, bits(q[1], 0));
+      window(s3, b + 6, bits(q[1], 1));
     }
+    const Index windows = (full - b) / 2;
+    if (pos > row.total) return false;
+    auto pair = [&](Index c) { return mask[c] | static_cast<std::uint32_t>(mask[c + 1]) << 16; };
+    if (windows > 0) window(s0, b, pair(b));
+    if (windows > 1) window(s1, b + 2, pair(b + 2));
+    if (windows > 2) window(s2, b + 4, pair(b + 4));
+    b += 2 * windows;
+    pos += 16 * windows;
   }
   for (; b + kSets <= full; b += kSets) {
     if (pos > row.total) return false;
@@ -482,7 +592,7 @@ bool dot_rows(const Row<S>& row, bool halves, Index cols, const float* x, Index 
     block(s2, b + 2, field(q, 2), popcount64(q & 0xffff00000000ull), whole);
     block(s3, b + 3, field(q, 3), popcount64(q & 0xffff000000000000ull), whole);
   }
-  // At most three whole blocks and the tail are left: b % kSets == 0 here.
+  // At most three whole blocks and the tail are left.
   if (pos > row.total) return false;
   auto part = [tail](const float* p) { return load_first(p, tail); };
   const Index left = full - b + (tail != 0 ? 1 : 0);
@@ -870,9 +980,9 @@ bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, co
   }
   return by_rows(rows, work, [&](Index i) {
     const Row<S> row = row_of(mask, offsets, values, total, i);
-    const bool halves = kHalvesPath && halves_of_four(row.mask, cols / kBlock);
+    const Quads kind = quads_of(row.mask, cols / kBlock);
     return row.valid() && in_passes(k, [&](auto width, Index t) {
-             return dot_rows<decltype(width)::value>(row, halves, cols, x.row(t), x.stride,
+             return dot_rows<decltype(width)::value>(row, kind, cols, x.row(t), x.stride,
                                                      y.data + i + t * y.stride, y.stride);
            });
   });
