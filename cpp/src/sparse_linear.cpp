@@ -69,8 +69,8 @@ inline void prefetch(const void* p) {
 // Rows whose every mask byte keeps four columns (2:4, 4:8; "halves" below) are read in windows
 // of 32 columns, two mask words and sixteen values, and the values stay in their packed order:
 // lane 4 q + r takes the r-th kept value of byte q, and the inputs are brought to it (x at
-// column 8 q + quads.pos[byte q][r] of the window). One permutation of x then serves sixteen
-// weights, where placing values under their columns costs one per block of eight.
+// column 8 q + byte r of kQuads.pos[byte q] of the window). One permutation of x then serves
+// sixteen weights, where placing values under their columns costs one per block of eight.
 struct QuadTable {
   std::uint32_t pos[256];  // byte r: where byte b's r-th set bit lies (bytes with four set)
 };
@@ -85,8 +85,8 @@ constexpr QuadTable make_quads() {
   return t;
 }
 constexpr QuadTable kQuads = make_quads();
-// The sixteen positions of a window's mask bits m as bytes, lane 4 q + r at byte 4 q + r,
-// each counted from the start of its byte's half of the window (columns 0-15 or 16-31).
+// The eight columns that half `half` of a window's mask bits m keeps (its columns 0-15 or
+// 16-31), as bytes counted from the start of that half: lane 4 q + r of the half at byte 4 q + r.
 inline std::uint64_t quads(std::uint32_t m, int half) {
   const std::uint32_t h = m >> (16 * half);
   return static_cast<std::uint64_t>(kQuads.pos[h & 0xffu]) |
