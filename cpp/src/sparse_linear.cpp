@@ -465,16 +465,16 @@ inline Lanes weights(const float* p) { return load(p); }
 // and among those two of every four (pairs: 2:4), or anything else (none).
 enum class Quads { none, halves, pairs };
 
-#if defined(__AVX2__)
 inline Quads quads_of(const std::uint16_t* m, Index n) {
   const auto* bytes = reinterpret_cast<const std::uint8_t*>(m);
   const Index count = 2 * n;
+  bool pairs = true;
+  Index i = 0;
+#if defined(__AVX2__)
   const __m256i nibbles = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
                                            2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(2),
                 four = _mm256_set1_epi8(4);
-  bool pairs = true;
-  Index i = 0;
   for (; i + 32 <= count; i += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes + i));
     const __m256i low = _mm256_shuffle_epi8(nibbles, _mm256_and_si256(v, low4));
@@ -485,24 +485,13 @@ inline Quads quads_of(const std::uint16_t* m, Index n) {
     }
     pairs = pairs && _mm256_movemask_epi8(_mm256_cmpeq_epi8(low, two)) == -1;
   }
+#endif
   for (; i < count; ++i) {
     if (popcount(bytes[i]) != 4) return Quads::none;
     pairs = pairs && popcount(bytes[i] & 0xfu) == 2;
   }
   return pairs ? Quads::pairs : Quads::halves;
 }
-#else
-inline Quads quads_of(const std::uint16_t* m, Index n) {
-  bool pairs = true;
-  for (Index b = 0; b < n; ++b) {
-    for (const std::uint32_t byte : {m[b] & 0xffu, static_cast<std::uint32_t>(m[b] >> 8)}) {
-      if (popcount(byte) != 4) return Quads::none;
-      pairs = pairs && popcount(byte & 0xfu) == 2;
-    }
-  }
-  return pairs ? Quads::pairs : Quads::halves;
-}
-#endif
 
 // One row of the mask and where its values lie; `reads` checks each block's load against the
 // end of the values before it happens.
@@ -550,7 +539,9 @@ bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x
     // Windows of two blocks, window w into set w % kSets, its sixteen values at 16 w from the
     // row's start (kQuads): four windows read 64 values from pos, which pos <= total keeps
     // inside the kSlack.
-    auto window = [&](auto set, Index c, std::uint32_t m) {
+    auto window = [&](auto set, Index c) {
+      std::uint32_t m;  // the window's two mask words
+      std::memcpy(&m, mask + c, sizeof m);
       const Sources sources = window_sources(m, pairs);
       const Lanes w = weights(values + pos + 8 * (c - b));
       Lanes* a = acc[decltype(set)::value];
@@ -558,25 +549,19 @@ bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x
         a[t] = fma(w, window_x(x + t * x_stride + c * kBlock, sources), a[t]);
       }
     };
-    auto bits = [](std::uint64_t q, int half) {
-      return static_cast<std::uint32_t>(q >> (32 * half));
-    };
     for (; b + 2 * kSets <= full; b += 2 * kSets, pos += 16 * kSets) {
       if (pos > row.total) return false;
       prefetch<16 * kSets * sizeof(S)>(values + pos);
-      std::uint64_t q[2];
-      std::memcpy(q, mask + b, sizeof q);
-      window(s0, b, bits(q[0], 0));
-      window(s1, b + 2, bits(q[0], 1));
-      window(s2, b + 4, bits(q[1], 0));
-      window(s3, b + 6, bits(q[1], 1));
+      window(s0, b);
+      window(s1, b + 2);
+      window(s2, b + 4);
+      window(s3, b + 6);
     }
     const Index windows = (full - b) / 2;
     if (pos > row.total) return false;
-    auto pair = [&](Index c) { return mask[c] | static_cast<std::uint32_t>(mask[c + 1]) << 16; };
-    if (windows > 0) window(s0, b, pair(b));
-    if (windows > 1) window(s1, b + 2, pair(b + 2));
-    if (windows > 2) window(s2, b + 4, pair(b + 4));
+    if (windows > 0) window(s0, b);
+    if (windows > 1) window(s1, b + 2);
+    if (windows > 2) window(s2, b + 4);
     b += 2 * windows;
     pos += 16 * windows;
   }
