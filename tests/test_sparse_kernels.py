@@ -13,6 +13,9 @@ with n = in_features.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +25,7 @@ import pytest
 
 import fastprune as fp
 from fastprune import _core
-from fastprune.sparse import MAX_INDEXED_COLUMNS, PackedLinear
+from fastprune.sparse import MAX_INDEXED_COLUMNS, PackedLinear, index_layout_density
 
 EPS = float(np.finfo(np.float32).eps)
 GEMM = _core.sparse_linear.GEMM_COLUMNS
@@ -117,6 +120,77 @@ def test_rows_keeping_four_of_every_eight_columns(dtype: str, cols: int) -> None
         )
 
 
+# Windows of 32 columns keeping 0, 1, 16, 17 and 32 of them (a second multiply-add from 17 on),
+# a run of ten windows (groups of four and the three after), and the last window ragged.
+WINDOW_COLS = [32 * 10, 32 * 10 + 16, 32 * 10 + 5, 32 * 10 + 21, 32 * 7 + 31, 20, 9]
+
+
+def window_weight(rng: np.random.Generator, cols: int) -> np.ndarray:
+    w = sparse_weight(rng, (14, cols), 0.3)
+    for row, kept in enumerate((0, 1, 16, 17, 32)):
+        w[row] = 0
+        for start in range(0, cols, 32):
+            width = min(32, cols - start)
+            at = rng.choice(width, size=min(kept, width), replace=False)
+            w[row, start + at] = rng.standard_normal(at.size)
+    w[5] = sparse_weight(rng, (1, cols), 0.6)[0]  # windows keeping more and fewer than 16
+    w[6, : cols // 2] = 0  # empty windows, then full ones
+    w[6, cols // 2 :] = rng.standard_normal(cols - cols // 2)
+    return w
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("cols", WINDOW_COLS)
+def test_rows_read_in_windows(dtype: str, cols: int) -> None:
+    """Rows that are not N:M-like, read in windows of 32 columns where the CPU lists them by
+    vpcompressb (and block by block elsewhere): every count of kept columns in a window, every
+    remainder of the columns, 1-5 rows of x (passes of 4, 2 and 1), against float64 and across
+    levels; a mask that claims more weights than the offsets hold is caught."""
+    rng = np.random.default_rng(cols)
+    w = window_weight(rng, cols)
+    p = PackedLinear.from_dense(w, dtype=dtype, layout="bitmask")
+    held = p.to_dense()
+    ks = (1, 2, 3, 4, 5, 17)
+    xs = [rng.standard_normal((k, cols)).astype(np.float32) for k in ks]
+    for x in xs:
+        check_product(p, held, x)
+    assert_levels_agree(p, xs, ks)
+    offsets: Any = p.offsets.copy()
+    offsets[6:-1] -= 1  # row 5 now claims one weight more than its offsets hold
+    with pytest.raises(ValueError, match="mask:"):
+        _core.sparse_linear.linear(
+            p.mask, offsets, p.values, cols, xs[0], np.empty((1, 14), np.float32)
+        )
+
+
+def test_windows_can_be_disabled() -> None:
+    """FASTPRUNE_DISABLE_ISA=avx512vbmi2 turns the windows off: every level then reads such rows
+    block by block and gives the same bits as every other."""
+    code = (
+        "import numpy as np, fastprune as fp\n"
+        "from fastprune import _core\n"
+        "rng = np.random.default_rng(3)\n"
+        "w = rng.standard_normal((40, 300)).astype(np.float32)\n"
+        "w[rng.random(w.shape) < 0.7] = 0\n"
+        "p = fp.PackedLinear.from_dense(w, layout='bitmask')\n"
+        "x = rng.standard_normal((3, 300)).astype(np.float32)\n"
+        "ys = []\n"
+        "for level in _core.supported_levels():\n"
+        "    with _core.use(level):\n"
+        "        assert not _core.sparse_linear.byte_compress(), level\n"
+        "        ys += [p.linear(x), p.linear(x[:1])]\n"
+        "assert all(np.array_equal(y, z) for y, z in zip(ys[2:], ys[:-2])), 'levels differ'\n"
+        "print('agree')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTPRUNE_")}
+    env["FASTPRUNE_DISABLE_ISA"] = "avx512vbmi2"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "agree"
+
+
 def test_bfloat16_values_are_decoded_exactly() -> None:
     rng = np.random.default_rng(2)
     w = sparse_weight(rng, (19, 73), 0.4).astype(ml_dtypes.bfloat16)
@@ -191,16 +265,31 @@ def all_products(p: PackedLinear, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [p.linear(x) for x in xs] + [p.to_dense()]
 
 
+def byte_compress(level: str) -> bool:
+    with _core.use(level):
+        return _core.sparse_linear.byte_compress()
+
+
 def assert_levels_agree(p: PackedLinear, xs: list[np.ndarray], ks: Sequence[int]) -> None:
-    """Products and decoding on every supported level equal the default level's: bit for bit
-    on the streaming kernels, to rounding on the BLAS's own GEMM (from GEMM rows on)."""
-    expected = all_products(p, xs)
+    """Products and decoding on every supported level agree: bit for bit on the streaming
+    kernels between levels that read rows alike (sparse_linear.byte_compress: where one level
+    reads rows that are not N:M-like in windows and another block by block, the two round
+    differently), to rounding otherwise and on the BLAS's own GEMM (from GEMM rows on).
+    Decoding agrees bit for bit everywhere."""
+    results = {}
     for level in _core.supported_levels():
         with _core.use(level):
-            got = all_products(p, xs)
-        for k, e, g in zip([*ks, 0], expected, got, strict=True):
-            if k < GEMM:
-                assert np.array_equal(e, g), (level, k)
+            results[level] = all_products(p, xs)
+    first: dict[bool, list[np.ndarray]] = {}
+    for level, got in results.items():
+        alike = first.setdefault(byte_compress(level), got)
+        expected = next(iter(results.values()))
+        for k, e, a, g in zip([*ks, 0], expected, alike, got, strict=True):
+            if k == 0:
+                assert np.array_equal(e, g), level
+            elif k < GEMM:
+                assert np.array_equal(a, g), (level, k)
+                np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
             else:
                 np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-4)
 
@@ -405,24 +494,29 @@ def test_index_layout_every_instruction_set_level_agrees(dtype: str) -> None:
     assert_levels_agree(p, xs, ks)
 
 
-def test_auto_picks_indices_from_70_percent_sparsity() -> None:
+def test_auto_picks_indices_from_the_machines_density() -> None:
+    """The index layout from 30 % kept down where rows are read block by block, from 15 % down
+    where they are read in windows."""
+    density_here = index_layout_density()
+    assert density_here == (0.15 if _core.sparse_linear.byte_compress() else 0.3)
     rng = np.random.default_rng(15)
     for shape in [(40, 64), (17, 203), (8, 1), (3, 16)]:
         rows, cols = shape
-        for density in (0.0, 0.03, 0.2, 0.29, 0.3, 0.31, 0.5, 1.0):
+        for density in (0.0, 0.03, 0.14, 0.15, 0.16, 0.2, 0.29, 0.3, 0.31, 0.5, 1.0):
             w = sparse_weight(rng, shape, density)
             nnz = np.count_nonzero(w)
-            want = "indices" if nnz <= 0.3 * rows * cols else "bitmask"
+            want = "indices" if nnz <= density_here * rows * cols else "bitmask"
             auto = PackedLinear.from_dense(w)
             assert auto.layout == want, (shape, density, nnz)
             other = PackedLinear.from_dense(w, layout="indices" if want == "bitmask" else "bitmask")
             assert np.array_equal(auto.to_dense(), other.to_dense())
-    # exactly 30 % kept is the index layout, one more weight the bitmask layout
-    edge30 = np.zeros((1, 20), np.float32)
-    edge30[0, :6] = 1
-    assert PackedLinear.from_dense(edge30).layout == "indices"
-    edge30[0, 6] = 1
-    assert PackedLinear.from_dense(edge30).layout == "bitmask"
+    # exactly the density is the index layout, one more weight the bitmask layout
+    edge = np.zeros((1, 20), np.float32)
+    at = round(density_here * 20)
+    edge[0, :at] = 1
+    assert PackedLinear.from_dense(edge).layout == "indices"
+    edge[0, at] = 1
+    assert PackedLinear.from_dense(edge).layout == "bitmask"
     wide = np.zeros((1, MAX_INDEXED_COLUMNS + 1), np.float32)
     wide[0, -1] = 1
     assert PackedLinear.from_dense(wide).layout == "bitmask"

@@ -167,6 +167,9 @@ void register_sparse_linear(py::module_ m) {
         py::arg("values"), py::arg("cols"), py::arg("x"), py::arg("out"),
         py::arg("gemm_from") = sl::kGemmColumns,
         "out = x @ W.T for an index-layout W; from gemm_from rows of x on, by tiles and GEMM.");
+  m.def("byte_compress", &sl::byte_compress,
+        "Whether rows that are not N:M-like are read in windows listed by vpcompressb "
+        "(AVX-512 VBMI2), summed in another order than on the levels without it.");
   m.def("to_dense_indices", &to_dense_indices, py::arg("offsets"), py::arg("indices"),
         py::arg("values"), py::arg("out"), "out = W (index layout) as dense float32.");
 }

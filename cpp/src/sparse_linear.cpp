@@ -1,17 +1,22 @@
 // Kernels of sparse_linear.hpp.
 //
 // Everything is written against `Lanes`, sixteen float32 lanes: one AVX-512 register, two AVX2
-// registers, or sixteen scalars on the baseline level. A block's mask word expands its packed
-// values into the lanes (a permutation whose indices come from a 256-entry table per byte: one
-// masked vpermps on AVX-512, a vpermps and a blend per half on AVX2; a loop on the baseline), and
-// the same lane-wise fused multiply-adds and the same reduction tree run on every level, so all
-// levels give identical results. The index layout gathers x at 16 columns (8-lane vgatherdps on
-// AVX-512 and AVX2, a loop on the baseline) and then shares the accumulators, the fused
-// multiply-adds and the reduction. A row whose every mask byte keeps four columns (2:4, 4:8) is
-// recognised as it is read and taken the other way round, in windows of 32 columns: its values
-// stay in their packed order and x is permuted to meet them (kQuads), on every level. A small
-// batch of x rows is taken at once by the outer path (below), one multiply-add per kept weight
-// and 16 rows of x.
+// registers, or sixteen scalars on the baseline level, and the same lane-wise fused multiply-adds
+// and the same reduction tree run on every level. A row of the bitmask layout is read in one of
+// two ways (dot_rows):
+// - in windows of 32 columns, its values in their packed order and x permuted to meet them: lane
+//   l takes the window's l-th kept weight. Rows whose every mask byte keeps four columns (2:4,
+//   4:8) are read so on every level (their columns from kQuads); other rows only on AVX-512
+//   where the CPU has VBMI2 (their columns from vpcompressb; byte_compress()).
+// - block by block (other rows elsewhere): a block's mask word expands its packed values into
+//   the lanes under their columns (a permutation whose indices come from a 256-entry table per
+//   byte: one masked vpermps on AVX-512, a vpermps and a blend per half on AVX2; a loop on the
+//   baseline).
+// So the levels give identical results, except for rows read in windows on one and block by
+// block on another. The index layout gathers x at 16 columns (8-lane vgatherdps on AVX-512 and
+// AVX2, a loop on the baseline) and then shares the accumulators, the fused multiply-adds and
+// the reduction. A small batch of x rows is taken at once by the outer path (below), one
+// multiply-add per kept weight and 16 rows of x.
 #include "fastprune/sparse_linear.hpp"
 
 #include <omp.h>
@@ -19,6 +24,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -190,6 +196,44 @@ inline Sources window_sources(std::uint32_t m, bool pairs) {
 inline Lanes window_x(const float* x, Sources s) {
   return {_mm512_permutex2var_ps(_mm512_loadu_ps(x), s.v, _mm512_loadu_ps(x + 16))};
 }
+// A general window (see dot_rows): the window columns (0-31: the low five bits of `at`) that
+// its live lanes take, the lanes past them zero.
+struct Picks {
+  __m512i at;
+  __mmask16 live;
+};
+inline __mmask16 live_lanes(int n) {
+  return static_cast<__mmask16>(_bzhi_u32(0xffffu, static_cast<unsigned>(std::max(n, 0))));
+}
+inline Picks picks(const std::int32_t* columns, int n) {
+  return {_mm512_loadu_si512(columns), live_lanes(n)};
+}
+inline Lanes pick_x(const float* x, const Picks& p) {
+  return {_mm512_maskz_permutex2var_ps(p.live, _mm512_loadu_ps(x), p.at, _mm512_loadu_ps(x + 16))};
+}
+inline Lanes live_weights(const float* v, const Picks& p) {
+  return {_mm512_maskz_loadu_ps(p.live, v)};
+}
+inline Lanes live_weights(const std::uint16_t* v, const Picks& p) {
+  const __m256i half = _mm256_maskz_loadu_epi16(p.live, v);
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16))};
+}
+// With AVX-512 VBMI2 one vpcompressb lists a window's kept columns as bytes, in order. VBMI2 is
+// not part of the x86-64-v4 level this file is built for: the instruction is written out here
+// (a target attribute would keep the compiler from inlining around it) and runs only where
+// byte_compress() found it.
+inline __m256i kept_bytes(std::uint32_t m) {
+  const __m256i columns =
+      _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                       22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+  const __mmask32 keep = m;
+  __m256i bytes;
+  asm("vpcompressb %1, %0%{%2%}%{z%}" : "=v"(bytes) : "v"(columns), "Yk"(keep));
+  return bytes;
+}
+inline Picks byte_picks(__m128i bytes, int n) {
+  return {_mm512_cvtepu8_epi32(bytes), live_lanes(n)};
+}
 inline Lanes load(const float* p) { return {_mm512_loadu_ps(p)}; }
 inline Lanes load_first(const float* p, Index n) {
   return {_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p)};
@@ -287,6 +331,39 @@ inline __m256i first_lanes(Index n) {
 }
 inline Lanes load_first(const float* p, Index n) {
   return {_mm256_maskload_ps(p, first_lanes(n)), _mm256_maskload_ps(p + 8, first_lanes(n - 8))};
+}
+// A general window (see dot_rows): the window columns (0-31) its live lanes take, each lane's x
+// chosen among the window's four 8-column quarters by vpermps and blends on bits 3 and 4 of its
+// column; the lanes past them zero.
+struct Picks {
+  __m256i lo, hi, live_lo, live_hi;
+};
+inline Picks picks(const std::int32_t* columns, int n) {
+  return {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(columns)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(columns + 8)), first_lanes(n),
+          first_lanes(n - 8)};
+}
+inline __m256 pick8(const __m256 (&x)[4], __m256i at, __m256i live) {
+  const __m256 bit3 = _mm256_castsi256_ps(_mm256_slli_epi32(at, 28));
+  const __m256 bit4 = _mm256_castsi256_ps(_mm256_slli_epi32(at, 27));
+  const __m256 low = _mm256_blendv_ps(_mm256_permutevar8x32_ps(x[0], at),
+                                      _mm256_permutevar8x32_ps(x[1], at), bit3);
+  const __m256 high = _mm256_blendv_ps(_mm256_permutevar8x32_ps(x[2], at),
+                                       _mm256_permutevar8x32_ps(x[3], at), bit3);
+  return _mm256_and_ps(_mm256_blendv_ps(low, high, bit4), _mm256_castsi256_ps(live));
+}
+inline Lanes pick_x(const float* x, const Picks& p) {
+  const __m256 quarters[4] = {_mm256_loadu_ps(x), _mm256_loadu_ps(x + 8), _mm256_loadu_ps(x + 16),
+                              _mm256_loadu_ps(x + 24)};
+  return {pick8(quarters, p.lo, p.live_lo), pick8(quarters, p.hi, p.live_hi)};
+}
+inline Lanes live_weights(const float* v, const Picks& p) {
+  return {_mm256_maskload_ps(v, p.live_lo), _mm256_maskload_ps(v + 8, p.live_hi)};
+}
+// Reads 16 values from v whatever the count (the caller keeps them inside the kSlack).
+inline Lanes live_weights(const std::uint16_t* v, const Picks& p) {
+  return {_mm256_and_ps(widen(v), _mm256_castsi256_ps(p.live_lo)),
+          _mm256_and_ps(widen(v + 8), _mm256_castsi256_ps(p.live_hi))};
 }
 inline Lanes fma(Lanes a, Lanes b, Lanes c) {
   return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
@@ -456,6 +533,27 @@ inline Lanes window_x(const float* x, const Sources& s) {
   for (int l = 0; l < 16; ++l) r.v[l] = x[s.v[l]];
   return r;
 }
+struct Picks {
+  std::int32_t at[16];  // the window column (0-31) of each live lane
+  int live;
+};
+inline Picks picks(const std::int32_t* columns, int n) {
+  Picks p{};
+  p.live = std::min(n, 16);
+  for (int l = 0; l < p.live; ++l) p.at[l] = columns[l] & 31;
+  return p;
+}
+inline Lanes pick_x(const float* x, const Picks& p) {
+  Lanes r{};
+  for (int l = 0; l < p.live; ++l) r.v[l] = x[p.at[l]];
+  return r;
+}
+template <class S>
+inline Lanes live_weights(const S* v, const Picks& p) {
+  Lanes r{};
+  for (int l = 0; l < p.live; ++l) r.v[l] = value_of(v[l]);
+  return r;
+}
 
 #endif
 
@@ -493,8 +591,102 @@ inline Quads quads_of(const std::uint16_t* m, Index n) {
   return pairs ? Quads::pairs : Quads::halves;
 }
 
-// One row of the mask and where its values lie; `reads` checks each block's load against the
-// end of the values before it happens.
+}  // namespace
+
+// Rows of no particular kind are read in windows (dot_rows) where this is true, and elsewhere
+// block by block (dot_blocks): without vpcompressb, listing a window's columns (from byte tables
+// in registers, or a list written first) cost more than the blocks, measured on AVX-512 and
+// AVX2. The two orders of summation round differently.
+bool byte_compress() {
+#if defined(__AVX512F__)
+  static const bool usable = [] {
+    const char* disabled = std::getenv("FASTPRUNE_DISABLE_ISA");
+    return __builtin_cpu_supports("avx512vbmi2") &&
+           (disabled == nullptr || std::strstr(disabled, "avx512vbmi2") == nullptr);
+  }();
+  return usable;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+// a[t] += the window's kept weights at v times x[t * x_stride + its columns], for t < T: the
+// first 16 kept (in column order) in lanes 0-15, then, when more than 16 are kept, the others
+// (their Picks from rest()).
+template <int T, class S, class Rest>
+inline void take(Lanes* a, const float* x, Index x_stride, const S* v, const Picks& first, int kept,
+                 Rest&& rest) {
+  const Lanes w = live_weights(v, first);
+  for (int t = 0; t < T; ++t) a[t] = fma(w, pick_x(x + t * x_stride, first), a[t]);
+  if (kept > kBlock) {
+    const Picks others = rest();
+    const Lanes u = live_weights(v + kBlock, others);
+    for (int t = 0; t < T; ++t) a[t] = fma(u, pick_x(x + t * x_stride, others), a[t]);
+  }
+}
+
+// The two mask words of window w (its columns 32 w to 32 w + 31) of a row of `blocks` words.
+inline std::uint32_t window_mask(const std::uint16_t* mask, Index w, Index blocks) {
+  const std::uint32_t low = mask[2 * w];
+  return 2 * w + 1 < blocks ? low | static_cast<std::uint32_t>(mask[2 * w + 1]) << 16 : low;
+}
+
+#if defined(__AVX512F__)
+// Windows 0 .. windows - 1 of a row of no particular kind by vpcompressb (window w into set
+// w % kSets),
+// their values from pos on; returns where they end, or -1 when pos passes `total` (the mask
+// claims more weights than the values hold). Only where byte_compress() says so.
+template <int T, class S>
+Index compressed_windows(const std::uint16_t* mask, Index windows, const float* x, Index x_stride,
+                         const S* values, Index pos, Index total, Lanes (&acc)[kSets][T]) {
+  // Copied in and out, so that no store through x or values can be taken to reach them.
+  Lanes a0[T], a1[T], a2[T], a3[T];
+  for (int t = 0; t < T; ++t) {
+    a0[t] = acc[0][t];
+    a1[t] = acc[1][t];
+    a2[t] = acc[2][t];
+    a3[t] = acc[3][t];
+  }
+  // Window w's weights from `at` on, times x; returns how many it keeps.
+  auto window = [x, x_stride, values](Lanes* set, Index w, std::uint32_t m, Index at) {
+    const int kept = popcount(m);
+    const __m256i bytes = kept_bytes(m);
+    take<T>(set, x + w * 2 * kBlock, x_stride, values + at,
+            byte_picks(_mm256_castsi256_si128(bytes), kept), kept,
+            [&] { return byte_picks(_mm256_extracti128_si256(bytes, 1), kept - kBlock); });
+    return kept;
+  };
+  // Each group of four windows first checks that the weights it claims lie inside the values.
+  Index w = 0;
+  for (; w + kSets <= windows; w += kSets) {
+    std::uint64_t q[2];
+    std::memcpy(q, mask + 2 * w, sizeof q);
+    if (pos + popcount64(q[0]) + popcount64(q[1]) > total) return -1;
+    prefetch<2 * kLine>(values + pos);
+    pos += window(a0, w, static_cast<std::uint32_t>(q[0]), pos);
+    pos += window(a1, w + 1, static_cast<std::uint32_t>(q[0] >> 32), pos);
+    pos += window(a2, w + 2, static_cast<std::uint32_t>(q[1]), pos);
+    pos += window(a3, w + 3, static_cast<std::uint32_t>(q[1] >> 32), pos);
+  }
+  std::uint32_t m[3] = {};
+  std::memcpy(m, mask + 2 * w, static_cast<std::size_t>(windows - w) * sizeof m[0]);
+  if (pos + popcount(m[0]) + popcount(m[1]) + popcount(m[2]) > total) return -1;
+  if (w < windows) pos += window(a0, w, m[0], pos);
+  if (w + 1 < windows) pos += window(a1, w + 1, m[1], pos);
+  if (w + 2 < windows) pos += window(a2, w + 2, m[2], pos);
+  for (int t = 0; t < T; ++t) {
+    acc[0][t] = a0[t];
+    acc[1][t] = a1[t];
+    acc[2][t] = a2[t];
+    acc[3][t] = a3[t];
+  }
+  return pos;
+}
+#endif
+
+// One row of the mask and where its values lie.
 template <class S>
 struct Row {
   const std::uint16_t* mask;
@@ -504,12 +696,11 @@ struct Row {
   bool valid() const { return 0 <= begin && begin <= end && end <= total; }
 };
 
-// y[t * y_stride] = row . x[t * x_stride + (0 .. cols)] for t < T. Returns false, y untouched,
-// when the row's mask and offsets disagree. `kind`: what the mask bytes of the row's whole
-// blocks keep (quads_of, checked once per row by the caller).
+// As dot_rows, for a row of no particular kind where byte_compress() is false: its values placed
+// under their columns, block by block (expand), block b into accumulator set b % kSets.
 template <int T, class S>
-bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x_stride, float* y,
-              Index y_stride) {
+bool dot_blocks(const Row<S>& row, Index cols, const float* x, Index x_stride, float* y,
+                Index y_stride) {
   Lanes acc[kSets][T];
   for (auto& set : acc) {
     for (auto& a : set) a = zero();
@@ -518,10 +709,10 @@ bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x
   const std::uint16_t* mask = row.mask;
   const S* values = row.values;
   Index pos = row.begin;
-  // Block b goes to accumulator set b % kSets; the set is a template argument so that the
-  // accumulators stay in registers (an index known only at run time would put them in memory).
-  // Four blocks read at most 4 * 16 values from pos: checking pos <= total before every four
-  // keeps every load inside the values and their kSlack.
+  // The set is a template argument so that the accumulators stay in registers (an index known
+  // only at run time would put them in memory). Four blocks read at most 4 * 16 values from
+  // pos: checking pos <= total before every four keeps every load inside the values and their
+  // kSlack.
   auto block = [&](auto set, Index b, std::uint32_t m, int count, auto&& load_x) {
     const Lanes w = expand(m, values + pos);
     pos += count;
@@ -534,37 +725,6 @@ bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x
   const std::integral_constant<int, 3> s3;
   auto whole = [](const float* p) { return load(p); };
   Index b = 0;
-  if (kind != Quads::none) {
-    const bool pairs = kind == Quads::pairs;
-    // Windows of two blocks, window w into set w % kSets, its sixteen values at 16 w from the
-    // row's start (kQuads): four windows read 64 values from pos, which pos <= total keeps
-    // inside the kSlack.
-    auto window = [&](auto set, Index c) {
-      std::uint32_t m;  // the window's two mask words
-      std::memcpy(&m, mask + c, sizeof m);
-      const Sources sources = window_sources(m, pairs);
-      const Lanes w = weights(values + pos + 8 * (c - b));
-      Lanes* a = acc[decltype(set)::value];
-      for (int t = 0; t < T; ++t) {
-        a[t] = fma(w, window_x(x + t * x_stride + c * kBlock, sources), a[t]);
-      }
-    };
-    for (; b + 2 * kSets <= full; b += 2 * kSets, pos += 16 * kSets) {
-      if (pos > row.total) return false;
-      prefetch<16 * kSets * sizeof(S)>(values + pos);
-      window(s0, b);
-      window(s1, b + 2);
-      window(s2, b + 4);
-      window(s3, b + 6);
-    }
-    const Index windows = (full - b) / 2;
-    if (pos > row.total) return false;
-    if (windows > 0) window(s0, b);
-    if (windows > 1) window(s1, b + 2);
-    if (windows > 2) window(s2, b + 4);
-    b += 2 * windows;
-    pos += 16 * windows;
-  }
   for (; b + kSets <= full; b += kSets) {
     if (pos > row.total) return false;
     prefetch<2 * kLine>(values + pos);  // a block of four at density 1/2 in float32
@@ -593,6 +753,110 @@ bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x
   if (left > 1) rest(s1, b + 1);
   if (left > 2) rest(s2, b + 2);
   if (left > 3) rest(s3, b + 3);
+  if (pos != row.end) return false;
+  for (int t = 0; t < T; ++t) {
+    y[t * y_stride] = reduce(add(add(acc[0][t], acc[1][t]), add(acc[2][t], acc[3][t])));
+  }
+  return true;
+}
+
+// y[t * y_stride] = row . x[t * x_stride + (0 .. cols)] for t < T. Returns false, y untouched,
+// when the row's mask and offsets disagree. `kind`: what the mask bytes of the row's whole
+// blocks keep (quads_of, checked once per row by the caller).
+//
+// The row is read in windows of 32 columns (two mask words), window w into accumulator set
+// w % kSets, the values in their packed order: lane l takes the window's l-th kept weight and
+// x at its column, and a window keeping more than 16 takes a second multiply-add for the rest.
+// At 70 % sparsity a window keeps about ten, so one permutation of x and one multiply-add serve
+// 32 columns, where placing values under their columns (dot_blocks) takes one per block of 16.
+// The columns come from kQuads in rows of halves (on every level) and from vpcompressb in other
+// rows (only where byte_compress() says so); the last window, when cols is not a multiple of
+// 32, takes x from a zero-padded copy and its columns from kept_in_block.
+template <int T, class S>
+bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x_stride, float* y,
+              Index y_stride) {
+  if (kind == Quads::none && !byte_compress()) {
+    return dot_blocks<T>(row, cols, x, x_stride, y, y_stride);
+  }
+  Lanes acc[kSets][T];
+  for (auto& set : acc) {
+    for (auto& a : set) a = zero();
+  }
+  const Index blocks = blocks_for(cols), windows = cols / (2 * kBlock);
+  const std::uint16_t* mask = row.mask;
+  const S* values = row.values;
+  Index pos = row.begin;
+  // The set is a template argument so that the accumulators stay in registers (an index known
+  // only at run time would put them in memory).
+  const std::integral_constant<int, 0> s0;
+  const std::integral_constant<int, 1> s1;
+  const std::integral_constant<int, 2> s2;
+  const std::integral_constant<int, 3> s3;
+  if (kind != Quads::none) {
+    const bool pairs = kind == Quads::pairs;
+    // Every window keeps 16: four windows read 64 values from pos, which pos <= total keeps
+    // inside the kSlack.
+    auto window = [&](auto set, Index w) {
+      std::uint32_t m;
+      std::memcpy(&m, mask + 2 * w, sizeof m);
+      const Sources sources = window_sources(m, pairs);
+      const Lanes v = weights(values + pos + kBlock * (w % kSets));
+      Lanes* a = acc[decltype(set)::value];
+      for (int t = 0; t < T; ++t) {
+        a[t] = fma(v, window_x(x + t * x_stride + w * 2 * kBlock, sources), a[t]);
+      }
+    };
+    Index w = 0;
+    for (; w + kSets <= windows; w += kSets, pos += kSets * kBlock) {
+      if (pos > row.total) return false;
+      prefetch<kSets * kBlock * sizeof(S)>(values + pos);
+      window(s0, w);
+      window(s1, w + 1);
+      window(s2, w + 2);
+      window(s3, w + 3);
+    }
+    if (pos > row.total) return false;
+    if (w < windows) window(s0, w);
+    if (w + 1 < windows) window(s1, w + 1);
+    if (w + 2 < windows) window(s2, w + 2);
+    pos += kBlock * (windows - w);
+  } else {
+#if defined(__AVX512F__)
+    pos = compressed_windows<T>(mask, windows, x, x_stride, values, pos, row.total, acc);
+    if (pos < 0) return false;
+#endif
+  }
+  if (windows * 2 < blocks) {
+    // The last window: its columns listed here, x copied with zeros past cols.
+    if (pos > row.total) return false;
+    const Index w = windows, width = cols - w * 2 * kBlock;
+    const std::uint32_t m = window_mask(mask, w, blocks);
+    alignas(64) std::int32_t columns[3 * kBlock];
+    const int kept = kept_in_block(m & 0xffffu, 0, columns);
+    kept_in_block(m >> 16, 1, columns + kept);
+    alignas(64) float padded[T][2 * kBlock] = {};
+    for (int t = 0; t < T; ++t) std::copy_n(x + t * x_stride + w * 2 * kBlock, width, padded[t]);
+    auto last = [&](auto set) {
+      take<T>(acc[decltype(set)::value], padded[0], 2 * kBlock, values + pos,
+              picks(columns, popcount(m)), popcount(m),
+              [&] { return picks(columns + kBlock, popcount(m) - kBlock); });
+    };
+    switch (w % kSets) {
+      case 0:
+        last(s0);
+        break;
+      case 1:
+        last(s1);
+        break;
+      case 2:
+        last(s2);
+        break;
+      default:
+        last(s3);
+        break;
+    }
+    pos += popcount(m);
+  }
   if (pos != row.end) return false;
   for (int t = 0; t < T; ++t) {
     y[t * y_stride] = reduce(add(add(acc[0][t], acc[1][t]), add(acc[2][t], acc[3][t])));
@@ -905,10 +1169,9 @@ bool by_tiles(Index rows, Index cols, ConstMatrixView<float> x, MatrixView<float
 // The bandwidth-bound path: product(i) computes every right-hand side of row i, rows spread
 // over the threads (each output element by one thread).
 template <class Product>
-bool by_rows(Index rows, double work, Product&& product) {
+bool by_rows(Index rows, int threads, Product&& product) {
   bool ok = true;
-#pragma omp parallel for schedule(dynamic, 16) reduction(&& : ok) \
-    num_threads(threads_for(work, 1 << 17))
+#pragma omp parallel for schedule(dynamic, 16) reduction(&& : ok) num_threads(threads)
   for (Index i = 0; i < rows; ++i) {
     if (!product(i)) ok = false;
   }
@@ -964,7 +1227,7 @@ bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, co
           return true;
         });
   }
-  return by_rows(rows, work, [&](Index i) {
+  return by_rows(rows, threads_for(work, 1 << 17), [&](Index i) {
     const Row<S> row = row_of(mask, offsets, values, total, i);
     const Quads kind = quads_of(row.mask, cols / kBlock);
     return row.valid() && in_passes(k, [&](auto width, Index t) {
@@ -1005,7 +1268,7 @@ bool indexed_linear(const std::int64_t* offsets, const std::uint16_t* indices, c
                            return true;
                          });
   }
-  return by_rows(rows, work, [&](Index i) {
+  return by_rows(rows, threads_for(work, 1 << 17), [&](Index i) {
     const IndexedRow<S> row = indexed_row(offsets, indices, values, total, i);
     return row.valid(cols) && in_passes(k, [&](auto width, Index t) {
              return gather_rows<decltype(width)::value>(row, cols, x.row(t), x.stride,

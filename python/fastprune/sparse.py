@@ -13,18 +13,25 @@ float32. Up to ``_core.sparse_linear.GEMM_COLUMNS - 1`` (15) rows of ``x`` (the 
 and small batches) go through the packed weight in passes of up to four rows, each pass
 streaming it once; from 16 rows on (larger batches, prefill) the kernel decodes tiles of 64
 weight rows into dense scratch and multiplies each with one GEMM, which costs little more than
-the dense product. Results are the same on every instruction-set level and thread count (on the
-GEMM path: every thread count).
+the dense product. Results are the same on every thread count, and on every instruction-set
+level (not on the GEMM path) but one exception: on AVX-512 where the CPU has VBMI2
+(``_core.sparse_linear.byte_compress()``; ``FASTPRUNE_DISABLE_ISA=avx512vbmi2`` turns it off)
+rows that are not N:M-like are read in windows of 32 columns and summed in another order than
+elsewhere, with the same bound on the error and different roundings.
 
 The bitmask layout costs the same work for every block of 16 columns however few of them are
-kept, so at high sparsity its product is bound by that work, not by memory. The index layout
+kept (every 32 columns where the CPU has AVX-512 VBMI2: ``_core.sparse_linear.byte_compress``),
+so at high sparsity its product is bound by that work, not by memory. The index layout
 (``layout="indices"``) stores each row's kept columns as ``uint16`` ``indices`` (so
 ``in_features <= 65536``) beside the values, and its product gathers ``x`` at them: a cost per
 kept weight, for 2 more bytes read per kept weight. :meth:`PackedLinear.from_dense` picks by
-default (``layout="auto"``, :func:`choose_layout`) the index layout where at most 30 % of the
-weights are kept (70 % sparsity and more) and the bitmask layout otherwise: on AVX2 the two
-products take the same time at 70 % sparsity, the index layout is 3x faster at 90 %, and the
-bitmask layout 1.3x faster at 50 %.
+default (``layout="auto"``, :func:`choose_layout`) the index layout where at most
+:func:`index_layout_density` of the weights are kept and the bitmask layout otherwise. That is
+30 % (70 % sparsity and more) where rows are read block by block: on AVX2 the two products take
+the same time at 70 % sparsity, the index layout is 3x faster at 90 %, and the bitmask layout
+1.3x faster at 50 %. Where they are read by 32 columns it is 15 %: at one row of x, 4096 x
+4096, the bitmask layout is 1.3x faster at 70 % and 75 %, as fast at 85 %, and 1.3x slower at
+90 %.
 """
 
 from __future__ import annotations
@@ -58,15 +65,25 @@ _INDEX_PROBLEMS = {
 }
 
 
-INDEX_LAYOUT_DENSITY = 0.3  # the index layout from this density down (see the module docs)
+# The index layout from this density down (see the module docs), where the bitmask layout's rows
+# are read block by block and where they are read in windows of 32 columns.
+INDEX_LAYOUT_DENSITY = 0.3
+WINDOWS_INDEX_LAYOUT_DENSITY = 0.15
+
+
+def index_layout_density() -> float:
+    """The density from which down choose_layout picks the index layout on this machine."""
+    if _core.sparse_linear.byte_compress():
+        return WINDOWS_INDEX_LAYOUT_DENSITY
+    return INDEX_LAYOUT_DENSITY
 
 
 def choose_layout(shape: tuple[int, int], nnz: int) -> str:
     """The layout ("bitmask" or "indices") that multiplies faster for a weight of `shape` with
-    `nnz` kept values: "indices" where at most INDEX_LAYOUT_DENSITY of the weights are kept and
-    the columns fit uint16 indices, "bitmask" otherwise."""
+    `nnz` kept values: "indices" where at most index_layout_density() of the weights are kept
+    and the columns fit uint16 indices, "bitmask" otherwise."""
     rows, cols = shape
-    if 0 < cols <= MAX_INDEXED_COLUMNS and nnz <= INDEX_LAYOUT_DENSITY * rows * cols:
+    if 0 < cols <= MAX_INDEXED_COLUMNS and nnz <= index_layout_density() * rows * cols:
         return "indices"
     return "bitmask"
 

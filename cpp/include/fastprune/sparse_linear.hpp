@@ -57,6 +57,12 @@ inline Index blocks_for(Index cols) { return (cols + kBlock - 1) / kBlock; }
 std::int64_t check_layout(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets,
                           Index cols);
 
+// Whether linear() reads rows that are not N:M-like (every mask byte keeping four) in windows
+// of 32 columns, their columns listed by vpcompressb: on AVX-512 with VBMI2, unless
+// FASTPRUNE_DISABLE_ISA names avx512vbmi2. Such rows are summed in another order than on the
+// levels without it (the same bound on the error, different roundings).
+bool byte_compress();
+
 // y (k x rows, overwritten) = x (k x cols) W^T for W in the layout above. `S` is float (float32
 // values) or std::uint16_t (bfloat16 bits); values holds `total` kept weights plus kSlack. x must
 // be finite (a pruned weight is skipped, not multiplied). Every row is checked against offsets

@@ -5,7 +5,9 @@ its own shared object so that Eigen code built with different vector widths neve
 import the best level that the CPU and OS support (cpuid + xgetbv) is chosen;
 ``FASTPRUNE_ISA=baseline|avx2|avx512`` forces one, and an unknown or unsupported value is an
 ImportError, never a silent fallback. ``FASTPRUNE_DISABLE_ISA=avx512[,avx2]`` takes levels
-out of consideration (for example to avoid AVX-512 clock throttling, or to try a lesser level).
+out of consideration (for example to avoid AVX-512 clock throttling, or to try a lesser level);
+it may also name the one feature used within a level where the CPU has it, ``avx512vbmi2``
+(``sparse_linear.byte_compress``).
 The chosen module's submodules (``importance``, ``masks``, ``calibration``, ``sparsegpt``,
 ``formats``) are attributes of this package.
 
@@ -30,6 +32,7 @@ from .. import _cpu
 from .._errors import SetupError
 
 LEVELS = ("avx512", "avx2", "baseline")
+FEATURES = ("avx512vbmi2",)  # used within a level where the CPU has it; FASTPRUNE_DISABLE_ISA
 SUBMODULES = ("importance", "masks", "calibration", "sparsegpt", "formats", "sparse_linear")
 
 
@@ -43,16 +46,16 @@ def _detect() -> dict[str, tuple[bool, str]]:
     """Level -> (usable, reason): what the CPU and OS allow, less FASTPRUNE_DISABLE_ISA."""
     disabled = {part.strip() for part in os.environ.get("FASTPRUNE_DISABLE_ISA", "").split(",")}
     disabled.discard("")
-    unknown = disabled - set(LEVELS)
+    unknown = disabled - set(LEVELS) - set(FEATURES)
     if unknown:
-        known = ", ".join(LEVELS)
+        known = ", ".join(LEVELS + FEATURES)
         msg = f"FASTPRUNE_DISABLE_ISA: unknown level(s) {sorted(unknown)}; known: {known}"
         raise SetupError(msg)
     if "baseline" in disabled:
         msg = "FASTPRUNE_DISABLE_ISA: the baseline level cannot be disabled"
         raise SetupError(msg)
     detected = {name: (supported, reason) for name, supported, reason in _cpu.levels()}
-    for level in disabled:
+    for level in disabled & set(LEVELS):
         detected[level] = (False, "disabled by FASTPRUNE_DISABLE_ISA")
     return detected
 
