@@ -34,6 +34,8 @@ def test_info_reports_the_build() -> None:
     assert info["isa"] in info["supported_isas"]
     assert set(info["supported_isas"]) <= set(info["compiled_isas"])
     assert info["isa_reason"]
+    assert info["byte_compress"] == _core.sparse_linear.byte_compress()
+    assert not info["byte_compress"] or info["isa"] == "avx512"
     assert isinstance(info["compiler"], str) and info["compiler"]
     assert info["cuda"] is False
     assert info["threads"] == fastprune.get_num_threads()

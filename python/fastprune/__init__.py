@@ -37,8 +37,10 @@ def info() -> dict[str, object]:
 
     Keys: ``version``, ``isa`` (the instruction-set level in use), ``isa_reason`` (why it was
     chosen), ``compiled_isas`` and ``supported_isas``, ``cpu``, ``compiler``, ``build_type``,
-    ``flags`` (compiler flags of the level in use), ``eigen``, ``eigen_simd``, ``openmp``,
-    ``blas`` (what runs the large dense linear algebra: "eigen" or the OpenBLAS configuration),
+    ``flags`` (compiler flags of the level in use), ``byte_compress`` (whether sparse
+    products read unstructured rows in windows listed by AVX-512 VBMI2), ``eigen``,
+    ``eigen_simd``, ``openmp``, ``blas`` (what runs the large dense linear algebra: "eigen" or
+    the OpenBLAS configuration),
     ``threads``, ``memory_cache_bytes`` and ``memory_cache_limit`` (see
     :func:`set_memory_cache_limit`), ``sanitized`` and ``cuda`` (whether a CUDA backend was
     built).
@@ -55,6 +57,7 @@ def info() -> dict[str, object]:
         "compiler": build["compiler"],
         "build_type": build["build_type"],
         "flags": build["flags"],
+        "byte_compress": _core.sparse_linear.byte_compress(),
         "eigen": build["eigen"],
         "eigen_simd": build["eigen_simd"],
         "openmp": build["openmp"],
