@@ -280,10 +280,10 @@ def assert_levels_agree(p: PackedLinear, xs: list[np.ndarray], ks: Sequence[int]
     for level in _core.supported_levels():
         with _core.use(level):
             results[level] = all_products(p, xs)
+    expected = next(iter(results.values()))
     first: dict[bool, list[np.ndarray]] = {}
     for level, got in results.items():
         alike = first.setdefault(byte_compress(level), got)
-        expected = next(iter(results.values()))
         for k, e, a, g in zip([*ks, 0], expected, alike, got, strict=True):
             if k == 0:
                 assert np.array_equal(e, g), level

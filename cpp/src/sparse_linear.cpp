@@ -635,9 +635,8 @@ inline std::uint32_t window_mask(const std::uint16_t* mask, Index w, Index block
 
 #if defined(__AVX512F__)
 // Windows 0 .. windows - 1 of a row of no particular kind by vpcompressb (window w into set
-// w % kSets),
-// their values from pos on; returns where they end, or -1 when pos passes `total` (the mask
-// claims more weights than the values hold). Only where byte_compress() says so.
+// w % kSets), their values from pos on; returns where they end, or -1 when pos would pass
+// `total` (the mask claims more weights than the values hold). Only where byte_compress().
 template <int T, class S>
 Index compressed_windows(const std::uint16_t* mask, Index windows, const float* x, Index x_stride,
                          const S* values, Index pos, Index total, Lanes (&acc)[kSets][T]) {
@@ -832,14 +831,13 @@ bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x
     const Index w = windows, width = cols - w * 2 * kBlock;
     const std::uint32_t m = window_mask(mask, w, blocks);
     alignas(64) std::int32_t columns[3 * kBlock];
-    const int kept = kept_in_block(m & 0xffffu, 0, columns);
-    kept_in_block(m >> 16, 1, columns + kept);
+    kept_in_block(m >> 16, 1, columns + kept_in_block(m & 0xffffu, 0, columns));
+    const int kept = popcount(m);
     alignas(64) float padded[T][2 * kBlock] = {};
     for (int t = 0; t < T; ++t) std::copy_n(x + t * x_stride + w * 2 * kBlock, width, padded[t]);
     auto last = [&](auto set) {
-      take<T>(acc[decltype(set)::value], padded[0], 2 * kBlock, values + pos,
-              picks(columns, popcount(m)), popcount(m),
-              [&] { return picks(columns + kBlock, popcount(m) - kBlock); });
+      take<T>(acc[decltype(set)::value], padded[0], 2 * kBlock, values + pos, picks(columns, kept),
+              kept, [&] { return picks(columns + kBlock, kept - kBlock); });
     };
     switch (w % kSets) {
       case 0:
@@ -855,7 +853,7 @@ bool dot_rows(const Row<S>& row, Quads kind, Index cols, const float* x, Index x
         last(s3);
         break;
     }
-    pos += popcount(m);
+    pos += kept;
   }
   if (pos != row.end) return false;
   for (int t = 0; t < T; ++t) {
@@ -1169,9 +1167,10 @@ bool by_tiles(Index rows, Index cols, ConstMatrixView<float> x, MatrixView<float
 // The bandwidth-bound path: product(i) computes every right-hand side of row i, rows spread
 // over the threads (each output element by one thread).
 template <class Product>
-bool by_rows(Index rows, int threads, Product&& product) {
+bool by_rows(Index rows, double work, Product&& product) {
   bool ok = true;
-#pragma omp parallel for schedule(dynamic, 16) reduction(&& : ok) num_threads(threads)
+#pragma omp parallel for schedule(dynamic, 16) reduction(&& : ok) \
+    num_threads(threads_for(work, 1 << 17))
   for (Index i = 0; i < rows; ++i) {
     if (!product(i)) ok = false;
   }
@@ -1227,7 +1226,7 @@ bool linear(ConstMatrixView<std::uint16_t> mask, const std::int64_t* offsets, co
           return true;
         });
   }
-  return by_rows(rows, threads_for(work, 1 << 17), [&](Index i) {
+  return by_rows(rows, work, [&](Index i) {
     const Row<S> row = row_of(mask, offsets, values, total, i);
     const Quads kind = quads_of(row.mask, cols / kBlock);
     return row.valid() && in_passes(k, [&](auto width, Index t) {
@@ -1268,7 +1267,7 @@ bool indexed_linear(const std::int64_t* offsets, const std::uint16_t* indices, c
                            return true;
                          });
   }
-  return by_rows(rows, threads_for(work, 1 << 17), [&](Index i) {
+  return by_rows(rows, work, [&](Index i) {
     const IndexedRow<S> row = indexed_row(offsets, indices, values, total, i);
     return row.valid(cols) && in_passes(k, [&](auto width, Index t) {
              return gather_rows<decltype(width)::value>(row, cols, x.row(t), x.stride,

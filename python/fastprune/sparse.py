@@ -13,8 +13,8 @@ float32. Up to ``_core.sparse_linear.GEMM_COLUMNS - 1`` (15) rows of ``x`` (the 
 and small batches) go through the packed weight in passes of up to four rows, each pass
 streaming it once; from 16 rows on (larger batches, prefill) the kernel decodes tiles of 64
 weight rows into dense scratch and multiplies each with one GEMM, which costs little more than
-the dense product. Results are the same on every thread count, and on every instruction-set
-level (not on the GEMM path) but one exception: on AVX-512 where the CPU has VBMI2
+the dense product. Results are the same on every thread count, and, off the GEMM path, on
+every instruction-set level with one exception: on AVX-512 where the CPU has VBMI2
 (``_core.sparse_linear.byte_compress()``; ``FASTPRUNE_DISABLE_ISA=avx512vbmi2`` turns it off)
 rows that are not N:M-like are read in windows of 32 columns and summed in another order than
 elsewhere, with the same bound on the error and different roundings.

@@ -49,7 +49,7 @@ def _detect() -> dict[str, tuple[bool, str]]:
     unknown = disabled - set(LEVELS) - set(FEATURES)
     if unknown:
         known = ", ".join(LEVELS + FEATURES)
-        msg = f"FASTPRUNE_DISABLE_ISA: unknown level(s) {sorted(unknown)}; known: {known}"
+        msg = f"FASTPRUNE_DISABLE_ISA: unknown name(s) {sorted(unknown)}; known: {known}"
         raise SetupError(msg)
     if "baseline" in disabled:
         msg = "FASTPRUNE_DISABLE_ISA: the baseline level cannot be disabled"
