@@ -47,9 +47,9 @@ def perplexities(tmp_path_factory):
     model = decoder.load(folder)
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     found = {"dense": decoder.perplexity(model, evaluation)}
+    batches = models.window_batches(windows, 8)
     for pattern in PATTERNS:
         model.load_state_dict(dense_state)
-        batches = models.window_batches(windows, 8)
         report = prune_model(
             model, batches, method="sparsegpt", sparsity=0.5, pattern=pattern, progress=False
         )
